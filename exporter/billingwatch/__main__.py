@@ -1,0 +1,3 @@
+from billingwatch.cli import main
+
+raise SystemExit(main())

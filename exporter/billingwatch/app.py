@@ -1,0 +1,156 @@
+"""The Starlette application: webhook in, metrics and a small JSON API out."""
+
+import contextlib
+import hmac
+import logging
+import platform
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    disable_created_metrics,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from billingwatch import __version__
+from billingwatch.collector import SnapshotCollector
+from billingwatch.config import Settings
+from billingwatch.detectors import Detector, build_detectors, thresholds
+from billingwatch.store import Store, StoreUnavailable, open_store
+from billingwatch.webhook import WebhookEndpoint, new_requests_counter
+
+log = logging.getLogger("billingwatch")
+
+# The *_created series double the exposition for no alerting value.
+disable_created_metrics()
+
+LANDING = """<!doctype html>
+<html><head><title>BillingWatch</title></head><body>
+<h1>BillingWatch {version}</h1>
+<p>Self-hosted monitoring of Stripe billing. Store: {store}.</p>
+<ul>
+<li><a href="/metrics">/metrics</a>: Prometheus metrics</li>
+<li><a href="/health">/health</a> and <a href="/ready">/ready</a></li>
+<li><a href="/api/detectors">/api/detectors</a>: the stateful detectors and their thresholds</li>
+<li><a href="/api/anomalies">/api/anomalies</a>: recent anomalies with their details</li>
+<li>POST /webhooks/stripe: the Stripe webhook endpoint</li>
+</ul></body></html>
+"""
+
+
+class BuildInfo(Collector):
+    def __init__(self, store_kind: str) -> None:
+        self._store_kind = store_kind
+
+    def collect(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            "billingwatch_build_info", "Always 1; the labels tell the version and the store in use.",
+            labels=["version", "python_version", "store"],
+        )
+        info.add_metric([__version__, platform.python_version(), self._store_kind], 1.0)
+        yield info
+
+
+def create_app(settings: Settings, store: Store | None = None, clock: Callable[[], float] = time.time) -> Starlette:
+    """Build the app. Tests pass their own store and clock; `serve` lets it open the configured store."""
+    store = store or open_store(settings.redis_url, settings.redis_prefix, settings.anomaly_log_size)
+    detectors: list[Detector] = build_detectors(settings.detector_env)
+    requests = new_requests_counter()
+    webhook = WebhookEndpoint(settings, store, detectors, requests, clock)
+    build_info = BuildInfo(store.kind)
+
+    def authorised(request: Request) -> bool:
+        if not settings.api_token:
+            return True
+        header = request.headers.get("authorization", "")
+        return hmac.compare_digest(header.encode(), f"Bearer {settings.api_token}".encode())
+
+    async def metrics(request: Request) -> Response:
+        try:
+            snapshot = await store.snapshot(clock(), settings.lapse_grace)
+        except StoreUnavailable:
+            snapshot = None
+        registry = CollectorRegistry(auto_describe=False)
+        for collector in (requests, build_info, SnapshotCollector(snapshot, detectors),
+                          PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            registry.register(collector)
+        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        return Response(encoder(registry), media_type=content_type)
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def ready(request: Request) -> Response:
+        if await store.ping():
+            return JSONResponse({"status": "ready", "store": store.kind})
+        return JSONResponse({"status": "unavailable", "store": store.kind}, status_code=503)
+
+    async def api_detectors(request: Request) -> Response:
+        if not authorised(request):
+            return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
+        return JSONResponse(
+            {
+                "detectors": [
+                    {
+                        "name": d.name,
+                        "severity": d.severity,
+                        "description": d.description,
+                        "event_types": sorted(d.event_types),
+                        "thresholds": thresholds(d),
+                    }
+                    for d in detectors
+                ]
+            }
+        )
+
+    async def api_anomalies(request: Request) -> Response:
+        if not authorised(request):
+            return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
+        raw_limit = request.query_params.get("limit", "100")
+        if not raw_limit.isdigit() or int(raw_limit) < 1:
+            return JSONResponse({"error": "limit must be a positive integer"}, status_code=400)
+        limit = min(int(raw_limit), settings.anomaly_log_size)
+        detector = request.query_params.get("detector")
+        if detector is not None and detector not in {d.name for d in detectors}:
+            return JSONResponse({"error": f"unknown detector {detector!r}"}, status_code=400)
+        try:
+            records = await store.anomalies(settings.anomaly_log_size if detector else limit)
+        except StoreUnavailable:
+            return JSONResponse({"error": "store unavailable"}, status_code=503)
+        if detector:
+            records = [r for r in records if r.get("detector") == detector][:limit]
+        return JSONResponse({"anomalies": records})
+
+    async def landing(request: Request) -> Response:
+        return HTMLResponse(LANDING.format(version=__version__, store=store.kind))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        if store.kind == "memory":
+            log.warning("no REDIS_URL: using the in-process store; its state is neither shared nor durable")
+        if settings.insecure_skip_signature:
+            log.warning("signature verification is OFF (development mode); livemode events are rejected")
+        yield {}
+        await store.close()
+
+    routes = [
+        Route("/", landing),
+        Route("/webhooks/stripe", webhook.handle, methods=["POST"]),
+        Route("/metrics", metrics),
+        Route("/health", health),
+        Route("/ready", ready),
+        Route("/api/detectors", api_detectors),
+        Route("/api/anomalies", api_anomalies),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)

@@ -1,0 +1,70 @@
+"""The `billingwatch` command. Subcommands register themselves in COMMANDS."""
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+from billingwatch import __version__
+from billingwatch.config import ConfigError, from_env
+
+
+def add_serve(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    parser = sub.add_parser("serve", help="run the exporter (webhook endpoint and /metrics)")
+    parser.add_argument("--host", help="listen address (env BILLINGWATCH_HOST, default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="listen port (env BILLINGWATCH_PORT, default 9786)")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (needs REDIS_URL)")
+    parser.add_argument(
+        "--insecure-skip-signature", action="store_true",
+        help="development only: accept unsigned events (livemode events are still rejected)",
+    )
+    parser.set_defaults(run=serve)
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = from_env()
+    settings = replace(
+        settings,
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        insecure_skip_signature=args.insecure_skip_signature or settings.insecure_skip_signature,
+    )
+    settings.check()
+    if args.workers > 1 and not settings.redis_url:
+        raise ConfigError("--workers > 1 needs REDIS_URL: the in-process store is not shared between workers")
+    if args.insecure_skip_signature:
+        os.environ["BILLINGWATCH_INSECURE_SKIP_SIGNATURE"] = "1"  # for worker processes
+    logging.getLogger("billingwatch").info("listening on http://%s:%d", settings.host, settings.port)
+    uvicorn.run(
+        "billingwatch.server:app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=args.workers,
+        log_level="info",
+        access_log=False,
+    )
+    return 0
+
+
+# Each entry adds one subcommand; later subcommands (rules, replay, ...) add a line here.
+COMMANDS: list[Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]] = [add_serve]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="billingwatch", description="Self-hosted monitoring of Stripe billing.")
+    parser.add_argument("--version", action="version", version=f"billingwatch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except ConfigError as exc:
+        print(f"billingwatch: {exc}", file=sys.stderr)
+        return 2

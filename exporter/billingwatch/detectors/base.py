@@ -1,0 +1,31 @@
+"""The detector interface.
+
+A detector is a dataclass whose fields are its thresholds (each overridable by the environment
+variable BILLINGWATCH_DETECTOR_<NAME>_<FIELD>), with a name, a severity, the event types it
+reads, and a pure `checks` method: event → the store checks whose hits are its anomalies.
+The store runs the checks atomically with the event's other updates, so detectors keep
+per-customer memory without a read-modify-write race between replicas.
+"""
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal, Protocol
+
+from billingwatch.events import Event
+from billingwatch.plan import Check
+
+Severity = Literal["critical", "high", "medium", "low"]
+SEVERITIES: tuple[Severity, ...] = ("critical", "high", "medium", "low")
+
+
+@dataclass(frozen=True)
+class Context:
+    state_ttl: int  # seconds detector state is kept: longer than Stripe's retries and event retention
+
+
+class Detector(Protocol):
+    name: ClassVar[str]
+    severity: ClassVar[Severity]
+    description: ClassVar[str]
+    event_types: ClassVar[frozenset[str]]
+
+    def checks(self, event: Event, context: Context) -> list[Check]: ...

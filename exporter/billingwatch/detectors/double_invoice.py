@@ -1,0 +1,53 @@
+"""Two renewal invoices for one subscription close together: a billing-anchor or timezone bug."""
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from billingwatch.detectors.base import Context, Severity
+from billingwatch.events import Event, invoice_of
+from billingwatch.plan import Anomaly, Check
+
+
+@dataclass(frozen=True)
+class DoubleInvoice:
+    name: ClassVar[str] = "double_invoice"
+    severity: ClassVar[Severity] = "high"
+    description: ClassVar[str] = (
+        "Two subscription_cycle invoices for the same subscription created within window_seconds."
+    )
+    event_types: ClassVar[frozenset[str]] = frozenset(
+        {"invoice.created", "invoice.finalized", "invoice.paid", "invoice.payment_succeeded"}
+    )
+
+    window_seconds: int = 26 * 3600
+
+    def checks(self, event: Event, context: Context) -> list[Check]:
+        invoice = invoice_of(event.object)
+        if invoice.billing_reason != "subscription_cycle" or not invoice.subscription:
+            return []
+        # The invoice's own created time: every event of one invoice agrees on it.
+        return [
+            Check(
+                op="window",
+                key=f"dblinv:{invoice.subscription}",
+                member=invoice.id,
+                at=invoice.created,
+                window=self.window_seconds,
+                ttl=max(context.state_ttl, 2 * self.window_seconds),
+                anomaly=Anomaly(
+                    detector=self.name,
+                    severity=self.severity,
+                    livemode=event.livemode,
+                    event_id=event.id,
+                    event_type=event.type,
+                    event_created=event.created,
+                    summary=f"subscription {invoice.subscription} got a second renewal invoice "
+                    f"{invoice.id} within {self.window_seconds // 3600} h",
+                    customer=invoice.customer,
+                    invoice=invoice.id,
+                    subscription=invoice.subscription,
+                    amount=invoice.total,
+                    currency=invoice.currency,
+                ),
+            )
+        ]

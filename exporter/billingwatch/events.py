@@ -1,0 +1,340 @@
+"""Stripe event → typed facts. Pure functions: no I/O, no clock.
+
+Handles both API-version shapes of the objects BillingWatch reads (see README, "Stripe API
+versions"). Anything malformed raises InvalidEvent with a one-line reason, before any state
+is touched.
+"""
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from billingwatch.money import is_currency
+
+_EVENT_TYPE = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+){1,4}$")
+_MAX_ID = 255
+
+
+class InvalidEvent(ValueError):
+    """The body is JSON but not a Stripe event we can record."""
+
+
+@dataclass(frozen=True)
+class Event:
+    id: str
+    type: str
+    created: int
+    livemode: bool
+    object: Mapping[str, Any]
+    previous_attributes: Mapping[str, Any]
+    account: str | None = None
+
+    @property
+    def object_kind(self) -> str:
+        kind = self.object.get("object")
+        return kind if isinstance(kind, str) else ""
+
+
+@dataclass(frozen=True)
+class Charge:
+    id: str
+    status: str  # succeeded | failed | pending
+    amount: int
+    currency: str
+    customer: str | None
+    card_fingerprint: str | None
+    payment_intent: str | None
+    failure_reason: str | None  # decline_code, else failure_code
+
+
+@dataclass(frozen=True)
+class PaymentIntent:
+    id: str
+    status: str
+    amount_received: int
+    currency: str
+    customer: str | None
+    latest_charge: str | None
+
+
+@dataclass(frozen=True)
+class Refund:
+    id: str
+    amount: int
+    currency: str
+    status: str
+    charge: str | None
+
+
+@dataclass(frozen=True)
+class Dispute:
+    id: str
+    amount: int
+    currency: str
+    reason: str
+    charge: str | None
+
+
+@dataclass(frozen=True)
+class EarlyFraudWarning:
+    id: str
+    fraud_type: str
+    charge: str | None
+
+
+@dataclass(frozen=True)
+class Invoice:
+    id: str
+    created: int
+    customer: str | None
+    currency: str
+    total: int
+    amount_paid: int
+    status: str
+    billing_reason: str
+    attempt_count: int
+    subscription: str | None  # new shape: parent.subscription_details.subscription; old: subscription
+    charge: str | None  # old shapes only
+
+
+@dataclass(frozen=True)
+class SubscriptionItem:
+    unit_amount: int
+    quantity: int
+    currency: str
+    interval: str
+    interval_count: int
+
+
+@dataclass(frozen=True)
+class Subscription:
+    id: str
+    customer: str | None
+    status: str
+    items: tuple[SubscriptionItem, ...]
+    current_period_end: int | None  # old shape on the subscription; new shape on each item
+
+
+# ---------------------------------------------------------------- field readers
+
+
+def _field(obj: Mapping[str, Any], key: str, where: str) -> Any:
+    if key not in obj:
+        raise InvalidEvent(f"{where}.{key} is missing")
+    return obj[key]
+
+
+def _str(obj: Mapping[str, Any], key: str, where: str) -> str:
+    value = _field(obj, key, where)
+    if not isinstance(value, str) or not value or len(value) > _MAX_ID:
+        raise InvalidEvent(f"{where}.{key} must be a non-empty string")
+    return value
+
+
+def _opt_str(obj: Mapping[str, Any], key: str, where: str) -> str | None:
+    """An optional string, or an expanded object whose id we take (Stripe expands ids on request)."""
+    value = obj.get(key)
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        value = value.get("id")
+    if not isinstance(value, str) or len(value) > _MAX_ID:
+        raise InvalidEvent(f"{where}.{key} must be a string or null")
+    return value or None
+
+
+def _int(obj: Mapping[str, Any], key: str, where: str, *, default: int | None = None) -> int:
+    value = obj.get(key, default) if default is not None else _field(obj, key, where)
+    # bool is an int in Python; a JSON true is not an amount.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidEvent(f"{where}.{key} must be an integer")
+    if abs(value) > 10**15:
+        raise InvalidEvent(f"{where}.{key} is out of range")
+    return value
+
+
+def _currency(obj: Mapping[str, Any], where: str) -> str:
+    value = _field(obj, "currency", where)
+    if not is_currency(value):
+        raise InvalidEvent(f"{where}.currency must be a three-letter currency code")
+    return str(value)
+
+
+def _map(obj: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = obj.get(key)
+    return value if isinstance(value, Mapping) else {}
+
+
+# ---------------------------------------------------------------- the envelope
+
+
+def parse_event(body: Any) -> Event:
+    """Validate the event envelope Stripe sends and return it typed."""
+    if not isinstance(body, Mapping):
+        raise InvalidEvent("body must be a JSON object")
+    if body.get("object") != "event":
+        raise InvalidEvent('not a Stripe event (object must be "event")')
+    event_id = _str(body, "id", "event")
+    event_type = _str(body, "type", "event")
+    if not _EVENT_TYPE.match(event_type) or len(event_type) > 80:
+        raise InvalidEvent("event.type is not a Stripe event type")
+    created = _int(body, "created", "event")
+    if created <= 0:
+        raise InvalidEvent("event.created must be a positive unix time")
+    livemode = _field(body, "livemode", "event")
+    if not isinstance(livemode, bool):
+        raise InvalidEvent("event.livemode must be a boolean")
+    data = _field(body, "data", "event")
+    if not isinstance(data, Mapping):
+        raise InvalidEvent("event.data must be an object")
+    obj = _field(data, "object", "event.data")
+    if not isinstance(obj, Mapping):
+        raise InvalidEvent("event.data.object must be an object")
+    previous = data.get("previous_attributes") or {}
+    if not isinstance(previous, Mapping):
+        raise InvalidEvent("event.data.previous_attributes must be an object")
+    account = _opt_str(body, "account", "event")
+    return Event(event_id, event_type, created, livemode, obj, previous, account)
+
+
+# ---------------------------------------------------------------- objects
+
+
+def charge_of(obj: Mapping[str, Any]) -> Charge:
+    where = "charge"
+    status = _str(obj, "status", where)
+    outcome = _map(obj, "outcome")
+    card = _map(_map(obj, "payment_method_details"), "card")
+    fingerprint = card.get("fingerprint")
+    # outcome.reason carries the decline code (insufficient_funds, ...) or the Radar verdict
+    # (highest_risk_level, rule); failure_code is the coarser error code (card_declined).
+    reason = outcome.get("reason") or obj.get("failure_code")
+    return Charge(
+        id=_str(obj, "id", where),
+        status=status,
+        amount=_int(obj, "amount", where),
+        currency=_currency(obj, where),
+        customer=_opt_str(obj, "customer", where),
+        card_fingerprint=fingerprint if isinstance(fingerprint, str) and fingerprint else None,
+        payment_intent=_opt_str(obj, "payment_intent", where),
+        failure_reason=reason if isinstance(reason, str) and reason else None,
+    )
+
+
+def payment_intent_of(obj: Mapping[str, Any]) -> PaymentIntent:
+    where = "payment_intent"
+    latest = _opt_str(obj, "latest_charge", where)
+    if latest is None:
+        # API versions before 2022-11-15 list charges instead of latest_charge.
+        charges = _map(obj, "charges").get("data")
+        if isinstance(charges, list) and charges and isinstance(charges[-1], Mapping):
+            latest = _opt_str(charges[-1], "id", where)
+    return PaymentIntent(
+        id=_str(obj, "id", where),
+        status=_str(obj, "status", where),
+        amount_received=_int(obj, "amount_received", where, default=0),
+        currency=_currency(obj, where),
+        customer=_opt_str(obj, "customer", where),
+        latest_charge=latest,
+    )
+
+
+def refund_of(obj: Mapping[str, Any]) -> Refund:
+    where = "refund"
+    return Refund(
+        id=_str(obj, "id", where),
+        amount=_int(obj, "amount", where),
+        currency=_currency(obj, where),
+        status=_str(obj, "status", where),
+        charge=_opt_str(obj, "charge", where),
+    )
+
+
+def dispute_of(obj: Mapping[str, Any]) -> Dispute:
+    where = "dispute"
+    return Dispute(
+        id=_str(obj, "id", where),
+        amount=_int(obj, "amount", where),
+        currency=_currency(obj, where),
+        reason=_str(obj, "reason", where),
+        charge=_opt_str(obj, "charge", where),
+    )
+
+
+def early_fraud_warning_of(obj: Mapping[str, Any]) -> EarlyFraudWarning:
+    where = "radar.early_fraud_warning"
+    return EarlyFraudWarning(
+        id=_str(obj, "id", where),
+        fraud_type=_str(obj, "fraud_type", where),
+        charge=_opt_str(obj, "charge", where),
+    )
+
+
+def invoice_of(obj: Mapping[str, Any]) -> Invoice:
+    where = "invoice"
+    details = _map(_map(obj, "parent"), "subscription_details")
+    subscription = _opt_str(details, "subscription", where + ".parent.subscription_details")
+    if subscription is None:
+        subscription = _opt_str(obj, "subscription", where)
+    return Invoice(
+        id=_str(obj, "id", where),
+        created=_int(obj, "created", where),
+        customer=_opt_str(obj, "customer", where),
+        currency=_currency(obj, where),
+        total=_int(obj, "total", where),
+        amount_paid=_int(obj, "amount_paid", where, default=0),
+        status=_opt_str(obj, "status", where) or "",
+        billing_reason=_opt_str(obj, "billing_reason", where) or "",
+        attempt_count=_int(obj, "attempt_count", where, default=0),
+        subscription=subscription,
+        charge=_opt_str(obj, "charge", where),
+    )
+
+
+def _item_of(item: Any) -> tuple[SubscriptionItem | None, int | None]:
+    where = "subscription.items.data[]"
+    if not isinstance(item, Mapping):
+        raise InvalidEvent(f"{where} must be an object")
+    period_end = item.get("current_period_end")
+    end = period_end if isinstance(period_end, int) and not isinstance(period_end, bool) else None
+    price = _map(item, "price") or _map(item, "plan")
+    recurring = _map(price, "recurring")
+    interval = recurring.get("interval", price.get("interval"))
+    count = recurring.get("interval_count", price.get("interval_count", 1))
+    amount = price.get("unit_amount", price.get("amount"))
+    quantity = item.get("quantity", 1)
+    ints = (amount, count, quantity)
+    if (
+        not isinstance(interval, str)
+        or not is_currency(price.get("currency"))
+        or any(isinstance(v, bool) or not isinstance(v, int) for v in ints)
+    ):
+        # Metered and tiered prices have no unit amount: they add nothing to MRR.
+        return None, end
+    return SubscriptionItem(amount, quantity, str(price["currency"]), interval, count), end
+
+
+def subscription_of(obj: Mapping[str, Any]) -> Subscription:
+    where = "subscription"
+    data = _map(obj, "items").get("data", [])
+    if not isinstance(data, list):
+        raise InvalidEvent(f"{where}.items.data must be a list")
+    items: list[SubscriptionItem] = []
+    ends: list[int] = []
+    for raw in data:
+        item, end = _item_of(raw)
+        if item is not None:
+            items.append(item)
+        if end is not None:
+            ends.append(end)
+    top_end = obj.get("current_period_end")
+    if isinstance(top_end, int) and not isinstance(top_end, bool):
+        ends.append(top_end)
+    return Subscription(
+        id=_str(obj, "id", where),
+        customer=_opt_str(obj, "customer", where),
+        status=_str(obj, "status", where),
+        items=tuple(items),
+        current_period_end=max(ends) if ends else None,
+    )

@@ -1,0 +1,136 @@
+"""The metric families whose values live in the store, and how their fields are named there.
+
+A store field is "<family>|<label value>|<label value>...". Label values never contain "|"
+(they come from small, validated sets), so the collector splits fields back into labels.
+"""
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Kind(Enum):
+    COUNTER = "counter"
+    GAUGE = "gauge"
+
+
+@dataclass(frozen=True)
+class Family:
+    key: str  # short name used in store fields
+    name: str  # Prometheus name without the _total suffix of counters
+    help: str
+    labels: tuple[str, ...]
+    kind: Kind
+    money: bool = False  # stored in minor units (milli-minor units for MRR), exposed in major units
+
+
+def _counter(key: str, name: str, help: str, *labels: str, money: bool = False) -> Family:
+    return Family(key, name, help, labels, Kind.COUNTER, money)
+
+
+def _gauge(key: str, name: str, help: str, *labels: str, money: bool = False) -> Family:
+    return Family(key, name, help, labels, Kind.GAUGE, money)
+
+
+EVENTS = _counter("ev", "billingwatch_events", "Distinct Stripe events recorded, by type.", "type", "livemode")
+CHARGES = _counter(
+    "ch", "billingwatch_charges", "Charges by outcome (charge.succeeded/failed/pending events).",
+    "status", "currency", "livemode",
+)
+CHARGE_AMOUNT = _counter(
+    "cha", "billingwatch_charge_amount", "Charged amount by outcome, in major units of the currency.",
+    "status", "currency", "livemode", money=True,
+)
+CHARGE_FAILURES = _counter(
+    "chf", "billingwatch_charge_failures", "Failed charges by decline reason (known codes, else other).",
+    "reason", "livemode",
+)
+REFUNDS = _counter("rf", "billingwatch_refunds", "Refunds created, once per refund.", "currency", "livemode")
+REFUND_AMOUNT = _counter(
+    "rfa", "billingwatch_refund_amount", "Refunded amount, in major units of the currency.",
+    "currency", "livemode", money=True,
+)
+DISPUTES = _counter(
+    "dp", "billingwatch_disputes", "Disputes opened (charge.dispute.created), by reason.",
+    "reason", "currency", "livemode",
+)
+DISPUTE_AMOUNT = _counter(
+    "dpa", "billingwatch_dispute_amount", "Disputed amount, in major units of the currency.",
+    "currency", "livemode", money=True,
+)
+EARLY_FRAUD_WARNINGS = _counter(
+    "efw", "billingwatch_early_fraud_warnings", "Radar early fraud warnings, by fraud type.",
+    "fraud_type", "livemode",
+)
+INVOICES_PAID = _counter(
+    "ip", "billingwatch_invoices_paid", "Invoices paid, once per invoice.", "currency", "livemode"
+)
+INVOICE_PAID_AMOUNT = _counter(
+    "ipa", "billingwatch_invoice_paid_amount", "Amount paid on invoices, in major units of the currency.",
+    "currency", "livemode", money=True,
+)
+INVOICE_PAYMENT_FAILURES = _counter(
+    "ipf", "billingwatch_invoice_payment_failures",
+    "Failed invoice payment attempts (invoice.payment_failed), by attempt number 1, 2, 3 or 4+.",
+    "attempt", "livemode",
+)
+SUBSCRIPTIONS_ENDED = _counter(
+    "se", "billingwatch_subscriptions_ended", "Subscriptions that reached canceled or incomplete_expired.",
+    "livemode",
+)
+ANOMALIES = _counter(
+    "an", "billingwatch_anomalies",
+    "Anomalies found by the stateful detectors; details at /api/anomalies.",
+    "detector", "severity", "livemode",
+)
+MISSED_EVENTS = _counter(
+    "me", "billingwatch_missed_events",
+    "Events Stripe's API reports that never arrived as webhooks (found by billingwatch reconcile).",
+    "livemode",
+)
+LAST_RECEIVED = _gauge(
+    "lr", "billingwatch_last_event_received_timestamp_seconds",
+    "Unix time at which the newest distinct event was received.", "livemode",
+)
+LAST_CREATED = _gauge(
+    "lc", "billingwatch_last_event_created_timestamp_seconds",
+    "Largest Stripe created time of the recorded events.", "livemode",
+)
+SUBSCRIPTIONS = _gauge(
+    "sub", "billingwatch_subscriptions",
+    "Live subscriptions by status (canceled and incomplete_expired are not held).", "status", "livemode",
+)
+MRR = _gauge(
+    "mrr", "billingwatch_mrr_amount",
+    "Monthly recurring revenue of active and past_due subscriptions, in major units of the currency.",
+    "currency", "livemode", money=True,
+)
+
+REDIS_FAMILIES = (
+    EVENTS, CHARGES, CHARGE_AMOUNT, CHARGE_FAILURES, REFUNDS, REFUND_AMOUNT, DISPUTES, DISPUTE_AMOUNT,
+    EARLY_FRAUD_WARNINGS, INVOICES_PAID, INVOICE_PAID_AMOUNT, INVOICE_PAYMENT_FAILURES,
+    SUBSCRIPTIONS_ENDED, ANOMALIES, MISSED_EVENTS, LAST_RECEIVED, LAST_CREATED, SUBSCRIPTIONS, MRR,
+)
+BY_KEY = {family.key: family for family in REDIS_FAMILIES}
+
+# The delivery-lag histogram is stored as per-bucket counts (non-cumulative), a sum in
+# milliseconds and a count; the collector makes the buckets cumulative.
+LAG_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 10800.0, 86400.0)
+LAG_NAME = "billingwatch_webhook_delivery_lag_seconds"
+LAG_HELP = "Seconds from the event's Stripe created time to its first recording here."
+LAG_BUCKET = _counter("lagb", LAG_NAME, LAG_HELP, "le", "livemode")
+LAG_SUM = _counter("lags", LAG_NAME, LAG_HELP, "livemode")  # milliseconds
+LAG_COUNT = _counter("lagc", LAG_NAME, LAG_HELP, "livemode")
+
+# Subscription statuses held in the SUBSCRIPTIONS gauge; the rest end a subscription.
+LIVE_STATUSES = ("trialing", "active", "past_due", "unpaid", "paused", "incomplete")
+ENDED_STATUSES = ("canceled", "incomplete_expired")
+MRR_STATUSES = ("active", "past_due")
+LIVEMODES = ("true", "false")
+
+
+def field(family: Family, *values: str) -> str:
+    return "|".join((family.key, *values))
+
+
+def livemode_label(livemode: bool) -> str:
+    return "true" if livemode else "false"

@@ -1,0 +1,189 @@
+"""Stripe event → the Plan that records it: counters, subscription state, detector checks. Pure."""
+
+import bisect
+from collections.abc import Iterable
+
+from billingwatch import families as fam
+from billingwatch.detectors import Context, Detector
+from billingwatch.events import (
+    Event,
+    charge_of,
+    dispute_of,
+    early_fraud_warning_of,
+    invoice_of,
+    refund_of,
+    subscription_of,
+)
+from billingwatch.money import monthly_amount
+from billingwatch.plan import Check, Plan, SubscriptionPayment, SubscriptionState
+
+# Label values outside these sets become "other", so every label has a small, known set.
+DECLINE_REASONS = frozenset(
+    """
+    authentication_required approve_with_id call_issuer card_not_supported card_velocity_exceeded
+    card_declined currency_not_supported do_not_honor do_not_try_again expired_card fraudulent
+    generic_decline highest_risk_level elevated_risk_level incorrect_cvc incorrect_number
+    incorrect_zip insufficient_funds invalid_account invalid_amount invalid_cvc invalid_expiry_month
+    invalid_expiry_year invalid_number issuer_not_available lost_card merchant_blacklist
+    not_permitted pickup_card processing_error restricted_card revocation_of_authorization
+    rule security_violation service_not_allowed stolen_card stop_payment_order
+    testmode_decline transaction_not_allowed try_again_later withdrawal_count_limit_exceeded
+    low_probability_of_authorization
+    """.split()
+)
+DISPUTE_REASONS = frozenset(
+    """
+    bank_cannot_process check_returned credit_not_processed customer_initiated debit_not_authorized
+    duplicate fraudulent general incorrect_account_details insufficient_funds noncompliant
+    product_not_received product_unacceptable subscription_canceled unrecognized
+    """.split()
+)
+FRAUD_TYPES = frozenset(
+    """
+    card_never_received fraudulent_card_application made_with_counterfeit_card
+    made_with_lost_card made_with_stolen_card misc unauthorized_use_of_card
+    """.split()
+)
+CHARGE_STATUSES = ("succeeded", "failed", "pending")
+INVOICE_ATTEMPTS = ("1", "2", "3", "4+")
+
+_CHARGE_EVENTS = {"charge.succeeded": "succeeded", "charge.failed": "failed", "charge.pending": "pending"}
+_INVOICE_PAID_EVENTS = frozenset({"invoice.paid", "invoice.payment_succeeded"})
+_REFUND_EVENTS = frozenset({"refund.created", "charge.refund.updated", "refund.updated"})
+_SUBSCRIPTION_EVENTS = frozenset(
+    {
+        "customer.subscription.created", "customer.subscription.updated", "customer.subscription.deleted",
+        "customer.subscription.paused", "customer.subscription.resumed",
+        "customer.subscription.pending_update_applied", "customer.subscription.pending_update_expired",
+        "customer.subscription.trial_will_end",
+    }
+)
+
+
+def known(value: str | None, allowed: frozenset[str]) -> str:
+    return value if value in allowed else "other"
+
+
+def lag_bucket(lag_seconds: float) -> str:
+    """The upper bound of the lag histogram bucket a value falls in."""
+    index = bisect.bisect_left(fam.LAG_BUCKETS, lag_seconds)
+    return "+Inf" if index == len(fam.LAG_BUCKETS) else repr(fam.LAG_BUCKETS[index])
+
+
+def _add(counters: dict[str, int], key: str, amount: int = 1) -> None:
+    counters[key] = counters.get(key, 0) + amount
+
+
+def plan_event(
+    event: Event,
+    *,
+    received_at: float,
+    detectors: Iterable[Detector],
+    context: Context,
+    dedup_ttl: int,
+    subscription_ttl: int,
+) -> Plan:
+    """Everything recording this event changes, for the store to apply atomically."""
+    mode = fam.livemode_label(event.livemode)
+    counters: dict[str, int] = {fam.field(fam.EVENTS, event.type, mode): 1}
+    lag = max(0.0, received_at - event.created)
+    _add(counters, fam.field(fam.LAG_BUCKET, lag_bucket(lag), mode))
+    _add(counters, fam.field(fam.LAG_SUM, mode), round(lag * 1000))
+    _add(counters, fam.field(fam.LAG_COUNT, mode))
+    maxima = {
+        fam.field(fam.LAST_RECEIVED, mode): int(received_at),
+        fam.field(fam.LAST_CREATED, mode): event.created,
+    }
+    checks: list[Check] = []
+    subscription: SubscriptionState | None = None
+    payment: SubscriptionPayment | None = None
+    kind = event.object_kind
+
+    if event.type in _CHARGE_EVENTS and kind == "charge":
+        charge = charge_of(event.object)
+        status = _CHARGE_EVENTS[event.type]
+        _add(counters, fam.field(fam.CHARGES, status, charge.currency, mode))
+        _add(counters, fam.field(fam.CHARGE_AMOUNT, status, charge.currency, mode), charge.amount)
+        if status == "failed":
+            _add(counters, fam.field(fam.CHARGE_FAILURES, known(charge.failure_reason, DECLINE_REASONS), mode))
+    elif kind == "refund" and event.type in _REFUND_EVENTS:
+        refund = refund_of(event.object)
+        if refund.status in ("succeeded", "pending", "requires_action"):
+            checks.append(_count_once(f"refund:{refund.id}", dedup_ttl, {
+                fam.field(fam.REFUNDS, refund.currency, mode): 1,
+                fam.field(fam.REFUND_AMOUNT, refund.currency, mode): refund.amount,
+            }))
+    elif event.type == "charge.refunded" and kind == "charge":
+        # Older API versions list the refunds on the charge; newer ones send refund.created too.
+        refunds = event.object.get("refunds")
+        data = refunds.get("data") if isinstance(refunds, dict) else None
+        for raw in data if isinstance(data, list) else []:
+            refund = refund_of(raw)
+            checks.append(_count_once(f"refund:{refund.id}", dedup_ttl, {
+                fam.field(fam.REFUNDS, refund.currency, mode): 1,
+                fam.field(fam.REFUND_AMOUNT, refund.currency, mode): refund.amount,
+            }))
+    elif event.type == "charge.dispute.created" and kind == "dispute":
+        dispute = dispute_of(event.object)
+        _add(counters, fam.field(fam.DISPUTES, known(dispute.reason, DISPUTE_REASONS), dispute.currency, mode))
+        _add(counters, fam.field(fam.DISPUTE_AMOUNT, dispute.currency, mode), dispute.amount)
+    elif event.type == "radar.early_fraud_warning.created" and kind == "radar.early_fraud_warning":
+        warning = early_fraud_warning_of(event.object)
+        _add(counters, fam.field(fam.EARLY_FRAUD_WARNINGS, known(warning.fraud_type, FRAUD_TYPES), mode))
+    elif kind == "invoice":
+        invoice = invoice_of(event.object)
+        if event.type in _INVOICE_PAID_EVENTS:
+            # invoice.paid and invoice.payment_succeeded report the same payment: count it once.
+            checks.append(_count_once(f"invpaid:{invoice.id}", dedup_ttl, {
+                fam.field(fam.INVOICES_PAID, invoice.currency, mode): 1,
+                fam.field(fam.INVOICE_PAID_AMOUNT, invoice.currency, mode): invoice.amount_paid,
+            }))
+            if invoice.subscription:
+                payment = SubscriptionPayment(invoice.subscription, mode, event.created, dedup_ttl)
+        elif event.type == "invoice.payment_failed":
+            attempt = INVOICE_ATTEMPTS[min(max(invoice.attempt_count, 1), 4) - 1]
+            _add(counters, fam.field(fam.INVOICE_PAYMENT_FAILURES, attempt, mode))
+    elif kind == "subscription" and event.type in _SUBSCRIPTION_EVENTS:
+        subscription = subscription_state(event, dedup_ttl, subscription_ttl)
+
+    for detector in detectors:
+        if event.type in detector.event_types:
+            checks.extend(detector.checks(event, context))
+
+    return Plan(
+        event_id=event.id,
+        dedup_ttl=dedup_ttl,
+        counters=counters,
+        maxima=maxima,
+        checks=checks,
+        subscription=subscription,
+        payment=payment,
+    )
+
+
+def _count_once(key: str, ttl: int, counters: dict[str, int]) -> Check:
+    return Check(op="once", key=key, ttl=ttl, counters=counters)
+
+
+def subscription_state(event: Event, ended_ttl: int, live_ttl: int) -> SubscriptionState:
+    """The snapshot to keep. An ended one is kept only as long as an older snapshot may arrive."""
+    sub = subscription_of(event.object)
+    status = "canceled" if event.type == "customer.subscription.deleted" else sub.status
+    by_currency: dict[str, float] = {}
+    for item in sub.items:
+        amount = monthly_amount(item.unit_amount, item.quantity, item.interval, item.interval_count)
+        by_currency[item.currency] = by_currency.get(item.currency, 0.0) + amount
+    # A subscription bills in one currency; take the largest should a malformed one mix them.
+    currency, monthly = max(by_currency.items(), key=lambda kv: kv[1], default=("", 0.0))
+    if status not in fam.MRR_STATUSES:
+        monthly = 0.0
+    return SubscriptionState(
+        id=sub.id,
+        livemode=fam.livemode_label(event.livemode),
+        at=event.created,
+        status=status if status in (*fam.LIVE_STATUSES, *fam.ENDED_STATUSES) else "other",
+        mrr_currency=currency,
+        mrr_milli=round(monthly * 1000),
+        period_end=sub.current_period_end or 0,
+        ttl=ended_ttl if status in fam.ENDED_STATUSES else live_ttl,
+    )

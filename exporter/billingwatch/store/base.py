@@ -1,0 +1,45 @@
+"""The store contract. Two implementations: Redis (production) and in-process (embedded default)."""
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from billingwatch.plan import Outcome, Plan
+
+# Statuses after which a subscription is no longer held in the gauges. The Lua script has
+# the same list (store/apply.lua, ENDED).
+ENDED = frozenset({"canceled", "incomplete_expired"})
+
+
+class StoreUnavailable(Exception):
+    """The store could not be reached or did not answer; nothing may be acknowledged."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The store-held figures at scrape time."""
+
+    counters: dict[str, int] = field(default_factory=dict)
+    gauges: dict[str, int] = field(default_factory=dict)
+    lapsed: dict[str, int] = field(default_factory=dict)  # livemode label → count
+
+
+class Store(Protocol):
+    kind: str
+
+    async def apply(self, plan: Plan) -> Outcome:
+        """Record one event atomically: nothing if its id was recorded before."""
+
+    async def snapshot(self, now: float, lapse_grace: int) -> Snapshot: ...
+
+    async def anomalies(self, limit: int) -> list[dict[str, Any]]:
+        """The newest anomaly records first."""
+
+    async def recorded(self, event_ids: list[str]) -> list[bool]:
+        """Whether each event id has been recorded (within the dedup retention)."""
+
+    async def increment(self, counters: dict[str, int]) -> None:
+        """Add to store-held counters outside an event (e.g. missed events found by reconcile)."""
+
+    async def ping(self) -> bool: ...
+
+    async def close(self) -> None: ...

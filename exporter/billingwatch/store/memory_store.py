@@ -1,0 +1,194 @@
+"""The in-process store: the embedded default when no REDIS_URL is set.
+
+Same semantics as the Redis store (the same contract tests run against both), but its state
+lives in this process: not shared between replicas, lost on restart. Each apply runs without
+an await, so on the event loop it is as atomic as the Redis script.
+"""
+
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from billingwatch import families as fam
+from billingwatch.plan import Check, Outcome, Plan, SubscriptionPayment, SubscriptionState
+from billingwatch.store.base import ENDED, Snapshot
+
+_SWEEP_EVERY = 1024
+
+
+class MemoryStore:
+    kind = "memory"
+
+    def __init__(self, anomaly_log_size: int = 1000, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._expiry: dict[str, float] = {}  # key → unix time it expires
+        self._sets: dict[str, dict[str, int]] = {}  # window/distinct sets: member → score
+        self._subs: dict[str, dict[str, Any]] = {}
+        self._lapse: dict[str, dict[str, int]] = {mode: {} for mode in fam.LIVEMODES}
+        self._counters: dict[str, int] = {}
+        self._gauges: dict[str, int] = {}
+        self._log: deque[dict[str, Any]] = deque(maxlen=anomaly_log_size)
+        self._applied = 0
+
+    # -- keys with a TTL: "e:<event>", "c:<check>", "s:<subscription>"
+
+    def _alive(self, key: str) -> bool:
+        expires = self._expiry.get(key)
+        if expires is None:
+            return False
+        if expires <= self._clock():
+            self._drop(key)
+            return False
+        return True
+
+    def _drop(self, key: str) -> None:
+        self._expiry.pop(key, None)
+        self._sets.pop(key, None)
+        if key.startswith("s:"):
+            self._subs.pop(key, None)
+
+    def _sweep(self) -> None:
+        now = self._clock()
+        for key in [k for k, t in self._expiry.items() if t <= now]:
+            self._drop(key)
+
+    def _set_once(self, key: str, ttl: int) -> bool:
+        if self._alive(key):
+            return False
+        self._expiry[key] = self._clock() + ttl
+        return True
+
+    # -- the contract
+
+    async def apply(self, plan: Plan) -> Outcome:
+        self._applied += 1
+        if self._applied % _SWEEP_EVERY == 0:
+            self._sweep()
+        if not self._set_once("e:" + plan.event_id, plan.dedup_ttl):
+            return Outcome(duplicate=True)
+        for name, value in plan.counters.items():
+            self._counters[name] = self._counters.get(name, 0) + value
+        for name, value in plan.maxima.items():
+            if name not in self._gauges or value > self._gauges[name]:
+                self._gauges[name] = value
+        fired = [record for check in plan.checks if (record := self._check(check)) is not None]
+        if plan.subscription is not None:
+            self._subscription(plan.subscription)
+        if plan.payment is not None:
+            self._payment(plan.payment)
+        return Outcome(duplicate=False, anomalies=fired)
+
+    def _check(self, check: Check) -> dict[str, Any] | None:
+        """Run one check; return its anomaly record when it hits with one."""
+        key = "c:" + check.key
+        related: list[str] | None = None
+        if check.op == "once":
+            hit = self._set_once(key, check.ttl)
+        else:
+            if not self._alive(key):
+                self._expiry[key] = self._clock() + check.ttl
+            members = self._sets.setdefault(key, {})
+            if check.member not in members:
+                if check.op == "window":
+                    lo, hi = check.at - check.window, check.at + check.window
+                    near = sorted((s, m) for m, s in members.items() if lo <= s <= hi)
+                    related = [m for _, m in near]
+                else:
+                    related = [m for _, m in sorted((s, m) for m, s in members.items())]
+                hit = bool(related)
+                members[check.member] = check.at
+                if len(members) > check.cap:
+                    for _, oldest in sorted((s, m) for m, s in members.items())[: len(members) - check.cap]:
+                        del members[oldest]
+                self._expiry[key] = self._clock() + check.ttl
+            else:
+                hit = False
+                if check.op == "distinct" and check.at < members[check.member]:
+                    members[check.member] = check.at
+        if not hit:
+            return None
+        for name, value in check.counters.items():
+            self._counters[name] = self._counters.get(name, 0) + value
+        if check.anomaly is None:
+            return None
+        record = check.anomaly.as_dict()
+        if related is not None:
+            record["related"] = related
+        self._log.appendleft(record)
+        anomaly = check.anomaly
+        counter = fam.field(fam.ANOMALIES, anomaly.detector, anomaly.severity, fam.livemode_label(anomaly.livemode))
+        self._counters[counter] = self._counters.get(counter, 0) + 1
+        return record
+
+    def _gauge_add(self, name: str, value: int) -> None:
+        self._gauges[name] = self._gauges.get(name, 0) + value
+
+    def _subscription(self, sub: SubscriptionState) -> None:
+        key = "s:" + sub.id
+        state = self._subs.get(key) if self._alive(key) else None
+        state = state or {}
+        if "at" in state and sub.at < state["at"]:
+            return  # an older snapshot never overwrites a newer one
+        old_status = state.get("status")
+        if old_status is not None and old_status not in ENDED:
+            self._gauge_add(fam.field(fam.SUBSCRIPTIONS, old_status, state["lm"]), -1)
+            if state["cur"]:
+                self._gauge_add(fam.field(fam.MRR, state["cur"], state["lm"]), -state["mrr"])
+        if sub.status not in ENDED:
+            self._gauge_add(fam.field(fam.SUBSCRIPTIONS, sub.status, sub.livemode), 1)
+            if sub.mrr_currency:
+                self._gauge_add(fam.field(fam.MRR, sub.mrr_currency, sub.livemode), sub.mrr_milli)
+        elif old_status not in ENDED:
+            self._counters[fam.field(fam.SUBSCRIPTIONS_ENDED, sub.livemode)] = (
+                self._counters.get(fam.field(fam.SUBSCRIPTIONS_ENDED, sub.livemode), 0) + 1
+            )
+        state.update(
+            at=sub.at, status=sub.status, cur=sub.mrr_currency, mrr=sub.mrr_milli, end=sub.period_end,
+            lm=sub.livemode,
+        )
+        self._subs[key] = state
+        self._expiry[key] = self._clock() + sub.ttl
+        watch = self._lapse[sub.livemode]
+        if sub.status == "active" and sub.period_end > 0 and state.get("paid", 0) < sub.period_end:
+            watch[sub.id] = sub.period_end
+        else:
+            watch.pop(sub.id, None)
+
+    def _payment(self, pay: SubscriptionPayment) -> None:
+        key = "s:" + pay.id
+        state = self._subs.get(key) if self._alive(key) else None
+        if state is None:
+            state = self._subs[key] = {}
+            self._expiry[key] = self._clock() + pay.ttl
+        if "paid" in state and pay.at <= state["paid"]:
+            return
+        state["paid"] = pay.at
+        self._expiry[key] = max(self._expiry[key], self._clock() + pay.ttl)
+        watch = self._lapse[pay.livemode]
+        if pay.id in watch and watch[pay.id] <= pay.at:
+            del watch[pay.id]
+
+    async def snapshot(self, now: float, lapse_grace: int) -> Snapshot:
+        cutoff = now - lapse_grace
+        return Snapshot(
+            counters=dict(self._counters),
+            gauges=dict(self._gauges),
+            lapsed={mode: sum(1 for end in w.values() if end <= cutoff) for mode, w in self._lapse.items()},
+        )
+
+    async def anomalies(self, limit: int) -> list[dict[str, Any]]:
+        return list(self._log)[: max(limit, 1)]
+
+    async def recorded(self, event_ids: list[str]) -> list[bool]:
+        return [self._alive("e:" + event_id) for event_id in event_ids]
+
+    async def increment(self, counters: dict[str, int]) -> None:
+        for name, value in counters.items():
+            self._counters[name] = self._counters.get(name, 0) + value
+
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        return None

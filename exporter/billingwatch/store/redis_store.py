@@ -1,0 +1,148 @@
+"""The Redis store: one EVALSHA per event, shared by any number of exporter replicas.
+
+Every key carries the hash tag {<prefix>}, so the keys one script touches share a slot and
+the design works on Redis Cluster. Every key is bounded by a TTL or a size cap.
+"""
+
+import json
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from billingwatch import families as fam
+from billingwatch.plan import Check, Outcome, Plan
+from billingwatch.store.base import Snapshot, StoreUnavailable
+
+_SCRIPT = resources.files("billingwatch.store").joinpath("apply.lua").read_text()
+
+
+def _check_args(check: Check) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "op": check.op,
+        "ttl": str(check.ttl),
+        "member": check.member,
+        "at": str(check.at),
+        "lo": str(check.at - check.window),
+        "hi": str(check.at + check.window),
+        "cap": str(check.cap),
+        "counters": {k: str(v) for k, v in check.counters.items()},
+    }
+    if check.anomaly is not None:
+        args["anomaly"] = check.anomaly.as_dict()
+        args["anomaly_counter"] = fam.field(
+            fam.ANOMALIES, check.anomaly.detector, check.anomaly.severity,
+            fam.livemode_label(check.anomaly.livemode),
+        )
+    return args
+
+
+class RedisStore:
+    kind = "redis"
+
+    def __init__(self, url: str, prefix: str = "billingwatch", anomaly_log_size: int = 1000) -> None:
+        self._redis = aioredis.Redis.from_url(
+            url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=15
+        )
+        self._script = self._redis.register_script(_SCRIPT)
+        self._tag = "{" + prefix + "}"
+        self._log_size = anomaly_log_size
+        self.counters_key = self.key("counters")
+        self.gauges_key = self.key("gauges")
+        self.anomalies_key = self.key("anomalies")
+
+    def key(self, name: str) -> str:
+        return f"{self._tag}:{name}"
+
+    def _lapse_key(self, livemode: str) -> str:
+        return self.key("lapse:" + livemode)
+
+    async def apply(self, plan: Plan) -> Outcome:
+        sub_id, mode = "-", "false"
+        if plan.subscription is not None:
+            sub_id, mode = plan.subscription.id, plan.subscription.livemode
+        elif plan.payment is not None:
+            sub_id, mode = plan.payment.id, plan.payment.livemode
+        keys = [
+            self.key("e:" + plan.event_id),
+            self.counters_key,
+            self.gauges_key,
+            self.anomalies_key,
+            self.key("s:" + sub_id),
+            self._lapse_key(mode),
+            *(self.key("c:" + check.key) for check in plan.checks),
+        ]
+        body: dict[str, Any] = {
+            "ttl": str(plan.dedup_ttl),
+            "counters": {k: str(v) for k, v in plan.counters.items()},
+            "maxima": {k: str(v) for k, v in plan.maxima.items()},
+            "checks": [_check_args(c) for c in plan.checks],
+        }
+        if plan.subscription is not None:
+            s = plan.subscription
+            body["subscription"] = {
+                "id": s.id, "lm": s.livemode, "at": str(s.at), "status": s.status, "cur": s.mrr_currency,
+                "mrr": str(s.mrr_milli), "end": str(s.period_end), "ttl": str(s.ttl),
+            }
+        if plan.payment is not None:
+            p = plan.payment
+            body["payment"] = {"id": p.id, "at": str(p.at), "ttl": str(p.ttl)}
+        try:
+            reply = await self._script(keys=keys, args=[json.dumps(body), self._log_size])
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(type(exc).__name__) from exc
+        if int(reply[0]) == 1:
+            return Outcome(duplicate=True)
+        return Outcome(duplicate=False, anomalies=[json.loads(r) for r in reply[1:]])
+
+    async def snapshot(self, now: float, lapse_grace: int) -> Snapshot:
+        cutoff = now - lapse_grace
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(self.counters_key)
+                pipe.hgetall(self.gauges_key)
+                for mode in fam.LIVEMODES:
+                    pipe.zcount(self._lapse_key(mode), "-inf", cutoff)
+                counters, gauges, *lapsed = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(type(exc).__name__) from exc
+        return Snapshot(
+            counters={k.decode(): int(v) for k, v in counters.items()},
+            gauges={k.decode(): int(v) for k, v in gauges.items()},
+            lapsed=dict(zip(fam.LIVEMODES, (int(n) for n in lapsed), strict=True)),
+        )
+
+    async def anomalies(self, limit: int) -> list[dict[str, Any]]:
+        try:
+            raw = await self._redis.lrange(self.anomalies_key, 0, max(limit, 1) - 1)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(type(exc).__name__) from exc
+        return [json.loads(r) for r in raw]
+
+    async def recorded(self, event_ids: list[str]) -> list[bool]:
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for event_id in event_ids:
+                    pipe.exists(self.key("e:" + event_id))
+                return [bool(n) for n in await pipe.execute()]
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(type(exc).__name__) from exc
+
+    async def increment(self, counters: dict[str, int]) -> None:
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for name, value in counters.items():
+                    pipe.hincrby(self.counters_key, name, value)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(type(exc).__name__) from exc
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._redis.ping())
+        except (RedisError, OSError):
+            return False
+
+    async def close(self) -> None:
+        await self._redis.aclose()
