@@ -1,0 +1,5 @@
+"""Prometheus rules rendered from one YAML config of thresholds (`billingwatch rules`)."""
+
+from billingwatch.rules.config import RulesConfig, default_config_text, load_config, seconds
+
+__all__ = ["RulesConfig", "default_config_text", "load_config", "seconds"]
