@@ -138,7 +138,7 @@ class SmtpSink:
         self.messages: list[tuple[float, Message]] = []
         self._lock = threading.Lock()
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 (aiosmtpd API)
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         with self._lock:
             self.messages.append((time.time(), message_from_bytes(envelope.original_content)))
         return "250 Message accepted for delivery"
@@ -203,7 +203,7 @@ def http_sink() -> Iterator[HttpSink]:
     sink = HttpSink()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server API)
+        def do_POST(self) -> None:
             raw = self.rfile.read(int(self.headers.get("content-length", "0")))
             try:
                 body: Any = json.loads(raw)

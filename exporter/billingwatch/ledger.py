@@ -7,6 +7,7 @@ from billingwatch import families as fam
 from billingwatch.detectors import Context, Detector
 from billingwatch.events import (
     Event,
+    InvalidEvent,
     charge_of,
     dispute_of,
     early_fraud_warning_of,
@@ -46,6 +47,7 @@ FRAUD_TYPES = frozenset(
 )
 CHARGE_STATUSES = ("succeeded", "failed", "pending")
 INVOICE_ATTEMPTS = ("1", "2", "3", "4+")
+_MAX_MONTHLY_MINOR = 10**12  # held x1000 in a signed 64-bit store integer, summed over subscriptions
 
 _CHARGE_EVENTS = {"charge.succeeded": "succeeded", "charge.failed": "failed", "charge.pending": "pending"}
 _INVOICE_PAID_EVENTS = frozenset({"invoice.paid", "invoice.payment_succeeded"})
@@ -177,6 +179,9 @@ def subscription_state(event: Event, ended_ttl: int, live_ttl: int) -> Subscript
     currency, monthly = max(by_currency.items(), key=lambda kv: kv[1], default=("", 0.0))
     if status not in fam.MRR_STATUSES:
         monthly = 0.0
+    if not 0 <= monthly <= _MAX_MONTHLY_MINOR:
+        # Checked here because the store script must never fail half-way (Redis keeps partial writes).
+        raise InvalidEvent("subscription items: monthly amount out of range")
     return SubscriptionState(
         id=sub.id,
         livemode=fam.livemode_label(event.livemode),

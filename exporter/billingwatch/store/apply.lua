@@ -8,6 +8,9 @@
 -- ARGV[1] the plan as JSON (every number a string, so Lua never rounds it)
 -- ARGV[2] how many anomaly records the log keeps
 -- Returns {1} for an event recorded before, else {0, anomaly record JSON...}.
+--
+-- Redis does not roll back a script that fails half-way, so nothing here may fail: every
+-- value is validated (types, ranges) in Python before the plan is built.
 
 local ENDED = { canceled = true, incomplete_expired = true }
 local plan = cjson.decode(ARGV[1])
@@ -75,7 +78,8 @@ if sub then
     if old_status and not ENDED[old_status] then
       redis.call('HINCRBY', KEYS[3], 'sub|' .. old_status .. '|' .. old_mode, -1)
       if state[3] and state[3] ~= '' then
-        redis.call('HINCRBY', KEYS[3], 'mrr|' .. state[3] .. '|' .. old_mode, -tonumber(state[4]))
+        -- format with %d: Lua would print minus zero as '-0', which HINCRBY refuses
+        redis.call('HINCRBY', KEYS[3], 'mrr|' .. state[3] .. '|' .. old_mode, string.format('%d', -tonumber(state[4])))
       end
     end
     if not ENDED[sub.status] then

@@ -1,0 +1,179 @@
+"""The store contract: the same behaviour from the Redis store and the in-process store."""
+
+import time
+
+import pytest
+
+from billingwatch import families as fam
+from billingwatch.collector import store_metrics
+from billingwatch.plan import Check, Plan
+from billingwatch.store import MemoryStore, Store
+from tests import stripe_events as se
+from tests.recording import counter, gauge, record
+
+pytestmark = pytest.mark.anyio
+DAY = 86400
+NOW = int(time.time())
+
+
+def sub_event(event_type: str, created: int, **kw: object) -> dict[str, object]:
+    return se.event(event_type, se.subscription(**kw), created=created)  # type: ignore[arg-type]
+
+
+async def test_dedup_makes_a_redelivery_change_nothing(store: Store) -> None:
+    evt = se.event("charge.refunded", se.charge())
+    first = await record(store, evt)
+    before = await store.snapshot(time.time(), 0)
+    second = await record(store, evt)
+    assert (first.duplicate, second.duplicate) == (False, True)
+    assert await store.snapshot(time.time(), 0) == before
+    assert await store.recorded([evt["id"], "evt_never"]) == [True, False]  # type: ignore[list-item]
+
+
+async def test_subscription_gauges_follow_the_newest_snapshot(store: Store) -> None:
+    await record(store, sub_event("customer.subscription.created", NOW - 300, status="trialing"))
+    assert await gauge(store, "sub|trialing|false") == 1
+    await record(store, sub_event("customer.subscription.updated", NOW - 200, status="active", unit_amount=1200,
+                                  quantity=2))
+    assert await gauge(store, "sub|trialing|false") == 0
+    assert await gauge(store, "sub|active|false") == 1
+    assert await gauge(store, "mrr|usd|false") == 2400 * 1000
+    # An older snapshot delivered late changes nothing.
+    await record(store, sub_event("customer.subscription.updated", NOW - 250, status="past_due"))
+    assert await gauge(store, "sub|active|false") == 1 and await gauge(store, "sub|past_due|false") == 0
+    await record(store, sub_event("customer.subscription.deleted", NOW - 100, status="canceled"))
+    assert await gauge(store, "sub|active|false") == 0
+    assert await gauge(store, "mrr|usd|false") == 0
+    assert await counter(store, "se|false") == 1
+    # A stale update after the deletion does not resurrect it.
+    await record(store, sub_event("customer.subscription.updated", NOW - 150, status="active"))
+    assert await gauge(store, "sub|active|false") == 0 and await counter(store, "se|false") == 1
+
+
+async def test_mrr_normalises_intervals_per_currency(store: Store) -> None:
+    await record(store, sub_event("customer.subscription.created", NOW, subscription_id="sub_y", unit_amount=12000,
+                                  interval="year", currency="usd"))
+    await record(store, sub_event("customer.subscription.created", NOW, subscription_id="sub_q", unit_amount=3000,
+                                  interval="month", interval_count=3, currency="usd"))
+    await record(store, sub_event("customer.subscription.created", NOW, subscription_id="sub_j", unit_amount=500,
+                                  currency="jpy", old_shape=True))
+    snapshot = await store.snapshot(time.time(), 0)
+    assert snapshot.gauges["mrr|usd|false"] == (1000 + 1000) * 1000
+    metrics = {(m.name, tuple(s.labels.values())): s.value for m in store_metrics(snapshot, []) for s in m.samples}
+    assert metrics[("billingwatch_mrr_amount", ("usd", "false"))] == pytest.approx(20.00)
+    assert metrics[("billingwatch_mrr_amount", ("jpy", "false"))] == pytest.approx(500)  # zero-decimal
+
+
+async def test_lapsed_subscription_counts_after_grace_and_clears_when_paid(store: Store) -> None:
+    period_end = NOW - 3 * DAY
+    await record(store, sub_event("customer.subscription.updated", NOW - 40 * DAY, subscription_id="sub_lapse",
+                                  period_end=period_end))
+    assert (await store.snapshot(NOW, 2 * DAY)).lapsed["false"] == 1
+    assert (await store.snapshot(NOW, 4 * DAY)).lapsed["false"] == 0  # still within a longer grace
+    paid = se.invoice(subscription="sub_lapse", invoice_id="in_renewal")
+    await record(store, se.event("invoice.paid", paid, created=period_end + 3600))
+    assert (await store.snapshot(NOW, 2 * DAY)).lapsed["false"] == 0
+
+
+async def test_renewal_moves_the_watch_to_the_next_period(store: Store) -> None:
+    old_end = NOW - 5 * DAY
+    await record(store, sub_event("customer.subscription.updated", NOW - 35 * DAY, subscription_id="sub_r",
+                                  period_end=old_end))
+    paid = se.invoice(subscription="sub_r", old_shape=True)
+    await record(store, se.event("invoice.paid", paid, created=old_end + 60))
+    new_end = old_end + 30 * DAY
+    await record(store, sub_event("customer.subscription.updated", old_end + 61, subscription_id="sub_r",
+                                  period_end=new_end))
+    assert (await store.snapshot(NOW, DAY)).lapsed["false"] == 0
+    assert (await store.snapshot(new_end + 2 * DAY, DAY)).lapsed["false"] == 1
+
+
+async def test_only_active_subscriptions_can_lapse(store: Store) -> None:
+    await record(store, sub_event("customer.subscription.updated", NOW - 40 * DAY, subscription_id="sub_pd",
+                                  status="past_due", period_end=NOW - 10 * DAY))
+    assert (await store.snapshot(NOW, DAY)).lapsed["false"] == 0
+
+
+async def test_refunds_count_once_whichever_events_report_them(store: Store) -> None:
+    refund = se.refund(refund_id="re_1", amount=700, currency="gbp")
+    await record(store, se.event("refund.created", refund))
+    charge = se.charge(currency="gbp")
+    charge["refunds"] = {"object": "list", "data": [refund], "has_more": False}
+    await record(store, se.event("charge.refunded", charge))
+    await record(store, se.event("refund.updated", refund))
+    assert await counter(store, "rf|gbp|false") == 1
+    assert await counter(store, "rfa|gbp|false") == 700
+
+
+async def test_invoice_paid_counts_once_and_failures_by_attempt(store: Store) -> None:
+    inv = se.invoice(total=4200, invoice_id="in_p")
+    await record(store, se.event("invoice.paid", inv))
+    await record(store, se.event("invoice.payment_succeeded", inv))
+    assert await counter(store, "ip|usd|false") == 1
+    assert await counter(store, "ipa|usd|false") == 4200
+    for attempt in (1, 2, 5):
+        failed = se.invoice(status="open", attempt_count=attempt)
+        await record(store, se.event("invoice.payment_failed", failed))
+    assert [await counter(store, f"ipf|{a}|false") for a in ("1", "2", "3", "4+")] == [1, 1, 0, 1]
+
+
+async def test_disputes_and_fraud_warnings_with_bounded_labels(store: Store) -> None:
+    await record(store, se.event("charge.dispute.created", se.dispute(reason="fraudulent", amount=900)))
+    await record(store, se.event("charge.dispute.created", se.dispute(reason="some_new_reason")))
+    await record(store, se.event("radar.early_fraud_warning.created", se.early_fraud_warning()))
+    assert await counter(store, "dp|fraudulent|usd|false") == 1
+    assert await counter(store, "dp|other|usd|false") == 1
+    assert await counter(store, "dpa|usd|false") == 2900
+    assert await counter(store, "efw|made_with_stolen_card|false") == 1
+
+
+async def test_lag_histogram_and_last_event_times(store: Store) -> None:
+    created = NOW - 700
+    await record(store, se.event("charge.succeeded", se.charge(), created=created), received_at=NOW)
+    snapshot = await store.snapshot(NOW, 0)
+    assert snapshot.counters["lagb|1800.0|false"] == 1
+    assert snapshot.counters["lags|false"] == 700_000
+    assert snapshot.gauges["lr|false"] == NOW
+    assert snapshot.gauges["lc|false"] == created
+    # An older event does not move the last-created time back.
+    await record(store, se.event("charge.succeeded", se.charge(amount=1), created=created - 50), received_at=NOW)
+    assert (await store.snapshot(NOW, 0)).gauges["lc|false"] == created
+
+
+async def test_window_sets_are_capped_oldest_first(store: Store) -> None:
+    def window(event_id: str, member: str, at: int, width: int = 0, hit_counter: str = "") -> Plan:
+        counters = {hit_counter: 1} if hit_counter else {}
+        check = Check(op="window", key="capped", member=member, at=at, window=width, ttl=60, cap=3, counters=counters)
+        return Plan(event_id=event_id, dedup_ttl=60, checks=[check])
+
+    for i in range(10):
+        await store.apply(window(f"evt_cap{i}", f"m{i}", 1000 + i))
+    # m0..m6 were dropped: a probe near them finds nothing; one near m8 does.
+    await store.apply(window("evt_old", "probe_old", 1001, width=2, hit_counter="x|old"))
+    await store.apply(window("evt_new", "probe_new", 1008, width=0, hit_counter="x|new"))
+    counters = (await store.snapshot(time.time(), 0)).counters
+    assert counters.get("x|old", 0) == 0
+    assert counters.get("x|new") == 1
+
+
+async def test_increment_adds_to_store_counters(store: Store) -> None:
+    await store.increment({fam.field(fam.MISSED_EVENTS, "true"): 3})
+    assert await counter(store, "me|true") == 3
+
+
+async def test_anomaly_log_keeps_the_newest() -> None:
+    store = MemoryStore(anomaly_log_size=2)
+    for total in (-1, -2, -3):
+        await record(store, se.event("invoice.finalized", se.invoice(total=total, billing_reason="manual")))
+    assert [a["amount"] for a in await store.anomalies(10)] == [-3, -2]
+
+
+async def test_memory_store_forgets_event_ids_after_their_ttl() -> None:
+    now = [1000.0]
+    store = MemoryStore(clock=lambda: now[0])
+    plan = Plan(event_id="evt_ttl", dedup_ttl=60, counters={"ev|x.y|false": 1})
+    assert not (await store.apply(plan)).duplicate
+    now[0] += 59
+    assert (await store.apply(plan)).duplicate
+    now[0] += 2
+    assert await store.recorded(["evt_ttl"]) == [False]
