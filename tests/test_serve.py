@@ -1,0 +1,132 @@
+"""`billingwatch serve` as a user runs it: a real uvicorn process, configured from the environment."""
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from billingwatch import families as fam
+from billingwatch.config import ConfigError, from_env
+from tests import stripe_events as se
+from tests.conftest import ROOT, RedisServer, running_exporter
+
+
+def metric_line(text: str, name: str, **labels: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+            if found == labels:
+                return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_serve_accepts_a_signed_event_and_shows_it_in_metrics() -> None:
+    with running_exporter() as exporter:
+        payload = se.body(se.event("invoice.payment_failed", se.invoice(status="open", attempt_count=2)))
+        response = httpx.post(exporter.url + "/webhooks/stripe", content=payload, headers=se.signed_headers(payload))
+        assert response.status_code == 200, response.text
+        metrics = httpx.get(exporter.url + "/metrics").text
+        assert metric_line(metrics, "billingwatch_invoice_payment_failures_total", attempt="2", livemode="false") == 1
+        assert metric_line(metrics, "billingwatch_build_info", python_version=sys.version.split()[0],
+                           store="memory", version="0.1.0") == 1
+
+
+def test_serve_on_redis_shares_state_between_two_replicas(redis_server: RedisServer, redis_prefix: str) -> None:
+    env = {"REDIS_URL": redis_server.url, "BILLINGWATCH_REDIS_PREFIX": redis_prefix}
+    with running_exporter(**env) as first, running_exporter(**env) as second:
+        evt = se.event("charge.succeeded", se.charge())
+        payload = se.body(evt)
+        assert httpx.post(first.url + "/webhooks/stripe", content=payload,
+                          headers=se.signed_headers(payload)).json()["duplicate"] is False
+        assert httpx.post(second.url + "/webhooks/stripe", content=payload,
+                          headers=se.signed_headers(payload)).json()["duplicate"] is True
+        for exporter in (first, second):
+            text = httpx.get(exporter.url + "/metrics").text
+            assert metric_line(text, "billingwatch_charges_total", currency="usd", livemode="false",
+                               status="succeeded") == 1
+        assert httpx.get(second.url + "/ready").json() == {"status": "ready", "store": "redis"}
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("BILLINGWATCH_", "REDIS_URL", "STRIPE_"))}
+    base.update(env, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "billingwatch", *args], env=base, capture_output=True, text=True,
+                          timeout=30)
+
+
+def test_serve_refuses_to_start_without_a_secret_and_says_why() -> None:
+    result = run_cli("serve", "--port", "1", env={})
+    assert result.returncode == 2
+    assert "STRIPE_WEBHOOK_SECRET is not set" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unreadable_secret_file_is_a_clear_error() -> None:
+    result = run_cli("serve", env={"STRIPE_WEBHOOK_SECRET_FILE": "/nonexistent/secret"})
+    assert result.returncode == 2 and "STRIPE_WEBHOOK_SECRET_FILE" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_secret_file_rotation_list_and_no_secret_in_logs(tmp_path: Path) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("whsec_first_rotation_a, " + se.SECRET + "\n")
+    with running_exporter(STRIPE_WEBHOOK_SECRET="", STRIPE_WEBHOOK_SECRET_FILE=str(secret_file)) as exporter:
+        for secret in ("whsec_first_rotation_a", se.SECRET):
+            payload = se.body(se.event("charge.succeeded", se.charge(amount=int(time.time()) % 1000 + 1)))
+            response = httpx.post(exporter.url + "/webhooks/stripe", content=payload,
+                                  headers=se.signed_headers(payload, secret))
+            assert response.status_code == 200
+        process = exporter.process
+        assert process is not None
+        exporter.stop()
+        assert process.stderr is not None
+        logs = process.stderr.read().decode()
+    assert "Uvicorn running" in logs or "listening" in logs
+    assert "whsec_" not in logs
+
+
+def test_insecure_mode_is_explicit_and_warns() -> None:
+    with running_exporter(STRIPE_WEBHOOK_SECRET="", BILLINGWATCH_INSECURE_SKIP_SIGNATURE="1") as exporter:
+        payload = se.body(se.event("charge.succeeded", se.charge()))
+        assert httpx.post(exporter.url + "/webhooks/stripe", content=payload).status_code == 200
+        process = exporter.process
+        assert process is not None
+        exporter.stop()
+        assert process.stderr is not None
+        assert "signature verification is OFF" in process.stderr.read().decode()
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"BILLINGWATCH_PORT": "http"}, "BILLINGWATCH_PORT must be an integer"),
+        ({"BILLINGWATCH_DEDUP_TTL_SECONDS": "60"}, "at least 604800"),
+    ],
+)
+def test_bad_settings_are_named(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        from_env(env)
+
+
+def test_settings_repr_hides_secrets() -> None:
+    settings = from_env({"STRIPE_WEBHOOK_SECRET": "whsec_hidden", "BILLINGWATCH_API_TOKEN": "tok_hidden"})
+    assert settings.webhook_secrets == ("whsec_hidden",)
+    assert "hidden" not in repr(settings)
+
+
+def test_readme_documents_every_metric_family_and_both_commands() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for family in fam.REDIS_FAMILIES:
+        name = family.name + ("_total" if family.kind is fam.Kind.COUNTER else "")
+        assert f"`{name}`" in readme, name
+    for name in ("billingwatch_webhook_requests_total", "billingwatch_store_up", "billingwatch_build_info",
+                 fam.LAG_NAME, "billingwatch_subscriptions_lapsed"):
+        assert f"`{name}`" in readme, name
+    head = readme[: readme.index("## Layout")]
+    assert "billingwatch serve" in head and "bash scripts/test.sh" in head
+    assert "bash scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
