@@ -8,6 +8,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from billingwatch import __version__
+from billingwatch.commands.backfill import add_backfill
+from billingwatch.commands.reconcile import add_reconcile
+from billingwatch.commands.replay import add_replay
+from billingwatch.commands.simulate import add_simulate
 from billingwatch.config import ConfigError, from_env
 
 
@@ -52,7 +56,9 @@ def serve(args: argparse.Namespace) -> int:
 
 
 # Each entry adds one subcommand; later subcommands (rules, replay, ...) add a line here.
-COMMANDS: list[Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]] = [add_serve]
+COMMANDS: list[Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]] = [
+    add_serve, add_replay, add_backfill, add_reconcile, add_simulate,
+]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

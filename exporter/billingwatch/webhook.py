@@ -11,9 +11,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
 from billingwatch.config import Settings
-from billingwatch.detectors import Context, Detector
+from billingwatch.detectors import Detector
 from billingwatch.events import InvalidEvent, parse_event
-from billingwatch.ledger import plan_event
+from billingwatch.recorder import Recorder
 from billingwatch.store import Store, StoreUnavailable
 
 log = logging.getLogger("billingwatch.webhook")
@@ -75,8 +75,7 @@ class WebhookEndpoint:
     ) -> None:
         self._settings = settings
         self._store = store
-        self._detectors = detectors
-        self._context = Context(state_ttl=settings.dedup_ttl)
+        self._recorder = Recorder(store, detectors, settings.dedup_ttl, settings.subscription_ttl, clock)
         self._requests = requests
         self._clock = clock
 
@@ -114,14 +113,7 @@ class WebhookEndpoint:
             event = parse_event(document)
             if settings.insecure_skip_signature and event.livemode:
                 return self._reject("livemode_rejected", 400, "livemode events need signature verification")
-            plan = plan_event(
-                event,
-                received_at=received_at,
-                detectors=self._detectors,
-                context=self._context,
-                dedup_ttl=settings.dedup_ttl,
-                subscription_ttl=settings.subscription_ttl,
-            )
+            plan = self._recorder.plan(event, received_at)
         except InvalidEvent as exc:
             return self._reject("invalid_event", 400, str(exc))
         try:

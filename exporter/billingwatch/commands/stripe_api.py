@@ -1,0 +1,109 @@
+"""Reading Stripe's Events API with the stripe SDK (backfill and reconcile)."""
+
+import argparse
+import os
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import stripe
+from stripe.params import EventListParams
+
+from billingwatch.config import ConfigError
+
+# Stripe keeps events for 30 days; nothing older can be listed.
+RETENTION_SECONDS = 30 * 86400
+# The types README asks users to subscribe their endpoint to: the API lists every type, but a
+# webhook endpoint only receives those it is subscribed to, so only these can be "missed".
+SUBSCRIBED_TYPES = (
+    "charge.succeeded", "charge.failed", "charge.pending", "charge.refunded", "refund.created",
+    "charge.dispute.created", "radar.early_fraud_warning.created", "payment_intent.succeeded",
+    "invoice.created", "invoice.finalized", "invoice.paid", "invoice.payment_failed",
+    "customer.subscription.created", "customer.subscription.updated", "customer.subscription.deleted",
+)
+MAX_TYPES = 20  # the Events API's limit on types[]
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(text: str) -> int:
+    """'30d', '24h', '90m' or '3600s' → seconds (an argparse type)."""
+    match = _DURATION.match(text.strip())
+    if not match or int(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 30d, 24h, 90m or 3600s")
+    seconds = int(match.group(1)) * _UNITS[match.group(2)]
+    if seconds > RETENTION_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text!r}: Stripe keeps events for 30 days only")
+    return seconds
+
+
+def add_api_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--type", dest="types", action="append", metavar="TYPE",
+        help=f"event type to read (repeatable, at most {MAX_TYPES}); default: the types README tells you "
+        "to subscribe your endpoint to",
+    )
+    parser.add_argument(
+        "--api-base", default=os.environ.get("STRIPE_API_BASE", "https://api.stripe.com"),
+        help="Stripe API address (env STRIPE_API_BASE); change it only for stripe-mock or a proxy",
+    )
+    parser.add_argument("--max-network-retries", type=int, default=5,
+                        help="the stripe SDK's retries on 429/409/5xx and connection errors (default 5)")
+
+
+def client_from(args: argparse.Namespace) -> stripe.StripeClient:
+    """A client on the key in STRIPE_API_KEY (or STRIPE_API_KEY_FILE): a restricted key with Events read only."""
+    key = os.environ.get("STRIPE_API_KEY", "")
+    path = os.environ.get("STRIPE_API_KEY_FILE", "")
+    if path:
+        try:
+            with open(path) as handle:
+                key = handle.read().strip()
+        except OSError as exc:
+            raise ConfigError(f"STRIPE_API_KEY_FILE: cannot read {path}: {exc.strerror}") from None
+    if not key:
+        raise ConfigError(
+            "STRIPE_API_KEY is not set: create a restricted key with read access to Events only "
+            "(Developers → API keys → Create restricted key) and put it there"
+        )
+    if key.startswith("sk_"):
+        raise ConfigError("STRIPE_API_KEY is a secret key; give a restricted key (rk_...) with Events read only")
+    return stripe.StripeClient(
+        key, base_addresses={"api": args.api_base}, max_network_retries=args.max_network_retries
+    )
+
+
+def event_types(args: argparse.Namespace) -> list[str]:
+    types: list[str] = args.types or list(SUBSCRIBED_TYPES)
+    if len(types) > MAX_TYPES:
+        raise ConfigError(f"at most {MAX_TYPES} --type values (a limit of Stripe's Events API)")
+    return types
+
+
+class StripeApiError(Exception):
+    """Stripe's API failed after the SDK's retries; the message is one line."""
+
+
+async def list_events(
+    client: stripe.StripeClient, since_seconds: int, types: list[str], until: float | None = None
+) -> AsyncIterator[dict[str, Any]]:
+    """Every event created in the last `since_seconds` (up to `until`), newest first, as plain dicts.
+
+    The SDK follows `has_more` pages (auto-pagination) and retries 429/5xx itself.
+    """
+    now = time.time()
+    params: EventListParams = {"limit": 100, "created": {"gte": int(now - since_seconds)}, "types": types}
+    if until is not None:
+        params["created"] = {"gte": int(now - since_seconds), "lte": int(until)}
+    try:
+        page = await client.v1.events.list_async(params)
+        async for event in page.auto_paging_iter():
+            document: dict[str, Any] = event.to_dict()
+            yield document
+    except stripe.AuthenticationError:
+        raise ConfigError("Stripe refused STRIPE_API_KEY (authentication failed)") from None
+    except stripe.PermissionError:
+        raise ConfigError("STRIPE_API_KEY may not read Events: give the restricted key Events read access") from None
+    except stripe.StripeError as exc:
+        raise StripeApiError(f"Stripe Events API: {type(exc).__name__}: {exc.user_message or exc}") from None

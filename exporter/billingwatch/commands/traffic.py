@@ -1,0 +1,315 @@
+"""The simulator's traffic: a SaaS business's Stripe events, and the anomalies it can inject.
+
+Normal traffic is flows of events as Stripe sends them: sign-ups, monthly renewals (some
+declined with real decline codes, some recovered on a later attempt), cancellations, refunds,
+disputes and Radar early fraud warnings. It never trips a stateful detector: every customer is
+new to the run and pays at most once, in one currency, and renews at most once. Each
+injection is one flow that trips exactly the detector, or the rate-based alert, it is named after.
+"""
+
+import random
+import string
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from billingwatch.commands import stripe_objects as so
+
+DAY = 86400
+MONTH = 30 * DAY
+Event = dict[str, Any]
+
+# Prices per currency in minor units (JPY has no minor unit); weights are the customer mix.
+PRICES = {"usd": (900, 1900, 4900, 9900), "eur": (900, 1900, 4900), "gbp": (800, 1600, 4000),
+          "cad": (1200, 2500, 6500), "jpy": (1000, 2000, 5000)}
+CURRENCY_WEIGHTS = {"usd": 60, "eur": 20, "gbp": 10, "cad": 5, "jpy": 5}
+# (failure_code, outcome.reason = decline code, outcome.type) with how often each occurs.
+DECLINES = (
+    (("card_declined", "insufficient_funds", "issuer_declined"), 35),
+    (("card_declined", "generic_decline", "issuer_declined"), 25),
+    (("card_declined", "do_not_honor", "issuer_declined"), 10),
+    (("expired_card", "expired_card", "issuer_declined"), 10),
+    (("card_declined", "card_velocity_exceeded", "issuer_declined"), 5),
+    (("incorrect_cvc", "incorrect_cvc", "issuer_declined"), 5),
+    (("card_declined", "lost_card", "issuer_declined"), 3),
+    (("card_declined", "stolen_card", "issuer_declined"), 2),
+    (("card_declined", "highest_risk_level", "blocked"), 5),
+)
+# Normal flows and their weights: about 5% of charges fail (a healthy SaaS declines 2-10%),
+# refunds ~1-2%, disputes and early fraud warnings ~0.2% of flows.
+FLOWS = {"renewal": 55, "signup": 20, "renewal_declined": 5, "recovery": 4, "cancel": 3, "refund": 3,
+         "dispute": 0.2, "early_fraud_warning": 0.2}
+SPIKE = 40  # events in a rate-based injection: enough for the rules' minimum volumes
+
+
+@dataclass
+class Paid:
+    charge: str
+    intent: str
+    amount: int
+    currency: str
+
+
+@dataclass
+class Traffic:
+    rng: random.Random
+    run: str = field(default_factory=lambda: "".join(random.SystemRandom().choices(string.ascii_lowercase, k=6)))
+    clock: Callable[[], float] = time.time
+    _n: int = 0
+    paid: deque[Paid] = field(default_factory=lambda: deque(maxlen=1000))
+    subscriptions: deque[tuple[str, str, int, str]] = field(default_factory=lambda: deque(maxlen=1000))
+    declined: deque[tuple[str, str, str, int, str]] = field(default_factory=lambda: deque(maxlen=1000))
+
+    # ---------------------------------------------------------------- helpers
+
+    def id(self, prefix: str) -> str:
+        """Ids unique to this run, so runs against one store never collide."""
+        self._n += 1
+        return f"{prefix}_sim{self.run}{self._n:07d}"
+
+    def now(self) -> int:
+        return int(self.clock())
+
+    def currency(self) -> str:
+        return self.rng.choices(list(CURRENCY_WEIGHTS), weights=list(CURRENCY_WEIGHTS.values()))[0]
+
+    def price(self, currency: str) -> int:
+        return self.rng.choice(PRICES[currency])
+
+    def fingerprint(self) -> str:
+        return "".join(self.rng.choices(string.ascii_letters + string.digits, k=16))
+
+    def event(self, event_type: str, obj: dict[str, Any], created: int, **kw: Any) -> Event:
+        return so.event(event_type, obj, event_id=self.id("evt"), created=created, **kw)
+
+    def payment(self, customer: str | None, amount: int, currency: str, at: int,
+                decline: tuple[str, str, str] | None = None) -> list[Event]:
+        """A card payment: charge.succeeded + payment_intent.succeeded, or charge.failed."""
+        charge_id, intent_id = self.id("ch"), self.id("pi")
+        charge = so.charge(charge_id=charge_id, customer=customer, amount=amount, currency=currency, created=at,
+                           payment_intent=intent_id, fingerprint=self.fingerprint(), decline=decline)
+        if decline:
+            return [self.event("charge.failed", charge, at)]
+        self.paid.append(Paid(charge_id, intent_id, amount, currency))
+        intent = so.payment_intent(intent_id=intent_id, charge_id=charge_id, customer=customer, amount=amount,
+                                   currency=currency, created=at)
+        return [self.event("charge.succeeded", charge, at), self.event("payment_intent.succeeded", intent, at)]
+
+    def sub(self, sub_id: str, customer: str, amount: int, currency: str, status: str, at: int,
+            period_start: int) -> dict[str, Any]:
+        return so.subscription(subscription_id=sub_id, customer=customer, unit_amount=amount, quantity=1,
+                               currency=currency, status=status, created=at, period_start=period_start,
+                               period_end=period_start + MONTH)
+
+    def invoice(self, customer: str, sub_id: str | None, total: int, currency: str, status: str, reason: str,
+                at: int, attempt: int = 1, invoice_id: str | None = None) -> dict[str, Any]:
+        return so.invoice(invoice_id=invoice_id or self.id("in"), customer=customer, subscription=sub_id,
+                          total=total, currency=currency, status=status, billing_reason=reason,
+                          attempt_count=attempt, created=at, period_start=at, period_end=at + MONTH)
+
+    def earlier_payment(self) -> Paid:
+        """A charge paid earlier in this run, each used once (one made up if there is none left)."""
+        if self.paid:
+            return self.paid.popleft()
+        currency = self.currency()
+        return Paid(self.id("ch"), self.id("pi"), self.price(currency), currency)
+
+    # ---------------------------------------------------------------- normal flows
+
+    def signup(self) -> list[Event]:
+        at, customer, sub_id, currency = self.now(), self.id("cus"), self.id("sub"), self.currency()
+        amount = self.price(currency)
+        self.subscriptions.append((sub_id, customer, amount, currency))
+        inv = self.invoice(customer, sub_id, amount, currency, "paid", "subscription_create", at)
+        return [
+            self.event("customer.subscription.created", self.sub(sub_id, customer, amount, currency, "active", at, at),
+                       at, request_id=self.id("req")),
+            self.event("invoice.created", inv, at),
+            self.event("invoice.finalized", inv, at),
+            *self.payment(customer, amount, currency, at),
+            self.event("invoice.paid", inv, at),
+        ]
+
+    def renewal(self) -> list[Event]:
+        """An existing subscriber's monthly renewal, paid; each subscriber renews once per run."""
+        at, customer, sub_id, currency = self.now(), self.id("cus"), self.id("sub"), self.currency()
+        amount = self.price(currency)
+        self.subscriptions.append((sub_id, customer, amount, currency))
+        draft = self.invoice(customer, sub_id, amount, currency, "draft", "subscription_cycle", at, attempt=0)
+        paid = {**draft, "status": "paid", "attempt_count": 1, "attempted": True, "amount_paid": amount,
+                "amount_remaining": 0}
+        renewed = self.sub(sub_id, customer, amount, currency, "active", at - MONTH, at)
+        return [
+            self.event("customer.subscription.updated", renewed, at,
+                       previous_attributes={"latest_invoice": self.id("in")}),
+            self.event("invoice.created", draft, at),
+            self.event("invoice.finalized", {**draft, "status": "open"}, at),
+            *self.payment(customer, amount, currency, at),
+            self.event("invoice.paid", paid, at),
+        ]
+
+    def renewal_declined(self) -> list[Event]:
+        """A renewal whose card is declined; Smart Retries may recover it later (recovery)."""
+        at, customer, sub_id, currency = self.now(), self.id("cus"), self.id("sub"), self.currency()
+        amount, decline = self.price(currency), self.rng.choices(*zip(*DECLINES, strict=True))[0]
+        inv = self.invoice(customer, sub_id, amount, currency, "open", "subscription_cycle", at)
+        self.declined.append((customer, sub_id, currency, amount, inv["id"]))
+        past_due = self.sub(sub_id, customer, amount, currency, "past_due", at - MONTH, at)
+        return [
+            self.event("invoice.created", {**inv, "status": "draft", "attempt_count": 0}, at),
+            self.event("invoice.finalized", inv, at),
+            *self.payment(customer, amount, currency, at, decline=decline),
+            self.event("invoice.payment_failed", inv, at),
+            self.event("customer.subscription.updated", past_due, at, previous_attributes={"status": "active"}),
+        ]
+
+    def recovery(self) -> list[Event]:
+        """A declined renewal paid on its second attempt (the customer's only successful charge)."""
+        if not self.declined:
+            return self.renewal()
+        customer, sub_id, currency, amount, invoice_id = self.declined.popleft()
+        at = self.now()
+        inv = self.invoice(customer, sub_id, amount, currency, "paid", "subscription_cycle", at - 3600,
+                           attempt=2, invoice_id=invoice_id)
+        self.subscriptions.append((sub_id, customer, amount, currency))
+        active = self.sub(sub_id, customer, amount, currency, "active", at - MONTH, at - 3600)
+        return [
+            *self.payment(customer, amount, currency, at),
+            self.event("invoice.paid", inv, at),
+            self.event("customer.subscription.updated", active, at, previous_attributes={"status": "past_due"}),
+        ]
+
+    def cancel(self) -> list[Event]:
+        at = self.now()
+        if self.subscriptions:
+            sub_id, customer, amount, currency = self.subscriptions.popleft()
+        else:
+            sub_id, customer, currency = self.id("sub"), self.id("cus"), self.currency()
+            amount = self.price(currency)
+        canceled = self.sub(sub_id, customer, amount, currency, "canceled", at, at - DAY)
+        return [self.event("customer.subscription.deleted", canceled, at,
+                           previous_attributes={"status": "active"})]
+
+    def refund(self, full: bool = False) -> list[Event]:
+        at, paid = self.now(), self.earlier_payment()
+        amount = paid.amount if full or self.rng.random() < 0.7 else paid.amount // 2
+        obj = so.refund(refund_id=self.id("re"), charge_id=paid.charge, payment_intent=paid.intent, amount=amount,
+                        currency=paid.currency, created=at,
+                        reason=self.rng.choice(("requested_by_customer", "duplicate", None)))
+        return [self.event("refund.created", obj, at, request_id=self.id("req"))]
+
+    def dispute(self, reason: str | None = None) -> list[Event]:
+        at, paid = self.now(), self.earlier_payment()
+        obj = so.dispute(dispute_id=self.id("du"), charge_id=paid.charge, payment_intent=paid.intent,
+                         amount=paid.amount, currency=paid.currency, created=at,
+                         reason=reason or self.rng.choice(("fraudulent", "product_not_received", "duplicate",
+                                                           "subscription_canceled", "unrecognized")))
+        return [self.event("charge.dispute.created", obj, at)]
+
+    def early_fraud_warning(self) -> list[Event]:
+        at, paid = self.now(), self.earlier_payment()
+        obj = so.early_fraud_warning(warning_id=self.id("issfr"), charge_id=paid.charge, created=at,
+                                     fraud_type=self.rng.choice(("made_with_stolen_card", "unauthorized_use_of_card",
+                                                                 "fraudulent_card_application")))
+        return [self.event("radar.early_fraud_warning.created", obj, at)]
+
+    def normal(self) -> list[Event]:
+        name = self.rng.choices(list(FLOWS), weights=list(FLOWS.values()))[0]
+        flow: Callable[[], list[Event]] = getattr(self, name)
+        return flow()
+
+    # ---------------------------------------------------------------- injections
+
+    def duplicate_charge(self) -> list[Event]:
+        """A retry bug: the same customer charged the same amount twice, 40 s apart."""
+        at, customer, currency = self.now(), self.id("cus"), self.currency()
+        amount = self.price(currency)
+        return [*self.payment(customer, amount, currency, at - 40), *self.payment(customer, amount, currency, at)]
+
+    def negative_invoice(self) -> list[Event]:
+        """A downgrade proration credit stacked past the price: an invoice total below zero."""
+        at, customer, currency = self.now(), self.id("cus"), self.currency()
+        inv = self.invoice(customer, self.id("sub"), -self.price(currency), currency, "paid", "subscription_update", at)
+        return [self.event("invoice.created", {**inv, "status": "draft"}, at), self.event("invoice.finalized", inv, at)]
+
+    def currency_mismatch(self) -> list[Event]:
+        """A customer who paid in USD is charged in EUR."""
+        at, customer = self.now(), self.id("cus")
+        return [*self.payment(customer, 1900, "usd", at - 600), *self.payment(customer, 1900, "eur", at)]
+
+    def double_invoice(self) -> list[Event]:
+        """A billing-anchor bug: two renewal invoices for one subscription an hour apart."""
+        at, customer, sub_id, currency = self.now(), self.id("cus"), self.id("sub"), self.currency()
+        amount = self.price(currency)
+        first = self.invoice(customer, sub_id, amount, currency, "draft", "subscription_cycle", at - 3600, attempt=0)
+        second = self.invoice(customer, sub_id, amount, currency, "draft", "subscription_cycle", at, attempt=0)
+        return [self.event("invoice.created", first, at - 3600), self.event("invoice.created", second, at)]
+
+    def charge_failure_spike(self) -> list[Event]:
+        """Card testing: a burst of small declined charges on guest cards."""
+        at = self.now()
+        codes = (("incorrect_cvc", "incorrect_cvc", "issuer_declined"),
+                 ("card_declined", "generic_decline", "issuer_declined"),
+                 ("card_declined", "highest_risk_level", "blocked"))
+        return [e for _ in range(SPIKE)
+                for e in self.payment(None, self.rng.choice((100, 200, 500)), "usd", at,
+                                      decline=self.rng.choice(codes))]
+
+    def fraud_spike(self) -> list[Event]:
+        """Stolen cards found out: a wave of fraudulent disputes and early fraud warnings."""
+        half = SPIKE // 2
+        return [e for _ in range(half) for e in (*self.dispute("fraudulent"), *self.early_fraud_warning())]
+
+    def refund_spike(self) -> list[Event]:
+        """A support incident: many full refunds at once."""
+        return [e for _ in range(SPIKE) for e in self.refund(full=True)]
+
+    def webhook_lag(self) -> list[Event]:
+        """A delivery backlog: events arriving 20-40 minutes after Stripe created them."""
+        at = self.now()
+        events: list[Event] = []
+        for _ in range(SPIKE // 2):
+            currency = self.currency()
+            events += self.payment(self.id("cus"), self.price(currency), currency, at - self.rng.randint(1200, 2400))
+        return events
+
+    def silent_lapse(self) -> list[Event]:
+        """A subscription still active three days after its period ended, with no payment."""
+        at, customer, currency = self.now(), self.id("cus"), self.currency()
+        start = at - MONTH - 3 * DAY
+        sub = self.sub(self.id("sub"), customer, self.price(currency), currency, "active", start, start)
+        return [self.event("customer.subscription.updated", sub, at, previous_attributes={"cancel_at": None})]
+
+
+INJECTIONS: dict[str, Callable[[Traffic], list[Event]]] = {
+    "duplicate_charge": Traffic.duplicate_charge,
+    "negative_invoice": Traffic.negative_invoice,
+    "currency_mismatch": Traffic.currency_mismatch,
+    "double_invoice": Traffic.double_invoice,
+    "charge_failure_spike": Traffic.charge_failure_spike,
+    "fraud_spike": Traffic.fraud_spike,
+    "refund_spike": Traffic.refund_spike,
+    "webhook_lag": Traffic.webhook_lag,
+    "silent_lapse": Traffic.silent_lapse,
+}
+
+
+def stream(traffic: Traffic, count: int, inject: list[str]) -> Iterator[Event]:
+    """`count` events of normal traffic, with the injections sent once, halfway through.
+
+    Flows are built lazily, so each event's `created` is the time it is sent.
+    """
+    sent, injected = 0, False
+    while sent < count or not injected:
+        if not injected and sent >= count // 2:
+            injected = True
+            for name in inject:
+                yield from INJECTIONS[name](traffic)
+            continue
+        for event in traffic.normal():
+            if sent >= count or (not injected and sent >= count // 2):
+                break
+            sent += 1
+            yield event

@@ -1,0 +1,133 @@
+"""`billingwatch replay`: a recorded scenario fed back gives exactly what live delivery gave."""
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests import stripe_events as se
+from tests.conftest import RedisServer, running_exporter
+from tests.exporter_metrics import anomalies, recorded_figures, scrape, total
+from tests.replay_helpers import billingwatch, deliver_live, write_jsonl
+
+T0 = int(time.time()) - 3600
+
+
+def scenario() -> list[dict[str, Any]]:
+    """Normal traffic plus one case for each stateful detector, and one redelivered event."""
+    ev = se.event
+    first = ev("charge.succeeded", se.charge(charge_id="ch_r1", customer="cus_dup", amount=2000), created=T0)
+    events = [
+        first,
+        ev("charge.succeeded", se.charge(charge_id="ch_r2", customer="cus_dup", amount=2000), created=T0 + 60),
+        ev("invoice.finalized", se.invoice(total=-500, customer="cus_neg", subscription="sub_neg",
+                                           billing_reason="subscription_update"), created=T0 + 70),
+        ev("charge.succeeded", se.charge(charge_id="ch_r3", customer="cus_cur", currency="usd"), created=T0 + 80),
+        ev("charge.succeeded", se.charge(charge_id="ch_r4", customer="cus_cur", currency="eur"), created=T0 + 90),
+        ev("invoice.created", se.invoice(invoice_id="in_r1", subscription="sub_dbl", created=T0), created=T0 + 100),
+        ev("invoice.created", se.invoice(invoice_id="in_r2", subscription="sub_dbl", created=T0 + 3600),
+           created=T0 + 110),
+        ev("customer.subscription.created", se.subscription(subscription_id="sub_ok", customer="cus_ok"),
+           created=T0 + 120),
+        ev("charge.failed", se.charge(status="failed", reason="insufficient_funds", customer="cus_ok"),
+           created=T0 + 130),
+        ev("refund.created", se.refund(charge_id="ch_r3"), created=T0 + 140),
+        ev("charge.dispute.created", se.dispute(charge_id="ch_r3"), created=T0 + 150),
+        ev("radar.early_fraud_warning.created", se.early_fraud_warning(charge_id="ch_r3"), created=T0 + 160),
+    ]
+    return [*events, first]  # Stripe redelivers the first event
+
+
+def test_replay_over_http_gives_exactly_the_live_results_and_twice_changes_nothing(tmp_path: Path) -> None:
+    events = scenario()
+    path = write_jsonl(tmp_path / "scenario.jsonl", events)
+    with running_exporter() as live, running_exporter() as replayed:
+        deliver_live(live.url, events)
+        result = billingwatch("replay", str(path), "--url", replayed.url)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == (
+            f"replay: {len(events)} events: {len(events) - 1} accepted, 1 duplicate, 0 rejected, 0 failed; "
+            "4 anomalies found"
+        )
+        expected = recorded_figures(live.url)
+        assert recorded_figures(replayed.url) == expected
+        assert anomalies(replayed.url) == anomalies(live.url)
+        for detector in ("duplicate_charge", "negative_invoice", "currency_mismatch", "double_invoice"):
+            assert total(expected, "billingwatch_anomalies_total", detector=detector) == 1
+
+        again = billingwatch("replay", str(path), "--url", replayed.url)
+        assert again.returncode == 0, again.stderr
+        assert f"0 accepted, {len(events)} duplicate" in again.stdout
+        assert recorded_figures(replayed.url) == expected
+        assert len(anomalies(replayed.url)) == 4
+
+
+def test_replay_direct_into_redis_matches_http_delivery(tmp_path: Path, redis_url: str, redis_prefix: str) -> None:
+    events = scenario()
+    path = write_jsonl(tmp_path / "scenario.jsonl", events)
+    env = {"REDIS_URL": redis_url, "BILLINGWATCH_REDIS_PREFIX": redis_prefix}
+    with running_exporter() as live, running_exporter(**env) as shared:
+        deliver_live(live.url, events)
+        for run in range(2):
+            result = billingwatch("replay", "--direct", str(path), env=env)
+            assert result.returncode == 0, result.stderr
+            accepted = len(events) - 1 if run == 0 else 0
+            assert f"{accepted} accepted, {len(events) - accepted} duplicate, 0 rejected" in result.stdout
+            # The exporter reads the same Redis: the store-held figures are the live ones.
+            assert recorded_figures(shared.url) == recorded_figures(live.url)
+            assert anomalies(shared.url) == anomalies(live.url)
+
+
+def test_bad_lines_are_rejected_with_their_reason_and_stdin_works() -> None:
+    good = se.event("charge.succeeded", se.charge(customer="cus_stdin"))
+    lines = [json.dumps(good), "{not json", json.dumps({"object": "customer", "id": "cus_x"}), ""]
+    with running_exporter() as exporter:
+        result = billingwatch("replay", "-", "--url", exporter.url, stdin="\n".join(lines) + "\n")
+        assert result.returncode == 1
+        assert "1 accepted, 0 duplicate, 2 rejected, 0 failed" in result.stdout
+        assert "stdin:2: rejected: not JSON" in result.stderr
+        assert 'stdin:3: rejected: HTTP 400: not a Stripe event (object must be "event")' in result.stderr
+        assert "Traceback" not in result.stderr
+        assert total(scrape(exporter.url), "billingwatch_events_total") == 1
+
+
+def test_direct_without_redis_url_is_refused_with_a_reason(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "one.jsonl", [se.event("charge.succeeded", se.charge())])
+    result = billingwatch("replay", "--direct", str(path))
+    assert result.returncode == 2
+    assert "REDIS_URL is not set" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_503_while_the_store_is_down_is_retried_until_it_is_back(tmp_path: Path) -> None:
+    """Like Stripe: an event answered 503 is sent again (bounded), and counted once in the end."""
+    redis = RedisServer(tmp_path / "redis")
+    (tmp_path / "redis").mkdir()
+    events = [se.event("charge.succeeded", se.charge(customer=f"cus_retry{i}")) for i in range(3)]
+    path = write_jsonl(tmp_path / "retry.jsonl", events)
+    with running_exporter(REDIS_URL=redis.url) as exporter:
+        assert httpx.get(exporter.url + "/ready").status_code == 503
+        timer = threading.Timer(1.0, redis.start)
+        timer.start()
+        try:
+            result = billingwatch("replay", str(path), "--url", exporter.url, "--retries", "6")
+            timer.join()
+            assert result.returncode == 0, result.stderr
+            assert "3 accepted, 0 duplicate, 0 rejected, 0 failed" in result.stdout
+            figures = scrape(exporter.url)
+            assert total(figures, "billingwatch_events_total") == 3
+            assert total(figures, "billingwatch_webhook_requests_total", result="store_unavailable") >= 1
+        finally:
+            timer.join()
+            redis.stop()
+
+
+@pytest.mark.parametrize("args", [["--url", "ftp://x"], ["/nonexistent.jsonl"]])
+def test_bad_arguments_give_one_line_errors(args: list[str], tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "one.jsonl", [se.event("charge.succeeded", se.charge())])
+    result = billingwatch("replay", str(path), *args)
+    assert result.returncode == 2
+    assert result.stderr.startswith("billingwatch: ") and "Traceback" not in result.stderr
