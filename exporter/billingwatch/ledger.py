@@ -84,18 +84,23 @@ def plan_event(
     context: Context,
     dedup_ttl: int,
     subscription_ttl: int,
+    replayed: bool = False,
 ) -> Plan:
-    """Everything recording this event changes, for the store to apply atomically."""
+    """Everything recording this event changes, for the store to apply atomically.
+
+    A replayed event (replay, backfill, reconcile) counts like any other, but says nothing about
+    webhook delivery: it adds no delivery lag and does not move the last-received time, so a
+    backfill neither fires the lag alert nor hides a real webhook silence.
+    """
     mode = fam.livemode_label(event.livemode)
     counters: dict[str, int] = {fam.field(fam.EVENTS, event.type, mode): 1}
-    lag = max(0.0, received_at - event.created)
-    _add(counters, fam.field(fam.LAG_BUCKET, lag_bucket(lag), mode))
-    _add(counters, fam.field(fam.LAG_SUM, mode), round(lag * 1000))
-    _add(counters, fam.field(fam.LAG_COUNT, mode))
-    maxima = {
-        fam.field(fam.LAST_RECEIVED, mode): int(received_at),
-        fam.field(fam.LAST_CREATED, mode): event.created,
-    }
+    maxima = {fam.field(fam.LAST_CREATED, mode): event.created}
+    if not replayed:
+        lag = max(0.0, received_at - event.created)
+        _add(counters, fam.field(fam.LAG_BUCKET, lag_bucket(lag), mode))
+        _add(counters, fam.field(fam.LAG_SUM, mode), round(lag * 1000))
+        _add(counters, fam.field(fam.LAG_COUNT, mode))
+        maxima[fam.field(fam.LAST_RECEIVED, mode)] = int(received_at)
     checks: list[Check] = []
     subscription: SubscriptionState | None = None
     payment: SubscriptionPayment | None = None

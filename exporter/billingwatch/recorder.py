@@ -33,7 +33,7 @@ class Recorder:
     def from_settings(cls, settings: Settings, store: Store, clock: Callable[[], float] = time.time) -> "Recorder":
         return cls(store, build_detectors(settings.detector_env), settings.dedup_ttl, settings.subscription_ttl, clock)
 
-    def plan(self, event: Event, received_at: float | None = None) -> Plan:
+    def plan(self, event: Event, received_at: float | None = None, replayed: bool = False) -> Plan:
         """Raises InvalidEvent for an event that parses but cannot be recorded."""
         return plan_event(
             event,
@@ -42,8 +42,9 @@ class Recorder:
             context=self.context,
             dedup_ttl=self.dedup_ttl,
             subscription_ttl=self.subscription_ttl,
+            replayed=replayed,
         )
 
-    async def record(self, document: Any) -> Outcome:
+    async def record(self, document: Any, replayed: bool = False) -> Outcome:
         """Record one decoded Stripe event. Raises InvalidEvent or StoreUnavailable; a duplicate is no error."""
-        return await self.store.apply(self.plan(parse_event(document)))
+        return await self.store.apply(self.plan(parse_event(document), replayed=replayed))

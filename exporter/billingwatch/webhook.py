@@ -18,6 +18,9 @@ from billingwatch.store import Store, StoreUnavailable
 
 log = logging.getLogger("billingwatch.webhook")
 
+# Set by `billingwatch replay`/`backfill`: the event is history, not a webhook delivery.
+REPLAY_HEADER = "BillingWatch-Replay"
+
 RESULTS = (
     "accepted", "duplicate", "missing_signature", "invalid_signature", "too_large", "invalid_json",
     "invalid_event", "livemode_rejected", "store_unavailable",
@@ -113,7 +116,8 @@ class WebhookEndpoint:
             event = parse_event(document)
             if settings.insecure_skip_signature and event.livemode:
                 return self._reject("livemode_rejected", 400, "livemode events need signature verification")
-            plan = self._recorder.plan(event, received_at)
+            replayed = request.headers.get(REPLAY_HEADER) == "1"
+            plan = self._recorder.plan(event, received_at, replayed=replayed)
         except InvalidEvent as exc:
             return self._reject("invalid_event", 400, str(exc))
         try:

@@ -23,6 +23,7 @@ from billingwatch.config import ConfigError, from_env
 from billingwatch.events import InvalidEvent
 from billingwatch.recorder import Recorder
 from billingwatch.store import StoreUnavailable, open_store
+from billingwatch.webhook import REPLAY_HEADER
 
 DEFAULT_URL = "http://127.0.0.1:9786/webhooks/stripe"
 # httpx logs every request at INFO; thousands of those lines would bury the summary.
@@ -58,10 +59,14 @@ def backoff(attempt: int) -> float:
 class WebhookSink:
     """POSTs each event to the exporter signed as Stripe signs it; retries 5xx and connection errors."""
 
-    def __init__(self, url: str, secret: str, retries: int) -> None:
+    def __init__(self, url: str, secret: str, retries: int, replayed: bool = False) -> None:
         self.url = url
         self._secret = secret
         self._retries = retries
+        # Replayed history must not count as webhook delivery (lag, last received): say so.
+        self._headers = {"Content-Type": "application/json"}
+        if replayed:
+            self._headers[REPLAY_HEADER] = "1"
         self._client = httpx.AsyncClient(timeout=30)
 
     async def deliver(self, document: Any) -> Delivery:
@@ -75,7 +80,7 @@ class WebhookSink:
             try:
                 response = await self._client.post(
                     self.url, content=payload.encode(),
-                    headers={"Stripe-Signature": header, "Content-Type": "application/json"},
+                    headers={"Stripe-Signature": header, **self._headers},
                 )
             except httpx.TransportError as exc:
                 reason = f"{type(exc).__name__} posting to {self.url}"
@@ -98,7 +103,8 @@ class WebhookSink:
 
 
 class StoreSink:
-    """Records straight into the store through the webhook's own path; retries an unreachable store."""
+    """Records replayed history straight into the store through the webhook's own path; retries an
+    unreachable store."""
 
     def __init__(self, recorder: Recorder, retries: int) -> None:
         self.recorder = recorder
@@ -110,7 +116,7 @@ class StoreSink:
             if attempt:
                 await asyncio.sleep(backoff(attempt))
             try:
-                outcome = await self.recorder.record(document)
+                outcome = await self.recorder.record(document, replayed=True)
             except InvalidEvent as exc:
                 return Delivery("rejected", str(exc))
             except StoreUnavailable as exc:
@@ -166,7 +172,7 @@ def open_sink(args: argparse.Namespace) -> Sink:
     secrets = from_env().webhook_secrets
     if not secrets:
         raise ConfigError("STRIPE_WEBHOOK_SECRET is not set: give the exporter's signing secret (whsec_...)")
-    return WebhookSink(webhook_url(args.url), secrets[0], args.retries)
+    return WebhookSink(webhook_url(args.url), secrets[0], args.retries, replayed=True)
 
 
 @dataclass
