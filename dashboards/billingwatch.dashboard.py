@@ -1,0 +1,458 @@
+"""The BillingWatch Grafana dashboard, written with grafanalib.
+
+Regenerate the committed JSON after editing (tests/test_dashboard.py fails when they differ):
+
+    generate-dashboard -o dashboards/billingwatch.json dashboards/billingwatch.dashboard.py
+
+Thresholds and the target selector come from the same config as the Prometheus rules
+(billingwatch.rules.load_config: rules/config.yml). To render a dashboard for your own config,
+set BILLINGWATCH_RULES_CONFIG=my.yml on that command.
+
+Metric semantics (README "Metrics"): store-backed figures are global, so every replica exposes
+the same value and queries take `max` across instances; only webhook_requests_total is per
+replica and is summed. Money is shown per currency and never summed across currencies.
+"""
+
+import os
+import re
+from typing import Any
+
+from grafanalib.core import (
+    Dashboard,
+    GridPos,
+    RowPanel,
+    Stat,
+    Table,
+    Target,
+    Template,
+    Templating,
+    Time,
+    TimeSeries,
+)
+
+from billingwatch.rules import load_config, seconds
+from billingwatch.rules.render import build, kept_labels, quantile_name
+
+CONFIG = load_config(os.environ.get("BILLINGWATCH_RULES_CONFIG") or None)
+
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+# Labels kept when collapsing replicas besides a metric's own, as the rules keep them: the
+# selector's pinned labels and `keep_labels` (several deployments in one Prometheus).
+KEEP = kept_labels(CONFIG)
+# The selector's `label="value"` matchers: the only target labels recorded series and alerts keep.
+PINNED = [f'{name}="{value}"' for name, value in re.findall(r'([a-zA-Z_]\w*)\s*=\s*"([^"]*)"', CONFIG.selector)]
+# Series recorded by the rules rendered from the same config (rules/billingwatch.rules.yml).
+RECORDED = {rule["record"] for group in build(CONFIG)["groups"] for rule in group["rules"] if "record" in rule}
+
+# Grafana's built-in currency units; other currencies get a custom prefix or stay plain numbers
+# (their legend still names the currency).
+CURRENCY_UNITS = {
+    "usd": "currencyUSD", "eur": "currencyEUR", "gbp": "currencyGBP", "jpy": "currencyJPY",
+    "chf": "currencyCHF", "sek": "currencySEK", "nok": "currencyNOK", "dkk": "currencyDKK",
+    "pln": "currencyPLN", "czk": "currencyCZK", "brl": "currencyBRL", "inr": "currencyINR",
+    "krw": "currencyKRW", "zar": "currencyZAR", "idr": "currencyIDR", "php": "currencyPHP",
+    "cad": "prefix:CA$", "aud": "prefix:A$", "nzd": "prefix:NZ$", "sgd": "prefix:S$",
+    "hkd": "prefix:HK$", "mxn": "prefix:MX$",
+}
+
+
+def sel(*extra: str, livemode: bool = True, currency: bool = False) -> str:
+    """The configured target selector, the dashboard's livemode/currency choice and `extra`."""
+    matchers = [*extra]
+    if livemode:
+        matchers.insert(0, 'livemode="$livemode"')
+    if currency:
+        matchers.append('currency=~"$currency"')
+    return CONFIG.matchers(*matchers, livemode=False)
+
+
+def recorded(name: str, *extra: str, currency: bool = False) -> str:
+    """A series the rules record, selected like the raw metrics. Fails at render time when the
+    rules no longer record it, so the dashboard cannot drift from them unnoticed."""
+    if name not in RECORDED:
+        raise LookupError(f"the rules do not record {name}")
+    matchers = [*PINNED, 'livemode="$livemode"', *extra]
+    if currency:
+        matchers.append('currency=~"$currency"')
+    return name + "{" + ",".join(matchers) + "}"
+
+
+def agg(op: str, expr: str, *labels: str) -> str:
+    """`op by (labels) (expr)`, keeping the configured labels too; `op(expr)` when there are none."""
+    keep = [*labels, *KEEP]
+    return f"{op} by ({', '.join(keep)}) ({expr})" if keep else f"{op}({expr})"
+
+
+def target(expr: str, legend: str = "", ref: str = "A", instant: bool = False, fmt: str = "time_series") -> Target:
+    return Target(expr=expr, legendFormat=legend, refId=ref, instant=instant, format=fmt, datasource=DATASOURCE)
+
+
+def steps(*levels: tuple[str, float]) -> list[dict[str, Any]]:
+    """Threshold steps: green below the first level, then each colour from its value up."""
+    return [{"color": "green", "value": None}, *({"color": c, "value": v} for c, v in levels)]
+
+
+def money_overrides() -> list[dict[str, Any]]:
+    """Each series named after its currency (legend "{{currency}}...") gets that currency's unit:
+    Grafana does not expand variables in units, so one override per known currency."""
+    return [
+        {
+            "matcher": {"id": "byRegexp", "options": f"^{code}.*$"},
+            "properties": [{"id": "unit", "value": unit}],
+        }
+        for code, unit in CURRENCY_UNITS.items()
+    ]
+
+
+def timeseries(title: str, targets: list[Target], unit: str, description: str, *,
+               thresholds: list[dict[str, Any]] | None = None, bars: bool = False,
+               overrides: list[dict[str, Any]] | None = None, stack: bool = False) -> TimeSeries:
+    return TimeSeries(
+        title=title, description=description, dataSource=DATASOURCE, targets=targets, unit=unit,
+        thresholds=thresholds or steps(), thresholdsStyleMode="dashed" if thresholds else "off",
+        drawStyle="bars" if bars else "line", fillOpacity=60 if bars else 10, spanNulls=True,
+        stacking={"mode": "normal", "group": "A"} if stack else {},
+        overrides=overrides or [], legendDisplayMode="table", legendCalcs=["lastNotNull", "max"],
+        tooltipMode="multi", maxDataPoints=500,
+    )
+
+
+def stat(title: str, targets: list[Target], unit: str, description: str, *,
+         thresholds: list[dict[str, Any]] | None = None, no_value: str = "none") -> Stat:
+    return Stat(
+        title=title, description=description, dataSource=DATASOURCE, targets=targets, format=unit,
+        thresholds=thresholds or steps(), reduceCalc="lastNotNull", graphMode="area",
+        colorMode="background" if thresholds else "value", noValue=no_value,
+    )
+
+
+def table(title: str, targets: list[Target], description: str, hidden: list[str], unit: str = "none") -> Table:
+    return Table(
+        title=title, description=description, dataSource=DATASOURCE, targets=targets, unit=unit,
+        transformations=[
+            {"id": "organize", "options": {"excludeByName": {name: True for name in hidden}}},
+        ],
+    )
+
+
+def layout(rows: list[tuple[str, list[tuple[Any, int, int]]]]) -> list[Any]:
+    """Rows of (panel, width, height) placed left to right on Grafana's 24-column grid."""
+    panels: list[Any] = []
+    y = 0
+    for title, row in rows:
+        panels.append(RowPanel(title=title, gridPos=GridPos(h=1, w=24, x=0, y=y)))
+        y += 1
+        x, line_height = 0, 0
+        for panel, width, height in row:
+            if x + width > 24:
+                x, y, line_height = 0, y + line_height, 0
+            panel.gridPos = GridPos(h=height, w=width, x=x, y=y)
+            panels.append(panel)
+            x += width
+            line_height = max(line_height, height)
+        y += line_height
+    return panels
+
+
+RATE = "$__rate_interval"
+SUCCEEDED = 'status="succeeded"'
+FAILED = 'status="failed"'
+SETTLED = 'status=~"succeeded|failed"'
+failure = CONFIG.charge_failure_spike
+fraud = CONFIG.fraud_spike
+efw = CONFIG.early_fraud_warnings
+revenue = CONFIG.revenue_drop
+mrr = CONFIG.mrr_drop
+refund = CONFIG.refund_spike
+lag = CONFIG.webhook_lag
+silence = CONFIG.webhook_silence
+
+# The series the alerts are computed from (names as rules/billingwatch.rules.yml records them).
+CHARGES_FAILURE_WINDOW = f"currency_livemode_status:billingwatch_charges:increase{failure.window}"
+CHARGES_FRAUD_WINDOW = f"currency_livemode_status:billingwatch_charges:increase{fraud.window}"
+DISPUTES = f"livemode:billingwatch_disputes:increase{fraud.window}"
+EFW = f"livemode:billingwatch_early_fraud_warnings:increase{efw.window}"
+EFW_USUAL = f"{EFW}_avg{efw.baseline}"
+CHARGED = f"currency_livemode_status:billingwatch_charge_amount:increase{revenue.window}"
+CHARGED_USUAL = f"{CHARGED}_avg{revenue.baseline}"
+MRR = "currency_livemode:billingwatch_mrr_amount:max"
+MRR_USUAL = f"{MRR}_avg{mrr.baseline}"
+REFUNDED = f"currency_livemode:billingwatch_refund_amount:increase{refund.window}"
+CHARGED_REFUND_WINDOW = f"currency_livemode_status:billingwatch_charge_amount:increase{refund.window}"
+LAG_BUCKETS = f"le_livemode:billingwatch_webhook_delivery_lag_seconds_bucket:rate{lag.window}"
+LAG_QUANTILE = f"livemode:billingwatch_webhook_delivery_lag_seconds:{quantile_name(lag.quantile)}_rate{lag.window}"
+LAST_EVENT = "livemode:billingwatch_last_event_received_timestamp_seconds:max"
+EVENT_RATE = f"livemode:billingwatch_events:rate{silence.baseline}"
+
+
+def increase(metric: str, matchers: str, window: str) -> str:
+    return f"increase({metric}{matchers}[{window}])"
+
+
+traffic = [
+    (timeseries(
+        "Events received by type",
+        [target(agg("max", f"rate(billingwatch_events_total{sel()}[{RATE}])", "type") + " * 60", "{{type}}")],
+        "opm", "Distinct Stripe events recorded per minute, by event type (redeliveries not counted).",
+        stack=True), 12, 8),
+    (timeseries(
+        "Webhook requests by result",
+        [target(agg("sum", f"rate(billingwatch_webhook_requests_total{sel(livemode=False)}[{RATE}])", "result")
+                + " * 60", "{{result}}")],
+        "opm", "Requests to /webhooks/stripe per minute, summed over replicas (this counter is per "
+        "replica): accepted, duplicate (a redelivery) and each rejection reason. store_unavailable means "
+        "Redis did not answer and Stripe was told to retry (503).",
+        stack=True), 12, 8),
+]
+
+charges_row = [
+    (timeseries(
+        f"Charge failure ratio ({failure.window})",
+        [target(agg("sum", recorded(CHARGES_FAILURE_WINDOW, FAILED)) + " / "
+                + agg("sum", recorded(CHARGES_FAILURE_WINDOW, SETTLED)), "failed / all charges")],
+        "percentunit", f"Failed / (succeeded + failed) charges over {failure.window}, all currencies "
+        f"(counts). The dashed line is the BillingChargeFailureSpike threshold ({failure.ratio:.0%}; it "
+        f"alerts only from {failure.min_charges} charges in the window).",
+        thresholds=steps(("red", failure.ratio))), 8, 8),
+    (timeseries(
+        "Charges by outcome",
+        [target(agg("sum", agg("max", f"rate(billingwatch_charges_total{sel(currency=True)}[{RATE}])",
+                               "status", "currency"), "status") + " * 60", "{{status}}")],
+        "opm", "Charges per minute by outcome (succeeded, failed, pending) in the selected currencies.",
+        stack=True), 8, 8),
+    (timeseries(
+        "Failed charges by decline reason",
+        [target(agg("max", f"rate(billingwatch_charge_failures_total{sel()}[{RATE}])", "reason") + " * 60",
+                "{{reason}}")],
+        "opm", "Failed charges per minute by Stripe decline reason (known codes, else other). Many cards "
+        "failing with one reason (card_declined, incorrect_cvc) is what card testing looks like.",
+        stack=True), 8, 8),
+]
+
+revenue_row = [
+    (timeseries(
+        f"Charged volume per currency ({revenue.window}) and its {revenue.baseline} average",
+        [
+            target(recorded(CHARGED, SUCCEEDED, currency=True), "{{currency}}", "A"),
+            target(recorded(CHARGED_USUAL, SUCCEEDED, currency=True),
+                   "{{currency}} " + f"{revenue.baseline} average", "B"),
+            target(f"{recorded(CHARGED_USUAL, SUCCEEDED, currency=True)} * {1 - revenue.drop_ratio:g}",
+                   "{{currency}} alert line", "C"),
+        ],
+        "short", f"Successful charge volume over the last {revenue.window} per currency (never summed across "
+        f"currencies), its average over {revenue.baseline}, and the BillingRevenueDrop line "
+        f"{revenue.drop_ratio:.0%} below that average (for currencies averaging {revenue.min_daily_charges} "
+        f"charges or more). The average covers the history Prometheus has, up to {revenue.baseline}.",
+        overrides=money_overrides()), 12, 9),
+    (timeseries(
+        "MRR per currency",
+        [
+            target(recorded(MRR, currency=True), "{{currency}}", "A"),
+            target(recorded(MRR_USUAL, currency=True), "{{currency}} " + f"{mrr.baseline} average", "B"),
+            target(f"{recorded(MRR_USUAL, currency=True)} * {1 - mrr.drop_ratio:g}", "{{currency}} alert line", "C"),
+        ],
+        "short", "Monthly recurring revenue of active and past_due subscriptions (price x quantity normalised "
+        f"to a month) per currency, its {mrr.baseline} average, and the BillingMRRDrop line "
+        f"{mrr.drop_ratio:.0%} below that average.",
+        overrides=money_overrides()), 12, 9),
+]
+
+risk_row = [
+    (timeseries(
+        f"Dispute ratio ({fraud.window})",
+        [target(agg("sum", recorded(DISPUTES)) + " / " + agg("sum", recorded(CHARGES_FRAUD_WINDOW, SUCCEEDED)),
+                "disputes / successful charges")],
+        "percentunit", f"Disputes opened / successful charges over {fraud.window}. The dashed line is the "
+        f"BillingFraudSpike threshold ({fraud.dispute_ratio:.1%} from {fraud.min_charges} charges; "
+        f"{fraud.max_disputes} disputes in the window alert at any volume).",
+        thresholds=steps(("red", fraud.dispute_ratio))), 8, 8),
+    (timeseries(
+        f"Disputes and early fraud warnings vs charges ({fraud.window})",
+        [
+            target(agg("sum", recorded(DISPUTES)), "disputes", "A"),
+            target(agg("sum", recorded(EFW)), "early fraud warnings", "B"),
+            target(f'{efw.rise_factor:g} * {agg("sum", recorded(EFW_USUAL))}', "early fraud warnings alert line", "C"),
+            target(agg("sum", recorded(CHARGES_FRAUD_WINDOW, SUCCEEDED)), "successful charges", "D"),
+        ],
+        "short", f"Counts over the last {fraud.window}. Radar early fraud warnings come days before the "
+        f"disputes they turn into; BillingEarlyFraudWarningsRising fires above the alert line ({efw.rise_factor:g} "
+        f"times the usual count over {efw.baseline}, from {efw.min_count}). Successful charges are on the "
+        "right axis for scale.",
+        overrides=[{"matcher": {"id": "byName", "options": "successful charges"},
+                    "properties": [{"id": "custom.axisPlacement", "value": "right"}]}]), 8, 8),
+    (timeseries(
+        "Disputes by reason (last hour)",
+        [target(agg("sum", agg("max", increase("billingwatch_disputes_total", sel(), "1h"), "reason", "currency"),
+                    "reason"), "{{reason}}")],
+        "short", "Disputes opened in the last hour by Stripe dispute reason.", stack=True), 8, 8),
+    (timeseries(
+        f"Refund ratio per currency ({refund.window})",
+        [target(f"{recorded(REFUNDED, currency=True)} / ignoring (status) "
+                f"{recorded(CHARGED_REFUND_WINDOW, SUCCEEDED, currency=True)}", "{{currency}}")],
+        "percentunit", f"Refunded amount / successful charge amount over {refund.window}, per currency. The "
+        f"dashed line is the BillingRefundSpike threshold ({refund.ratio:.0%}; it alerts only from "
+        f"{refund.min_charges} charges in the currency).",
+        thresholds=steps(("red", refund.ratio))), 12, 8),
+    (timeseries(
+        "Refunded amount per currency (last hour)",
+        [target(agg("max", increase("billingwatch_refund_amount_total", sel(currency=True), "1h"), "currency"),
+                "{{currency}}")],
+        "short", "Refunded amount over the last hour per currency (never summed across currencies).",
+        overrides=money_overrides()), 12, 8),
+]
+
+subscriptions_row = [
+    (timeseries(
+        "Subscriptions by status",
+        [target(agg("max", f"billingwatch_subscriptions{sel()}", "status"), "{{status}}")],
+        "short", "Subscriptions BillingWatch knows of, by Stripe status (ended ones leave the gauge).",
+        stack=True), 10, 8),
+    (stat(
+        "Lapsed subscriptions",
+        [target(agg("max", f"billingwatch_subscriptions_lapsed{sel()}"))],
+        "short", "Active subscriptions whose period ended more than the grace period ago with no paid "
+        f"invoice since. BillingSilentLapse fires from {CONFIG.silent_lapse.min_lapsed}.",
+        thresholds=steps(("orange", CONFIG.silent_lapse.min_lapsed))), 4, 8),
+    (timeseries(
+        "Invoice payment failures and ended subscriptions (last hour)",
+        [
+            target(agg("max", increase("billingwatch_invoice_payment_failures_total", sel(), "1h"), "attempt"),
+                   "payment failed, attempt {{attempt}}", "A"),
+            target(agg("max", increase("billingwatch_subscriptions_ended_total", sel(), "1h")),
+                   "subscriptions ended", "B"),
+        ],
+        "short", "Failed invoice payment attempts by attempt number (dunning), and subscriptions that "
+        "reached canceled or incomplete_expired, over the last hour."), 10, 8),
+]
+
+delivery_row = [
+    (timeseries(
+        f"Webhook delivery lag ({lag.window})",
+        [
+            target(f"histogram_quantile(0.5, {recorded(LAG_BUCKETS)})", "p50", "A"),
+            target(recorded(LAG_QUANTILE), quantile_name(lag.quantile), "B"),
+        ],
+        "s", f"Seconds from an event's creation at Stripe to its recording, over {lag.window}. The dashed line "
+        f"is the BillingWebhookLag threshold ({quantile_name(lag.quantile)} above {lag.threshold}, from "
+        f"{lag.min_events} events in the window).",
+        thresholds=steps(("red", seconds(lag.threshold)))), 10, 8),
+    (timeseries(
+        "Time since the last event",
+        [
+            target(f"time() - {recorded(LAST_EVENT)}", "since the last event", "A"),
+            target(f"clamp_min({silence.expected_events} / {recorded(EVENT_RATE)}, {seconds(silence.min_silence):g})",
+                   "silence alert line", "B"),
+        ],
+        "s", "Seconds since the newest distinct event arrived, and the BillingWebhookSilence line: the time "
+        f"this account usually takes to receive {silence.expected_events} events (its rate over "
+        f"{silence.baseline}), at least {silence.min_silence}."), 10, 8),
+    (stat(
+        "Age of the newest event",
+        [target("time() - " + agg("max", f"billingwatch_last_event_created_timestamp_seconds{sel()}"))],
+        "s", "Seconds since the largest Stripe `created` time recorded: how far behind Stripe's clock the "
+        "newest event is (a backlog of Stripe retries shows here)."), 4, 8),
+]
+
+anomalies_row = [
+    (timeseries(
+        "Anomalies by detector",
+        [target(agg("max", increase("billingwatch_anomalies_total", sel(), RATE), "detector", "severity"),
+                "{{detector}} ({{severity}})")],
+        "short", "Anomalies found by the exporter's stateful detectors (duplicate_charge, negative_invoice, "
+        "currency_mismatch, double_invoice, ...). The details, with customer and charge ids, are at the "
+        "exporter's /api/anomalies.",
+        bars=True, stack=True), 16, 8),
+    (table(
+        "Anomalies in the last 24 hours",
+        [target(agg("max", increase("billingwatch_anomalies_total", sel(), "24h"), "detector", "severity") + " > 0",
+                instant=True, fmt="table")],
+        "Detectors that found anything in the last 24 hours, with the count.", hidden=["Time"], unit="short"), 8, 8),
+]
+
+alerts_row = [
+    (table(
+        "Alerts firing or pending",
+        # Alerts keep only the selector's pinned labels (the rules aggregate across replicas), so
+        # ALERTS is selected by those and by name: every BillingWatch alert starts with "Billing".
+        [target("max by (alertname, alertstate, detector, severity, livemode, currency) "
+                "(ALERTS{" + ",".join([*PINNED, 'alertname=~"Billing.*"']) + "})", instant=True, fmt="table")],
+        "BillingWatch alerts from Prometheus' ALERTS series, with detector and severity. A pending alert "
+        "waits out its `for` duration before it fires and reaches Alertmanager.",
+        hidden=["Time", "Value"]), 24, 7),
+]
+
+health_row = [
+    (stat(
+        "Exporter targets up", [target(agg("sum", f"up{sel(livemode=False)}"))],
+        "short", "BillingWatch scrape targets that answered the last scrape. BillingWatchExporterDown fires "
+        "on a target down or no target at all.",
+        thresholds=[{"color": "red", "value": None}, {"color": "green", "value": 1}], no_value="0"), 4, 6),
+    (stat(
+        "Store (Redis) up", [target(agg("min", f"billingwatch_store_up{sel(livemode=False)}"))],
+        "short", "1 when every replica reached its store at the last scrape. With Redis down, webhooks are "
+        "answered 503 (Stripe retries them) and the store-backed panels go blank.",
+        thresholds=[{"color": "red", "value": None}, {"color": "green", "value": 1}]), 4, 6),
+    (table(
+        "Replicas",
+        [target(agg("max", f"billingwatch_build_info{sel(livemode=False)}", "instance", "version", "store",
+                    "python_version"), instant=True, fmt="table")],
+        "Running exporter replicas, their version and store.", hidden=["Time", "Value"]), 8, 6),
+    (timeseries(
+        "Exporter memory and CPU",
+        [
+            target(agg("max", f"process_resident_memory_bytes{sel(livemode=False)}", "instance"),
+                   "{{instance}} memory", "A"),
+            target(agg("max", f"rate(process_cpu_seconds_total{sel(livemode=False)}[{RATE}])", "instance"),
+                   "{{instance}} CPU", "B"),
+        ],
+        "bytes", "Resident memory and CPU (seconds per second) of each replica.",
+        overrides=[{"matcher": {"id": "byRegexp", "options": ".* CPU$"},
+                    "properties": [{"id": "unit", "value": "percentunit"},
+                                   {"id": "custom.axisPlacement", "value": "right"}]}]), 8, 6),
+]
+
+
+def variables() -> list[Template]:
+    by_datasource = {"type": "prometheus", "uid": "${datasource}"}
+    currency = Template(
+        name="currency", label="Currency", dataSource=by_datasource, refresh=2, sort=1, multi=True,
+        query=f"label_values(billingwatch_charges_total{sel()}, currency)", includeAll=True, allValue=".*",
+    )
+    currency._current = {"selected": True, "text": ["All"], "value": ["$__all"]}
+    return [
+        # A data source variable rather than ${DS_...} inputs: the JSON imports into any Grafana
+        # and also loads through file provisioning (which does not resolve inputs).
+        Template(name="datasource", label="Data source", type="datasource", query="prometheus"),
+        # One mode at a time: live and test figures must not be mixed. Sorted descending so
+        # "true" is picked when live data exists, else "false".
+        Template(
+            name="livemode", label="Live mode", dataSource=by_datasource, refresh=2, sort=2,
+            query=f"label_values(billingwatch_events_total{CONFIG.matchers(livemode=False)}, livemode)",
+        ),
+        currency,
+    ]
+
+
+dashboard = Dashboard(
+    title="BillingWatch",
+    uid="billingwatch",
+    description="Stripe billing health: events, charges, revenue per currency, fraud, refunds, "
+    "subscriptions, webhook delivery, anomalies and alerts (https://github.com/billingwatch/billingwatch).",
+    tags=["billingwatch", "stripe", "billing"],
+    timezone="browser",
+    refresh="1m",
+    time=Time("now-24h", "now"),
+    graphTooltip=1,
+    templating=Templating(list=variables()),
+    panels=layout([
+        ("Traffic", traffic),
+        ("Charges", charges_row),
+        ("Revenue (per currency)", revenue_row),
+        ("Disputes, fraud and refunds", risk_row),
+        ("Subscriptions", subscriptions_row),
+        ("Webhook delivery", delivery_row),
+        ("Anomalies", anomalies_row),
+        ("Alerts", alerts_row),
+        ("Exporter and Redis health", health_row),
+    ]),
+).auto_panel_ids()
