@@ -13,6 +13,7 @@ from billingwatch.commands.reconcile import add_reconcile
 from billingwatch.commands.replay import add_replay
 from billingwatch.commands.simulate import add_simulate
 from billingwatch.config import ConfigError, from_env
+from billingwatch.rules.command import add_rules
 
 
 def add_serve(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -57,7 +58,7 @@ def serve(args: argparse.Namespace) -> int:
 
 # Each entry adds one subcommand; later subcommands (rules, replay, ...) add a line here.
 COMMANDS: list[Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]] = [
-    add_serve, add_replay, add_backfill, add_reconcile, add_simulate,
+    add_serve, add_rules, add_replay, add_backfill, add_reconcile, add_simulate,
 ]
 
 

@@ -295,6 +295,9 @@ def load_config(path: str | None = None) -> RulesConfig:
         config = _build("", RulesConfig, raw)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    if not config.selector.strip():
+        # `up` and the meta-alerts would otherwise match every target Prometheus scrapes.
+        raise ConfigError(f'{source}: selector must pick the BillingWatch targets, e.g. job="billingwatch"')
     if config.livemode not in ("", "true", "false"):
         raise ConfigError(f'{source}: livemode must be "true", "false" or "", got {config.livemode!r}')
     return replace(config, source=source)

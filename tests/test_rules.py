@@ -1,0 +1,184 @@
+"""The Prometheus rules: rendered from the config, checked and unit-tested by the real promtool."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from billingwatch.config import ConfigError
+from billingwatch.rules import load_config, render_rules
+
+ROOT = Path(__file__).resolve().parent.parent
+RULES = ROOT / "rules"
+RULE_FILE = RULES / "billingwatch.rules.yml"
+UNIT_TESTS = sorted((RULES / "tests").glob("*.yml"))
+
+
+def promtool(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    exe = shutil.which("promtool")
+    assert exe, "promtool not found: scripts/test.sh installs it (Debian package prometheus)"
+    return subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def alerts(text: str) -> list[dict[str, object]]:
+    return [rule for group in yaml.safe_load(text)["groups"] for rule in group["rules"] if "alert" in rule]
+
+
+def test_committed_rules_are_the_render_of_the_defaults() -> None:
+    assert RULE_FILE.read_text() == render_rules(load_config()), (
+        "rules/billingwatch.rules.yml differs from the config: run `billingwatch rules -o rules/billingwatch.rules.yml`"
+    )
+
+
+def test_rules_config_in_the_repo_is_the_packaged_defaults() -> None:
+    shipped = subprocess.run(
+        [sys.executable, "-m", "billingwatch", "rules", "--print-defaults"], capture_output=True, text=True, check=True
+    ).stdout
+    assert (RULES / "config.yml").read_text() == shipped
+
+
+def test_promtool_checks_every_rule_file() -> None:
+    files = sorted(str(p.relative_to(ROOT)) for p in RULES.glob("*.rules.yml"))
+    assert files == ["rules/billingwatch.rules.yml"]
+    result = promtool("check", "rules", *files)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+@pytest.mark.parametrize("unit_test", UNIT_TESTS, ids=[p.stem for p in UNIT_TESTS])
+def test_promtool_unit_tests(unit_test: Path) -> None:
+    result = promtool("test", "rules", unit_test.name, cwd=unit_test.parent)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_alert_is_labelled_linked_documented_and_unit_tested() -> None:
+    tested = {
+        case["alertname"]
+        for path in UNIT_TESTS
+        for test in yaml.safe_load(path.read_text())["tests"]
+        for case in test.get("alert_rule_test", [])
+        if case.get("exp_alerts")
+    }
+    rules = alerts(RULE_FILE.read_text())
+    assert len(rules) >= 12
+    for rule in rules:
+        name = str(rule["alert"])
+        labels = rule["labels"]
+        assert isinstance(labels, dict)
+        if labels:
+            assert set(labels) == {"detector", "severity"}, name
+            assert labels["severity"] in ("critical", "high", "medium", "low"), name
+        else:  # the generic rule: both labels come from the anomaly series itself
+            assert "by (detector, severity, livemode" in str(rule["expr"]), name
+        annotations = rule["annotations"]
+        assert isinstance(annotations, dict)
+        assert set(annotations) == {"summary", "description", "runbook_url"}, name
+        assert str(annotations["runbook_url"]).endswith(f"/docs/runbooks/{name}.md"), name
+        runbook = ROOT / "docs" / "runbooks" / f"{name}.md"
+        assert runbook.is_file(), f"no runbook for {name}"
+        assert "Stripe" in runbook.read_text(), f"{runbook} does not say how to confirm it in Stripe"
+        assert name in tested, f"no promtool test where {name} fires"
+
+
+CUSTOM_TEST = """
+rule_files: [billingwatch.rules.yml]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'billingwatch_charges_total{job="payments",status="failed",currency="usd",livemode="true"}'
+        values: '0+FAILEDx120'
+      - series: 'billingwatch_charges_total{job="payments",status="succeeded",currency="usd",livemode="true"}'
+        values: '0+SUCCEEDEDx120'
+    alert_rule_test:
+      - eval_time: 70m
+        alertname: BillingChargeFailureSpike
+        exp_alerts: EXPECTED
+"""
+
+FIRING = """
+          - exp_labels: {detector: charge_failure_spike, severity: critical, livemode: "true", job: payments}
+            exp_annotations:
+              summary: 40% of charges failed in the last 1h
+              description: >-
+                40% of charges (livemode=true) failed in the last 1h, above the 30% threshold
+                (counted from 20 charges up). Card testing, a broken checkout or a processor outage.
+              runbook_url: https://wiki.example.com/billing/BillingChargeFailureSpike.md"""
+
+
+def test_a_changed_threshold_yields_rules_that_fire_at_the_new_value(tmp_path: Path) -> None:
+    config = tmp_path / "my.yml"
+    config.write_text(
+        'selector: job="payments"\n'
+        "runbook_url: https://wiki.example.com/billing/\n"
+        "charge_failure_spike:\n  ratio: 0.30\n  severity: critical\n"
+    )
+    out = tmp_path / "billingwatch.rules.yml"
+    subprocess.run(
+        [sys.executable, "-m", "billingwatch", "rules", "--config", str(config), "-o", str(out)], check=True
+    )
+    assert promtool("check", "rules", str(out)).returncode == 0
+    cases = {
+        "fires_at_40_percent": ("2", "3", FIRING),  # 40% > the new 30%
+        "quiet_at_25_percent": ("1", "3", " []"),  # 25% would fire at the default 15%
+    }
+    for name, (failed, succeeded, expected) in cases.items():
+        test = tmp_path / f"{name}.yml"
+        test.write_text(
+            CUSTOM_TEST.replace("FAILED", failed).replace("SUCCEEDED", succeeded).replace(" EXPECTED", expected)
+        )
+        result = promtool("test", "rules", test.name, cwd=tmp_path)
+        assert result.returncode == 0, name + "\n" + result.stdout + result.stderr
+    # The same 25% does fire with the default rules: the quiet case above is the new threshold's doing.
+    default = tmp_path / "default"
+    default.mkdir()
+    (default / "billingwatch.rules.yml").write_text(render_rules(load_config()))
+    test = default / "default_fires_at_25_percent.yml"
+    test.write_text(CUSTOM_TEST.replace("payments", "billingwatch").replace("FAILED", "1").replace("SUCCEEDED", "3")
+                    .replace(" EXPECTED", " []"))
+    result = promtool("test", "rules", test.name, cwd=default)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and 'summary="25% of charges failed in the last 1h"' in output, output
+
+
+def test_a_partial_config_keeps_every_other_default(tmp_path: Path) -> None:
+    config = tmp_path / "my.yml"
+    config.write_text("fraud_spike:\n  max_disputes: 3\nlivemode: 'true'\n")
+    loaded = load_config(str(config))
+    defaults = load_config()
+    assert loaded.fraud_spike.max_disputes == 3
+    assert loaded.fraud_spike.dispute_ratio == defaults.fraud_spike.dispute_ratio == 0.01
+    assert loaded.charge_failure_spike == defaults.charge_failure_spike
+    assert loaded.matchers('status="failed"') == '{job="billingwatch",livemode="true",status="failed"}'
+    rendered = render_rules(loaded)
+    assert "increase24h >= 3" in rendered
+    assert 'up{job="billingwatch"}' in rendered  # target metrics carry no livemode label
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("charge_failure_spike:\n  ratoi: 0.2\n", "charge_failure_spike: unknown key(s) ratoi"),
+        ("charge_failure_spike:\n  window: 1 hour\n", "charge_failure_spike.window: not a Prometheus duration"),
+        ("fraud_spike:\n  severity: urgent\n", "fraud_spike.severity: severity must be one of"),
+        ("webhook_lag:\n  min_events: -1\n", "webhook_lag.min_events: expected a whole number >= 0"),
+        ("livemode: yes\n", "livemode"),
+        ("- a list\n", "expected a mapping at the top level"),
+        ("selector: ''\n", "selector must pick the BillingWatch targets"),
+    ],
+)
+def test_a_bad_config_is_refused_with_the_key_named(tmp_path: Path, text: str, message: str) -> None:
+    config = tmp_path / "bad.yml"
+    config.write_text(text)
+    with pytest.raises(ConfigError, match=r"bad\.yml") as info:
+        load_config(str(config))
+    assert message in str(info.value)
+    result = subprocess.run(
+        [sys.executable, "-m", "billingwatch", "rules", "--config", str(config)], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
