@@ -1,0 +1,238 @@
+"""alertmanager/: the committed config passes amtool, routes each severity to the right receiver,
+inhibits the consequences of one root cause (on a real Alertmanager), keeps secrets out, and
+render.sh puts the webhook URL in without mangling it."""
+
+import json
+import os
+import re
+import stat
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from billingwatch.detectors import REGISTRY
+from tests.conftest import ROOT, binary, wait_until
+from tests.stack import alertmanager
+
+CONFIG = ROOT / "alertmanager" / "alertmanager.yml"
+TEMPLATES = ROOT / "alertmanager" / "templates"
+RENDER = ROOT / "alertmanager" / "render.sh"
+RULES = ROOT / "rules" / "billingwatch.rules.yml"
+PLACEHOLDER = "http://billingwatch-webhook-url-not-set.invalid/"
+RECEIVER_FOR = {"critical": "page", "high": "notify", "medium": "notify", "low": "digest"}
+
+
+def amtool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([binary("amtool"), *args], capture_output=True, text=True, timeout=60)
+
+
+def render(directory: Path, webhook_url: str) -> Path:
+    """alertmanager/render.sh as a user runs it, with the URL in a secret file."""
+    url_file = directory / "webhook_url"
+    url_file.write_text(webhook_url + "\n")
+    rendered = directory / "alertmanager.yml"
+    env = {**os.environ, "BILLINGWATCH_WEBHOOK_URL_FILE": str(url_file), "ALERTMANAGER_RENDERED": str(rendered)}
+    subprocess.run(["sh", str(RENDER)], env=env, check=True, capture_output=True, timeout=30)
+    return rendered
+
+
+def local_config(directory: Path, webhook_url: str, templates: list[str] | None = None) -> dict[str, Any]:
+    """The rendered config with the templates read from this checkout instead of /etc/alertmanager."""
+    config: dict[str, Any] = yaml.safe_load(render(directory, webhook_url).read_text())
+    config["templates"] = templates or [str(TEMPLATES / "*.tmpl")]
+    return config
+
+
+def write(directory: Path, config: dict[str, Any]) -> Path:
+    path = directory / "alertmanager.local.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def committed_alerts() -> list[dict[str, Any]]:
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"] if "alert" in rule]
+
+
+def test_committed_config_passes_amtool() -> None:
+    result = amtool("check-config", str(CONFIG))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_templates_parse(tmp_path: Path) -> None:
+    """check-config parses the templates only where they are: point it at this checkout."""
+    path = write(tmp_path, local_config(tmp_path, "https://hooks.example.com/x"))
+    result = amtool("check-config", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "x.tmpl").write_text((TEMPLATES / "billingwatch.tmpl").read_text() + "{{ define }}")
+    bad = write(broken, local_config(broken, "https://hooks.example.com/x", [str(broken / "*.tmpl")]))
+    assert amtool("check-config", str(bad)).returncode != 0
+
+
+@pytest.mark.parametrize(
+    ("labels", "receiver"),
+    [
+        ({"alertname": "BillingAnomalyDetected", "detector": "duplicate_charge", "severity": "critical"}, "page"),
+        ({"alertname": "BillingFraudSpike", "detector": "fraud_spike", "severity": "critical"}, "page"),
+        ({"alertname": "BillingChargeFailureSpike", "detector": "charge_failure_spike", "severity": "high"}, "notify"),
+        ({"alertname": "BillingAnomalyDetected", "detector": "negative_invoice", "severity": "medium"}, "notify"),
+        ({"alertname": "BillingWebhookLag", "detector": "webhook_lag", "severity": "low"}, "digest"),
+        ({"alertname": "BillingWatchStoreDown", "detector": "store_down", "severity": "high"}, "notify"),
+        # A custom rule with no or an unknown severity is still delivered.
+        ({"alertname": "MyBillingRule"}, "notify"),
+        ({"alertname": "MyBillingRule", "severity": "warning"}, "notify"),
+    ],
+)
+def test_route(labels: dict[str, str], receiver: str) -> None:
+    result = amtool("config", "routes", "test", f"--config.file={CONFIG}", f"--verify.receivers={receiver}",
+                    *(f"{k}={v}" for k, v in labels.items()))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_shipped_alert_and_detector_reaches_its_receiver() -> None:
+    """Each alert of the committed rules and each registered detector, by its severity."""
+    cases = [
+        {"alertname": a["alert"], **a["labels"]} for a in committed_alerts() if "severity" in a.get("labels", {})
+    ]
+    cases += [{"alertname": "BillingAnomalyDetected", "detector": d.name, "severity": d.severity} for d in REGISTRY]
+    assert len(cases) > len(REGISTRY)
+    for labels in cases:
+        expected = RECEIVER_FOR[labels["severity"]]
+        result = amtool("config", "routes", "test", f"--config.file={CONFIG}", f"--verify.receivers={expected}",
+                        *(f"{k}={v}" for k, v in labels.items()))
+        assert result.returncode == 0, f"{labels}: {result.stdout}"
+
+
+def test_inhibit_rules_name_alerts_the_rules_ship() -> None:
+    """A renamed alert would silently disable an inhibition: every name must exist."""
+    shipped = {a["alert"] for a in committed_alerts()}
+    config = yaml.safe_load(CONFIG.read_text())
+    for rule in config["inhibit_rules"]:
+        for matcher in rule["source_matchers"] + rule["target_matchers"]:
+            name, op, value = re.fullmatch(r'(\w+)\s*(=~|!~|!=|=)\s*"(.*)"', matcher).groups()  # type: ignore[union-attr]
+            if name == "alertname" and op in ("=", "!="):
+                assert value in shipped, matcher
+            if name == "alertname" and op in ("=~", "!~"):
+                assert any(re.fullmatch(value, s) for s in shipped), matcher
+
+
+def test_no_secret_in_the_committed_config() -> None:
+    config = yaml.safe_load(CONFIG.read_text())
+
+    def keys(node: Any) -> set[str]:
+        if isinstance(node, dict):
+            return set(node) | {k for v in node.values() for k in keys(v)}
+        return {k for v in node for k in keys(v)} if isinstance(node, list) else set()
+
+    inline = {"smtp_auth_password", "smtp_auth_secret", "auth_password", "auth_secret", "slack_api_url", "api_url",
+              "credentials", "password", "bearer_token"}
+    assert not keys(config) & inline
+    assert config["global"]["smtp_auth_password_file"].startswith("/etc/alertmanager/secrets/")
+    assert config["global"]["slack_api_url_file"].startswith("/etc/alertmanager/secrets/")
+    urls = {w["url"] for r in config["receivers"] for w in r.get("webhook_configs", [])}
+    assert urls == {PLACEHOLDER}
+
+
+def test_render_fills_in_the_webhook_url_and_keeps_it_private(tmp_path: Path) -> None:
+    url = "https://hooks.example.com/services/T0/B0/x?a=1&b=|\\'#z"
+    rendered = render(tmp_path, url)
+    config = yaml.safe_load(rendered.read_text())
+    urls = [w["url"] for r in config["receivers"] for w in r.get("webhook_configs", [])]
+    assert urls and set(urls) == {url}
+    assert stat.S_IMODE(rendered.stat().st_mode) == 0o600
+    # Everything else is the committed config, untouched.
+    committed = yaml.safe_load(CONFIG.read_text())
+    for receiver in committed["receivers"]:
+        for webhook in receiver.get("webhook_configs", []):
+            webhook["url"] = url
+    assert config == committed
+    assert amtool("check-config", str(rendered)).returncode == 0
+
+
+def test_render_without_a_url_warns_and_never_prints_one(tmp_path: Path) -> None:
+    env = {**os.environ, "BILLINGWATCH_WEBHOOK_URL_FILE": str(tmp_path / "missing"),
+           "ALERTMANAGER_RENDERED": str(tmp_path / "out.yml")}
+    env.pop("BILLINGWATCH_WEBHOOK_URL", None)
+    result = subprocess.run(["sh", str(RENDER)], env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and "no webhook URL" in result.stderr
+    assert (tmp_path / "out.yml").read_text() == CONFIG.read_text()
+    env["BILLINGWATCH_WEBHOOK_URL"] = "https://secret.example.com/token123"
+    result = subprocess.run(["sh", str(RENDER), "sh", "-c", 'cat "${0#--config.file=}"'],
+                            env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "url: 'https://secret.example.com/token123'" in result.stdout  # exec'd with --config.file
+    assert "token123" not in result.stderr
+    env["BILLINGWATCH_WEBHOOK_URL"] = "ftp://nope"
+    assert subprocess.run(["sh", str(RENDER)], env=env, capture_output=True, timeout=30).returncode == 1
+
+
+def test_digest_title_names_every_finding(tmp_path: Path) -> None:
+    """The low-severity digest groups by severity only: its title has no single alert name."""
+    alerts = [{"status": "firing", "labels": {"alertname": n, "detector": d, "severity": "low"},
+               "annotations": {"summary": s}, "startsAt": "2025-01-01T00:00:00Z"}
+              for n, d, s in [("BillingWebhookLag", "webhook_lag", "p95 lag 12m"), ("MyRule", "mine", "x")]]
+    data = {"receiver": "digest", "status": "firing", "alerts": alerts, "groupLabels": {"severity": "low"},
+            "commonLabels": {"severity": "low"}, "commonAnnotations": {}, "externalURL": "http://am"}
+    (tmp_path / "data.json").write_text(json.dumps(data))
+    result = amtool("template", "render", f"--template.glob={TEMPLATES}/*.tmpl",
+                    f"--template.data={tmp_path / 'data.json'}",
+                    '--template.text={{ template "billingwatch.email.subject" . }}')
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[FIRING:2] LOW BillingWatch digest"
+    text = amtool("template", "render", f"--template.glob={TEMPLATES}/*.tmpl",
+                  f"--template.data={tmp_path / 'data.json'}",
+                  '--template.text={{ template "billingwatch.email.text" . }}').stdout
+    assert "p95 lag 12m" in text and "Detector: mine" in text
+
+
+def test_one_root_cause_pages_once(tmp_path: Path) -> None:
+    """A real Alertmanager suppresses the consequences (exporter down, webhooks silent)."""
+    config = local_config(tmp_path, "http://127.0.0.1:9/")
+    with alertmanager(tmp_path / "am", write(tmp_path, config)) as am:
+        def alert(name: str, **labels: str) -> dict[str, Any]:
+            return {"labels": {"alertname": name, **labels}, "annotations": {"summary": name},
+                    "startsAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+        alerts = [
+            alert("BillingWatchExporterDown", detector="exporter_down", severity="high", instance="a:9786"),
+            alert("BillingAnomalyDetected", detector="duplicate_charge", severity="critical", livemode="true"),
+            alert("BillingWebhookSilence", detector="webhook_silence", severity="high", livemode="false"),
+            alert("BillingRevenueDrop", detector="revenue_drop", severity="high", livemode="false", currency="usd"),
+        ]
+        httpx.post(am.url + "/api/v2/alerts", json=alerts, timeout=10).raise_for_status()
+        wait_until(lambda: len(am.alerts()) == 4, what="4 alerts in Alertmanager")
+        state = {a["labels"]["alertname"]: a["status"] for a in am.alerts()}
+        assert state["BillingWatchExporterDown"]["state"] == "active"
+        for consequence in ("BillingAnomalyDetected", "BillingWebhookSilence", "BillingRevenueDrop"):
+            assert state[consequence]["state"] == "suppressed" and state[consequence]["inhibitedBy"], consequence
+
+        # Without the exporter alert, silence still mutes the revenue drop of its own mode only.
+        resolved = {**alerts[0], "endsAt": alerts[0]["startsAt"]}
+        live_drop = alert("BillingRevenueDrop", detector="revenue_drop", severity="high", livemode="true",
+                          currency="usd")
+        httpx.post(am.url + "/api/v2/alerts", json=[resolved, live_drop], timeout=10).raise_for_status()
+
+        def settled() -> bool:
+            by = {(a["labels"]["alertname"], a["labels"].get("livemode")): a["status"] for a in am.alerts()}
+            return ("BillingWatchExporterDown", None) not in by and by.get(("BillingRevenueDrop", "true")) is not None
+
+        wait_until(settled, what="the exporter alert resolved")
+        by = {(a["labels"]["alertname"], a["labels"].get("livemode")): a["status"] for a in am.alerts()}
+        assert by[("BillingAnomalyDetected", "true")]["state"] == "active"
+        assert by[("BillingWebhookSilence", "false")]["state"] == "active"
+        assert by[("BillingRevenueDrop", "false")]["state"] == "suppressed"
+        assert by[("BillingRevenueDrop", "true")]["state"] == "active"
+
+
+def test_site_settings_sit_on_one_line_each() -> None:
+    """docker-compose.yml sets the SMTP server by replacing these lines with sed: keep them findable."""
+    lines = CONFIG.read_text().splitlines()
+    for key in ("smtp_smarthost", "smtp_require_tls"):
+        assert len([line for line in lines if line.startswith(f"  {key}: ")]) == 1, key
