@@ -14,6 +14,7 @@ from billingwatch.money import is_currency
 
 _EVENT_TYPE = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+){1,4}$")
 _MAX_ID = 255
+_MAX_INT = 10**15  # amounts and times beyond this are not Stripe's, and would overflow Redis integers
 
 
 class InvalidEvent(ValueError):
@@ -125,9 +126,20 @@ def _field(obj: Mapping[str, Any], key: str, where: str) -> Any:
     return obj[key]
 
 
+def _encodable(value: str) -> bool:
+    """JSON may carry lone surrogates ("\\ud800"): valid JSON, but no UTF-8 can hold them."""
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _str(obj: Mapping[str, Any], key: str, where: str) -> str:
     value = _field(obj, key, where)
-    if not isinstance(value, str) or not value or len(value) > _MAX_ID:
+    if not isinstance(value, str) or not value or len(value) > _MAX_ID or not _encodable(value):
         raise InvalidEvent(f"{where}.{key} must be a non-empty string")
     return value
 
@@ -139,7 +151,7 @@ def _opt_str(obj: Mapping[str, Any], key: str, where: str) -> str | None:
         return None
     if isinstance(value, Mapping):
         value = value.get("id")
-    if not isinstance(value, str) or len(value) > _MAX_ID:
+    if not isinstance(value, str) or len(value) > _MAX_ID or not _encodable(value):
         raise InvalidEvent(f"{where}.{key} must be a string or null")
     return value or None
 
@@ -149,8 +161,17 @@ def _int(obj: Mapping[str, Any], key: str, where: str, *, default: int | None = 
     # bool is an int in Python; a JSON true is not an amount.
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidEvent(f"{where}.{key} must be an integer")
-    if abs(value) > 10**15:
+    if abs(value) > _MAX_INT:
         raise InvalidEvent(f"{where}.{key} is out of range")
+    return value
+
+
+def _opt_time(value: Any, where: str) -> int | None:
+    """An optional unix time; one no store can hold (Redis scores are doubles) is invalid."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    if abs(value) > _MAX_INT:
+        raise InvalidEvent(f"{where}.current_period_end is out of range")
     return value
 
 
@@ -216,7 +237,10 @@ def charge_of(obj: Mapping[str, Any]) -> Charge:
         amount=_int(obj, "amount", where),
         currency=_currency(obj, where),
         customer=_opt_str(obj, "customer", where),
-        card_fingerprint=fingerprint if isinstance(fingerprint, str) and fingerprint else None,
+        card_fingerprint=(
+            fingerprint if isinstance(fingerprint, str) and 0 < len(fingerprint) <= _MAX_ID
+            and _encodable(fingerprint) else None
+        ),
         payment_intent=_opt_str(obj, "payment_intent", where),
         failure_reason=reason if isinstance(reason, str) and reason else None,
     )
@@ -296,8 +320,7 @@ def _item_of(item: Any) -> tuple[SubscriptionItem | None, int | None]:
     where = "subscription.items.data[]"
     if not isinstance(item, Mapping):
         raise InvalidEvent(f"{where} must be an object")
-    period_end = item.get("current_period_end")
-    end = period_end if isinstance(period_end, int) and not isinstance(period_end, bool) else None
+    end = _opt_time(item.get("current_period_end"), where)
     price = _map(item, "price") or _map(item, "plan")
     recurring = _map(price, "recurring")
     interval = recurring.get("interval", price.get("interval"))
@@ -312,6 +335,8 @@ def _item_of(item: Any) -> tuple[SubscriptionItem | None, int | None]:
     ):
         # Metered and tiered prices have no unit amount: they add nothing to MRR.
         return None, end
+    if any(abs(v) > _MAX_INT for v in ints):
+        raise InvalidEvent(f"{where}: price amount, interval count or quantity is out of range")
     return SubscriptionItem(amount, quantity, str(price["currency"]), interval, count), end
 
 
@@ -328,8 +353,8 @@ def subscription_of(obj: Mapping[str, Any]) -> Subscription:
             items.append(item)
         if end is not None:
             ends.append(end)
-    top_end = obj.get("current_period_end")
-    if isinstance(top_end, int) and not isinstance(top_end, bool):
+    top_end = _opt_time(obj.get("current_period_end"), where)
+    if top_end is not None:
         ends.append(top_end)
     return Subscription(
         id=_str(obj, "id", where),

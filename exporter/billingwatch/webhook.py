@@ -109,7 +109,7 @@ class WebhookEndpoint:
                 )
         try:
             document = json.loads(payload)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
             return self._reject("invalid_json", 400, "body is not JSON")
         received_at = self._clock()
         try:

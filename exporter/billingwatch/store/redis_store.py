@@ -58,7 +58,8 @@ class RedisStore:
     def _lapse_key(self, livemode: str) -> str:
         return self.key("lapse:" + livemode)
 
-    async def apply(self, plan: Plan) -> Outcome:
+    def script_call(self, plan: Plan) -> tuple[list[str], list[Any]]:
+        """The KEYS and ARGV of the apply script for this plan (bench/state.py replays them in bulk)."""
         sub_id, mode = "-", "false"
         if plan.subscription is not None:
             sub_id, mode = plan.subscription.id, plan.subscription.livemode
@@ -88,8 +89,12 @@ class RedisStore:
         if plan.payment is not None:
             p = plan.payment
             body["payment"] = {"id": p.id, "at": str(p.at), "ttl": str(p.ttl)}
+        return keys, [json.dumps(body), self._log_size]
+
+    async def apply(self, plan: Plan) -> Outcome:
+        keys, args = self.script_call(plan)
         try:
-            reply = await self._script(keys=keys, args=[json.dumps(body), self._log_size])
+            reply = await self._script(keys=keys, args=args)
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
         if int(reply[0]) == 1:

@@ -1,0 +1,297 @@
+"""Bad input, generated: whatever arrives, never a 5xx, and a rejected request changes nothing.
+
+Property-based (hypothesis) against the real app in process, on both stores: arbitrary bodies
+and headers, and validly signed Stripe events with fields removed or replaced by wrong types,
+huge or negative numbers and odd unicode. Then the signature cases one by one.
+"""
+
+import copy
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.testclient import TestClient
+
+from billingwatch.store import RedisStore
+from tests import stripe_events as se
+
+Client = Callable[..., TestClient]
+URL = "/webhooks/stripe"
+FUZZ = settings(max_examples=100, deadline=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+@pytest.fixture(params=["memory", "redis"])
+def client(request: pytest.FixtureRequest, make_client: Client) -> TestClient:
+    if request.param == "memory":
+        return make_client()
+    return make_client(store=RedisStore(request.getfixturevalue("redis_url"),
+                                        prefix=request.getfixturevalue("redis_prefix")))
+
+
+def figures(client: TestClient) -> dict[Any, float]:
+    """Every store-held figure /metrics shows (not the per-request counter, not process metrics)."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(client.get("/metrics").text)
+        for s in family.samples
+        if s.name.startswith("billingwatch_") and not s.name.startswith("billingwatch_webhook_requests")
+    }
+
+
+def assert_rejected_cleanly(response: Any, before: dict[Any, float], client: TestClient) -> None:
+    assert response.status_code in (400, 413), response.text
+    reason = response.json()["error"]
+    assert isinstance(reason, str) and reason and "\n" not in reason and "Traceback" not in reason
+    assert figures(client) == before
+
+
+def base_events() -> list[dict[str, Any]]:
+    return [
+        se.event("charge.succeeded", se.charge()),
+        se.event("charge.failed", se.charge(status="failed", reason="do_not_honor")),
+        se.event("payment_intent.succeeded", se.payment_intent(charge_id="ch_fuzz")),
+        se.event("invoice.paid", se.invoice()),
+        se.event("invoice.payment_failed", se.invoice(status="open", attempt_count=2), api_version="2024-06-20"),
+        se.event("customer.subscription.updated", se.subscription(subscription_id="sub_fuzz")),
+        se.event("customer.subscription.created", se.subscription(old_shape=True, subscription_id="sub_fuzz_old"),
+                 api_version="2024-06-20"),
+        se.event("refund.created", se.refund()),
+        se.event("charge.dispute.created", se.dispute()),
+        se.event("radar.early_fraud_warning.created", se.early_fraud_warning()),
+    ]
+
+
+BASES = base_events()
+
+
+def paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    found: list[tuple[Any, ...]] = []
+    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else []
+    for key, child in children:
+        found.append((*prefix, key))
+        found.extend(paths(child, (*prefix, key)))
+    return found
+
+
+# Values that broke or nearly broke a parser somewhere: out-of-range and float-overflowing
+# integers, lone surrogates (valid JSON, not encodable as UTF-8), NUL, huge strings.
+SPECIAL_VALUES = st.sampled_from([
+    0, -1, 2**53 + 1, 2**63, -(2**63) - 1, 10**15 + 1, 10**40, -(10**40), 10**400, -(10**400),
+    "", "\ud800", "cus_\udfff", "é" * 300, "a|b", "usd ", "USD", "x" * 100_000, "{prefix}", "\x00",
+    float("nan"), float("inf"), 1e308, True, None, [], {},
+])
+weird_values = st.one_of(
+    SPECIAL_VALUES,
+    SPECIAL_VALUES,  # drawn as often as all the generic values together
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=40),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
+)
+
+
+@st.composite
+def mutated_events(draw: st.DrawFn) -> dict[str, Any]:
+    evt = copy.deepcopy(draw(st.sampled_from(BASES)))
+    evt["id"] = se.new_id("evt")
+    for _ in range(draw(st.integers(1, 3))):
+        path = draw(st.sampled_from(paths(evt) or [("id",)]))
+        parent = evt
+        try:
+            for key in path[:-1]:
+                parent = parent[key]
+            if draw(st.booleans()) and isinstance(parent, dict):
+                del parent[path[-1]]
+            else:
+                parent[path[-1]] = draw(weird_values)
+        except (KeyError, IndexError, TypeError):
+            continue  # an earlier mutation removed or replaced this path
+    return evt
+
+
+# The fields the parser reads: mutated far more often than the rest, which it ignores.
+READ_FIELDS = ("id", "customer", "amount", "amount_received", "currency", "status", "charge", "payment_intent",
+               "latest_charge", "fingerprint", "reason", "fraud_type", "total", "amount_paid", "attempt_count",
+               "subscription", "billing_reason", "created", "current_period_end", "unit_amount", "quantity",
+               "interval", "interval_count", "type", "livemode", "object", "account")
+
+
+@st.composite
+def targeted_events(draw: st.DrawFn) -> dict[str, Any]:
+    evt = copy.deepcopy(draw(st.sampled_from(BASES)))
+    evt["id"] = se.new_id("evt")
+    # The envelope, the object's own fields, and the nested ones the parser reads.
+    read = [p for p in paths(evt) if p[-1] in READ_FIELDS
+            and (len(p) <= 3 or p[-1] in ("fingerprint", "unit_amount", "quantity", "current_period_end"))]
+    for path in draw(st.lists(st.sampled_from(read), min_size=1, max_size=2, unique=True)):
+        parent = evt
+        try:
+            for key in path[:-1]:
+                parent = parent[key]
+            parent[path[-1]] = draw(weird_values)
+        except (KeyError, IndexError, TypeError):
+            continue  # the other mutation replaced a container on this path
+    return evt
+
+
+def test_arbitrary_bodies_and_headers_are_rejected_untouched(client: TestClient) -> None:
+    printable = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=200)
+    now = int(time.time())
+    signature = st.one_of(
+        st.none(),
+        printable,
+        st.builds(lambda t, v: f"t={t},v1={v}", st.integers(now - 1000, now + 1000),
+                  st.text(alphabet="0123456789abcdef", min_size=64, max_size=64)),
+    )
+
+    @FUZZ
+    @given(body=st.one_of(st.binary(max_size=3000), st.text(max_size=500).map(str.encode)),
+           header=signature, content_type=st.one_of(st.none(), printable))
+    def check(body: bytes, header: str | None, content_type: str | None) -> None:
+        headers = {k: v for k, v in (("Stripe-Signature", header), ("Content-Type", content_type)) if v is not None}
+        before = figures(client)
+        assert_rejected_cleanly(client.post(URL, content=body, headers=headers), before, client)
+
+    check()
+
+
+def test_signed_events_with_broken_fields_never_5xx_and_rejected_ones_change_nothing(client: TestClient) -> None:
+    @FUZZ
+    @given(evt=st.one_of(mutated_events(), targeted_events()))
+    def check(evt: dict[str, Any]) -> None:
+        payload = json.dumps(evt).encode()
+        before = figures(client)
+        response = client.post(URL, content=payload, headers=se.signed_headers(payload))
+        assert response.status_code in (200, 400), response.text
+        if response.status_code == 400:
+            assert_rejected_cleanly(response, before, client)
+        else:
+            assert response.json()["received"] is True
+
+    check()
+
+
+@FUZZ
+@given(value=weird_values)
+def test_any_json_value_as_the_whole_body_is_rejected(value: Any) -> None:
+    from billingwatch.events import InvalidEvent, parse_event
+
+    with pytest.raises(InvalidEvent):
+        parse_event(value if not isinstance(value, dict) else {**value, "object": "not-an-event"})
+
+
+# ------------------------------------------------------------------ signatures
+
+
+def post_signed(client: TestClient, payload: bytes, header: str) -> Any:
+    return client.post(URL, content=payload, headers={"Stripe-Signature": header, "Content-Type": "application/json"})
+
+
+def test_expired_timestamp_is_rejected(client: TestClient) -> None:
+    payload = se.body(se.event("charge.succeeded", se.charge()))
+    before = figures(client)
+    response = post_signed(client, payload, se.sign(payload, timestamp=int(time.time()) - 301))
+    assert_rejected_cleanly(response, before, client)
+
+
+def test_replayed_old_delivery_is_rejected_and_a_recent_one_is_a_duplicate(client: TestClient) -> None:
+    payload = se.body(se.event("charge.succeeded", se.charge()))
+    header = se.sign(payload)
+    assert post_signed(client, payload, header).json()["duplicate"] is False
+    after_first = figures(client)
+    assert post_signed(client, payload, header).json() == {"received": True, "duplicate": True, "anomalies": 0}
+    assert figures(client) == after_first
+    # The same body captured with an old signature and replayed later: too old, rejected.
+    old = post_signed(client, payload, se.sign(payload, timestamp=int(time.time()) - 3600))
+    assert_rejected_cleanly(old, after_first, client)
+
+
+def test_wrong_secret_is_rejected(client: TestClient) -> None:
+    payload = se.body(se.event("charge.succeeded", se.charge()))
+    before = figures(client)
+    assert_rejected_cleanly(post_signed(client, payload, se.sign(payload, "whsec_not_ours")), before, client)
+
+
+def test_either_of_two_rotated_secrets_is_accepted_a_third_is_not(make_client: Client) -> None:
+    client = make_client(webhook_secrets=("whsec_old_secret", "whsec_new_secret"))
+    for secret in ("whsec_old_secret", "whsec_new_secret"):
+        payload = se.body(se.event("charge.succeeded", se.charge()))
+        assert post_signed(client, payload, se.sign(payload, secret)).status_code == 200
+    payload = se.body(se.event("charge.succeeded", se.charge()))
+    before = figures(client)
+    assert_rejected_cleanly(post_signed(client, payload, se.sign(payload, se.SECRET)), before, client)
+
+
+def test_rotation_from_the_environment_accepts_both_secrets() -> None:
+    from billingwatch.config import from_env
+
+    settings_ = from_env({"STRIPE_WEBHOOK_SECRET": "whsec_old_secret, whsec_new_secret"})
+    assert settings_.webhook_secrets == ("whsec_old_secret", "whsec_new_secret")
+
+
+def test_header_with_several_v1_values_is_accepted_when_one_matches(client: TestClient) -> None:
+    payload = se.body(se.event("charge.succeeded", se.charge()))
+    good = se.sign(payload)  # t=...,v1=<hex>
+    timestamp, v1 = good.split(",")
+    bad = "v1=" + "0" * 64
+    assert post_signed(client, payload, f"{timestamp},{bad},{v1}").status_code == 200
+    other = se.body(se.event("charge.succeeded", se.charge()))
+    before = figures(client)
+    other_ts = se.sign(other).split(",")[0]
+    assert_rejected_cleanly(post_signed(client, other, f"{other_ts},{bad},v1={'1' * 64}"), before, client)
+    assert_rejected_cleanly(post_signed(client, other, f"{other_ts},v0={se.sign(other).split('v1=')[1]}"),
+                            before, client)
+
+
+# ------------------------------------------------------------------ found by fuzzing: regular tests
+
+
+@pytest.mark.parametrize("field,value", [
+    ("id", "evt_\ud800"),  # a lone surrogate: valid JSON, not UTF-8; Redis keys are UTF-8 (was a 500)
+    ("customer", "cus_\udfff"),
+    ("fingerprint", "fp_\ud800"),  # fingerprint: ignored rather than rejected, it is optional
+])
+def test_lone_surrogates_in_ids_never_5xx(client: TestClient, field: str, value: str) -> None:
+    evt = se.event("charge.succeeded", se.charge(customer=None if field == "fingerprint" else "cus_alice"))
+    if field == "id":
+        evt["id"] = value
+    elif field == "customer":
+        evt["data"]["object"]["customer"] = value
+    else:
+        evt["data"]["object"]["payment_method_details"]["card"]["fingerprint"] = value
+    payload = json.dumps(evt).encode()
+    before = figures(client)
+    response = client.post(URL, content=payload, headers=se.signed_headers(payload))
+    if field == "fingerprint":
+        assert response.status_code == 200
+    else:
+        assert_rejected_cleanly(response, before, client)
+
+
+@pytest.mark.parametrize("where,value", [
+    ("unit_amount", 10**400),  # overflowed the float MRR arithmetic (was a 500)
+    ("quantity", -(10**40)),
+    ("current_period_end", 10**400),  # not a Redis score: the script failed, a 503 Stripe retries forever
+])
+def test_out_of_range_subscription_numbers_are_rejected(client: TestClient, where: str, value: int) -> None:
+    sub = se.subscription(subscription_id="sub_huge")
+    item = sub["items"]["data"][0]
+    (item["price"] if where == "unit_amount" else item)[where] = value
+    payload = json.dumps(se.event("customer.subscription.updated", sub)).encode()
+    before = figures(client)
+    assert_rejected_cleanly(client.post(URL, content=payload, headers=se.signed_headers(payload)), before, client)
+
+
+def test_deeply_nested_json_is_400_not_a_recursion_error(client: TestClient) -> None:
+    payload = b"[" * 200_000 + b"]" * 200_000
+    before = figures(client)
+    assert_rejected_cleanly(client.post(URL, content=payload, headers=se.signed_headers(payload)), before, client)
