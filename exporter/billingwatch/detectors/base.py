@@ -8,10 +8,10 @@ per-customer memory without a read-modify-write race between replicas.
 """
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 from billingwatch.events import Event
-from billingwatch.plan import Check
+from billingwatch.plan import Anomaly, Check
 
 Severity = Literal["critical", "high", "medium", "low"]
 SEVERITIES: tuple[Severity, ...] = ("critical", "high", "medium", "low")
@@ -29,3 +29,17 @@ class Detector(Protocol):
     event_types: ClassVar[frozenset[str]]
 
     def checks(self, event: Event, context: Context) -> list[Check]: ...
+
+
+def anomaly(detector: Detector, event: Event, summary: str, **details: Any) -> Anomaly:
+    """The anomaly record `detector` emits for `event`; details are the ids and amounts involved."""
+    return Anomaly(
+        detector=detector.name,
+        severity=detector.severity,
+        livemode=event.livemode,
+        event_id=event.id,
+        event_type=event.type,
+        event_created=event.created,
+        summary=summary,
+        **details,
+    )

@@ -7,9 +7,9 @@ the anomaly, so the count is the same whichever charge Stripe delivers first.
 from dataclasses import dataclass
 from typing import ClassVar
 
-from billingwatch.detectors.base import Context, Severity
+from billingwatch.detectors.base import Context, Severity, anomaly
 from billingwatch.events import Event, charge_of
-from billingwatch.plan import Anomaly, Check
+from billingwatch.plan import Check
 
 
 @dataclass(frozen=True)
@@ -36,14 +36,10 @@ class CurrencyMismatch:
                 at=event.created,
                 ttl=self.memory_days * 86400,
                 cap=16,
-                anomaly=Anomaly(
-                    detector=self.name,
-                    severity=self.severity,
-                    livemode=event.livemode,
-                    event_id=event.id,
-                    event_type=event.type,
-                    event_created=event.created,
-                    summary=f"customer {charge.customer} paid in {charge.currency}, "
+                anomaly=anomaly(
+                    self,
+                    event,
+                    f"customer {charge.customer} paid in {charge.currency}, "
                     "unlike their earlier payments",
                     customer=charge.customer,
                     charge=charge.id,

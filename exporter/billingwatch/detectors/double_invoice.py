@@ -3,9 +3,9 @@
 from dataclasses import dataclass
 from typing import ClassVar
 
-from billingwatch.detectors.base import Context, Severity
+from billingwatch.detectors.base import Context, Severity, anomaly
 from billingwatch.events import Event, invoice_of
-from billingwatch.plan import Anomaly, Check
+from billingwatch.plan import Check
 
 
 @dataclass(frozen=True)
@@ -34,14 +34,10 @@ class DoubleInvoice:
                 at=invoice.created,
                 window=self.window_seconds,
                 ttl=max(context.state_ttl, 2 * self.window_seconds),
-                anomaly=Anomaly(
-                    detector=self.name,
-                    severity=self.severity,
-                    livemode=event.livemode,
-                    event_id=event.id,
-                    event_type=event.type,
-                    event_created=event.created,
-                    summary=f"subscription {invoice.subscription} got a second renewal invoice "
+                anomaly=anomaly(
+                    self,
+                    event,
+                    f"subscription {invoice.subscription} got a second renewal invoice "
                     f"{invoice.id} within {self.window_seconds // 3600} h",
                     customer=invoice.customer,
                     invoice=invoice.id,

@@ -8,9 +8,9 @@ keyed by its charge id, so it never pairs with itself; failed attempts never ent
 from dataclasses import dataclass
 from typing import ClassVar
 
-from billingwatch.detectors.base import Context, Severity
+from billingwatch.detectors.base import Context, Severity, anomaly
 from billingwatch.events import Event, charge_of, payment_intent_of
-from billingwatch.plan import Anomaly, Check
+from billingwatch.plan import Check
 
 
 @dataclass(frozen=True)
@@ -47,14 +47,10 @@ class DuplicateCharge:
                 at=event.created,
                 window=self.window_seconds,
                 ttl=context.state_ttl,
-                anomaly=Anomaly(
-                    detector=self.name,
-                    severity=self.severity,
-                    livemode=event.livemode,
-                    event_id=event.id,
-                    event_type=event.type,
-                    event_created=event.created,
-                    summary=f"charge {charge_id} repeats an earlier charge of the same amount",
+                anomaly=anomaly(
+                    self,
+                    event,
+                    f"charge {charge_id} repeats an earlier charge of the same amount",
                     customer=payer,
                     charge=charge_id,
                     amount=amount,

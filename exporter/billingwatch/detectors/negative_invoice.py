@@ -3,9 +3,9 @@
 from dataclasses import dataclass
 from typing import ClassVar
 
-from billingwatch.detectors.base import Context, Severity
+from billingwatch.detectors.base import Context, Severity, anomaly
 from billingwatch.events import Event, invoice_of
-from billingwatch.plan import Anomaly, Check
+from billingwatch.plan import Check
 
 
 @dataclass(frozen=True)
@@ -29,14 +29,10 @@ class NegativeInvoice:
                 op="once",
                 key=f"neginv:{invoice.id}",
                 ttl=context.state_ttl,
-                anomaly=Anomaly(
-                    detector=self.name,
-                    severity=self.severity,
-                    livemode=event.livemode,
-                    event_id=event.id,
-                    event_type=event.type,
-                    event_created=event.created,
-                    summary=f"invoice {invoice.id} has a negative total",
+                anomaly=anomaly(
+                    self,
+                    event,
+                    f"invoice {invoice.id} has a negative total",
                     customer=invoice.customer,
                     invoice=invoice.id,
                     subscription=invoice.subscription,
