@@ -88,6 +88,13 @@ async def test_renewal_moves_the_watch_to_the_next_period(store: Store) -> None:
     assert (await store.snapshot(new_end + 2 * DAY, DAY)).lapsed["false"] == 1
 
 
+async def test_a_forgotten_subscription_stops_counting_as_lapsed(store: Store) -> None:
+    await record(store, sub_event("customer.subscription.updated", NOW - 40 * DAY, subscription_id="sub_gone",
+                                  period_end=NOW - 10 * DAY))
+    assert (await store.snapshot(NOW, DAY, lapse_horizon=20 * DAY)).lapsed["false"] == 1
+    assert (await store.snapshot(NOW, DAY, lapse_horizon=5 * DAY)).lapsed["false"] == 0
+
+
 async def test_only_active_subscriptions_can_lapse(store: Store) -> None:
     await record(store, sub_event("customer.subscription.updated", NOW - 40 * DAY, subscription_id="sub_pd",
                                   status="past_due", period_end=NOW - 10 * DAY))

@@ -78,7 +78,7 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
 
     async def metrics(request: Request) -> Response:
         try:
-            snapshot = await store.snapshot(clock(), settings.lapse_grace)
+            snapshot = await store.snapshot(clock(), settings.lapse_grace, settings.subscription_ttl)
         except StoreUnavailable:
             snapshot = None
         registry = CollectorRegistry(auto_describe=False)

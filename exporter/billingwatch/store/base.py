@@ -8,6 +8,7 @@ from billingwatch.plan import Outcome, Plan
 # Statuses after which a subscription is no longer held in the gauges. The Lua script has
 # the same list (store/apply.lua, ENDED).
 ENDED = frozenset({"canceled", "incomplete_expired"})
+LAPSE_HORIZON = 400 * 86400  # the default subscription memory (BILLINGWATCH_SUBSCRIPTION_TTL_SECONDS)
 
 
 class StoreUnavailable(Exception):
@@ -29,7 +30,10 @@ class Store(Protocol):
     async def apply(self, plan: Plan) -> Outcome:
         """Record one event atomically: nothing if its id was recorded before."""
 
-    async def snapshot(self, now: float, lapse_grace: int) -> Snapshot: ...
+    async def snapshot(self, now: float, lapse_grace: int, lapse_horizon: int = LAPSE_HORIZON) -> Snapshot:
+        """Store-held figures. Lapsed: watched subscriptions whose period ended between
+        `lapse_horizon` and `lapse_grace` seconds ago (older entries belong to subscriptions the
+        store has forgotten)."""
 
     async def anomalies(self, limit: int) -> list[dict[str, Any]]:
         """The newest anomaly records first."""

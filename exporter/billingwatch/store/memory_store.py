@@ -12,7 +12,7 @@ from typing import Any
 
 from billingwatch import families as fam
 from billingwatch.plan import Check, Outcome, Plan, SubscriptionPayment, SubscriptionState
-from billingwatch.store.base import ENDED, Snapshot
+from billingwatch.store.base import ENDED, LAPSE_HORIZON, Snapshot
 
 _SWEEP_EVERY = 1024
 
@@ -169,12 +169,12 @@ class MemoryStore:
         if pay.id in watch and watch[pay.id] <= pay.at:
             del watch[pay.id]
 
-    async def snapshot(self, now: float, lapse_grace: int) -> Snapshot:
-        cutoff = now - lapse_grace
+    async def snapshot(self, now: float, lapse_grace: int, lapse_horizon: int = LAPSE_HORIZON) -> Snapshot:
+        cutoff, oldest = now - lapse_grace, now - lapse_horizon
         return Snapshot(
             counters=dict(self._counters),
             gauges=dict(self._gauges),
-            lapsed={mode: sum(1 for end in w.values() if end <= cutoff) for mode, w in self._lapse.items()},
+            lapsed={mode: sum(1 for end in w.values() if oldest <= end <= cutoff) for mode, w in self._lapse.items()},
         )
 
     async def anomalies(self, limit: int) -> list[dict[str, Any]]:

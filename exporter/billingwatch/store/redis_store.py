@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 
 from billingwatch import families as fam
 from billingwatch.plan import Check, Outcome, Plan
-from billingwatch.store.base import Snapshot, StoreUnavailable
+from billingwatch.store.base import LAPSE_HORIZON, Snapshot, StoreUnavailable
 
 _SCRIPT = resources.files("billingwatch.store").joinpath("apply.lua").read_text()
 
@@ -101,14 +101,14 @@ class RedisStore:
             return Outcome(duplicate=True)
         return Outcome(duplicate=False, anomalies=[json.loads(r) for r in reply[1:]])
 
-    async def snapshot(self, now: float, lapse_grace: int) -> Snapshot:
-        cutoff = now - lapse_grace
+    async def snapshot(self, now: float, lapse_grace: int, lapse_horizon: int = LAPSE_HORIZON) -> Snapshot:
+        cutoff, oldest = now - lapse_grace, now - lapse_horizon
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.hgetall(self.counters_key)
                 pipe.hgetall(self.gauges_key)
                 for mode in fam.LIVEMODES:
-                    pipe.zcount(self._lapse_key(mode), "-inf", cutoff)
+                    pipe.zcount(self._lapse_key(mode), oldest, cutoff)
                 counters, gauges, *lapsed = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
