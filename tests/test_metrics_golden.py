@@ -1,0 +1,108 @@
+"""A fixed scenario's whole /metrics output, compared with a committed copy.
+
+The scenario touches every store-held family (charges of each outcome, refunds, disputes,
+early fraud warnings, invoices, subscriptions, anomalies, lag, history). The exposition must
+stay the same across refactors; a deliberate change regenerates the copy with
+`BILLINGWATCH_REGENERATE_GOLDEN=1 python -m pytest tests/test_metrics_golden.py` and the diff
+is reviewed like code. Both stores must give the same output.
+"""
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from billingwatch.store import MemoryStore, RedisStore, Store
+from tests import stripe_events as se
+
+GOLDEN = Path(__file__).parent / "golden" / "metrics.txt"
+NOW = 1_767_225_600  # 2026-01-01T00:00:00Z: the app's clock for the whole scenario
+# Per-process families: they depend on the machine, not on the events.
+VOLATILE = ("process_", "python_", "billingwatch_build_info")
+
+
+def scenario() -> list[tuple[dict[str, Any], bool]]:
+    """(event, replayed) pairs; ids and times are fixed so the output is too."""
+    ids = iter(range(1, 1000))
+
+    def ev(event_type: str, obj: dict[str, Any], ago: int, livemode: bool = False) -> dict[str, Any]:
+        return se.event(event_type, obj, created=NOW - ago, livemode=livemode, event_id=f"evt_golden_{next(ids):03d}")
+
+    live = [
+        ev("charge.succeeded", se.charge(charge_id="ch_g1", amount=1999, currency="usd", customer="cus_a"), 5),
+        ev("charge.succeeded", se.charge(charge_id="ch_g2", amount=1999, currency="usd", customer="cus_a"), 3),
+        ev("charge.succeeded", se.charge(charge_id="ch_g3", amount=500, currency="jpy", customer="cus_b"), 40),
+        ev("charge.failed", se.charge(charge_id="ch_g4", status="failed", reason="insufficient_funds",
+                                      customer="cus_c"), 2),
+        ev("charge.failed", se.charge(charge_id="ch_g5", status="failed", reason="no_such_code",
+                                      customer="cus_c"), 700),
+        ev("charge.pending", se.charge(charge_id="ch_g6", status="pending", currency="eur", customer="cus_d"), 1),
+        ev("refund.created", se.refund(refund_id="re_g1", amount=700, currency="usd"), 20),
+        ev("charge.dispute.created", se.dispute(amount=1999, currency="usd", reason="fraudulent"), 30),
+        ev("radar.early_fraud_warning.created", se.early_fraud_warning(), 30),
+        ev("invoice.paid", se.invoice(invoice_id="in_g1", total=2000, subscription="sub_g1", customer="cus_e"), 9),
+        ev("invoice.payment_succeeded", se.invoice(invoice_id="in_g1", total=2000, subscription="sub_g1",
+                                                   customer="cus_e"), 9),
+        ev("invoice.payment_failed", se.invoice(invoice_id="in_g2", status="open", attempt_count=2,
+                                                subscription="sub_g2", customer="cus_f"), 4000),
+        ev("invoice.created", se.invoice(invoice_id="in_g3", total=-500, subscription="sub_g3",
+                                         customer="cus_g"), 6),
+        ev("customer.subscription.created", se.subscription(subscription_id="sub_g1", customer="cus_e",
+                                                            unit_amount=2000, period_end=NOW + 86400), 100),
+        ev("customer.subscription.created", se.subscription(subscription_id="sub_g2", customer="cus_f",
+                                                            unit_amount=12000, interval="year",
+                                                            period_end=NOW - 5 * 86400), 200),
+        ev("customer.subscription.created", se.subscription(subscription_id="sub_g3", customer="cus_g",
+                                                            status="trialing"), 300),
+        ev("customer.subscription.deleted", se.subscription(subscription_id="sub_g3", customer="cus_g",
+                                                            status="canceled"), 50),
+        ev("charge.succeeded", se.charge(charge_id="ch_g7", amount=4200, currency="gbp", customer="cus_h",
+                                         livemode=True), 2, livemode=True),
+    ]
+    history = [
+        ev("charge.succeeded", se.charge(charge_id="ch_h1", amount=900, currency="usd", customer="cus_z"),
+           20 * 86400),
+        ev("charge.succeeded", se.charge(charge_id="ch_h2", amount=900, currency="usd", customer="cus_z"),
+           20 * 86400 - 60),
+        ev("customer.subscription.created", se.subscription(subscription_id="sub_h1", customer="cus_y",
+                                                            unit_amount=3000, period_end=NOW + 86400),
+           10 * 86400),
+    ]
+    return [(e, False) for e in live] + [(e, True) for e in history]
+
+
+def exposition(client: TestClient) -> str:
+    for evt, replayed in scenario():
+        payload = se.body(evt)
+        headers = se.signed_headers(payload)
+        if replayed:
+            headers["BillingWatch-Replay"] = "1"
+        response = client.post("/webhooks/stripe", content=payload, headers=headers)
+        assert response.status_code == 200, response.text
+    text = client.get("/metrics").text
+    return "".join(line + "\n" for line in text.splitlines() if not family_of(line).startswith(VOLATILE))
+
+
+def family_of(line: str) -> str:
+    """The metric name a line of the text format is about ("# HELP name ...", "name{...} value")."""
+    if line.startswith("#"):
+        return line.split(" ")[2]
+    return re.split(r"[{ ]", line, maxsplit=1)[0]
+
+
+@pytest.fixture(params=["memory", "redis"])
+def golden_store(request: pytest.FixtureRequest) -> Store:
+    if request.param == "memory":
+        return MemoryStore()
+    return RedisStore(request.getfixturevalue("redis_url"), prefix=request.getfixturevalue("redis_prefix"))
+
+
+def test_the_scenario_gives_the_committed_exposition(golden_store: Store, make_client: Any) -> None:
+    text = exposition(make_client(store=golden_store, clock=lambda: float(NOW)))
+    if os.environ.get("BILLINGWATCH_REGENERATE_GOLDEN") == "1":
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text()
