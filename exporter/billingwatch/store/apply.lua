@@ -16,9 +16,11 @@
 -- before the first write. store/memory_store.py makes the same checks.
 
 local ENDED = { canceled = true, incomplete_expired = true }
--- Totals stay within +-LIMIT (store/base.py COUNTER_LIMIT): far enough inside the signed 64-bit
--- range that Lua's doubles (exact to 2^10 up there) can compare against it safely.
-local LIMIT = 9e18
+-- Totals stay within +-9 * 10^18 (store/base.py COUNTER_LIMIT), inside the signed 64-bit range.
+-- Lua numbers are doubles, exact only to 2^53, so totals are compared exactly as two parts,
+-- value = hi * BASE + lo with 0 <= lo < BASE.
+local BASE = 1e9
+local LIMIT_HI = 9e9
 local MAX_TTL = 1e10 -- seconds (store/base.py MAX_TTL)
 local MAX_CHECKS = 1000 -- store/base.py MAX_CHECKS
 local plan = cjson.decode(ARGV[1])
@@ -38,34 +40,48 @@ local function refusal()
       return 'a retention (TTL) is out of range'
     end
   end
+  local function parts(text, negate)
+    local sign, digits = tostring(text):match('^(-?)(%d+)$')
+    if not digits or #digits > 19 then return nil end
+    local hi = #digits > 9 and tonumber(digits:sub(1, #digits - 9)) or 0
+    local lo = tonumber(digits:sub(-9))
+    if (sign == '-') ~= (negate == true) then hi, lo = -hi, -lo end
+    local carry = math.floor(lo / BASE)
+    return { hi + carry, lo - carry * BASE }
+  end
+  local function plus(a, b)
+    local lo = a[2] + b[2]
+    local carry = math.floor(lo / BASE)
+    return { a[1] + b[1] + carry, lo - carry * BASE }
+  end
   -- Every increment a field may get, split in its positive and negative parts, so the range
   -- holds whichever checks hit and in whatever order they apply.
   local deltas = { {}, {} } -- KEYS[2] counters, KEYS[3] gauges
   local bad = false
-  local function add(h, name, value)
-    local v = tonumber(value)
-    if not v or v % 1 ~= 0 then bad = true return end
+  local function add(h, name, value, negate)
+    local v = parts(value, negate)
+    if not v then bad = true return end
     local d = deltas[h][name]
-    if not d then d = { 0, 0 } deltas[h][name] = d end
-    if v > 0 then d[1] = d[1] + v else d[2] = d[2] + v end
+    if not d then d = { { 0, 0 }, { 0, 0 } } deltas[h][name] = d end
+    if v[1] >= 0 then d[1] = plus(d[1], v) else d[2] = plus(d[2], v) end
   end
   for name, value in pairs(plan.counters) do add(1, name, value) end
   for _, check in ipairs(plan.checks) do
     for name, value in pairs(check.counters) do add(1, name, value) end
-    if check.anomaly then add(1, check.anomaly_counter, 1) end
+    if check.anomaly then add(1, check.anomaly_counter, '1') end
   end
   local sub = plan.subscription
   if sub then
     local state = redis.call('HMGET', KEYS[5], 'status', 'cur', 'mrr', 'lm')
     if state[1] and not ENDED[state[1]] then
-      add(2, 'sub|' .. state[1] .. '|' .. state[4], -1)
-      if state[2] and state[2] ~= '' then add(2, 'mrr|' .. state[2] .. '|' .. state[4], -tonumber(state[3])) end
+      add(2, 'sub|' .. state[1] .. '|' .. state[4], '-1')
+      if state[2] and state[2] ~= '' then add(2, 'mrr|' .. state[2] .. '|' .. state[4], state[3], true) end
     end
     if not ENDED[sub.status] then
-      add(2, 'sub|' .. sub.status .. '|' .. sub.lm, 1)
+      add(2, 'sub|' .. sub.status .. '|' .. sub.lm, '1')
       if sub.cur ~= '' then add(2, 'mrr|' .. sub.cur .. '|' .. sub.lm, sub.mrr) end
     else
-      add(1, 'se|' .. sub.lm, 1)
+      add(1, 'se|' .. sub.lm, '1')
     end
   end
   if bad then
@@ -73,8 +89,9 @@ local function refusal()
   end
   for h = 1, 2 do
     for name, d in pairs(deltas[h]) do
-      local current = tonumber(redis.call('HGET', KEYS[h + 1], name)) or 0
-      if current + d[1] > LIMIT or current + d[2] < -LIMIT then
+      local current = parts(redis.call('HGET', KEYS[h + 1], name) or '0')
+      local high, low = plus(current, d[1]), plus(current, d[2])
+      if high[1] > LIMIT_HI or (high[1] == LIMIT_HI and high[2] > 0) or low[1] < -LIMIT_HI then
         return 'total ' .. name .. ' would leave the range a 64-bit counter can hold'
       end
     end
