@@ -215,10 +215,10 @@ def main() -> None:
         print(f"per dedup key (event id, 35-day TTL): {per_dedup:.0f} bytes of used_memory "
               f"({args.dedup_sample} dedup-only events)")
         sample = {
-            "e: (dedup)": "{billingwatch}:e:evt_c000000001",
-            "s: (subscription hash)": "{billingwatch}:s:sub_000000001",
-            "c:dup (duplicate_charge window)": "{billingwatch}:c:dup:test:cus_000000001:usd:2000",
-            "c:cur (currency set)": "{billingwatch}:c:cur:test:cus_000000001",
+            "e: (dedup)": "{billingwatch}:e:false:evt_c000000001",
+            "s: (subscription hash)": "{billingwatch}:s:false:sub_000000001",
+            "c:dup (duplicate_charge window)": "{billingwatch}:c:dup:false:cus_000000001:usd:2000",
+            "c:cur (currency set)": "{billingwatch}:c:cur:false:cus_000000001",
         }
         for what, key in sample.items():
             print(f"  MEMORY USAGE {what}: {rds.memory_usage(key)} bytes")

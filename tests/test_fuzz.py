@@ -17,7 +17,10 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from billingwatch.store import RedisStore
+from billingwatch.events import MAX_AMOUNT
+from billingwatch.money import CURRENCIES
+from billingwatch.store import MemoryStore, RedisStore, Store
+from billingwatch.store.base import COUNTER_LIMIT
 from tests import stripe_events as se
 
 Client = Callable[..., TestClient]
@@ -295,3 +298,110 @@ def test_deeply_nested_json_is_400_not_a_recursion_error(client: TestClient) -> 
     payload = b"[" * 200_000 + b"]" * 200_000
     before = figures(client)
     assert_rejected_cleanly(client.post(URL, content=payload, headers=se.signed_headers(payload)), before, client)
+
+
+# ------------------------------------------------------------------ amounts and label values (issue 11)
+
+
+@pytest.fixture(params=["memory", "redis"])
+def client_and_store(request: pytest.FixtureRequest, make_client: Client) -> tuple[TestClient, Store]:
+    store: Store = MemoryStore() if request.param == "memory" else RedisStore(
+        request.getfixturevalue("redis_url"), prefix=request.getfixturevalue("redis_prefix"))
+    return make_client(store=store), store
+
+
+AMOUNTS = st.one_of(
+    st.sampled_from([0, 1, -1, MAX_AMOUNT, MAX_AMOUNT + 1, -MAX_AMOUNT, 99_999_999, 10**15, -(10**15)]),
+    st.integers(-2 * MAX_AMOUNT, 2 * MAX_AMOUNT),
+)
+
+
+def amount_event(kind: str, amount: int) -> tuple[dict[str, Any], str, dict[str, str]]:
+    """An event carrying `amount`, and the money family and labels it adds to."""
+    if kind == "charge":
+        return (se.event("charge.succeeded", se.charge(amount=amount)), "billingwatch_charge_amount_total",
+                {"status": "succeeded", "currency": "usd", "livemode": "false"})
+    if kind == "refund":
+        return (se.event("refund.created", se.refund(amount=amount)), "billingwatch_refund_amount_total",
+                {"currency": "usd", "livemode": "false"})
+    if kind == "dispute":
+        return (se.event("charge.dispute.created", se.dispute(amount=amount)), "billingwatch_dispute_amount_total",
+                {"currency": "usd", "livemode": "false"})
+    invoice = se.invoice()
+    invoice["amount_paid"] = amount
+    return (se.event("invoice.paid", invoice), "billingwatch_invoice_paid_amount_total",
+            {"currency": "usd", "livemode": "false"})
+
+
+def test_amounts_are_accepted_exactly_when_stripe_could_send_them(client: TestClient) -> None:
+    @FUZZ
+    @given(kind=st.sampled_from(["charge", "refund", "dispute", "invoice"]), amount=AMOUNTS)
+    def check(kind: str, amount: int) -> None:
+        evt, family, labels = amount_event(kind, amount)
+        key = (family, tuple(sorted(labels.items())))
+        before = figures(client)
+        payload = json.dumps(evt).encode()
+        response = client.post(URL, content=payload, headers=se.signed_headers(payload))
+        if 0 <= amount <= MAX_AMOUNT:
+            assert response.status_code == 200, response.text
+            assert figures(client)[key] == pytest.approx(before.get(key, 0) + amount / 100)
+        else:
+            assert_rejected_cleanly(response, before, client)
+        assert all(v >= 0 for (name, _), v in figures(client).items() if name.endswith("_total"))
+
+    check()
+
+
+def test_totals_near_the_64_bit_limit_are_refused_whole(client_and_store: tuple[TestClient, Store]) -> None:
+    client, store = client_and_store
+    field = "rfa|usd|false"
+    key = ("billingwatch_refund_amount_total", (("currency", "usd"), ("livemode", "false")))
+
+    @FUZZ
+    @given(headroom=st.integers(0, 2 * MAX_AMOUNT), amount=st.integers(0, MAX_AMOUNT))
+    def check(headroom: int, amount: int) -> None:
+        held = client.portal.call(store.snapshot, time.time(), 0).counters.get(field, 0)  # type: ignore[union-attr]
+        client.portal.call(store.increment, {field: COUNTER_LIMIT - headroom - held})  # type: ignore[union-attr]
+        evt = se.event("refund.created", se.refund(amount=amount))
+        payload = json.dumps(evt).encode()
+        before = figures(client)
+        response = client.post(URL, content=payload, headers=se.signed_headers(payload))
+        if amount <= headroom:
+            assert response.status_code == 200, response.text
+            assert figures(client)[key] == pytest.approx((COUNTER_LIMIT - headroom + amount) / 100)
+        else:
+            assert response.status_code == 422, response.text
+            assert "64-bit" in response.json()["error"]
+            assert figures(client) == before
+            assert client.portal.call(store.recorded, [(evt["id"], "false")]) == [False]  # type: ignore[union-attr]
+
+    check()
+
+
+CURRENCY_VALUES = st.one_of(
+    st.sampled_from(sorted(CURRENCIES)),
+    st.sampled_from(["usd\n", "USD", "zzz", " usd", "usd ", "u\u0455d", "", "us", "usdd", "xts", "xxx"]),
+    st.text(max_size=4),
+)
+
+
+def test_label_values_stay_in_their_closed_sets(client: TestClient) -> None:
+    @FUZZ
+    @given(currency=CURRENCY_VALUES, kind=st.sampled_from(["charge", "refund", "dispute", "invoice"]))
+    def check(currency: str, kind: str) -> None:
+        evt, _, _ = amount_event(kind, 100)
+        evt["data"]["object"]["currency"] = currency
+        payload = json.dumps(evt).encode()
+        before = figures(client)
+        response = client.post(URL, content=payload, headers=se.signed_headers(payload))
+        if currency in CURRENCIES:
+            assert response.status_code == 200, response.text
+        else:
+            assert_rejected_cleanly(response, before, client)
+            assert "currency" in response.json()["error"]
+        for _, labels in figures(client):
+            values = dict(labels)
+            assert values.get("currency", "usd") in CURRENCIES
+            assert values.get("livemode", "true") in ("true", "false")
+
+    check()

@@ -27,7 +27,8 @@ async def test_dedup_makes_a_redelivery_change_nothing(store: Store) -> None:
     second = await record(store, evt)
     assert (first.duplicate, second.duplicate) == (False, True)
     assert await store.snapshot(time.time(), 0) == before
-    assert await store.recorded([evt["id"], "evt_never"]) == [True, False]  # type: ignore[list-item]
+    assert await store.recorded([(evt["id"], "false"), ("evt_never", "false"), (evt["id"], "true")]) == [  # type: ignore[list-item]
+        True, False, False]
 
 
 async def test_subscription_gauges_follow_the_newest_snapshot(store: Store) -> None:
@@ -183,4 +184,4 @@ async def test_memory_store_forgets_event_ids_after_their_ttl() -> None:
     now[0] += 59
     assert (await store.apply(plan)).duplicate
     now[0] += 2
-    assert await store.recorded(["evt_ttl"]) == [False]
+    assert await store.recorded([("evt_ttl", "false")]) == [False]

@@ -14,7 +14,15 @@ from billingwatch.money import is_currency
 
 _EVENT_TYPE = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+){1,4}$")
 _MAX_ID = 255
-_MAX_INT = 10**15  # amounts and times beyond this are not Stripe's, and would overflow Redis integers
+_MAX_INT = 10**15  # times and counts beyond this are not Stripe's, and would overflow Redis integers
+# Stripe's amount field "supports up to eight digits" (99999999) for most currencies, more for a
+# few (https://docs.stripe.com/currencies#minimum-and-maximum-charge-amounts). 10^12 minor units
+# keeps every real amount and leaves the store's 64-bit counters millions of maximal events from
+# overflow (the store still checks every total before writing).
+MAX_AMOUNT = 10**12
+# Stripe embeds at most 10 refunds in a charge (the rest behind has_more) and allows 20 items per
+# subscription; a longer list is not Stripe's.
+MAX_LIST = 100
 
 
 class InvalidEvent(ValueError):
@@ -166,6 +174,29 @@ def _int(obj: Mapping[str, Any], key: str, where: str, *, default: int | None = 
     return value
 
 
+def _amount(obj: Mapping[str, Any], key: str, where: str, *, default: int | None = None,
+            signed: bool = False) -> int:
+    """An amount in minor units. Only an invoice total may be negative (credits past the price):
+    a negative charge or refund would make a _total counter go down."""
+    value = _int(obj, key, where, default=default)
+    if value < 0 and not signed:
+        raise InvalidEvent(f"{where}.{key} must not be negative")
+    if abs(value) > MAX_AMOUNT:
+        raise InvalidEvent(f"{where}.{key} is larger than any Stripe amount ({MAX_AMOUNT})")
+    return value
+
+
+def list_data(obj: Mapping[str, Any], key: str, where: str) -> list[Any]:
+    """The data of an embedded Stripe list (absent: empty), at most MAX_LIST entries."""
+    container = obj.get(key)
+    data = container.get("data", []) if isinstance(container, Mapping) else []
+    if not isinstance(data, list):
+        raise InvalidEvent(f"{where}.{key}.data must be a list")
+    if len(data) > MAX_LIST:
+        raise InvalidEvent(f"{where}.{key}.data lists more than {MAX_LIST} entries")
+    return data
+
+
 def _opt_time(value: Any, where: str) -> int | None:
     """An optional unix time; one no store can hold (Redis scores are doubles) is invalid."""
     if isinstance(value, bool) or not isinstance(value, int):
@@ -178,7 +209,7 @@ def _opt_time(value: Any, where: str) -> int | None:
 def _currency(obj: Mapping[str, Any], where: str) -> str:
     value = _field(obj, "currency", where)
     if not is_currency(value):
-        raise InvalidEvent(f"{where}.currency must be a three-letter currency code")
+        raise InvalidEvent(f"{where}.currency must be a currency code Stripe supports (lower case)")
     return str(value)
 
 
@@ -234,7 +265,7 @@ def charge_of(obj: Mapping[str, Any]) -> Charge:
     return Charge(
         id=_str(obj, "id", where),
         status=status,
-        amount=_int(obj, "amount", where),
+        amount=_amount(obj, "amount", where),
         currency=_currency(obj, where),
         customer=_opt_str(obj, "customer", where),
         card_fingerprint=(
@@ -246,18 +277,25 @@ def charge_of(obj: Mapping[str, Any]) -> Charge:
     )
 
 
+def _created_at(obj: Mapping[str, Any]) -> int:
+    created = obj.get("created")
+    return created if isinstance(created, int) and not isinstance(created, bool) else -1
+
+
 def payment_intent_of(obj: Mapping[str, Any]) -> PaymentIntent:
     where = "payment_intent"
     latest = _opt_str(obj, "latest_charge", where)
     if latest is None:
-        # API versions before 2022-11-15 list charges instead of latest_charge.
-        charges = _map(obj, "charges").get("data")
-        if isinstance(charges, list) and charges and isinstance(charges[-1], Mapping):
-            latest = _opt_str(charges[-1], "id", where)
+        # API versions before 2022-11-15 list charges instead of latest_charge, newest first:
+        # the latest is the one created last (the first listed on a tie), never simply the last.
+        charges = [c for c in list_data(obj, "charges", where) if isinstance(c, Mapping)]
+        if charges:
+            newest = max(charges, key=_created_at)  # max() keeps the first listed on a tie
+            latest = _opt_str(newest, "id", where + ".charges.data[]")
     return PaymentIntent(
         id=_str(obj, "id", where),
         status=_str(obj, "status", where),
-        amount_received=_int(obj, "amount_received", where, default=0),
+        amount_received=_amount(obj, "amount_received", where, default=0),
         currency=_currency(obj, where),
         customer=_opt_str(obj, "customer", where),
         latest_charge=latest,
@@ -268,7 +306,7 @@ def refund_of(obj: Mapping[str, Any]) -> Refund:
     where = "refund"
     return Refund(
         id=_str(obj, "id", where),
-        amount=_int(obj, "amount", where),
+        amount=_amount(obj, "amount", where),
         currency=_currency(obj, where),
         status=_str(obj, "status", where),
         charge=_opt_str(obj, "charge", where),
@@ -279,7 +317,7 @@ def dispute_of(obj: Mapping[str, Any]) -> Dispute:
     where = "dispute"
     return Dispute(
         id=_str(obj, "id", where),
-        amount=_int(obj, "amount", where),
+        amount=_amount(obj, "amount", where),
         currency=_currency(obj, where),
         reason=_str(obj, "reason", where),
         charge=_opt_str(obj, "charge", where),
@@ -306,8 +344,8 @@ def invoice_of(obj: Mapping[str, Any]) -> Invoice:
         created=_int(obj, "created", where),
         customer=_opt_str(obj, "customer", where),
         currency=_currency(obj, where),
-        total=_int(obj, "total", where),
-        amount_paid=_int(obj, "amount_paid", where, default=0),
+        total=_amount(obj, "total", where, signed=True),  # negative: what negative_invoice reports
+        amount_paid=_amount(obj, "amount_paid", where, default=0),
         status=_opt_str(obj, "status", where) or "",
         billing_reason=_opt_str(obj, "billing_reason", where) or "",
         attempt_count=_int(obj, "attempt_count", where, default=0),
@@ -335,16 +373,16 @@ def _item_of(item: Any) -> tuple[SubscriptionItem | None, int | None]:
     ):
         # Metered and tiered prices have no unit amount: they add nothing to MRR.
         return None, end
-    if any(abs(v) > _MAX_INT for v in ints):
+    if any(abs(v) > _MAX_INT for v in ints) or amount > MAX_AMOUNT:
         raise InvalidEvent(f"{where}: price amount, interval count or quantity is out of range")
+    if amount < 0 or quantity < 0:
+        raise InvalidEvent(f"{where}: price amount and quantity must not be negative")
     return SubscriptionItem(amount, quantity, str(price["currency"]), interval, count), end
 
 
 def subscription_of(obj: Mapping[str, Any]) -> Subscription:
     where = "subscription"
-    data = _map(obj, "items").get("data", [])
-    if not isinstance(data, list):
-        raise InvalidEvent(f"{where}.items.data must be a list")
+    data = list_data(obj, "items", where)
     items: list[SubscriptionItem] = []
     ends: list[int] = []
     for raw in data:

@@ -9,10 +9,12 @@ from billingwatch.detectors import REGISTRY, Context, Detector
 from billingwatch.events import (
     Event,
     InvalidEvent,
+    Refund,
     charge_of,
     dispute_of,
     early_fraud_warning_of,
     invoice_of,
+    list_data,
     refund_of,
     subscription_of,
 )
@@ -52,7 +54,10 @@ _MAX_MONTHLY_MINOR = 10**12  # held x1000 in a signed 64-bit store integer, summ
 
 _CHARGE_EVENTS = {"charge.succeeded": "succeeded", "charge.failed": "failed", "charge.pending": "pending"}
 _INVOICE_PAID_EVENTS = frozenset({"invoice.paid", "invoice.payment_succeeded"})
-_REFUND_EVENTS = frozenset({"refund.created", "charge.refund.updated", "refund.updated"})
+_REFUND_EVENTS = frozenset({"refund.created", "charge.refund.updated", "refund.updated", "refund.failed"})
+# A refund in these states moves money (or will); failed and canceled ones never did.
+_REFUND_COUNTED = frozenset({"succeeded", "pending", "requires_action"})
+_REFUND_VOID = frozenset({"failed", "canceled"})
 _SUBSCRIPTION_EVENTS = frozenset(
     {
         "customer.subscription.created", "customer.subscription.updated", "customer.subscription.deleted",
@@ -95,6 +100,7 @@ def plan_event(
     dedup_ttl: int,
     subscription_ttl: int,
     replayed: bool = False,
+    max_clock_skew: int = 300,
 ) -> Plan:
     """Everything recording this event changes, for the store to apply atomically.
 
@@ -102,7 +108,12 @@ def plan_event(
     detector memory, subscriptions, the count-once keys) but moves no live counter, only
     billingwatch_history_events_total, and its anomalies are marked history. Otherwise 30 days
     imported at once would reach the rules as one burst "now".
+
+    An event created after it was received (beyond `max_clock_skew`, the signature tolerance) is
+    not Stripe's: it would pin the last-created gauge and win every "newest snapshot" comparison.
     """
+    if event.created > received_at + max_clock_skew:
+        raise InvalidEvent("event.created is in the future")
     mode = fam.livemode_label(event.livemode)
     counters: dict[str, int] = {fam.field(fam.EVENTS, known(event.type, EVENT_TYPES), mode): 1}
     maxima = {fam.field(fam.LAST_CREATED, mode): event.created}
@@ -125,22 +136,13 @@ def plan_event(
         if status == "failed":
             _add(counters, fam.field(fam.CHARGE_FAILURES, known(charge.failure_reason, DECLINE_REASONS), mode))
     elif kind == "refund" and event.type in _REFUND_EVENTS:
-        refund = refund_of(event.object)
-        if refund.status in ("succeeded", "pending", "requires_action"):
-            checks.append(_count_once(f"refund:{refund.id}", dedup_ttl, {
-                fam.field(fam.REFUNDS, refund.currency, mode): 1,
-                fam.field(fam.REFUND_AMOUNT, refund.currency, mode): refund.amount,
-            }))
+        checks.extend(refund_checks(refund_of(event.object), mode, dedup_ttl))
     elif event.type == "charge.refunded" and kind == "charge":
         # Older API versions list the refunds on the charge; newer ones send refund.created too.
-        refunds = event.object.get("refunds")
-        data = refunds.get("data") if isinstance(refunds, dict) else None
-        for raw in data if isinstance(data, list) else []:
-            refund = refund_of(raw)
-            checks.append(_count_once(f"refund:{refund.id}", dedup_ttl, {
-                fam.field(fam.REFUNDS, refund.currency, mode): 1,
-                fam.field(fam.REFUND_AMOUNT, refund.currency, mode): refund.amount,
-            }))
+        for raw in list_data(event.object, "refunds", "charge"):
+            if not isinstance(raw, dict):
+                raise InvalidEvent("charge.refunds.data[] must be an object")
+            checks.extend(refund_checks(refund_of(raw), mode, dedup_ttl))
     elif event.type == "charge.dispute.created" and kind == "dispute":
         dispute = dispute_of(event.object)
         _add(counters, fam.field(fam.DISPUTES, known(dispute.reason, DISPUTE_REASONS), mode))
@@ -152,7 +154,7 @@ def plan_event(
         invoice = invoice_of(event.object)
         if event.type in _INVOICE_PAID_EVENTS:
             # invoice.paid and invoice.payment_succeeded report the same payment: count it once.
-            checks.append(_count_once(f"invpaid:{invoice.id}", dedup_ttl, {
+            checks.append(_count_once(f"invpaid:{mode}:{invoice.id}", dedup_ttl, {
                 fam.field(fam.INVOICES_PAID, invoice.currency, mode): 1,
                 fam.field(fam.INVOICE_PAID_AMOUNT, invoice.currency, mode): invoice.amount_paid,
             }))
@@ -171,6 +173,7 @@ def plan_event(
     plan = Plan(
         event_id=event.id,
         dedup_ttl=dedup_ttl,
+        livemode=mode,
         counters=counters,
         maxima=maxima,
         checks=checks,
@@ -207,6 +210,26 @@ def as_history(plan: Plan, event: Event) -> Plan:
 
 def _count_once(key: str, ttl: int, counters: dict[str, int]) -> Check:
     return Check(op="once", key=key, ttl=ttl, counters=counters)
+
+
+def refund_checks(refund: Refund, mode: str, ttl: int) -> list[Check]:
+    """Count a refund once; take it back once if it fails or is canceled.
+
+    Two "once" keys: `refund:` (counted) and `refundvoid:` (taken back). A live refund adds when
+    `refund:` is new. A failed or canceled one claims both keys with opposite counts: counted
+    before, only the take-back hits (net -1); never counted, both hit (net 0) and the claimed
+    `refund:` key stops a late `refund.created` from counting it. Redeliveries hit neither.
+    """
+    if refund.status not in _REFUND_COUNTED and refund.status not in _REFUND_VOID:
+        return []
+    count = {
+        fam.field(fam.REFUNDS, refund.currency, mode): 1,
+        fam.field(fam.REFUND_AMOUNT, refund.currency, mode): refund.amount,
+    }
+    checks = [_count_once(f"refund:{mode}:{refund.id}", ttl, count)]
+    if refund.status in _REFUND_VOID:
+        checks.append(_count_once(f"refundvoid:{mode}:{refund.id}", ttl, {k: -v for k, v in count.items()}))
+    return checks
 
 
 def subscription_state(event: Event, ended_ttl: int, live_ttl: int) -> SubscriptionState:

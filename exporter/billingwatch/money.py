@@ -1,7 +1,5 @@
 """Money: Stripe amounts are integers in the currency's smallest unit; metrics are in major units."""
 
-import re
-
 # Stripe's zero-decimal currencies: the amount is already in major units.
 # https://docs.stripe.com/currencies#zero-decimal
 ZERO_DECIMAL = frozenset(
@@ -10,15 +8,29 @@ ZERO_DECIMAL = frozenset(
 # Three-decimal currencies: the amount is in thousandths.
 THREE_DECIMAL = frozenset("bhd jod kwd omr tnd".split())
 
-_CURRENCY = re.compile(r"^[a-z]{3}$")
+# The ISO 4217 codes Stripe accepts as presentment currencies, lower case as the API sends them:
+# https://docs.stripe.com/currencies#presentment-currencies (plus codes Stripe supported before a
+# currency was redenominated, e.g. hrk, sll, mro, vef, so events of older charges still parse).
+# Currency is a label value, so anything else is rejected rather than becoming a new series.
+CURRENCIES = frozenset(
+    """
+    aed afn all amd ang aoa ars aud awg azn bam bbd bdt bgn bhd bif bmd bnd bob brl bsd bwp byn bzd
+    cad cdf chf clp cny cop crc cve czk djf dkk dop dzd eek egp etb eur fjd fkp gbp gel ghs gip gmd
+    gnf gtq gyd hkd hnl hrk htg huf idr ils inr isk jmd jod jpy kes kgs khr kmf krw kwd kyd kzt lak
+    lbp lkr lrd lsl ltl lvl mad mdl mga mkd mmk mnt mop mro mru mur mvr mwk mxn myr mzn nad ngn nio
+    nok npr nzd omr pab pen pgk php pkr pln pyg qar ron rsd rub rwf sar sbd scr sek sgd shp sle sll
+    sos srd std stn svc szl thb tjs tnd top try ttd twd tzs uah ugx usd uyu uzs vef ves vnd vuv wst
+    xaf xcd xcg xof xpf yer zar zmw
+    """.split()
+)
 
 # Seconds in an average month, and months per recurring interval unit, for MRR.
 _MONTHS_PER_UNIT = {"day": 12 / 365, "week": 12 / 52, "month": 1.0, "year": 12.0}
 
 
 def is_currency(code: object) -> bool:
-    """True for a lower-case ISO 4217 code as Stripe sends it."""
-    return isinstance(code, str) and _CURRENCY.match(code) is not None
+    """True for a lower-case ISO 4217 code Stripe supports, exactly as the API sends it."""
+    return isinstance(code, str) and code in CURRENCIES
 
 
 def minor_per_major(currency: str) -> int:

@@ -88,6 +88,7 @@ class SubscriptionPayment:
 class Plan:
     event_id: str
     dedup_ttl: int
+    livemode: str = "false"  # "true"/"false": live and test events never share a dedup key
     counters: dict[str, int] = field(default_factory=dict)
     maxima: dict[str, int] = field(default_factory=dict)
     checks: list[Check] = field(default_factory=list)

@@ -24,6 +24,7 @@ class Recorder:
     dedup_ttl: int
     subscription_ttl: int
     clock: Callable[[], float] = time.time
+    max_clock_skew: int = 300  # how far after its receipt an event's created time may lie
     context: Context = field(init=False)
 
     def __post_init__(self) -> None:
@@ -31,7 +32,8 @@ class Recorder:
 
     @classmethod
     def from_settings(cls, settings: Settings, store: Store, clock: Callable[[], float] = time.time) -> "Recorder":
-        return cls(store, build_detectors(settings.detector_env), settings.dedup_ttl, settings.subscription_ttl, clock)
+        return cls(store, build_detectors(settings.detector_env), settings.dedup_ttl, settings.subscription_ttl, clock,
+                   settings.signature_tolerance)
 
     def plan(self, event: Event, received_at: float | None = None, replayed: bool = False) -> Plan:
         """Raises InvalidEvent for an event that parses but cannot be recorded."""
@@ -43,8 +45,10 @@ class Recorder:
             dedup_ttl=self.dedup_ttl,
             subscription_ttl=self.subscription_ttl,
             replayed=replayed,
+            max_clock_skew=self.max_clock_skew,
         )
 
     async def record(self, document: Any, replayed: bool = False) -> Outcome:
-        """Record one decoded Stripe event. Raises InvalidEvent or StoreUnavailable; a duplicate is no error."""
+        """Record one decoded Stripe event. Raises InvalidEvent, Unrecordable (nothing written) or
+        StoreUnavailable; a duplicate is no error."""
         return await self.store.apply(self.plan(parse_event(document), replayed=replayed))

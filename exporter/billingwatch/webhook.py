@@ -14,7 +14,7 @@ from billingwatch.config import Settings
 from billingwatch.detectors import Detector
 from billingwatch.events import InvalidEvent, parse_event
 from billingwatch.recorder import Recorder
-from billingwatch.store import Store, StoreUnavailable
+from billingwatch.store import Store, StoreUnavailable, Unrecordable
 
 log = logging.getLogger("billingwatch.webhook")
 
@@ -23,7 +23,7 @@ REPLAY_HEADER = "BillingWatch-Replay"
 
 RESULTS = (
     "accepted", "duplicate", "missing_signature", "invalid_signature", "too_large", "invalid_json",
-    "invalid_event", "livemode_rejected", "store_unavailable",
+    "invalid_event", "livemode_rejected", "store_unavailable", "unrecordable",
 )
 
 
@@ -78,7 +78,8 @@ class WebhookEndpoint:
     ) -> None:
         self._settings = settings
         self._store = store
-        self._recorder = Recorder(store, detectors, settings.dedup_ttl, settings.subscription_ttl, clock)
+        self._recorder = Recorder(store, detectors, settings.dedup_ttl, settings.subscription_ttl, clock,
+                                  max_clock_skew=settings.signature_tolerance)
         self._requests = requests
         self._clock = clock
 
@@ -125,6 +126,10 @@ class WebhookEndpoint:
         except StoreUnavailable as exc:
             log.warning("store unavailable, answering 503 so Stripe retries %s: %s", event.id, exc)
             return self._reject("store_unavailable", 503, "store unavailable; retry later")
+        except Unrecordable as exc:
+            # Not 503: a retry of this event meets the same refusal. Nothing was written.
+            log.error("event %s refused by the store, nothing recorded: %s", event.id, exc)
+            return self._reject("unrecordable", 422, f"event cannot be recorded: {exc}")
         self._requests.labels("duplicate" if outcome.duplicate else "accepted").inc()
         for anomaly in outcome.anomalies:
             log.warning("%s %s (%s): %s", "history anomaly" if anomaly.get("history") else "anomaly",

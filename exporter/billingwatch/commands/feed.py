@@ -22,7 +22,7 @@ from tqdm import tqdm
 from billingwatch.config import ConfigError, from_env
 from billingwatch.events import InvalidEvent
 from billingwatch.recorder import Recorder
-from billingwatch.store import StoreUnavailable, open_store
+from billingwatch.store import StoreUnavailable, Unrecordable, open_store
 from billingwatch.webhook import REPLAY_HEADER
 
 DEFAULT_URL = "http://127.0.0.1:9786/webhooks/stripe"
@@ -117,7 +117,7 @@ class StoreSink:
                 await asyncio.sleep(backoff(attempt))
             try:
                 outcome = await self.recorder.record(document, replayed=True)
-            except InvalidEvent as exc:
+            except (InvalidEvent, Unrecordable) as exc:  # retrying cannot help either
                 return Delivery("rejected", str(exc))
             except StoreUnavailable as exc:
                 reason = f"store unavailable ({exc})"

@@ -55,6 +55,7 @@ def missed_plan(recorder: Recorder, document: dict[str, Any]) -> Plan:
     return Plan(
         event_id=f"missed:{document['id']}",
         dedup_ttl=recorder.dedup_ttl,
+        livemode=mode,
         counters={fam.field(fam.MISSED_EVENTS, mode): 1},
     )
 
@@ -71,7 +72,9 @@ async def find_missed(recorder: Recorder, events: Any) -> Findings:
     batch: list[dict[str, Any]] = []
 
     async def check(batch: list[dict[str, Any]]) -> None:
-        recorded = await recorder.store.recorded([str(d["id"]) for d in batch])
+        recorded = await recorder.store.recorded(
+            [(str(d["id"]), fam.livemode_label(d.get("livemode") is True)) for d in batch]
+        )
         for document, seen in zip(batch, recorded, strict=True):
             if not seen:
                 findings.missed.append(document)

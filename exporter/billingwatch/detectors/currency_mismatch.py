@@ -9,6 +9,7 @@ from typing import ClassVar
 
 from billingwatch.detectors.base import Context, Severity, anomaly
 from billingwatch.events import Event, charge_of
+from billingwatch.families import livemode_label
 from billingwatch.plan import Check
 
 
@@ -27,7 +28,7 @@ class CurrencyMismatch:
         charge = charge_of(event.object)
         if not charge.customer:
             return []
-        mode = "live" if event.livemode else "test"
+        mode = livemode_label(event.livemode)
         return [
             Check(
                 op="distinct",

@@ -5,6 +5,7 @@ from typing import ClassVar
 
 from billingwatch.detectors.base import Context, Severity, anomaly
 from billingwatch.events import Event, invoice_of
+from billingwatch.families import livemode_label
 from billingwatch.plan import Check
 
 
@@ -29,7 +30,7 @@ class DoubleInvoice:
         return [
             Check(
                 op="window",
-                key=f"dblinv:{invoice.subscription}",
+                key=f"dblinv:{livemode_label(event.livemode)}:{invoice.subscription}",
                 member=invoice.id,
                 at=invoice.created,
                 window=self.window_seconds,

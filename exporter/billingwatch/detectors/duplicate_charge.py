@@ -10,6 +10,7 @@ from typing import ClassVar
 
 from billingwatch.detectors.base import Context, Severity, anomaly
 from billingwatch.events import Event, charge_of, payment_intent_of
+from billingwatch.families import livemode_label
 from billingwatch.plan import Check
 
 
@@ -38,7 +39,7 @@ class DuplicateCharge:
             amount, currency = intent.amount_received, intent.currency
         if not payer or not charge_id or amount <= 0:
             return []
-        mode = "live" if event.livemode else "test"
+        mode = livemode_label(event.livemode)
         return [
             Check(
                 op="window",

@@ -5,6 +5,7 @@ from typing import ClassVar
 
 from billingwatch.detectors.base import Context, Severity, anomaly
 from billingwatch.events import Event, invoice_of
+from billingwatch.families import livemode_label
 from billingwatch.plan import Check
 
 
@@ -27,7 +28,7 @@ class NegativeInvoice:
         return [
             Check(
                 op="once",
-                key=f"neginv:{invoice.id}",
+                key=f"neginv:{livemode_label(event.livemode)}:{invoice.id}",
                 ttl=context.state_ttl,
                 anomaly=anomaly(
                     self,

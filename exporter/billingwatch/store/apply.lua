@@ -7,17 +7,109 @@
 -- KEYS[6] lapse watch zset      KEYS[6 + i] the key of check i
 -- ARGV[1] the plan as JSON (every number a string, so Lua never rounds it)
 -- ARGV[2] how many anomaly records the log keeps
--- Returns {1} for an event recorded before, else {0, anomaly record JSON...}.
+-- Returns {1} for an event recorded before, {2, reason} for one it refuses (nothing written),
+-- else {0, anomaly record JSON...}.
 --
--- Redis does not roll back a script that fails half-way, so nothing here may fail: every
--- value is validated (types, ranges) in Python before the plan is built.
+-- Redis does not roll back a script that fails half-way, so nothing after the first write may
+-- fail: values are validated in Python when the plan is built, and everything that could still
+-- fail here (a total leaving the 64-bit range, a TTL EXPIRE refuses, sizes) is checked below
+-- before the first write. store/memory_store.py makes the same checks.
 
 local ENDED = { canceled = true, incomplete_expired = true }
+-- Totals stay within +-9 * 10^18 (store/base.py COUNTER_LIMIT), inside the signed 64-bit range.
+-- Lua numbers are doubles, exact only to 2^53, so totals are compared exactly as two parts,
+-- value = hi * BASE + lo with 0 <= lo < BASE.
+local BASE = 1e9
+local LIMIT_HI = 9e9
+local MAX_TTL = 1e10 -- seconds (store/base.py MAX_TTL)
+local MAX_CHECKS = 1000 -- store/base.py MAX_CHECKS
 local plan = cjson.decode(ARGV[1])
 
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', plan.ttl) then
+-- ---------------------------------------------------------------- checks, before any write
+local function refusal()
+  if #plan.checks ~= #KEYS - 6 or #plan.checks > MAX_CHECKS then
+    return 'too many checks in one event'
+  end
+  local ttls = { plan.ttl }
+  for _, check in ipairs(plan.checks) do table.insert(ttls, check.ttl) end
+  if plan.subscription then table.insert(ttls, plan.subscription.ttl) end
+  if plan.payment then table.insert(ttls, plan.payment.ttl) end
+  for _, ttl in ipairs(ttls) do
+    local t = tonumber(ttl)
+    if not t or t < 1 or t > MAX_TTL or t % 1 ~= 0 then
+      return 'a retention (TTL) is out of range'
+    end
+  end
+  local function parts(text, negate)
+    local sign, digits = tostring(text):match('^(-?)(%d+)$')
+    if not digits or #digits > 19 then return nil end
+    local hi = #digits > 9 and tonumber(digits:sub(1, #digits - 9)) or 0
+    local lo = tonumber(digits:sub(-9))
+    if (sign == '-') ~= (negate == true) then hi, lo = -hi, -lo end
+    local carry = math.floor(lo / BASE)
+    return { hi + carry, lo - carry * BASE }
+  end
+  local function plus(a, b)
+    local lo = a[2] + b[2]
+    local carry = math.floor(lo / BASE)
+    return { a[1] + b[1] + carry, lo - carry * BASE }
+  end
+  -- Every increment a field may get, split in its positive and negative parts, so the range
+  -- holds whichever checks hit and in whatever order they apply.
+  local deltas = { {}, {} } -- KEYS[2] counters, KEYS[3] gauges
+  local bad = false
+  local function add(h, name, value, negate)
+    local v = parts(value, negate)
+    if not v then bad = true return end
+    local d = deltas[h][name]
+    if not d then d = { { 0, 0 }, { 0, 0 } } deltas[h][name] = d end
+    if v[1] >= 0 then d[1] = plus(d[1], v) else d[2] = plus(d[2], v) end
+  end
+  for name, value in pairs(plan.counters) do add(1, name, value) end
+  for _, check in ipairs(plan.checks) do
+    for name, value in pairs(check.counters) do add(1, name, value) end
+    if check.anomaly then add(1, check.anomaly_counter, '1') end
+  end
+  local sub = plan.subscription
+  if sub then
+    local state = redis.call('HMGET', KEYS[5], 'status', 'cur', 'mrr', 'lm')
+    if state[1] and not ENDED[state[1]] then
+      add(2, 'sub|' .. state[1] .. '|' .. state[4], '-1')
+      if state[2] and state[2] ~= '' then add(2, 'mrr|' .. state[2] .. '|' .. state[4], state[3], true) end
+    end
+    if not ENDED[sub.status] then
+      add(2, 'sub|' .. sub.status .. '|' .. sub.lm, '1')
+      if sub.cur ~= '' then add(2, 'mrr|' .. sub.cur .. '|' .. sub.lm, sub.mrr) end
+    elseif sub.se ~= '' then
+      add(1, sub.se, '1')
+    end
+  end
+  if bad then
+    return 'an increment is not an integer'
+  end
+  for h = 1, 2 do
+    for name, d in pairs(deltas[h]) do
+      local current = parts(redis.call('HGET', KEYS[h + 1], name) or '0')
+      local high, low = plus(current, d[1]), plus(current, d[2])
+      if high[1] > LIMIT_HI or (high[1] == LIMIT_HI and high[2] > 0) or low[1] < -LIMIT_HI then
+        return 'total ' .. name .. ' would leave the range a 64-bit counter can hold'
+      end
+    end
+  end
+  return nil
+end
+
+-- A redelivery of a recorded event stays a duplicate, whatever the totals are now.
+if redis.call('EXISTS', KEYS[1]) == 1 then
   return { 1 }
 end
+local reason = refusal()
+if reason then
+  return { 2, reason }
+end
+
+-- ---------------------------------------------------------------- writes
+redis.call('SET', KEYS[1], '1', 'EX', plan.ttl)
 
 for name, value in pairs(plan.counters) do
   redis.call('HINCRBY', KEYS[2], name, value)

@@ -1,5 +1,6 @@
 """The store contract. Two implementations: Redis (production) and in-process (embedded default)."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -9,10 +10,21 @@ from billingwatch.plan import Outcome, Plan
 # the same list (store/apply.lua, ENDED).
 ENDED = frozenset({"canceled", "incomplete_expired"})
 LAPSE_HORIZON = 400 * 86400  # the default subscription memory (BILLINGWATCH_SUBSCRIPTION_TTL_SECONDS)
+# What a store refuses up front rather than fail half-way (apply.lua has the same numbers).
+# Totals stay within +-COUNTER_LIMIT: 2^63 - 1 is 9.22e18, and the gap is far wider than the
+# rounding of Lua's doubles up there, so the script can compare safely.
+COUNTER_LIMIT = 9 * 10**18
+MAX_TTL = 10**10  # seconds; EXPIRE refuses a time that overflows in milliseconds
+MAX_CHECKS = 1000
 
 
 class StoreUnavailable(Exception):
     """The store could not be reached or did not answer; nothing may be acknowledged."""
+
+
+class Unrecordable(Exception):
+    """The store refused the event before writing anything (a total would leave its range):
+    retrying the same event cannot help, so it is not StoreUnavailable."""
 
 
 @dataclass(frozen=True)
@@ -28,7 +40,8 @@ class Store(Protocol):
     kind: str
 
     async def apply(self, plan: Plan) -> Outcome:
-        """Record one event atomically: nothing if its id was recorded before."""
+        """Record one event atomically: nothing if its id was recorded before. Raises Unrecordable,
+        with nothing written, when recording it would take a total out of range."""
 
     async def snapshot(self, now: float, lapse_grace: int, lapse_horizon: int = LAPSE_HORIZON) -> Snapshot:
         """Store-held figures. Lapsed: watched subscriptions whose period ended between
@@ -38,8 +51,8 @@ class Store(Protocol):
     async def anomalies(self, limit: int) -> list[dict[str, Any]]:
         """The newest anomaly records first."""
 
-    async def recorded(self, event_ids: list[str]) -> list[bool]:
-        """Whether each event id has been recorded (within the dedup retention)."""
+    async def recorded(self, events: Sequence[tuple[str, str]]) -> list[bool]:
+        """Whether each (event id, livemode label) has been recorded (within the dedup retention)."""
 
     async def increment(self, counters: dict[str, int]) -> None:
         """Add to store-held counters outside an event (e.g. missed events found by reconcile)."""

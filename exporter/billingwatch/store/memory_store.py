@@ -7,12 +7,20 @@ an await, so on the event loop it is as atomic as the Redis script.
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from billingwatch import families as fam
 from billingwatch.plan import Check, Outcome, Plan, SubscriptionPayment, SubscriptionState
-from billingwatch.store.base import ENDED, LAPSE_HORIZON, Snapshot
+from billingwatch.store.base import (
+    COUNTER_LIMIT,
+    ENDED,
+    LAPSE_HORIZON,
+    MAX_CHECKS,
+    MAX_TTL,
+    Snapshot,
+    Unrecordable,
+)
 
 _SWEEP_EVERY = 1024
 
@@ -31,7 +39,7 @@ class MemoryStore:
         self._log: deque[dict[str, Any]] = deque(maxlen=anomaly_log_size)
         self._applied = 0
 
-    # -- keys with a TTL: "e:<event>", "c:<check>", "s:<subscription>"
+    # -- keys with a TTL: "e:<livemode>:<event>", "c:<check>", "s:<livemode>:<subscription>"
 
     def _alive(self, key: str) -> bool:
         expires = self._expiry.get(key)
@@ -65,8 +73,13 @@ class MemoryStore:
         self._applied += 1
         if self._applied % _SWEEP_EVERY == 0:
             self._sweep()
-        if not self._set_once("e:" + plan.event_id, plan.dedup_ttl):
+        event_key = f"e:{plan.livemode}:{plan.event_id}"
+        if self._alive(event_key):
             return Outcome(duplicate=True)
+        refusal = self._refusal(plan)
+        if refusal is not None:
+            raise Unrecordable(refusal)
+        self._set_once(event_key, plan.dedup_ttl)
         for name, value in plan.counters.items():
             self._counters[name] = self._counters.get(name, 0) + value
         for name, value in plan.maxima.items():
@@ -78,6 +91,50 @@ class MemoryStore:
         if plan.payment is not None:
             self._payment(plan.payment)
         return Outcome(duplicate=False, anomalies=fired)
+
+    def _refusal(self, plan: Plan) -> str | None:
+        """Why recording the plan could not complete (the Redis script's checks), else None."""
+        if len(plan.checks) > MAX_CHECKS:
+            return "too many checks in one event"
+        ttls = [plan.dedup_ttl, *(c.ttl for c in plan.checks)]
+        ttls += [x.ttl for x in (plan.subscription, plan.payment) if x is not None]
+        if any(not 1 <= ttl <= MAX_TTL for ttl in ttls):
+            return "a retention (TTL) is out of range"
+        # Each field's positive and negative increments apart: the range holds whichever checks hit.
+        counters: dict[str, list[int]] = {}
+        gauges: dict[str, list[int]] = {}
+
+        def add(deltas: dict[str, list[int]], name: str, value: int) -> None:
+            deltas.setdefault(name, [0, 0])[0 if value > 0 else 1] += value
+
+        for name, value in plan.counters.items():
+            add(counters, name, value)
+        for check in plan.checks:
+            for name, value in check.counters.items():
+                add(counters, name, value)
+            if check.anomaly is not None:
+                a = check.anomaly
+                add(counters, fam.anomaly_field(a.detector, a.severity, a.livemode, a.history), 1)
+        sub = plan.subscription
+        if sub is not None:
+            key = f"s:{sub.livemode}:{sub.id}"
+            state = (self._subs.get(key) if self._alive(key) else None) or {}
+            if state.get("status") is not None and state["status"] not in ENDED:
+                add(gauges, fam.field(fam.SUBSCRIPTIONS, state["status"], state["lm"]), -1)
+                if state["cur"]:
+                    add(gauges, fam.field(fam.MRR, state["cur"], state["lm"]), -state["mrr"])
+            if sub.status not in ENDED:
+                add(gauges, fam.field(fam.SUBSCRIPTIONS, sub.status, sub.livemode), 1)
+                if sub.mrr_currency:
+                    add(gauges, fam.field(fam.MRR, sub.mrr_currency, sub.livemode), sub.mrr_milli)
+            else:
+                add(counters, fam.field(fam.SUBSCRIPTIONS_ENDED, sub.livemode), 1)
+        for deltas, held in ((counters, self._counters), (gauges, self._gauges)):
+            for name, (up, down) in deltas.items():
+                current = held.get(name, 0)
+                if current + up > COUNTER_LIMIT or current + down < -COUNTER_LIMIT:
+                    return f"total {name} would leave the range a 64-bit counter can hold"
+        return None
 
     def _check(self, check: Check) -> dict[str, Any] | None:
         """Run one check; return its anomaly record when it hits with one."""
@@ -125,7 +182,7 @@ class MemoryStore:
         self._gauges[name] = self._gauges.get(name, 0) + value
 
     def _subscription(self, sub: SubscriptionState) -> None:
-        key = "s:" + sub.id
+        key = f"s:{sub.livemode}:{sub.id}"
         state = self._subs.get(key) if self._alive(key) else None
         state = state or {}
         if "at" in state and sub.at < state["at"]:
@@ -154,7 +211,7 @@ class MemoryStore:
             watch.pop(sub.id, None)
 
     def _payment(self, pay: SubscriptionPayment) -> None:
-        key = "s:" + pay.id
+        key = f"s:{pay.livemode}:{pay.id}"
         state = self._subs.get(key) if self._alive(key) else None
         if state is None:
             state = self._subs[key] = {}
@@ -178,8 +235,8 @@ class MemoryStore:
     async def anomalies(self, limit: int) -> list[dict[str, Any]]:
         return list(self._log)[: max(limit, 1)]
 
-    async def recorded(self, event_ids: list[str]) -> list[bool]:
-        return [self._alive("e:" + event_id) for event_id in event_ids]
+    async def recorded(self, events: Sequence[tuple[str, str]]) -> list[bool]:
+        return [self._alive(f"e:{livemode}:{event_id}") for event_id, livemode in events]
 
     async def increment(self, counters: dict[str, int]) -> None:
         for name, value in counters.items():

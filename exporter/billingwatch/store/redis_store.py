@@ -5,6 +5,7 @@ the design works on Redis Cluster. Every key is bounded by a TTL or a size cap.
 """
 
 import json
+from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
@@ -13,9 +14,26 @@ from redis.exceptions import RedisError
 
 from billingwatch import families as fam
 from billingwatch.plan import Check, Outcome, Plan
-from billingwatch.store.base import LAPSE_HORIZON, Snapshot, StoreUnavailable
+from billingwatch.store.base import LAPSE_HORIZON, Snapshot, StoreUnavailable, Unrecordable
 
 _SCRIPT = resources.files("billingwatch.store").joinpath("apply.lua").read_text()
+
+
+# cjson keeps 14 significant digits of a number: integers cross Lua as strings, and come back
+# as integers (_record).
+_INT_FIELDS = ("amount", "event_created")
+
+
+def _stringify(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: str(v) if k in _INT_FIELDS and isinstance(v, int) else v for k, v in record.items()}
+
+
+def _record(raw: bytes | str) -> dict[str, Any]:
+    record: dict[str, Any] = json.loads(raw)
+    for name in _INT_FIELDS:
+        if isinstance(record.get(name), str):
+            record[name] = int(record[name])
+    return record
 
 
 def _check_args(check: Check) -> dict[str, Any]:
@@ -30,7 +48,7 @@ def _check_args(check: Check) -> dict[str, Any]:
         "counters": {k: str(v) for k, v in check.counters.items()},
     }
     if check.anomaly is not None:
-        args["anomaly"] = check.anomaly.as_dict()
+        args["anomaly"] = _stringify(check.anomaly.as_dict())
         a = check.anomaly
         args["anomaly_counter"] = fam.anomaly_field(a.detector, a.severity, a.livemode, a.history)
     return args
@@ -53,22 +71,25 @@ class RedisStore:
     def key(self, name: str) -> str:
         return f"{self._tag}:{name}"
 
+    def _event_key(self, event_id: str, livemode: str) -> str:
+        return self.key(f"e:{livemode}:{event_id}")
+
     def _lapse_key(self, livemode: str) -> str:
         return self.key("lapse:" + livemode)
 
     def script_call(self, plan: Plan) -> tuple[list[str], list[Any]]:
         """The KEYS and ARGV of the apply script for this plan (bench/state.py replays them in bulk)."""
-        sub_id, mode = "-", "false"
+        sub_id, mode = "-", plan.livemode
         if plan.subscription is not None:
             sub_id, mode = plan.subscription.id, plan.subscription.livemode
         elif plan.payment is not None:
             sub_id, mode = plan.payment.id, plan.payment.livemode
         keys = [
-            self.key("e:" + plan.event_id),
+            self._event_key(plan.event_id, plan.livemode),
             self.counters_key,
             self.gauges_key,
             self.anomalies_key,
-            self.key("s:" + sub_id),
+            self.key(f"s:{mode}:{sub_id}"),  # live and test ids never share state
             self._lapse_key(mode),
             *(self.key("c:" + check.key) for check in plan.checks),
         ]
@@ -97,7 +118,9 @@ class RedisStore:
             raise StoreUnavailable(type(exc).__name__) from exc
         if int(reply[0]) == 1:
             return Outcome(duplicate=True)
-        return Outcome(duplicate=False, anomalies=[json.loads(r) for r in reply[1:]])
+        if int(reply[0]) == 2:
+            raise Unrecordable(reply[1].decode())
+        return Outcome(duplicate=False, anomalies=[_record(r) for r in reply[1:]])
 
     async def snapshot(self, now: float, lapse_grace: int, lapse_horizon: int = LAPSE_HORIZON) -> Snapshot:
         cutoff, oldest = now - lapse_grace, now - lapse_horizon
@@ -121,13 +144,13 @@ class RedisStore:
             raw = await self._redis.lrange(self.anomalies_key, 0, max(limit, 1) - 1)
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
-        return [json.loads(r) for r in raw]
+        return [_record(r) for r in raw]
 
-    async def recorded(self, event_ids: list[str]) -> list[bool]:
+    async def recorded(self, events: Sequence[tuple[str, str]]) -> list[bool]:
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                for event_id in event_ids:
-                    pipe.exists(self.key("e:" + event_id))
+                for event_id, livemode in events:
+                    pipe.exists(self._event_key(event_id, livemode))
                 return [bool(n) for n in await pipe.execute()]
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
