@@ -127,8 +127,8 @@ class MemoryStore:
                 add(gauges, fam.field(fam.SUBSCRIPTIONS, sub.status, sub.livemode), 1)
                 if sub.mrr_currency:
                     add(gauges, fam.field(fam.MRR, sub.mrr_currency, sub.livemode), sub.mrr_milli)
-            else:
-                add(counters, fam.field(fam.SUBSCRIPTIONS_ENDED, sub.livemode), 1)
+            elif sub.ended_counter:
+                add(counters, sub.ended_counter, 1)
         for deltas, held in ((counters, self._counters), (gauges, self._gauges)):
             for name, (up, down) in deltas.items():
                 current = held.get(name, 0)
