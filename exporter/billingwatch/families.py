@@ -60,6 +60,16 @@ REFUND_AMOUNT = _counter(
     "rfa", "billingwatch_refund_amount", "Refunded amount, in major units of the currency.",
     "currency", "livemode", money=True,
 )
+REFUNDS_REVERSED = _counter(
+    "rfr", "billingwatch_refunds_reversed",
+    "Refunds that failed or were canceled, once per refund: refunds_total minus this is what stands.",
+    "currency", "livemode",
+)
+REFUND_REVERSED_AMOUNT = _counter(
+    "rfra", "billingwatch_refund_reversed_amount",
+    "Amount of refunds that failed or were canceled, in major units of the currency.",
+    "currency", "livemode", money=True,
+)
 DISPUTES = _counter(
     "dp", "billingwatch_disputes", "Disputes opened (charge.dispute.created), by reason.",
     "reason", "livemode",
@@ -123,6 +133,7 @@ MRR = _gauge(
 
 REDIS_FAMILIES = (
     EVENTS, HISTORY_EVENTS, CHARGES, CHARGE_OUTCOMES, CHARGE_AMOUNT, CHARGE_FAILURES, REFUNDS, REFUND_AMOUNT,
+    REFUNDS_REVERSED, REFUND_REVERSED_AMOUNT,
     DISPUTES, DISPUTE_AMOUNT, EARLY_FRAUD_WARNINGS, INVOICES_PAID, INVOICE_PAID_AMOUNT,
     INVOICE_PAYMENT_FAILURES, SUBSCRIPTIONS_ENDED, ANOMALIES, HISTORY_ANOMALIES, MISSED_EVENTS,
     LAST_RECEIVED, LAST_CREATED, SUBSCRIPTIONS, MRR,

@@ -216,9 +216,11 @@ def refund_checks(refund: Refund, mode: str, ttl: int) -> list[Check]:
     """Count a refund once; take it back once if it fails or is canceled.
 
     Two "once" keys: `refund:` (counted) and `refundvoid:` (taken back). A live refund adds when
-    `refund:` is new. A failed or canceled one claims both keys with opposite counts: counted
-    before, only the take-back hits (net -1); never counted, both hit (net 0) and the claimed
-    `refund:` key stops a late `refund.created` from counting it. Redeliveries hit neither.
+    `refund:` is new. A failed or canceled one claims both keys: counted before, only the
+    take-back hits; never counted, both hit (refunds and reversed refunds each +1, net 0) and the
+    claimed `refund:` key stops a late `refund.created` from counting it. Redeliveries hit
+    neither. The take-back moves its own counters instead of subtracting: a counter that goes
+    down reads as a restart to Prometheus' rate() and increase().
     """
     if refund.status not in _REFUND_COUNTED and refund.status not in _REFUND_VOID:
         return []
@@ -228,7 +230,10 @@ def refund_checks(refund: Refund, mode: str, ttl: int) -> list[Check]:
     }
     checks = [_count_once(f"refund:{mode}:{refund.id}", ttl, count)]
     if refund.status in _REFUND_VOID:
-        checks.append(_count_once(f"refundvoid:{mode}:{refund.id}", ttl, {k: -v for k, v in count.items()}))
+        checks.append(_count_once(f"refundvoid:{mode}:{refund.id}", ttl, {
+            fam.field(fam.REFUNDS_REVERSED, refund.currency, mode): 1,
+            fam.field(fam.REFUND_REVERSED_AMOUNT, refund.currency, mode): refund.amount,
+        }))
     return checks
 
 
