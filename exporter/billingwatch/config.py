@@ -5,6 +5,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from billingwatch.access import host_pattern
+
 DEFAULT_PORT = 9786
 DAY = 86400
 
@@ -38,6 +40,13 @@ def _int(environ: Mapping[str, str], name: str, default: int, minimum: int = 0) 
     return value
 
 
+def _hosts(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
+    try:
+        return tuple(host_pattern(h) for h in environ.get(name, "").split(",") if h.strip())
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
 def _flag(environ: Mapping[str, str], name: str) -> bool:
     return environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -57,6 +66,8 @@ class Settings:
     lapse_grace: int = 2 * DAY
     anomaly_log_size: int = 1000
     api_token: str = ""
+    # Host header names the exporter answers to; empty: access.default_hosts(host).
+    allowed_hosts: tuple[str, ...] = ()
     detector_env: Mapping[str, str] = field(default_factory=dict)
 
     def __repr__(self) -> str:  # never print secrets
@@ -86,5 +97,6 @@ def from_env(environ: Mapping[str, str] = os.environ) -> Settings:
         lapse_grace=_int(environ, "BILLINGWATCH_LAPSE_GRACE_SECONDS", 2 * DAY, 0),
         anomaly_log_size=_int(environ, "BILLINGWATCH_ANOMALY_LOG_SIZE", 1000, 1),
         api_token=_secret(environ, "BILLINGWATCH_API_TOKEN"),
+        allowed_hosts=_hosts(environ, "BILLINGWATCH_ALLOWED_HOSTS"),
         detector_env={k: v for k, v in environ.items() if k.startswith("BILLINGWATCH_DETECTOR_")},
     )
