@@ -1,4 +1,5 @@
-# The BillingWatch exporter: `billingwatch serve` on 0.0.0.0:9786 as a non-root user.
+# The BillingWatch exporter: `billingwatch serve` on 0.0.0.0:9786 as a non-root user. It answers
+# only the Host names in BILLINGWATCH_ALLOWED_HOSTS: add the name Prometheus scrapes it by.
 # Only the runtime dependencies of pyproject.toml are installed (no test extras).
 FROM python:3.11-slim AS build
 WORKDIR /src
@@ -10,7 +11,8 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     BILLINGWATCH_HOST=0.0.0.0 \
-    BILLINGWATCH_PORT=9786
+    BILLINGWATCH_PORT=9786 \
+    BILLINGWATCH_ALLOWED_HOSTS=localhost,127.0.0.1,[::1]
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --disable-pip-version-check --no-index --find-links=/wheels billingwatch \
     && rm -rf /wheels \

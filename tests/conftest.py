@@ -122,8 +122,12 @@ def make_client() -> Iterator[Callable[..., TestClient]]:
     """An in-process client for the real app: make_client(store=..., clock=..., **settings)."""
     clients: list[TestClient] = []
 
-    def make(store: Store | None = None, clock: Callable[[], float] = time.time, **overrides: Any) -> TestClient:
-        client = TestClient(create_app(settings(**overrides), store or MemoryStore(), clock=clock))
+    def make(store: Store | None = None, clock: Callable[[], float] = time.time,
+             peer: str = "127.0.0.1", **overrides: Any) -> TestClient:
+        # By default an operator's direct request on this machine (loopback peer, Host localhost),
+        # as the exporter sees one; test_access passes other peers.
+        client = TestClient(create_app(settings(**overrides), store or MemoryStore(), clock=clock),
+                            base_url="http://localhost", client=(peer, 50000))
         client.__enter__()
         clients.append(client)
         return client

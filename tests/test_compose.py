@@ -2,6 +2,7 @@
 started), every file it mounts is in the repository, and the configs it mounts pass the same
 tools the rest of the suite runs them with (promtool, amtool)."""
 
+import asyncio
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -9,11 +10,21 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import ROOT, binary
+from billingwatch.store import RedisStore
+from tests.conftest import ROOT, binary, free_port, port_open, wait_until
 
 COMPOSE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
-SERVICES = {"exporter", "redis", "prometheus", "alertmanager", "grafana", "mailpit"}
+SERVICES = {"exporter", "redis", "prometheus", "alertmanager", "grafana", "mailpit", "caddy"}
+# What a user must fill in: .env.example leaves these empty, and compose refuses to start so.
+FILLED = {"GRAFANA_ADMIN_PASSWORD": "grafana-test-password", "REDIS_PASSWORD": "0123abcd" * 4}
+
+
+@pytest.fixture(scope="module")
+def filled_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("env") / "filled.env"
+    path.write_text(ENV_EXAMPLE.read_text() + "".join(f"{k}={v}\n" for k, v in FILLED.items()))
+    return path
 
 
 def compose(*args: str, env_file: Path = ENV_EXAMPLE) -> subprocess.CompletedProcess[str]:
@@ -25,19 +36,31 @@ def compose(*args: str, env_file: Path = ENV_EXAMPLE) -> subprocess.CompletedPro
 
 
 @pytest.fixture(scope="module")
-def resolved() -> dict[str, Any]:
-    """The compose file as docker-compose resolves it with .env.example, demo profile included."""
-    checked = compose("--profile", "demo", "config", "-q")
+def resolved(filled_env: Path) -> dict[str, Any]:
+    """The compose file as docker-compose resolves it with .env.example filled in, demo profile
+    included."""
+    checked = compose("--profile", "demo", "config", "-q", env_file=filled_env)
     assert checked.returncode == 0, checked.stderr
-    result = compose("--profile", "demo", "config")
+    result = compose("--profile", "demo", "config", env_file=filled_env)
     assert result.returncode == 0, result.stderr
     config: dict[str, Any] = yaml.safe_load(result.stdout)
     return config
 
 
-def test_config_is_valid_without_the_demo_profile() -> None:
-    result = compose("config", "-q")
+def test_config_is_valid_without_the_demo_profile(filled_env: Path) -> None:
+    result = compose("config", "-q", env_file=filled_env)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("name", sorted(FILLED))
+def test_example_env_does_not_start_until_each_password_is_set(filled_env: Path, tmp_path: Path, name: str) -> None:
+    """No placeholder passwords: .env.example leaves them empty and compose names the missing one."""
+    assert f"\n{name}=\n" in ENV_EXAMPLE.read_text()
+    partial = tmp_path / "partial.env"
+    partial.write_text("".join(line + "\n" for line in filled_env.read_text().splitlines()
+                               if line != f"{name}={FILLED[name]}"))
+    result = compose("config", "-q", env_file=partial)
+    assert result.returncode != 0 and name in result.stderr
 
 
 def test_required_secrets_have_no_default(tmp_path: Path) -> None:
@@ -59,6 +82,76 @@ def test_services_have_healthchecks_and_loopback_ports(resolved: dict[str, Any])
     assert services["simulate"]["image"] == services["exporter"]["image"]
     assert services["simulate"]["command"][0] == "simulate"
     assert "appendonly" in " ".join(services["redis"]["command"])
+
+
+def test_redis_requires_the_password_the_exporter_and_healthcheck_use(resolved: dict[str, Any], tmp_path: Path) -> None:
+    """Runs the service's command with this machine's redis-server (wrapped to a free loopback
+    port): anonymous clients are refused, the healthcheck and the exporter's REDIS_URL get in."""
+    services = resolved["services"]
+    redis = services["redis"]
+    port = free_port()
+    wrappers = tmp_path / "bin"
+    wrappers.mkdir()
+    for name, extra in (("redis-server", f'"$@" --port {port} --bind 127.0.0.1 --dir {tmp_path}'),
+                        ("redis-cli", f'-p {port} "$@"')):
+        (wrappers / name).write_text(f"#!/bin/sh\nexec {binary(name)} {extra}\n")
+        (wrappers / name).chmod(0o755)
+    env = {**redis["environment"], "PATH": f"{wrappers}:/usr/bin:/bin"}
+    command = [arg.replace("$$", "$") for arg in redis["command"]]  # compose's escape of $
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: port_open(port), what="the compose redis command")
+        anonymous = subprocess.run([str(wrappers / "redis-cli"), "ping"], capture_output=True, text=True, timeout=10)
+        assert "NOAUTH" in anonymous.stdout + anonymous.stderr
+        kind, check = redis["healthcheck"]["test"]
+        assert kind == "CMD-SHELL"
+        assert subprocess.run(["/bin/sh", "-c", check], env=env, timeout=10).returncode == 0
+        wrong = {**env, "REDISCLI_AUTH": "wrong"}
+        assert subprocess.run(["/bin/sh", "-c", check], env=wrong, timeout=10).returncode != 0
+        url = services["exporter"]["environment"]["REDIS_URL"]
+        assert url.startswith("redis://:") and url.endswith("@redis:6379/0")
+        store = RedisStore(url.replace("@redis:6379", f"@127.0.0.1:{port}"))
+
+        async def ping() -> bool:
+            try:
+                return await store.ping()
+            finally:
+                await store.close()
+
+        assert asyncio.run(ping())
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_prometheus_has_no_lifecycle_api(resolved: dict[str, Any]) -> None:
+    command = resolved["services"]["prometheus"]["command"]
+    assert not [arg for arg in command if "lifecycle" in arg]
+
+
+def test_only_caddy_faces_stripe_and_the_exporter_is_not_published_publicly(resolved: dict[str, Any]) -> None:
+    services = resolved["services"]
+    caddy, exporter = services["caddy"], services["exporter"]
+    assert caddy["environment"]["BILLINGWATCH_UPSTREAM"] == "exporter:9786"
+    # Caddy's body limit is the exporter's.
+    assert caddy["environment"]["BILLINGWATCH_MAX_BODY_BYTES"] == exporter["environment"]["BILLINGWATCH_MAX_BODY_BYTES"]
+    targets = {target: source for name, source, target in bind_mounts(resolved) if name == "caddy"}
+    assert targets["/etc/caddy/Caddyfile"] == ROOT / "proxy" / "Caddyfile"
+    for port in exporter.get("ports", []):
+        assert (port["host_ip"] if isinstance(port, dict) else port.split(":")[0]) == "127.0.0.1"
+    # The exporter answers the names it is reached by inside the stack, and no others.
+    hosts = exporter["environment"]["BILLINGWATCH_ALLOWED_HOSTS"].split(",")
+    assert "exporter" in hosts and "*" not in hosts
+    assert "simulate" in services and "--url=http://exporter:9786/webhooks/stripe" in services["simulate"]["command"]
+
+
+def test_rendered_alertmanager_config_is_not_on_a_persistent_volume(resolved: dict[str, Any]) -> None:
+    service = resolved["services"]["alertmanager"]
+    rendered = service["environment"]["ALERTMANAGER_RENDERED"]
+    (script,) = service["command"]
+    assert "/tmp" in service["tmpfs"] and rendered.startswith("/tmp/") and "> /tmp/" in script
+    volumes = [v.split(":")[1] for v in service["volumes"]]
+    assert not [v for v in volumes if rendered.startswith(v.rstrip("/") + "/")]
 
 
 def bind_mounts(resolved: dict[str, Any]) -> list[tuple[str, Path, str]]:
@@ -128,9 +221,10 @@ def test_alertmanager_entrypoint_yields_a_valid_config(resolved: dict[str, Any],
     stand_in.write_text('#!/bin/sh\nfor a; do case "$a" in --config.file=*) cp "${a#--config.file=}" "$KEPT";; '
                         "esac; done\n")
     stand_in.chmod(0o755)
-    local = (script.replace("$$", "$")
+    local = (script.replace("$$", "$").replace("/tmp/", "@TMP@")
              .replace("/etc/alertmanager/", "@ETC@").replace("/bin/alertmanager", str(stand_in))
-             .replace("/alertmanager/", f"{data}/").replace("@ETC@", f"{ROOT}/alertmanager/"))
+             .replace("/alertmanager/", f"{data}/").replace("@TMP@", f"{data}/")
+             .replace("@ETC@", f"{ROOT}/alertmanager/"))
     env = {**{k: str(v) for k, v in service["environment"].items()}, "PATH": "/usr/bin:/bin", "KEPT": str(kept),
            "ALERTMANAGER_RENDERED": str(data / "rendered.yml"),
            "BILLINGWATCH_WEBHOOK_URL": "https://hooks.example.test/billing",

@@ -1,7 +1,6 @@
 """The Starlette application: webhook in, metrics and a small JSON API out."""
 
 import contextlib
-import hmac
 import logging
 import platform
 import time
@@ -19,11 +18,13 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from billingwatch import __version__
+from billingwatch.access import REFUSED, HostAllowlist, authorised, default_hosts
 from billingwatch.collector import SnapshotCollector
 from billingwatch.config import Settings
 from billingwatch.detectors import Detector, build_detectors, thresholds
@@ -70,11 +71,10 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
     webhook = WebhookEndpoint(settings, store, detectors, requests, clock)
     build_info = BuildInfo(store.kind)
 
-    def authorised(request: Request) -> bool:
-        if not settings.api_token:
-            return True
-        header = request.headers.get("authorization", "")
-        return hmac.compare_digest(header.encode(), f"Bearer {settings.api_token}".encode())
+    allowed_hosts = settings.allowed_hosts or default_hosts(settings.host)
+
+    def refused() -> JSONResponse:
+        return JSONResponse({"error": REFUSED}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
 
     async def metrics(request: Request) -> Response:
         try:
@@ -97,8 +97,8 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
         return JSONResponse({"status": "unavailable", "store": store.kind}, status_code=503)
 
     async def api_detectors(request: Request) -> Response:
-        if not authorised(request):
-            return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
+        if not authorised(request, settings.api_token):
+            return refused()
         return JSONResponse(
             {
                 "detectors": [
@@ -115,8 +115,8 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
         )
 
     async def api_anomalies(request: Request) -> Response:
-        if not authorised(request):
-            return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
+        if not authorised(request, settings.api_token):
+            return refused()
         raw_limit = request.query_params.get("limit", "100")
         if not raw_limit.isdigit() or int(raw_limit) < 1:
             return JSONResponse({"error": "limit must be a positive integer"}, status_code=400)
@@ -148,6 +148,8 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
             log.warning("no REDIS_URL: using the in-process store; its state is neither shared nor durable")
         if settings.insecure_skip_signature:
             log.warning("signature verification is OFF (development mode); livemode events are rejected")
+        log.info("answering Host names %s; /api/* %s", ", ".join(allowed_hosts),
+                 "needs the bearer token" if settings.api_token else "served to direct loopback requests only")
         yield {}
         await store.close()
 
@@ -160,4 +162,5 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
         Route("/api/detectors", api_detectors),
         Route("/api/anomalies", api_anomalies),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=lifespan,
+                     middleware=[Middleware(HostAllowlist, hosts=allowed_hosts)])

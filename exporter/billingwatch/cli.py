@@ -43,6 +43,7 @@ def serve(args: argparse.Namespace) -> int:
         raise ConfigError("--workers > 1 needs REDIS_URL: the in-process store is not shared between workers")
     if args.insecure_skip_signature:
         os.environ["BILLINGWATCH_INSECURE_SKIP_SIGNATURE"] = "1"  # for worker processes
+    os.environ["BILLINGWATCH_HOST"] = settings.host  # the app's default Host allowlist follows the bind
     logging.getLogger("billingwatch").info("listening on http://%s:%d", settings.host, settings.port)
     uvicorn.run(
         "billingwatch.server:app",
@@ -52,6 +53,8 @@ def serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         log_level="info",
         access_log=False,
+        # The exporter trusts no proxy: the peer address stays the TCP peer's (README "Security").
+        proxy_headers=False,
     )
     return 0
 

@@ -5,6 +5,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from billingwatch.access import host_pattern
 from billingwatch.money import is_currency
 
 DEFAULT_PORT = 9786
@@ -47,6 +48,11 @@ def _currencies(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
         if not is_currency(code):
             raise ConfigError(f"{name}: {code!r} is not a three-letter currency code (e.g. usd,eur)")
     return tuple(dict.fromkeys(codes))
+def _hosts(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
+    try:
+        return tuple(host_pattern(h) for h in environ.get(name, "").split(",") if h.strip())
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
 
 
 def _flag(environ: Mapping[str, str], name: str) -> bool:
@@ -69,6 +75,8 @@ class Settings:
     anomaly_log_size: int = 1000
     api_token: str = ""
     currencies: tuple[str, ...] = ()  # exposed at 0 from start in every per-currency family
+    # Host header names the exporter answers to; empty: access.default_hosts(host).
+    allowed_hosts: tuple[str, ...] = ()
     detector_env: Mapping[str, str] = field(default_factory=dict)
 
     def __repr__(self) -> str:  # never print secrets
@@ -99,5 +107,6 @@ def from_env(environ: Mapping[str, str] = os.environ) -> Settings:
         anomaly_log_size=_int(environ, "BILLINGWATCH_ANOMALY_LOG_SIZE", 1000, 1),
         api_token=_secret(environ, "BILLINGWATCH_API_TOKEN"),
         currencies=_currencies(environ, "BILLINGWATCH_CURRENCIES"),
+        allowed_hosts=_hosts(environ, "BILLINGWATCH_ALLOWED_HOSTS"),
         detector_env={k: v for k, v in environ.items() if k.startswith("BILLINGWATCH_DETECTOR_")},
     )

@@ -10,6 +10,7 @@ from prometheus_client import Counter
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
+from billingwatch.access import authorised
 from billingwatch.config import Settings
 from billingwatch.detectors import Detector
 from billingwatch.events import InvalidEvent, parse_event
@@ -18,12 +19,14 @@ from billingwatch.store import Store, StoreUnavailable, Unrecordable
 
 log = logging.getLogger("billingwatch.webhook")
 
-# Set by `billingwatch replay`/`backfill`: the event is history, not a webhook delivery.
+# Set by `billingwatch replay`/`backfill`: the event is history, not a webhook delivery. Only
+# honoured with the proof /api/* asks for, else anyone re-posting a captured delivery with it
+# could suppress that delivery's lag sample and last-received time.
 REPLAY_HEADER = "BillingWatch-Replay"
 
 RESULTS = (
     "accepted", "duplicate", "missing_signature", "invalid_signature", "too_large", "invalid_json",
-    "invalid_event", "livemode_rejected", "store_unavailable", "unrecordable",
+    "invalid_event", "livemode_rejected", "store_unavailable", "unrecordable", "replay_unauthorized",
 )
 
 
@@ -89,6 +92,12 @@ class WebhookEndpoint:
 
     async def handle(self, request: Request) -> JSONResponse:
         settings = self._settings
+        if REPLAY_HEADER in request.headers and not authorised(request, settings.api_token):
+            return self._reject(
+                "replay_unauthorized", 403,
+                f"{REPLAY_HEADER} needs BILLINGWATCH_API_TOKEN as a bearer token (or a direct loopback "
+                "request when no token is set)",
+            )
         try:
             body = await read_body(request, settings.max_body_bytes)
         except TooLarge:

@@ -59,7 +59,7 @@ def backoff(attempt: int) -> float:
 class WebhookSink:
     """POSTs each event to the exporter signed as Stripe signs it; retries 5xx and connection errors."""
 
-    def __init__(self, url: str, secret: str, retries: int, replayed: bool = False) -> None:
+    def __init__(self, url: str, secret: str, retries: int, replayed: bool = False, api_token: str = "") -> None:
         self.url = url
         self._secret = secret
         self._retries = retries
@@ -67,6 +67,8 @@ class WebhookSink:
         self._headers = {"Content-Type": "application/json"}
         if replayed:
             self._headers[REPLAY_HEADER] = "1"
+        if api_token:  # the exporter honours the replay header only with it (or from loopback)
+            self._headers["Authorization"] = f"Bearer {api_token}"
         self._client = httpx.AsyncClient(timeout=30)
 
     async def deliver(self, document: Any) -> Delivery:
@@ -169,10 +171,11 @@ def open_sink(args: argparse.Namespace) -> Sink:
         raise ConfigError("--retries must be between 0 and 20")
     if args.direct:
         return StoreSink(open_recorder(), args.retries)
-    secrets = from_env().webhook_secrets
-    if not secrets:
+    settings = from_env()
+    if not settings.webhook_secrets:
         raise ConfigError("STRIPE_WEBHOOK_SECRET is not set: give the exporter's signing secret (whsec_...)")
-    return WebhookSink(webhook_url(args.url), secrets[0], args.retries, replayed=True)
+    return WebhookSink(webhook_url(args.url), settings.webhook_secrets[0], args.retries, replayed=True,
+                       api_token=settings.api_token)
 
 
 @dataclass
