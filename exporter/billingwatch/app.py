@@ -27,7 +27,7 @@ from starlette.routing import Route
 
 from billingwatch import __version__
 from billingwatch.collector import SnapshotCollector
-from billingwatch.config import Settings
+from billingwatch.config import Settings, is_placeholder
 from billingwatch.detectors import Detector, build_detectors, thresholds
 from billingwatch.limits import RequestLimits
 from billingwatch.store import Store, StoreUnavailable, open_store
@@ -149,6 +149,9 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
             log.warning("no REDIS_URL: using the in-process store; its state is neither shared nor durable")
         if settings.insecure_skip_signature:
             log.warning("signature verification is OFF (development mode); livemode events are rejected")
+        if any(is_placeholder(secret) for secret in settings.webhook_secrets):
+            log.warning("STRIPE_WEBHOOK_SECRET holds a placeholder, not a Stripe signing secret: test mode only, "
+                        "livemode events are rejected")
         yield {}
         await store.close()
 
