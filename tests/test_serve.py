@@ -15,7 +15,6 @@ from billingwatch.config import ConfigError, from_env
 from tests import stripe_events as se
 from tests.conftest import ROOT, RedisServer, running_exporter
 
-
 JSON = {"Content-Type": "application/json"}
 
 
