@@ -348,6 +348,30 @@ def test_amounts_are_accepted_exactly_when_stripe_could_send_them(client: TestCl
         else:
             assert_rejected_cleanly(response, before, client)
         assert all(v >= 0 for (name, _), v in figures(client).items() if name.endswith("_total"))
+# ------------------------------------------------------------------ headers and query strings (issue 11)
+
+
+def requests_counted(client: TestClient) -> float:
+    return sum(s.value for family in text_string_to_metric_families(client.get("/metrics").text)
+               for s in family.samples if s.name == "billingwatch_webhook_requests_total")
+
+
+# Header values as a server hands them over: any byte but CR, LF (they end the header) and NUL.
+header_bytes = st.binary(max_size=3000).map(lambda b: b.translate(None, b"\r\n\x00"))
+
+
+def test_any_bytes_in_stripe_signature_are_a_counted_400(client: TestClient) -> None:
+    payload = se.body(se.event("charge.succeeded", se.charge()))
+    now = str(int(time.time())).encode()
+
+    @FUZZ
+    @given(raw=st.one_of(header_bytes, header_bytes.map(lambda b: b"t=" + now + b",v1=" + b)))
+    def check(raw: bytes) -> None:
+        before, counted = figures(client), requests_counted(client)
+        response = client.post(URL, content=payload, headers=[(b"stripe-signature", raw),
+                                                              (b"content-type", b"application/json")])
+        assert_rejected_cleanly(response, before, client)
+        assert requests_counted(client) == counted + 1
 
     check()
 
@@ -374,6 +398,24 @@ def test_totals_near_the_64_bit_limit_are_refused_whole(client_and_store: tuple[
             assert "64-bit" in response.json()["error"]
             assert figures(client) == before
             assert client.portal.call(store.recorded, [(evt["id"], "false")]) == [False]  # type: ignore[union-attr]
+def test_header_sizes_never_5xx_and_over_the_cap_are_431(make_client: Client) -> None:
+    client = make_client(max_header_bytes=8192)
+    payload = se.body(se.event("charge.succeeded", se.charge()))
+
+    @FUZZ
+    @given(sizes=st.lists(st.integers(0, 6000), max_size=6), name=st.sampled_from(["X-Pad", "Stripe-Signature"]))
+    def check(sizes: list[int], name: str) -> None:
+        headers = [(f"{name}-{i}" if i else name, "a" * size) for i, size in enumerate(sizes)]
+        before = figures(client)
+        response = client.post(URL, content=payload, headers=[*headers, ("Content-Type", "application/json")])
+        assert response.status_code in (400, 431), response.text
+        total = sum(len(k) + len(v) + 4 for k, v in headers)
+        if total > 8192:
+            assert response.status_code == 431
+        elif total < 8192 - 400:  # leaves room for the client's own headers and the path
+            assert response.status_code == 400
+        assert "error" in response.json()
+        assert figures(client) == before
 
     check()
 
@@ -403,5 +445,28 @@ def test_label_values_stay_in_their_closed_sets(client: TestClient) -> None:
             values = dict(labels)
             assert values.get("currency", "usd") in CURRENCIES
             assert values.get("livemode", "true") in ("true", "false")
+GET_ENDPOINTS = ["/", "/metrics", "/health", "/ready", "/api/detectors", "/api/anomalies"]
+
+
+def test_random_query_strings_and_accept_headers_never_5xx_on_get_endpoints(make_client: Client) -> None:
+    client = make_client()
+    key = st.sampled_from(["limit", "detector", "x", "", "limit[]"]) | st.text(max_size=10)
+    value = st.sampled_from(["²", "1" * 5000, "-1", "0", "\x00", "%", "\uff11\uff12"]) | st.text(max_size=50) \
+        | st.integers().map(str)
+    accept = st.none() | st.sampled_from([
+        "application/openmetrics-text; version=abc", "application/openmetrics-text; version=",
+        "application/openmetrics-text;version=1.0.0;escaping=x", "*/*;q=abc",
+    ]) | st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=80)
+
+    @FUZZ
+    @given(path=st.sampled_from(GET_ENDPOINTS), params=st.lists(st.tuples(key, value), max_size=3),
+           raw=st.binary(max_size=60), accept=accept)
+    def check(path: str, params: list[tuple[str, str]], raw: bytes, accept: str | None) -> None:
+        from urllib.parse import quote_from_bytes, urlencode
+
+        query = urlencode(params) + "&" + quote_from_bytes(raw, safe="=&")
+        headers = {"Accept": accept} if accept is not None else {}
+        response = client.get(f"{path}?{query}", headers=headers)
+        assert response.status_code < 500, (path, query, accept, response.text)
 
     check()

@@ -15,6 +15,8 @@ from billingwatch.config import ConfigError, from_env
 from tests import stripe_events as se
 from tests.conftest import ROOT, RedisServer, running_exporter
 
+JSON = {"Content-Type": "application/json"}
+
 
 def metric_line(text: str, name: str, **labels: str) -> float | None:
     for line in text.splitlines():
@@ -93,7 +95,7 @@ def test_secret_file_rotation_list_and_no_secret_in_logs(tmp_path: Path) -> None
 def test_insecure_mode_is_explicit_and_warns() -> None:
     with running_exporter(STRIPE_WEBHOOK_SECRET="", BILLINGWATCH_INSECURE_SKIP_SIGNATURE="1") as exporter:
         payload = se.body(se.event("charge.succeeded", se.charge()))
-        assert httpx.post(exporter.url + "/webhooks/stripe", content=payload).status_code == 200
+        assert httpx.post(exporter.url + "/webhooks/stripe", content=payload, headers=JSON).status_code == 200
         process = exporter.process
         assert process is not None
         exporter.stop()

@@ -167,9 +167,10 @@ def test_store_down_answers_503_never_2xx(make_client: Client) -> None:
 def test_unsigned_development_mode_accepts_test_events_and_rejects_livemode(make_client: Client) -> None:
     client = make_client(webhook_secrets=(), insecure_skip_signature=True)
     evt = se.event("charge.succeeded", se.charge())
-    assert client.post(URL, content=se.body(evt)).status_code == 200
+    json_type = {"Content-Type": "application/json"}
+    assert client.post(URL, content=se.body(evt), headers=json_type).status_code == 200
     live = se.event("charge.succeeded", se.charge(livemode=True), livemode=True)
-    response = client.post(URL, content=se.body(live))
+    response = client.post(URL, content=se.body(live), headers=json_type)
     assert response.status_code == 400 and "livemode" in response.json()["error"]
     assert value(client, "billingwatch_webhook_requests_total", result="livemode_rejected") == 1
 

@@ -3,6 +3,7 @@
 import contextlib
 import logging
 import platform
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -15,7 +16,7 @@ from prometheus_client import (
     disable_created_metrics,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.exposition import choose_encoder
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, choose_encoder, generate_latest
 from prometheus_client.registry import Collector
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -26,8 +27,9 @@ from starlette.routing import Route
 from billingwatch import __version__
 from billingwatch.access import REFUSED, HostAllowlist, authorised, default_hosts
 from billingwatch.collector import SnapshotCollector
-from billingwatch.config import Settings
+from billingwatch.config import Settings, is_placeholder
 from billingwatch.detectors import Detector, build_detectors, thresholds
+from billingwatch.limits import RequestLimits
 from billingwatch.store import Store, StoreUnavailable, open_store
 from billingwatch.webhook import WebhookEndpoint, new_requests_counter
 
@@ -85,7 +87,11 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
         for collector in (requests, build_info, SnapshotCollector(snapshot, detectors, settings.currencies),
                           PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             registry.register(collector)
-        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        try:
+            encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        except (ValueError, TypeError):
+            # A malformed Accept (e.g. "version=abc") gets the text format every scraper reads, not a 500.
+            encoder, content_type = generate_latest, CONTENT_TYPE_LATEST
         return Response(encoder(registry), media_type=content_type)
 
     async def health(request: Request) -> Response:
@@ -118,7 +124,8 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
         if not authorised(request, settings.api_token):
             return refused()
         raw_limit = request.query_params.get("limit", "100")
-        if not raw_limit.isdigit() or int(raw_limit) < 1:
+        # ASCII digits only and few of them: isdigit() takes "²", and int() of 5,000 digits raises.
+        if not re.fullmatch(r"[0-9]{1,9}", raw_limit) or int(raw_limit) < 1:
             return JSONResponse({"error": "limit must be a positive integer"}, status_code=400)
         limit = min(int(raw_limit), settings.anomaly_log_size)
         detector = request.query_params.get("detector")
@@ -150,6 +157,9 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
             log.warning("signature verification is OFF (development mode); livemode events are rejected")
         log.info("answering Host names %s; /api/* %s", ", ".join(allowed_hosts),
                  "needs the bearer token" if settings.api_token else "served to direct loopback requests only")
+        if any(is_placeholder(secret) for secret in settings.webhook_secrets):
+            log.warning("STRIPE_WEBHOOK_SECRET holds a placeholder, not a Stripe signing secret: test mode only, "
+                        "livemode events are rejected")
         yield {}
         await store.close()
 
@@ -162,5 +172,8 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
         Route("/api/detectors", api_detectors),
         Route("/api/anomalies", api_anomalies),
     ]
+    limits = Middleware(RequestLimits, max_header_bytes=settings.max_header_bytes,
+                        max_in_flight=settings.max_connections)
+    # Limits first: an oversize request is refused before anything else reads its headers.
     return Starlette(routes=routes, lifespan=lifespan,
-                     middleware=[Middleware(HostAllowlist, hosts=allowed_hosts)])
+                     middleware=[limits, Middleware(HostAllowlist, hosts=allowed_hosts)])

@@ -55,6 +55,12 @@ def serve(args: argparse.Namespace) -> int:
         access_log=False,
         # The exporter trusts no proxy: the peer address stays the TCP peer's (README "Security").
         proxy_headers=False,
+        # Request limits (README "Request limits"): header bytes and deadline in the protocol,
+        # connections, idle keep-alive; h11's own cap in case someone swaps the protocol for h11.
+        http="billingwatch.limits:HttpProtocol",
+        limit_concurrency=settings.max_connections,
+        timeout_keep_alive=settings.keep_alive_timeout,
+        h11_max_incomplete_event_size=settings.max_header_bytes,
     )
     return 0
 

@@ -1,6 +1,7 @@
 """Settings from the environment (and `billingwatch serve` flags). Secrets may come from *_FILE."""
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,16 +29,18 @@ def _secret(environ: Mapping[str, str], name: str) -> str:
     return value
 
 
-def _int(environ: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+def env_int(environ: Mapping[str, str], name: str, default: int, minimum: int = 0, maximum: int = 10**9) -> int:
     raw = environ.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    # Plain ASCII digits only: int() would also take "١٢", "1_000" and thousands of digits.
+    if not re.fullmatch(r"-?[0-9]{1,18}", raw.strip()):
+        raise ConfigError(f"{name} must be an integer, got {raw[:40]!r}")
+    value = int(raw)
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}")
+    if value > maximum:
+        raise ConfigError(f"{name} must be at most {maximum}")
     return value
 
 
@@ -48,11 +51,25 @@ def _currencies(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
         if not is_currency(code):
             raise ConfigError(f"{name}: {code!r} is not a three-letter currency code (e.g. usd,eur)")
     return tuple(dict.fromkeys(codes))
+
+
 def _hosts(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
     try:
         return tuple(host_pattern(h) for h in environ.get(name, "").split(",") if h.strip())
     except ValueError as exc:
         raise ConfigError(f"{name}: {exc}") from None
+
+
+# Secrets copied from examples (.env.example, the README quick start) rather than from Stripe. A real
+# secret is whsec_ and random letters and digits, mixed case: it never matches these all-lowercase words.
+PLACEHOLDER_SECRET = re.compile(
+    r"(whsec_)?(replace|change|your|example|placeholder|secret|dummy|todo|x{3,})[a-z_]*|whsec_?"
+)
+
+
+def is_placeholder(secret: str) -> bool:
+    """True for a secret that is obviously not a real signing secret: livemode stays closed."""
+    return PLACEHOLDER_SECRET.fullmatch(secret) is not None
 
 
 def _flag(environ: Mapping[str, str], name: str) -> bool:
@@ -77,12 +94,20 @@ class Settings:
     currencies: tuple[str, ...] = ()  # exposed at 0 from start in every per-currency family
     # Host header names the exporter answers to; empty: access.default_hosts(host).
     allowed_hosts: tuple[str, ...] = ()
+    # Request limits (issue 11 item 1): headers, concurrency and read deadlines.
+    max_header_bytes: int = 16 * 1024
+    max_connections: int = 256
+    read_timeout: int = 10
+    keep_alive_timeout: int = 5
     detector_env: Mapping[str, str] = field(default_factory=dict)
 
     def __repr__(self) -> str:  # never print secrets
         return f"Settings(host={self.host!r}, port={self.port}, store={'redis' if self.redis_url else 'memory'})"
 
     def check(self) -> None:
+        from billingwatch.detectors import build_detectors  # here: the detectors import this module
+
+        build_detectors(self.detector_env)  # thresholds: a bad one is a start-up error, not a traceback later
         if not self.webhook_secrets and not self.insecure_skip_signature:
             raise ConfigError(
                 "STRIPE_WEBHOOK_SECRET is not set: give the endpoint's signing secret (whsec_...), "
@@ -94,19 +119,24 @@ def from_env(environ: Mapping[str, str] = os.environ) -> Settings:
     secrets = tuple(s.strip() for s in _secret(environ, "STRIPE_WEBHOOK_SECRET").split(",") if s.strip())
     return Settings(
         host=environ.get("BILLINGWATCH_HOST", "127.0.0.1"),
-        port=_int(environ, "BILLINGWATCH_PORT", DEFAULT_PORT, 1),
+        port=env_int(environ, "BILLINGWATCH_PORT", DEFAULT_PORT, 1, 65535),
         webhook_secrets=secrets,
         insecure_skip_signature=_flag(environ, "BILLINGWATCH_INSECURE_SKIP_SIGNATURE"),
-        signature_tolerance=_int(environ, "BILLINGWATCH_SIGNATURE_TOLERANCE_SECONDS", 300, 1),
-        max_body_bytes=_int(environ, "BILLINGWATCH_MAX_BODY_BYTES", 1024 * 1024, 1024),
+        signature_tolerance=env_int(environ, "BILLINGWATCH_SIGNATURE_TOLERANCE_SECONDS", 300, 1, 3600),
+        max_body_bytes=env_int(environ, "BILLINGWATCH_MAX_BODY_BYTES", 1024 * 1024, 1024, 64 * 1024 * 1024),
         redis_url=_secret(environ, "REDIS_URL"),
         redis_prefix=environ.get("BILLINGWATCH_REDIS_PREFIX", "billingwatch"),
-        dedup_ttl=_int(environ, "BILLINGWATCH_DEDUP_TTL_SECONDS", 35 * DAY, 7 * DAY),
-        subscription_ttl=_int(environ, "BILLINGWATCH_SUBSCRIPTION_TTL_SECONDS", 400 * DAY, 32 * DAY),
-        lapse_grace=_int(environ, "BILLINGWATCH_LAPSE_GRACE_SECONDS", 2 * DAY, 0),
-        anomaly_log_size=_int(environ, "BILLINGWATCH_ANOMALY_LOG_SIZE", 1000, 1),
+        # Ten years at most: far beyond any use, far below what makes Redis' EXPIRE overflow.
+        dedup_ttl=env_int(environ, "BILLINGWATCH_DEDUP_TTL_SECONDS", 35 * DAY, 7 * DAY, 3650 * DAY),
+        subscription_ttl=env_int(environ, "BILLINGWATCH_SUBSCRIPTION_TTL_SECONDS", 400 * DAY, 32 * DAY, 3650 * DAY),
+        lapse_grace=env_int(environ, "BILLINGWATCH_LAPSE_GRACE_SECONDS", 2 * DAY, 0, 365 * DAY),
+        anomaly_log_size=env_int(environ, "BILLINGWATCH_ANOMALY_LOG_SIZE", 1000, 1, 100_000),
         api_token=_secret(environ, "BILLINGWATCH_API_TOKEN"),
         currencies=_currencies(environ, "BILLINGWATCH_CURRENCIES"),
         allowed_hosts=_hosts(environ, "BILLINGWATCH_ALLOWED_HOSTS"),
+        max_header_bytes=env_int(environ, "BILLINGWATCH_MAX_HEADER_BYTES", 16 * 1024, 4096, 1024 * 1024),
+        max_connections=env_int(environ, "BILLINGWATCH_MAX_CONNECTIONS", 256, 1, 100_000),
+        read_timeout=env_int(environ, "BILLINGWATCH_READ_TIMEOUT_SECONDS", 10, 1, 600),
+        keep_alive_timeout=env_int(environ, "BILLINGWATCH_KEEP_ALIVE_TIMEOUT_SECONDS", 5, 1, 600),
         detector_env={k: v for k, v in environ.items() if k.startswith("BILLINGWATCH_DETECTOR_")},
     )

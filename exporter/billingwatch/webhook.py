@@ -1,5 +1,6 @@
 """POST /webhooks/stripe: verify, parse, plan, record atomically, and only then answer 2xx."""
 
+import asyncio
 import json
 import logging
 import time
@@ -11,9 +12,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
 from billingwatch.access import authorised
-from billingwatch.config import Settings
+from billingwatch.config import Settings, is_placeholder
 from billingwatch.detectors import Detector
 from billingwatch.events import InvalidEvent, parse_event
+from billingwatch.logsafe import safe
 from billingwatch.recorder import Recorder
 from billingwatch.store import Store, StoreUnavailable, Unrecordable
 
@@ -27,7 +29,11 @@ REPLAY_HEADER = "BillingWatch-Replay"
 RESULTS = (
     "accepted", "duplicate", "missing_signature", "invalid_signature", "too_large", "invalid_json",
     "invalid_event", "livemode_rejected", "store_unavailable", "unrecordable", "replay_unauthorized",
+    "body_timeout", "unsupported_media_type",
 )
+
+# A real Stripe-Signature (t=..., one v1 per active secret, maybe a v0) is a few hundred bytes.
+MAX_SIGNATURE_HEADER = 1024
 
 
 def new_requests_counter() -> Counter:
@@ -46,28 +52,53 @@ class TooLarge(Exception):
     pass
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The whole body within `timeout` seconds (TimeoutError otherwise): a trickled body cannot hold a slot."""
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared[:20]) > limit:
         raise TooLarge
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise TooLarge
-        chunks.append(chunk)
+    async with asyncio.timeout(timeout):
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise TooLarge
+            chunks.append(chunk)
     return b"".join(chunks)
 
 
-def signature_valid(payload: str, header: str, secrets: Sequence[str], tolerance: int) -> bool:
-    """True when any of the secrets (rotation) signed the payload within the tolerance."""
+def signature_timestamp(header: str) -> int | None:
+    """The header's t=, or None when the header is not printable ASCII of sane length or has no integer t."""
+    if len(header) > MAX_SIGNATURE_HEADER or not header.isascii() or not header.isprintable():
+        return None
+    for item in header.split(","):
+        key, _, value = item.partition("=")
+        if key.strip() == "t":
+            value = value.strip()
+            return int(value) if value.isdigit() and len(value) <= 12 else None
+    return None
+
+
+def signing_secret(payload: str, header: str, secrets: Sequence[str], tolerance: int, now: float) -> str | None:
+    """The secret (of several during a rotation) that signed the payload within the tolerance, else None.
+
+    The SDK only rejects timestamps that are too old; one in the future is bounded here too. Any
+    malformed header is a refusal, never an exception: the SDK raises TypeError on non-ASCII bytes.
+    """
+    timestamp = signature_timestamp(header)
+    if timestamp is None or timestamp > now + tolerance:
+        return None
     for secret in secrets:
         try:
             stripe.WebhookSignature.verify_header(payload, header, secret, tolerance=tolerance)
-            return True
-        except stripe.SignatureVerificationError:
+            return secret
+        except (stripe.SignatureVerificationError, TypeError, ValueError):
             continue
-    return False
+    return None
+
+
+def is_json(content_type: str) -> bool:
+    return content_type.split(";", 1)[0].strip().lower() == "application/json"
 
 
 class WebhookEndpoint:
@@ -98,10 +129,17 @@ class WebhookEndpoint:
                 f"{REPLAY_HEADER} needs BILLINGWATCH_API_TOKEN as a bearer token (or a direct loopback "
                 "request when no token is set)",
             )
+        if settings.insecure_skip_signature and not is_json(request.headers.get("content-type", "")):
+            # A web page can POST text/plain cross-site without a preflight, never application/json.
+            return self._reject("unsupported_media_type", 415, "Content-Type must be application/json")
         try:
-            body = await read_body(request, settings.max_body_bytes)
+            body = await read_body(request, settings.max_body_bytes, settings.read_timeout)
         except TooLarge:
             return self._reject("too_large", 413, f"body larger than {settings.max_body_bytes} bytes")
+        except TimeoutError:
+            response = self._reject("body_timeout", 408, f"body not received within {settings.read_timeout} s")
+            response.headers["connection"] = "close"  # the rest of the body is not worth waiting for
+            return response
         except ClientDisconnect:
             return self._reject("invalid_json", 400, "client disconnected before the body was read")
         try:
@@ -109,14 +147,19 @@ class WebhookEndpoint:
         except UnicodeDecodeError:
             return self._reject("invalid_json", 400, "body is not UTF-8")
 
+        live_allowed = not settings.insecure_skip_signature
         if not settings.insecure_skip_signature:
             header = request.headers.get("stripe-signature")
             if not header:
                 return self._reject("missing_signature", 400, "Stripe-Signature header is missing")
-            if not signature_valid(payload, header, settings.webhook_secrets, settings.signature_tolerance):
+            secret = signing_secret(payload, header, settings.webhook_secrets, settings.signature_tolerance,
+                                    time.time())
+            if secret is None:
                 return self._reject(
-                    "invalid_signature", 400, "Stripe-Signature does not match any secret, or is too old"
+                    "invalid_signature", 400,
+                    "Stripe-Signature is malformed, does not match any secret, or is too old or in the future",
                 )
+            live_allowed = not is_placeholder(secret)
         try:
             document = json.loads(payload)
         except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
@@ -124,8 +167,11 @@ class WebhookEndpoint:
         received_at = self._clock()
         try:
             event = parse_event(document)
-            if settings.insecure_skip_signature and event.livemode:
-                return self._reject("livemode_rejected", 400, "livemode events need signature verification")
+            if event.livemode and not live_allowed:
+                return self._reject(
+                    "livemode_rejected", 400,
+                    "livemode events need signature verification with a real secret, not a placeholder",
+                )
             replayed = request.headers.get(REPLAY_HEADER) == "1"
             plan = self._recorder.plan(event, received_at, replayed=replayed)
         except InvalidEvent as exc:
@@ -133,16 +179,16 @@ class WebhookEndpoint:
         try:
             outcome = await self._store.apply(plan)
         except StoreUnavailable as exc:
-            log.warning("store unavailable, answering 503 so Stripe retries %s: %s", event.id, exc)
+            log.warning("store unavailable, answering 503 so Stripe retries %s: %s", safe(event.id), safe(exc))
             return self._reject("store_unavailable", 503, "store unavailable; retry later")
         except Unrecordable as exc:
             # Not 503: a retry of this event meets the same refusal. Nothing was written.
-            log.error("event %s refused by the store, nothing recorded: %s", event.id, exc)
+            log.error("event %s refused by the store, nothing recorded: %s", safe(event.id), safe(exc))
             return self._reject("unrecordable", 422, f"event cannot be recorded: {exc}")
         self._requests.labels("duplicate" if outcome.duplicate else "accepted").inc()
         for anomaly in outcome.anomalies:
             log.warning("%s %s (%s): %s", "history anomaly" if anomaly.get("history") else "anomaly",
-                        anomaly["detector"], anomaly["severity"], anomaly["summary"])
+                        safe(anomaly["detector"]), safe(anomaly["severity"]), safe(anomaly["summary"]))
         return JSONResponse(
             {"received": True, "duplicate": outcome.duplicate, "anomalies": len(outcome.anomalies)}
         )

@@ -5,6 +5,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from billingwatch.config import DAY, ConfigError, env_int
 from billingwatch.detectors.base import SEVERITIES, Context, Detector, Severity
 from billingwatch.detectors.currency_mismatch import CurrencyMismatch
 from billingwatch.detectors.double_invoice import DoubleInvoice
@@ -25,20 +26,26 @@ def env_name(detector: type[Any], field_name: str) -> str:
     return f"BILLINGWATCH_DETECTOR_{detector.name}_{field_name}".upper()
 
 
+def threshold_maximum(field_name: str) -> int:
+    """Ten years in the field's unit: a window or memory longer than that is a typo, not a setting."""
+    if field_name.endswith("_days"):
+        return 3650
+    if field_name.endswith("_seconds"):
+        return 3650 * DAY
+    return 10**6
+
+
 def build_detectors(environ: Mapping[str, str] = os.environ) -> list[Detector]:
-    """Instantiate every registered detector with its thresholds from the environment."""
+    """Instantiate every registered detector with its thresholds from the environment (each 1..maximum)."""
     built: list[Detector] = []
     for cls in REGISTRY:
         if cls.severity not in SEVERITIES:
-            raise ValueError(f"detector {cls.name}: severity must be one of {SEVERITIES}")
+            raise ConfigError(f"detector {cls.name}: severity must be one of {SEVERITIES}")
         overrides: dict[str, int] = {}
         for f in dataclasses.fields(cls):
-            raw = environ.get(env_name(cls, f.name))
-            if raw is not None:
-                try:
-                    overrides[f.name] = int(raw)
-                except ValueError:
-                    raise ValueError(f"{env_name(cls, f.name)} must be an integer, got {raw!r}") from None
+            name = env_name(cls, f.name)
+            if environ.get(name, "") != "":
+                overrides[f.name] = env_int(environ, name, 0, 1, threshold_maximum(f.name))
         built.append(cls(**overrides))
     return built
 
