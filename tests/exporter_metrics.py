@@ -33,3 +33,37 @@ def total(samples: Samples, name: str, **labels: str) -> float:
 def anomalies(base_url: str) -> list[dict[str, object]]:
     records: list[dict[str, object]] = httpx.get(base_url + "/api/anomalies?limit=1000", timeout=10).json()["anomalies"]
     return records
+
+
+# The families that count live traffic, which the rules read: replayed history never moves them.
+LIVE = tuple(
+    "billingwatch_" + name for name in (
+        "events_total", "charges_total", "charge_amount_total", "charge_outcomes_total", "charge_failures_total",
+        "refunds_total", "refund_amount_total", "disputes_total", "dispute_amount_total",
+        "early_fraud_warnings_total", "invoices_paid_total", "invoice_paid_amount_total",
+        "invoice_payment_failures_total", "subscriptions_ended_total", "anomalies_total",
+        "webhook_delivery_lag_seconds_bucket", "webhook_delivery_lag_seconds_sum",
+        "webhook_delivery_lag_seconds_count", "last_event_received_timestamp_seconds",
+    )
+)
+# State built from events however they arrive: the same after a replay as after live delivery.
+STATE = ("billingwatch_subscriptions", "billingwatch_mrr_amount", "billingwatch_subscriptions_lapsed",
+         "billingwatch_last_event_created_timestamp_seconds")
+
+
+def live_counts(samples: Samples) -> Samples:
+    return {k: v for k, v in samples.items() if k[0] in LIVE}
+
+
+def state_figures(samples: Samples) -> Samples:
+    return {k: v for k, v in samples.items() if k[0] in STATE}
+
+
+def moved(before: Samples, after: Samples) -> Samples:
+    """The samples whose value differs (a series born at 0 has not moved)."""
+    return {k: after.get(k, 0.0) for k in before.keys() | after.keys() if after.get(k, 0.0) != before.get(k, 0.0)}
+
+
+def renamed(samples: Samples, old: str, new: str) -> Samples:
+    """The samples of family `old`, under the name `new` (to compare history with live counts)."""
+    return {(new, labels): v for (name, labels), v in samples.items() if name == old}

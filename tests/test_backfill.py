@@ -9,7 +9,7 @@ import pytest
 from billingwatch.cli import main
 from tests import stripe_events as se
 from tests.conftest import Exporter, running_exporter
-from tests.exporter_metrics import scrape, total
+from tests.exporter_metrics import anomalies, live_counts, moved, scrape, total
 from tests.replay_helpers import deliver_live
 from tests.stripe_api_server import API_KEY, stripe_events_api
 
@@ -56,6 +56,7 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 def test_backfill_pages_through_the_api_retries_a_429_and_records_each_event_once(
     exporter: Exporter, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    before = scrape(exporter.url)
     with stripe_events_api(history(), page_size=4) as api:
         code, out, err = run(capsys, "backfill", "--since", "30d", "--api-base", api.url, "--url", exporter.url)
         assert code == 0, err
@@ -66,13 +67,20 @@ def test_backfill_pages_through_the_api_retries_a_429_and_records_each_event_onc
         since = int(pages[0]["created[gte]"][0])
         assert abs(since - (time.time() - 30 * DAY)) < 60
         assert "customer.created" not in {v for k, vs in pages[0].items() if k.startswith("types[") for v in vs}
+        # History, not traffic: no live count moved, the imported events and the old duplicate
+        # charge are counted apart, and the anomaly is listed as found in history.
         figures = scrape(exporter.url)
-        assert total(figures, "billingwatch_events_total") == 16
-        assert total(figures, "billingwatch_anomalies_total", detector="duplicate_charge") == 1
+        assert moved(live_counts(before), live_counts(figures)) == {}
+        assert total(figures, "billingwatch_history_events_total") == 16
+        assert total(figures, "billingwatch_history_anomalies_total", detector="duplicate_charge") == 1
+        [record] = anomalies(exporter.url)
+        assert (record["detector"], record["history"]) == ("duplicate_charge", True)
+        assert {record["charge"], *record["related"]} == {"ch_bf_a", "ch_bf_b"}  # type: ignore[misc]
+        assert record["event_created"] in (NOW - 2 * DAY, NOW - 2 * DAY + 30)  # event time, 2 days back
 
         code, out, _ = run(capsys, "backfill", "--since", "30d", "--api-base", api.url, "--direct")
         assert code == 0 and "16 events: 0 accepted, 16 duplicate" in out
-        assert total(scrape(exporter.url), "billingwatch_events_total") == 16
+        assert moved(figures, scrape(exporter.url)) == {}
 
 
 def test_backfill_help_says_stripe_keeps_30_days(capsys: pytest.CaptureFixture[str]) -> None:
@@ -128,7 +136,8 @@ def test_reconcile_finds_counts_once_and_replays_the_missed_events(
         assert code == 0, err
         assert "reconcile --replay: 3 events: 3 accepted, 0 duplicate, 0 rejected, 0 failed" in out
         figures = scrape(exporter.url)
-        assert total(figures, "billingwatch_events_total") == 8
+        assert total(figures, "billingwatch_events_total") == 5  # the live ones; the missed are history
+        assert total(figures, "billingwatch_history_events_total") == 3
         assert total(figures, "billingwatch_missed_events_total") == 3
 
         code, out, _ = run(capsys, "reconcile", "--since", "30d", "--api-base", api.url)

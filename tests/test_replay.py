@@ -1,4 +1,4 @@
-"""`billingwatch replay`: a recorded scenario fed back gives exactly what live delivery gave."""
+"""`billingwatch replay`: a recorded scenario fed back gives the state live delivery gave, counted as history."""
 
 import json
 import threading
@@ -11,7 +11,16 @@ import pytest
 
 from tests import stripe_events as se
 from tests.conftest import RedisServer, running_exporter
-from tests.exporter_metrics import anomalies, recorded_figures, scrape, total
+from tests.exporter_metrics import (
+    Samples,
+    anomalies,
+    live_counts,
+    recorded_figures,
+    renamed,
+    scrape,
+    state_figures,
+    total,
+)
 from tests.replay_helpers import billingwatch, deliver_live, write_jsonl
 
 T0 = int(time.time()) - 3600
@@ -42,7 +51,21 @@ def scenario() -> list[dict[str, Any]]:
     return [*events, first]  # Stripe redelivers the first event
 
 
-def test_replay_over_http_gives_exactly_the_live_results_and_twice_changes_nothing(tmp_path: Path) -> None:
+def assert_history_of(replayed_url: str, live_url: str) -> Samples:
+    """The replayed exporter holds what live delivery built, as history: same state, same events
+    and anomalies counted in the history families, no live count, anomalies marked history."""
+    live, replayed = scrape(live_url), scrape(replayed_url)
+    assert state_figures(replayed) == state_figures(live)
+    assert renamed(replayed, "billingwatch_history_events_total", "e") == renamed(
+        live, "billingwatch_events_total", "e")
+    assert renamed(replayed, "billingwatch_history_anomalies_total", "a") == renamed(
+        live, "billingwatch_anomalies_total", "a")
+    assert {k: v for k, v in live_counts(replayed).items() if v} == {}
+    assert anomalies(replayed_url) == [{**a, "history": True} for a in anomalies(live_url)]
+    return replayed
+
+
+def test_replay_over_http_records_the_live_state_as_history_and_twice_changes_nothing(tmp_path: Path) -> None:
     events = scenario()
     path = write_jsonl(tmp_path / "scenario.jsonl", events)
     with running_exporter() as live, running_exporter() as replayed:
@@ -53,12 +76,12 @@ def test_replay_over_http_gives_exactly_the_live_results_and_twice_changes_nothi
             f"replay: {len(events)} events: {len(events) - 1} accepted, 1 duplicate, 0 rejected, 0 failed; "
             "4 anomalies found"
         )
-        expected = recorded_figures(live.url)
-        assert recorded_figures(replayed.url) == expected
-        assert anomalies(replayed.url) == anomalies(live.url)
+        figures = assert_history_of(replayed.url, live.url)
         for detector in ("duplicate_charge", "negative_invoice", "currency_mismatch", "double_invoice"):
-            assert total(expected, "billingwatch_anomalies_total", detector=detector) == 1
+            assert total(figures, "billingwatch_history_anomalies_total", detector=detector) == 1
+        assert all(a["history"] is False for a in anomalies(live.url))
 
+        expected = recorded_figures(replayed.url)
         again = billingwatch("replay", str(path), "--url", replayed.url)
         assert again.returncode == 0, again.stderr
         assert f"0 accepted, {len(events)} duplicate" in again.stdout
@@ -77,9 +100,8 @@ def test_replay_direct_into_redis_matches_http_delivery(tmp_path: Path, redis_ur
             assert result.returncode == 0, result.stderr
             accepted = len(events) - 1 if run == 0 else 0
             assert f"{accepted} accepted, {len(events) - accepted} duplicate, 0 rejected" in result.stdout
-            # The exporter reads the same Redis: the store-held figures are the live ones.
-            assert recorded_figures(shared.url) == recorded_figures(live.url)
-            assert anomalies(shared.url) == anomalies(live.url)
+            # The exporter reads the same Redis: it holds the live state, counted as history.
+            assert_history_of(shared.url, live.url)
 
 
 def test_bad_lines_are_rejected_with_their_reason_and_stdin_works() -> None:
@@ -92,7 +114,7 @@ def test_bad_lines_are_rejected_with_their_reason_and_stdin_works() -> None:
         assert "stdin:2: rejected: not JSON" in result.stderr
         assert 'stdin:3: rejected: HTTP 400: not a Stripe event (object must be "event")' in result.stderr
         assert "Traceback" not in result.stderr
-        assert total(scrape(exporter.url), "billingwatch_events_total") == 1
+        assert total(scrape(exporter.url), "billingwatch_history_events_total") == 1
 
 
 def test_direct_without_redis_url_is_refused_with_a_reason(tmp_path: Path) -> None:
@@ -118,7 +140,7 @@ def test_503_while_the_store_is_down_is_retried_until_it_is_back(tmp_path: Path)
             assert result.returncode == 0, result.stderr
             assert "3 accepted, 0 duplicate, 0 rejected, 0 failed" in result.stdout
             figures = scrape(exporter.url)
-            assert total(figures, "billingwatch_events_total") == 3
+            assert total(figures, "billingwatch_history_events_total") == 3
             assert total(figures, "billingwatch_webhook_requests_total", result="store_unavailable") >= 1
         finally:
             timer.join()

@@ -238,12 +238,13 @@ def test_every_family_has_help_and_no_id_in_any_label(make_client: Client) -> No
     assert value(client, "billingwatch_charge_failures_total", reason="stolen_card", livemode="false") == 1
 
 
-def test_replayed_history_counts_but_is_not_webhook_delivery(client: TestClient) -> None:
+def test_replayed_history_is_state_not_webhook_delivery(client: TestClient) -> None:
     old = int(time.time()) - 20 * 86400
     payload = se.body(se.event("charge.succeeded", se.charge(), created=old))
     headers = {**se.signed_headers(payload), "BillingWatch-Replay": "1"}
     assert client.post(URL, content=payload, headers=headers).status_code == 200
-    assert value(client, "billingwatch_charges_total", status="succeeded", currency="usd", livemode="false") == 1
+    assert value(client, "billingwatch_charges_total", status="succeeded", currency="usd", livemode="false") == 0
+    assert value(client, "billingwatch_history_events_total", type="charge.succeeded", livemode="false") == 1
     assert value(client, "billingwatch_last_event_created_timestamp_seconds", livemode="false") == old
     # No lag sample and no last-received time: a backfill neither fires webhook_lag nor hides a silence.
     assert value(client, "billingwatch_webhook_delivery_lag_seconds_count", livemode="false") == 0

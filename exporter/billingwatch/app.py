@@ -82,7 +82,7 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
         except StoreUnavailable:
             snapshot = None
         registry = CollectorRegistry(auto_describe=False)
-        for collector in (requests, build_info, SnapshotCollector(snapshot, detectors),
+        for collector in (requests, build_info, SnapshotCollector(snapshot, detectors, settings.currencies),
                           PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             registry.register(collector)
         encoder, content_type = choose_encoder(request.headers.get("accept", ""))
@@ -124,12 +124,19 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
         detector = request.query_params.get("detector")
         if detector is not None and detector not in {d.name for d in detectors}:
             return JSONResponse({"error": f"unknown detector {detector!r}"}, status_code=400)
+        history = request.query_params.get("history")
+        if history is not None and history not in ("true", "false"):
+            return JSONResponse({"error": "history must be true or false"}, status_code=400)
+        filtered = detector is not None or history is not None
         try:
-            records = await store.anomalies(settings.anomaly_log_size if detector else limit)
+            records = await store.anomalies(settings.anomaly_log_size if filtered else limit)
         except StoreUnavailable:
             return JSONResponse({"error": "store unavailable"}, status_code=503)
-        if detector:
-            records = [r for r in records if r.get("detector") == detector][:limit]
+        if filtered:
+            records = [
+                r for r in records
+                if detector in (None, r.get("detector")) and history in (None, str(r.get("history") is True).lower())
+            ][:limit]
         return JSONResponse({"anomalies": records})
 
     async def landing(request: Request) -> Response:

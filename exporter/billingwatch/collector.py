@@ -7,7 +7,14 @@ from prometheus_client.registry import Collector
 
 from billingwatch import families as fam
 from billingwatch.detectors import Detector
-from billingwatch.ledger import CHARGE_STATUSES, INVOICE_ATTEMPTS
+from billingwatch.ledger import (
+    CHARGE_STATUSES,
+    DECLINE_REASONS,
+    DISPUTE_REASONS,
+    EVENT_TYPES,
+    FRAUD_TYPES,
+    INVOICE_ATTEMPTS,
+)
 from billingwatch.money import to_major
 from billingwatch.store import Snapshot
 
@@ -28,36 +35,54 @@ def _value(family: fam.Family, labels: list[str], raw: int) -> float:
     return to_major(minor, currency)
 
 
-def _zeros(snapshot: Snapshot, detectors: Iterable[Detector]) -> dict[str, int]:
+# Families with a currency label; once a currency is seen (or configured), each exists in it.
+_CURRENCY_FAMILIES = tuple(f for f in fam.REDIS_FAMILIES if "currency" in f.labels and f.kind is fam.Kind.COUNTER)
+
+
+def _with_other(values: Iterable[str]) -> list[str]:
+    return [*sorted(values), "other"]
+
+
+def _zeros(snapshot: Snapshot, detectors: Iterable[Detector], currencies: Iterable[str] = ()) -> dict[str, int]:
     """Series to expose at 0 before their first increment, so increase() sees that increment."""
+    detectors = list(detectors)
+    fixed: list[tuple[fam.Family, list[tuple[str, ...]]]] = [
+        (fam.EVENTS, [(t,) for t in _with_other(EVENT_TYPES)]),
+        (fam.HISTORY_EVENTS, [(t,) for t in _with_other(EVENT_TYPES)]),
+        (fam.CHARGE_OUTCOMES, [(s,) for s in CHARGE_STATUSES]),
+        (fam.CHARGE_FAILURES, [(r,) for r in _with_other(DECLINE_REASONS)]),
+        (fam.DISPUTES, [(r,) for r in _with_other(DISPUTE_REASONS)]),
+        (fam.EARLY_FRAUD_WARNINGS, [(t,) for t in _with_other(FRAUD_TYPES)]),
+        (fam.INVOICE_PAYMENT_FAILURES, [(a,) for a in INVOICE_ATTEMPTS]),
+        (fam.ANOMALIES, [(d.name, d.severity) for d in detectors]),
+        (fam.HISTORY_ANOMALIES, [(d.name, d.severity) for d in detectors]),
+        (fam.SUBSCRIPTIONS_ENDED, [()]),
+        (fam.MISSED_EVENTS, [()]),
+    ]
     zeros: dict[str, int] = {}
     for mode in fam.LIVEMODES:
-        for d in detectors:
-            zeros[fam.field(fam.ANOMALIES, d.name, d.severity, mode)] = 0
-        for attempt in INVOICE_ATTEMPTS:
-            zeros[fam.field(fam.INVOICE_PAYMENT_FAILURES, attempt, mode)] = 0
-        zeros[fam.field(fam.SUBSCRIPTIONS_ENDED, mode)] = 0
-        zeros[fam.field(fam.MISSED_EVENTS, mode)] = 0
-    # Once a currency is seen, every charge outcome in it exists, so the failure and refund
-    # ratios have both sides from the start.
-    for field in snapshot.counters:
+        for family, label_sets in fixed:
+            for labels in label_sets:
+                zeros[fam.field(family, *labels, mode)] = 0
+    # Currency is open-ended: once one is seen in a mode (or configured), every per-currency
+    # family exists in it, so the money ratios have both sides from the start.
+    seen = {(c, mode) for c in currencies for mode in fam.LIVEMODES}
+    for field in (*snapshot.counters, *snapshot.gauges):
         parsed = _labelled(field)
-        if parsed and parsed[0] in (fam.CHARGES, fam.CHARGE_AMOUNT):
-            _, currency, mode = parsed[1]
-            for status in CHARGE_STATUSES:
-                zeros[fam.field(fam.CHARGES, status, currency, mode)] = 0
-                zeros[fam.field(fam.CHARGE_AMOUNT, status, currency, mode)] = 0
-            for family in (fam.REFUNDS, fam.REFUND_AMOUNT, fam.DISPUTE_AMOUNT):
-                zeros[fam.field(family, currency, mode)] = 0
+        if parsed and "currency" in parsed[0].labels:
+            family, values = parsed
+            seen.add((values[family.labels.index("currency")], values[-1]))
+    for currency, mode in seen:
+        for family in _CURRENCY_FAMILIES:
+            for status in CHARGE_STATUSES if "status" in family.labels else ("",):
+                labels = (status, currency, mode) if status else (currency, mode)
+                zeros[fam.field(family, *labels)] = 0
     return zeros
 
 
 def _lag_histograms(counters: dict[str, int]) -> Metric:
     histogram = HistogramMetricFamily(fam.LAG_NAME, fam.LAG_HELP, labels=["livemode"])
-    for mode in fam.LIVEMODES:
-        count = counters.get(fam.field(fam.LAG_COUNT, mode))
-        if count is None:
-            continue
+    for mode in fam.LIVEMODES:  # every bucket exists at 0 from start
         cumulative, buckets = 0, []
         for bound in (*fam.LAG_BUCKETS, float("inf")):
             upper = "+Inf" if bound == float("inf") else repr(bound)
@@ -68,7 +93,7 @@ def _lag_histograms(counters: dict[str, int]) -> Metric:
     return histogram
 
 
-def store_metrics(snapshot: Snapshot, detectors: Iterable[Detector]) -> list[Metric]:
+def store_metrics(snapshot: Snapshot, detectors: Iterable[Detector], currencies: Iterable[str] = ()) -> list[Metric]:
     """Every store-held family, with HELP, built from one snapshot."""
     built: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
     for family in fam.REDIS_FAMILIES:
@@ -76,7 +101,7 @@ def store_metrics(snapshot: Snapshot, detectors: Iterable[Detector]) -> list[Met
             built[family.key] = CounterMetricFamily(family.name, family.help, labels=list(family.labels))
         else:
             built[family.key] = GaugeMetricFamily(family.name, family.help, labels=list(family.labels))
-    values = {**_zeros(snapshot, detectors), **snapshot.counters, **snapshot.gauges}
+    values = {**_zeros(snapshot, detectors, currencies), **snapshot.counters, **snapshot.gauges}
     for field, raw in sorted(values.items()):
         parsed = _labelled(field)
         if parsed is None:
@@ -98,13 +123,16 @@ def store_metrics(snapshot: Snapshot, detectors: Iterable[Detector]) -> list[Met
 class SnapshotCollector(Collector):
     """Exposes one snapshot: a fresh registry is built per scrape around it."""
 
-    def __init__(self, snapshot: Snapshot | None, detectors: Iterable[Detector]) -> None:
+    def __init__(
+        self, snapshot: Snapshot | None, detectors: Iterable[Detector], currencies: Iterable[str] = ()
+    ) -> None:
         self._snapshot = snapshot
         self._detectors = list(detectors)
+        self._currencies = tuple(currencies)
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("billingwatch_store_up", "1 when the store answered this scrape, else 0.")
         up.add_metric([], 0.0 if self._snapshot is None else 1.0)
         yield up
         if self._snapshot is not None:
-            yield from store_metrics(self._snapshot, self._detectors)
+            yield from store_metrics(self._snapshot, self._detectors, self._currencies)

@@ -5,6 +5,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from billingwatch.money import is_currency
+
 DEFAULT_PORT = 9786
 DAY = 86400
 
@@ -38,6 +40,15 @@ def _int(environ: Mapping[str, str], name: str, default: int, minimum: int = 0) 
     return value
 
 
+def _currencies(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """Comma-separated currency codes, lower-cased as Stripe sends them."""
+    codes = tuple(c.strip().lower() for c in environ.get(name, "").split(",") if c.strip())
+    for code in codes:
+        if not is_currency(code):
+            raise ConfigError(f"{name}: {code!r} is not a three-letter currency code (e.g. usd,eur)")
+    return tuple(dict.fromkeys(codes))
+
+
 def _flag(environ: Mapping[str, str], name: str) -> bool:
     return environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -57,6 +68,7 @@ class Settings:
     lapse_grace: int = 2 * DAY
     anomaly_log_size: int = 1000
     api_token: str = ""
+    currencies: tuple[str, ...] = ()  # exposed at 0 from start in every per-currency family
     detector_env: Mapping[str, str] = field(default_factory=dict)
 
     def __repr__(self) -> str:  # never print secrets
@@ -86,5 +98,6 @@ def from_env(environ: Mapping[str, str] = os.environ) -> Settings:
         lapse_grace=_int(environ, "BILLINGWATCH_LAPSE_GRACE_SECONDS", 2 * DAY, 0),
         anomaly_log_size=_int(environ, "BILLINGWATCH_ANOMALY_LOG_SIZE", 1000, 1),
         api_token=_secret(environ, "BILLINGWATCH_API_TOKEN"),
+        currencies=_currencies(environ, "BILLINGWATCH_CURRENCIES"),
         detector_env={k: v for k, v in environ.items() if k.startswith("BILLINGWATCH_DETECTOR_")},
     )

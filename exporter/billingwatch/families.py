@@ -31,10 +31,21 @@ def _gauge(key: str, name: str, help: str, *labels: str, money: bool = False) ->
     return Family(key, name, help, labels, Kind.GAUGE, money)
 
 
-EVENTS = _counter("ev", "billingwatch_events", "Distinct Stripe events recorded, by type.", "type", "livemode")
+EVENTS = _counter(
+    "ev", "billingwatch_events", "Distinct Stripe events delivered live, by type (types not read: other).",
+    "type", "livemode",
+)
+HISTORY_EVENTS = _counter(
+    "hev", "billingwatch_history_events",
+    "Distinct Stripe events imported as history (replay, backfill, reconcile --replay), by type.",
+    "type", "livemode",
+)
 CHARGES = _counter(
     "ch", "billingwatch_charges", "Charges by outcome (charge.succeeded/failed/pending events).",
     "status", "currency", "livemode",
+)
+CHARGE_OUTCOMES = _counter(
+    "cho", "billingwatch_charge_outcomes", "Charges by outcome across all currencies.", "status", "livemode",
 )
 CHARGE_AMOUNT = _counter(
     "cha", "billingwatch_charge_amount", "Charged amount by outcome, in major units of the currency.",
@@ -51,7 +62,7 @@ REFUND_AMOUNT = _counter(
 )
 DISPUTES = _counter(
     "dp", "billingwatch_disputes", "Disputes opened (charge.dispute.created), by reason.",
-    "reason", "currency", "livemode",
+    "reason", "livemode",
 )
 DISPUTE_AMOUNT = _counter(
     "dpa", "billingwatch_dispute_amount", "Disputed amount, in major units of the currency.",
@@ -82,6 +93,11 @@ ANOMALIES = _counter(
     "Anomalies found by the stateful detectors; details at /api/anomalies.",
     "detector", "severity", "livemode",
 )
+HISTORY_ANOMALIES = _counter(
+    "han", "billingwatch_history_anomalies",
+    "Anomalies found in imported history (not live traffic); details at /api/anomalies?history=true.",
+    "detector", "severity", "livemode",
+)
 MISSED_EVENTS = _counter(
     "me", "billingwatch_missed_events",
     "Events Stripe's API reports that never arrived as webhooks (found by billingwatch reconcile).",
@@ -106,9 +122,10 @@ MRR = _gauge(
 )
 
 REDIS_FAMILIES = (
-    EVENTS, CHARGES, CHARGE_AMOUNT, CHARGE_FAILURES, REFUNDS, REFUND_AMOUNT, DISPUTES, DISPUTE_AMOUNT,
-    EARLY_FRAUD_WARNINGS, INVOICES_PAID, INVOICE_PAID_AMOUNT, INVOICE_PAYMENT_FAILURES,
-    SUBSCRIPTIONS_ENDED, ANOMALIES, MISSED_EVENTS, LAST_RECEIVED, LAST_CREATED, SUBSCRIPTIONS, MRR,
+    EVENTS, HISTORY_EVENTS, CHARGES, CHARGE_OUTCOMES, CHARGE_AMOUNT, CHARGE_FAILURES, REFUNDS, REFUND_AMOUNT,
+    DISPUTES, DISPUTE_AMOUNT, EARLY_FRAUD_WARNINGS, INVOICES_PAID, INVOICE_PAID_AMOUNT,
+    INVOICE_PAYMENT_FAILURES, SUBSCRIPTIONS_ENDED, ANOMALIES, HISTORY_ANOMALIES, MISSED_EVENTS,
+    LAST_RECEIVED, LAST_CREATED, SUBSCRIPTIONS, MRR,
 )
 BY_KEY = {family.key: family for family in REDIS_FAMILIES}
 
@@ -134,3 +151,8 @@ def field(family: Family, *values: str) -> str:
 
 def livemode_label(livemode: bool) -> str:
     return "true" if livemode else "false"
+
+
+def anomaly_field(detector: str, severity: str, livemode: bool, history: bool) -> str:
+    """The counter an anomaly moves: found in imported history, it is not live traffic."""
+    return field(HISTORY_ANOMALIES if history else ANOMALIES, detector, severity, livemode_label(livemode))

@@ -2,9 +2,10 @@
 
 import bisect
 from collections.abc import Iterable
+from dataclasses import replace
 
 from billingwatch import families as fam
-from billingwatch.detectors import Context, Detector
+from billingwatch.detectors import REGISTRY, Context, Detector
 from billingwatch.events import (
     Event,
     InvalidEvent,
@@ -60,6 +61,15 @@ _SUBSCRIPTION_EVENTS = frozenset(
         "customer.subscription.trial_will_end",
     }
 )
+# The Stripe event types BillingWatch reads (README lists those to subscribe to): the `type`
+# label takes these values and "other", so a new Stripe type never adds a series.
+EVENT_TYPES = frozenset(
+    {
+        *_CHARGE_EVENTS, "charge.refunded", *_REFUND_EVENTS, "charge.dispute.created",
+        "radar.early_fraud_warning.created", *_INVOICE_PAID_EVENTS, "invoice.payment_failed",
+        *_SUBSCRIPTION_EVENTS, *(t for detector in REGISTRY for t in detector.event_types),
+    }
+)
 
 
 def known(value: str | None, allowed: frozenset[str]) -> str:
@@ -88,19 +98,19 @@ def plan_event(
 ) -> Plan:
     """Everything recording this event changes, for the store to apply atomically.
 
-    A replayed event (replay, backfill, reconcile) counts like any other, but says nothing about
-    webhook delivery: it adds no delivery lag and does not move the last-received time, so a
-    backfill neither fires the lag alert nor hides a real webhook silence.
+    A replayed event (replay, backfill, reconcile --replay) is history: it updates state (dedup,
+    detector memory, subscriptions, the count-once keys) but moves no live counter, only
+    billingwatch_history_events_total, and its anomalies are marked history. Otherwise 30 days
+    imported at once would reach the rules as one burst "now".
     """
     mode = fam.livemode_label(event.livemode)
-    counters: dict[str, int] = {fam.field(fam.EVENTS, event.type, mode): 1}
+    counters: dict[str, int] = {fam.field(fam.EVENTS, known(event.type, EVENT_TYPES), mode): 1}
     maxima = {fam.field(fam.LAST_CREATED, mode): event.created}
-    if not replayed:
-        lag = max(0.0, received_at - event.created)
-        _add(counters, fam.field(fam.LAG_BUCKET, lag_bucket(lag), mode))
-        _add(counters, fam.field(fam.LAG_SUM, mode), round(lag * 1000))
-        _add(counters, fam.field(fam.LAG_COUNT, mode))
-        maxima[fam.field(fam.LAST_RECEIVED, mode)] = int(received_at)
+    lag = max(0.0, received_at - event.created)
+    _add(counters, fam.field(fam.LAG_BUCKET, lag_bucket(lag), mode))
+    _add(counters, fam.field(fam.LAG_SUM, mode), round(lag * 1000))
+    _add(counters, fam.field(fam.LAG_COUNT, mode))
+    maxima[fam.field(fam.LAST_RECEIVED, mode)] = int(received_at)
     checks: list[Check] = []
     subscription: SubscriptionState | None = None
     payment: SubscriptionPayment | None = None
@@ -110,6 +120,7 @@ def plan_event(
         charge = charge_of(event.object)
         status = _CHARGE_EVENTS[event.type]
         _add(counters, fam.field(fam.CHARGES, status, charge.currency, mode))
+        _add(counters, fam.field(fam.CHARGE_OUTCOMES, status, mode))
         _add(counters, fam.field(fam.CHARGE_AMOUNT, status, charge.currency, mode), charge.amount)
         if status == "failed":
             _add(counters, fam.field(fam.CHARGE_FAILURES, known(charge.failure_reason, DECLINE_REASONS), mode))
@@ -132,7 +143,7 @@ def plan_event(
             }))
     elif event.type == "charge.dispute.created" and kind == "dispute":
         dispute = dispute_of(event.object)
-        _add(counters, fam.field(fam.DISPUTES, known(dispute.reason, DISPUTE_REASONS), dispute.currency, mode))
+        _add(counters, fam.field(fam.DISPUTES, known(dispute.reason, DISPUTE_REASONS), mode))
         _add(counters, fam.field(fam.DISPUTE_AMOUNT, dispute.currency, mode), dispute.amount)
     elif event.type == "radar.early_fraud_warning.created" and kind == "radar.early_fraud_warning":
         warning = early_fraud_warning_of(event.object)
@@ -157,7 +168,7 @@ def plan_event(
         if event.type in detector.event_types:
             checks.extend(detector.checks(event, context))
 
-    return Plan(
+    plan = Plan(
         event_id=event.id,
         dedup_ttl=dedup_ttl,
         counters=counters,
@@ -165,6 +176,32 @@ def plan_event(
         checks=checks,
         subscription=subscription,
         payment=payment,
+    )
+    return as_history(plan, event) if replayed else plan
+
+
+def as_history(plan: Plan, event: Event) -> Plan:
+    """The plan of a replayed event: the same state changes, no live counter, no delivery timing.
+
+    The count-once checks keep their keys (a later live delivery of the same refund or invoice
+    payment is not counted either) but lose their counters; anomalies are marked history.
+    """
+    mode = fam.livemode_label(event.livemode)
+    checks = [
+        replace(
+            check,
+            counters={},
+            anomaly=None if check.anomaly is None else replace(check.anomaly, history=True),
+        )
+        for check in plan.checks
+    ]
+    subscription = plan.subscription and replace(plan.subscription, ended_counter="")
+    return replace(
+        plan,
+        counters={fam.field(fam.HISTORY_EVENTS, known(event.type, EVENT_TYPES), mode): 1},
+        maxima={fam.field(fam.LAST_CREATED, mode): event.created},
+        checks=checks,
+        subscription=subscription,
     )
 
 
@@ -196,4 +233,5 @@ def subscription_state(event: Event, ended_ttl: int, live_ttl: int) -> Subscript
         mrr_milli=round(monthly * 1000),
         period_end=sub.current_period_end or 0,
         ttl=ended_ttl if status in fam.ENDED_STATUSES else live_ttl,
+        ended_counter=fam.field(fam.SUBSCRIPTIONS_ENDED, fam.livemode_label(event.livemode)),
     )

@@ -29,6 +29,7 @@ class Anomaly:
     subscription: str | None = None
     amount: int | None = None  # minor units
     currency: str | None = None
+    history: bool = False  # found by an imported (replayed) event, not by live traffic
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -70,6 +71,7 @@ class SubscriptionState:
     mrr_milli: int  # monthly amount in thousandths of the minor unit: integer, so no drift
     period_end: int
     ttl: int
+    ended_counter: str = ""  # the counter field to bump when it ends; "" for none (history)
 
 
 @dataclass(frozen=True)

@@ -127,7 +127,8 @@ class WebhookEndpoint:
             return self._reject("store_unavailable", 503, "store unavailable; retry later")
         self._requests.labels("duplicate" if outcome.duplicate else "accepted").inc()
         for anomaly in outcome.anomalies:
-            log.warning("anomaly %s (%s): %s", anomaly["detector"], anomaly["severity"], anomaly["summary"])
+            log.warning("%s %s (%s): %s", "history anomaly" if anomaly.get("history") else "anomaly",
+                        anomaly["detector"], anomaly["severity"], anomaly["summary"])
         return JSONResponse(
             {"received": True, "duplicate": outcome.duplicate, "anomalies": len(outcome.anomalies)}
         )

@@ -87,8 +87,8 @@ if sub then
       if sub.cur ~= '' then
         redis.call('HINCRBY', KEYS[3], 'mrr|' .. sub.cur .. '|' .. sub.lm, sub.mrr)
       end
-    elseif not (old_status and ENDED[old_status]) then
-      redis.call('HINCRBY', KEYS[2], 'se|' .. sub.lm, 1)
+    elseif sub.se ~= '' and not (old_status and ENDED[old_status]) then
+      redis.call('HINCRBY', KEYS[2], sub.se, 1) -- '' for history: an imported end is not live traffic
     end
     redis.call('HSET', KEYS[5], 'at', sub.at, 'status', sub.status, 'cur', sub.cur, 'mrr', sub.mrr,
       'end', sub['end'], 'lm', sub.lm)

@@ -117,7 +117,7 @@ class MemoryStore:
             record["related"] = related
         self._log.appendleft(record)
         anomaly = check.anomaly
-        counter = fam.field(fam.ANOMALIES, anomaly.detector, anomaly.severity, fam.livemode_label(anomaly.livemode))
+        counter = fam.anomaly_field(anomaly.detector, anomaly.severity, anomaly.livemode, anomaly.history)
         self._counters[counter] = self._counters.get(counter, 0) + 1
         return record
 
@@ -139,10 +139,8 @@ class MemoryStore:
             self._gauge_add(fam.field(fam.SUBSCRIPTIONS, sub.status, sub.livemode), 1)
             if sub.mrr_currency:
                 self._gauge_add(fam.field(fam.MRR, sub.mrr_currency, sub.livemode), sub.mrr_milli)
-        elif old_status not in ENDED:
-            self._counters[fam.field(fam.SUBSCRIPTIONS_ENDED, sub.livemode)] = (
-                self._counters.get(fam.field(fam.SUBSCRIPTIONS_ENDED, sub.livemode), 0) + 1
-            )
+        elif sub.ended_counter and old_status not in ENDED:  # "" for history: not live traffic
+            self._counters[sub.ended_counter] = self._counters.get(sub.ended_counter, 0) + 1
         state.update(
             at=sub.at, status=sub.status, cur=sub.mrr_currency, mrr=sub.mrr_milli, end=sub.period_end,
             lm=sub.livemode,

@@ -31,10 +31,8 @@ def _check_args(check: Check) -> dict[str, Any]:
     }
     if check.anomaly is not None:
         args["anomaly"] = check.anomaly.as_dict()
-        args["anomaly_counter"] = fam.field(
-            fam.ANOMALIES, check.anomaly.detector, check.anomaly.severity,
-            fam.livemode_label(check.anomaly.livemode),
-        )
+        a = check.anomaly
+        args["anomaly_counter"] = fam.anomaly_field(a.detector, a.severity, a.livemode, a.history)
     return args
 
 
@@ -84,7 +82,7 @@ class RedisStore:
             s = plan.subscription
             body["subscription"] = {
                 "id": s.id, "lm": s.livemode, "at": str(s.at), "status": s.status, "cur": s.mrr_currency,
-                "mrr": str(s.mrr_milli), "end": str(s.period_end), "ttl": str(s.ttl),
+                "mrr": str(s.mrr_milli), "end": str(s.period_end), "ttl": str(s.ttl), "se": s.ended_counter,
             }
         if plan.payment is not None:
             p = plan.payment
