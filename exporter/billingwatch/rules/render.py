@@ -232,10 +232,11 @@ def early_fraud_warnings(r: Rules) -> None:
     efw = by_mode(r, "billingwatch_early_fraud_warnings_total", ("fraud_type",), s.window)
     usual = averaged(r, efw, s.baseline)
     mode = r.by("livemode")
+    full = covered(r, "billingwatch_early_fraud_warnings_total", mode, s.window, s.baseline)
     expr = f"""\
   {efw} >= {s.min_count}
 and on ({mode})
-  {efw} > {s.rise_factor:g} * {usual}{covered(r, "billingwatch_early_fraud_warnings_total", mode, s.window, s.baseline)}"""
+  {efw} > {s.rise_factor:g} * {usual}{full}"""
     _alert(
         r, "BillingEarlyFraudWarningsRising", expr, s.for_,
         {"detector": "fraud_spike", "severity": s.severity},
