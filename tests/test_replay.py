@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests import stripe_events as se
-from tests.conftest import RedisServer, running_exporter
+from tests.conftest import RedisServer, running_exporter, wait_until
 from tests.exporter_metrics import (
     Samples,
     anomalies,
@@ -132,7 +132,12 @@ def test_503_while_the_store_is_down_is_retried_until_it_is_back(tmp_path: Path)
     path = write_jsonl(tmp_path / "retry.jsonl", events)
     with running_exporter(REDIS_URL=redis.url) as exporter:
         assert httpx.get(exporter.url + "/ready").status_code == 503
-        timer = threading.Timer(1.0, redis.start)
+        def start_after_a_503() -> None:  # not after a fixed delay: the command may start slowly
+            wait_until(lambda: total(scrape(exporter.url), "billingwatch_webhook_requests_total",
+                                     result="store_unavailable") >= 1, what="a 503")
+            redis.start()
+
+        timer = threading.Thread(target=start_after_a_503)
         timer.start()
         try:
             result = billingwatch("replay", str(path), "--url", exporter.url, "--retries", "6")
