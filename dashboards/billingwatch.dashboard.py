@@ -10,7 +10,8 @@ set BILLINGWATCH_RULES_CONFIG=my.yml on that command.
 
 Metric semantics (README "Metrics"): store-backed figures are global, so every replica exposes
 the same value and queries take `max` across instances; only webhook_requests_total is per
-replica and is summed. Money is shown per currency and never summed across currencies.
+replica and is summed. Money is shown per currency and never summed across currencies; counts
+behind the alerts (charge outcomes, disputes) come from the currency-free families.
 """
 
 import os
@@ -168,8 +169,8 @@ lag = CONFIG.webhook_lag
 silence = CONFIG.webhook_silence
 
 # The series the alerts are computed from (names as rules/billingwatch.rules.yml records them).
-CHARGES_FAILURE_WINDOW = f"currency_livemode_status:billingwatch_charges:increase{failure.window}"
-CHARGES_FRAUD_WINDOW = f"currency_livemode_status:billingwatch_charges:increase{fraud.window}"
+CHARGES_FAILURE_WINDOW = f"livemode_status:billingwatch_charge_outcomes:increase{failure.window}"
+CHARGES_FRAUD_WINDOW = f"livemode_status:billingwatch_charge_outcomes:increase{fraud.window}"
 DISPUTES = f"livemode:billingwatch_disputes:increase{fraud.window}"
 EFW = f"livemode:billingwatch_early_fraud_warnings:increase{efw.window}"
 EFW_USUAL = f"{EFW}_avg{efw.baseline}"
@@ -282,8 +283,7 @@ risk_row = [
                     "properties": [{"id": "custom.axisPlacement", "value": "right"}]}]), 8, 8),
     (timeseries(
         "Disputes by reason (last hour)",
-        [target(agg("sum", agg("max", increase("billingwatch_disputes_total", sel(), "1h"), "reason", "currency"),
-                    "reason"), "{{reason}}")],
+        [target(agg("max", increase("billingwatch_disputes_total", sel(), "1h"), "reason"), "{{reason}}")],
         "short", "Disputes opened in the last hour by Stripe dispute reason.", stack=True), 8, 8),
     (timeseries(
         f"Refund ratio per currency ({refund.window})",
@@ -367,6 +367,21 @@ anomalies_row = [
         [target(agg("max", increase("billingwatch_anomalies_total", sel(), "24h"), "detector", "severity") + " > 0",
                 instant=True, fmt="table")],
         "Detectors that found anything in the last 24 hours, with the count.", hidden=["Time"], unit="short"), 8, 8),
+    (timeseries(
+        "Anomalies found in imported history",
+        [target(agg("max", increase("billingwatch_history_anomalies_total", sel(), RATE), "detector", "severity"),
+                "{{detector}} ({{severity}})")],
+        "short", "Anomalies found in replayed history (backfill, replay, reconcile --replay): past events, news "
+        "worth reading but not a page, so they never fire BillingAnomalyDetected. Listed at the exporter's "
+        "/api/anomalies with \"history\": true and their event time.",
+        bars=True, stack=True), 12, 8),
+    (timeseries(
+        "History imported by type",
+        [target(agg("max", increase("billingwatch_history_events_total", sel(), RATE), "type"), "{{type}}")],
+        "short", "Events imported as history (backfill, replay, reconcile --replay), by type. History updates "
+        "state (subscriptions, MRR, detector memory) but moves no live counter: the rate panels and alerts "
+        "never see a backfill as traffic.",
+        bars=True, stack=True), 12, 8),
 ]
 
 alerts_row = [

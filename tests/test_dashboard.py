@@ -104,14 +104,23 @@ def test_every_panel_reads_the_datasource_variable_with_a_unit(monkeypatch: pyte
             "properties": [{"id": "unit", "value": "currencyUSD"}]} in money["fieldConfig"]["overrides"]
 
 
-def post(url: str, event: dict[str, Any]) -> httpx.Response:
+def post(url: str, event: dict[str, Any], history: bool = False) -> httpx.Response:
     payload = se.body(event)
-    return httpx.post(url + "/webhooks/stripe", content=payload, headers=se.signed_headers(payload), timeout=10)
+    headers = {**se.signed_headers(payload), **({"BillingWatch-Replay": "1"} if history else {})}
+    return httpx.post(url + "/webhooks/stripe", content=payload, headers=headers, timeout=10)
+
+
+def history() -> list[dict[str, Any]]:
+    """Imported history (as `billingwatch replay` sends it): a duplicate charge 20 days ago."""
+    then = int(time.time()) - 20 * 86400
+    return [se.event("charge.succeeded", se.charge(customer="cus_past"), created=then),
+            se.event("charge.succeeded", se.charge(customer="cus_past"), created=then + 30)]
 
 
 def scenario() -> list[dict[str, Any]]:
     """A morning of test-mode billing: charges (one failed, one duplicated), a refund, a dispute,
-    an early fraud warning, invoices paid and failed, and subscriptions (one lapsed)."""
+    an early fraud warning, invoices paid and failed, and subscriptions (one lapsed). The
+    history below is imported after it."""
     now = int(time.time())
     first, second = se.charge(customer="cus_dash"), se.charge(customer="cus_dash")
     return [
@@ -158,6 +167,9 @@ def test_every_panel_query_returns_data(monkeypatch: pytest.MonkeyPatch, stack: 
         reply = post(urls[i % 2], event)  # spread over both replicas, as a load balancer would
         assert reply.status_code == 200, reply.text
     assert post(urls[0], events[0]).json().get("duplicate") is True  # a redelivery
+    for event in history():
+        reply = post(urls[1], event, history=True)
+        assert reply.status_code == 200, reply.text
 
     # The variables' own queries (Grafana's label_values) offer the values the test picks.
     for variable in dashboard["templating"]["list"]:
@@ -188,6 +200,8 @@ def test_every_panel_query_returns_data(monkeypatch: pytest.MonkeyPatch, stack: 
     assert list(value("Exporter targets up").values()) == [2.0]
     anomalies = prom.query(substitute(dict(queries(dashboard))["Anomalies in the last 24 hours [A]"]))
     assert {s["metric"]["detector"] for s in anomalies} == {"duplicate_charge"}
+    found = prom.query(substitute(dict(queries(dashboard))["Anomalies found in imported history [A]"]))
+    assert {s["metric"]["detector"] for s in found if float(s["value"][1]) > 0} == {"duplicate_charge"}
     alerts = prom.wait_for(substitute(dict(queries(dashboard))["Alerts firing or pending [A]"]))
     assert {(a["metric"]["alertname"], a["metric"].get("detector")) for a in alerts} >= {
         ("BillingAnomalyDetected", "duplicate_charge")}

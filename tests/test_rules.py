@@ -3,6 +3,7 @@
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import yaml
 
 from billingwatch.config import ConfigError
 from billingwatch.rules import load_config, render_rules
+from billingwatch.rules.render import duration
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "rules"
@@ -89,9 +91,9 @@ evaluation_interval: 1m
 tests:
   - interval: 1m
     input_series:
-      - series: 'billingwatch_charges_total{job="payments",status="failed",currency="usd",livemode="true"}'
+      - series: 'billingwatch_charge_outcomes_total{job="payments",status="failed",livemode="true"}'
         values: '0+FAILEDx120'
-      - series: 'billingwatch_charges_total{job="payments",status="succeeded",currency="usd",livemode="true"}'
+      - series: 'billingwatch_charge_outcomes_total{job="payments",status="succeeded",livemode="true"}'
         values: '0+SUCCEEDEDx120'
     alert_rule_test:
       - eval_time: 70m
@@ -182,3 +184,25 @@ def test_a_bad_config_is_refused_with_the_key_named(tmp_path: Path, text: str, m
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_durations_render_as_prometheus_durations() -> None:
+    assert [duration(s) for s in (8 * 86400, 5400, 86400 + 60, 30, 0)] == ["8d", "1h30m", "1d1m", "30s", "0s"]
+
+
+def test_baseline_alerts_wait_for_a_whole_baseline_and_count_alerts_read_currency_free_families() -> None:
+    """The gates of rules/tests/warmup.yml, rendered from a custom config: the offsets follow
+    the configured window and baseline."""
+    rules = {str(r["alert"]): str(r["expr"]) for r in alerts(RULE_FILE.read_text())}
+    assert "present_over_time(billingwatch_charge_amount_total" in rules["BillingRevenueDrop"]
+    assert "[1h] offset 8d)" in rules["BillingRevenueDrop"] and "[1h] offset 1d)" in rules["BillingRevenueDrop"]
+    assert "present_over_time(billingwatch_mrr_amount{job=\"billingwatch\"}[1h] offset 7d)" in rules["BillingMRRDrop"]
+    assert "offset 8d" in rules["BillingEarlyFraudWarningsRising"]
+    for name in ("BillingChargeFailureSpike", "BillingFraudSpike"):
+        assert "currency" not in rules[name] and "billingwatch_charges:" not in rules[name], name
+    assert "billingwatch_charge_outcomes" in rules["BillingChargeFailureSpike"]
+    defaults = load_config()
+    custom = replace(defaults, revenue_drop=replace(defaults.revenue_drop, window="12h", baseline="14d"))
+    rendered = render_rules(custom)
+    revenue = next(str(r["expr"]) for r in alerts(rendered) if r["alert"] == "BillingRevenueDrop")
+    assert "offset 12h)" in revenue and "offset 14d12h)" in revenue

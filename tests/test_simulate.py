@@ -2,12 +2,16 @@
 
 import json
 import random
-from collections.abc import Iterator
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
 from billingwatch.cli import main
-from billingwatch.commands.traffic import INJECTIONS, Traffic, stream
+from billingwatch.commands.traffic import INJECTIONS, PRICES, Traffic, stream
+from billingwatch.rules import load_config
 from tests import stripe_events as se
 from tests.conftest import ROOT, Exporter, running_exporter
 from tests.exporter_metrics import Samples, scrape, total
@@ -62,11 +66,35 @@ def assert_only(after: Samples, before: Samples, detector: str | None) -> None:
         assert delta(after, before, "billingwatch_anomalies_total", detector=name) == expected, name
 
 
+def alert_conditions(change: Callable[..., float], currencies: set[str]) -> dict[str, bool]:
+    """Whether each rate-based alert's condition (default rules) holds over the run's deltas."""
+    rules = load_config()
+    succeeded = change("billingwatch_charge_outcomes_total", status="succeeded")
+    failed = change("billingwatch_charge_outcomes_total", status="failed")
+    disputes = change("billingwatch_disputes_total")
+    slow = change("billingwatch_webhook_delivery_lag_seconds_count") - change(
+        "billingwatch_webhook_delivery_lag_seconds_bucket", le="600.0")
+    lagged = change("billingwatch_webhook_delivery_lag_seconds_count")
+    refund = rules.refund_spike
+    return {
+        "charge_failure_spike": failed + succeeded >= rules.charge_failure_spike.min_charges
+        and failed / (failed + succeeded) > rules.charge_failure_spike.ratio,
+        "fraud_spike": disputes >= rules.fraud_spike.max_disputes
+        and disputes / max(succeeded, 1) > rules.fraud_spike.dispute_ratio,
+        "refund_spike": any(
+            change("billingwatch_charges_total", status="succeeded", currency=c) >= refund.min_charges
+            and change("billingwatch_refund_amount_total", currency=c)
+            > refund.ratio * change("billingwatch_charge_amount_total", status="succeeded", currency=c)
+            for c in currencies),
+        "webhook_lag": slow >= rules.webhook_lag.min_events and slow / lagged > 1 - rules.webhook_lag.quantile,
+    }
+
+
 @pytest.mark.parametrize("injection", list(INJECTIONS))
 def test_each_injection_trips_its_anomaly_and_nothing_else(injection: str, exporter: Exporter,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     before = scrape(exporter.url)
-    out = simulate(exporter, capsys, "--count", "30", "--seed", "5", "--inject", injection)
+    out = simulate(exporter, capsys, "--count", "300", "--seed", "5", "--inject", injection)
     after = scrape(exporter.url)
     assert " 0 rejected, 0 failed" in out and f"(injected: {injection})" in out
     assert_only(after, before, injection if injection in STATEFUL else None)
@@ -74,24 +102,64 @@ def test_each_injection_trips_its_anomaly_and_nothing_else(injection: str, expor
     def change(name: str, **labels: str) -> float:
         return delta(after, before, name, **labels)
 
-    charges = change("billingwatch_charges_total")
-    if injection == "charge_failure_spike":
-        failed = change("billingwatch_charges_total", status="failed")
-        assert failed >= 40 and failed / charges > 0.15  # over the alert's ratio and minimum volume
-    elif injection == "fraud_spike":
-        assert change("billingwatch_disputes_total", reason="fraudulent") >= 20
-        assert change("billingwatch_early_fraud_warnings_total") >= 20
-        assert change("billingwatch_disputes_total") / charges > 0.01
-    elif injection == "refund_spike":
-        assert change("billingwatch_refunds_total") >= 40
-        assert change("billingwatch_refund_amount_total") > change("billingwatch_charge_amount_total",
-                                                                    status="succeeded")
-    elif injection == "webhook_lag":
-        slow = change("billingwatch_webhook_delivery_lag_seconds_count") - change(
-            "billingwatch_webhook_delivery_lag_seconds_bucket", le="600.0")
-        assert slow >= 20  # delivered more than 10 minutes after Stripe created them
+    currencies = {dict(ls)["currency"] for (n, ls), _ in after.items() if n == "billingwatch_charges_total"}
+    conditions = alert_conditions(change, currencies)
+    # Its own alert's condition holds over the run; the others' do not (the run is its window).
+    assert {name for name, holds in conditions.items() if holds} == ({injection} & set(conditions))
+    if injection == "fraud_spike":
+        assert change("billingwatch_early_fraud_warnings_total") >= change("billingwatch_disputes_total",
+                                                                           reason="fraudulent") - 1
     elif injection == "silent_lapse":
         assert change("billingwatch_subscriptions_lapsed") == 1
+
+
+def rule_figures(events: list[dict[str, Any]], sent_at: float) -> dict[str, bool]:
+    """The alert conditions over a generated run, counted from the events as the exporter does."""
+    counts: Counter[tuple[str, ...]] = Counter()
+    for evt in events:
+        obj, kind = evt["data"]["object"], evt["type"]
+        counts["events",] += 1
+        counts["late",] += evt["created"] < sent_at - 600
+        if kind in ("charge.succeeded", "charge.failed"):
+            status = "succeeded" if kind == "charge.succeeded" else "failed"
+            counts["outcome", status] += 1
+            counts["charges", status, obj["currency"]] += 1
+            counts["amount", status, obj["currency"]] += obj["amount"]
+        elif kind == "refund.created":
+            counts["refunded", obj["currency"]] += obj["amount"]
+        elif kind == "charge.dispute.created":
+            counts["disputes",] += 1
+
+    def change(name: str, **labels: str) -> float:
+        if name == "billingwatch_charge_outcomes_total":
+            return counts["outcome", labels["status"]]
+        if name == "billingwatch_disputes_total":
+            return counts["disputes",]
+        if name == "billingwatch_webhook_delivery_lag_seconds_count":
+            return counts["events",]
+        if name == "billingwatch_webhook_delivery_lag_seconds_bucket":
+            return counts["events",] - counts["late",]
+        if name == "billingwatch_charges_total":
+            return counts["charges", labels["status"], labels["currency"]]
+        if name == "billingwatch_charge_amount_total":
+            return counts["amount", labels["status"], labels["currency"]]
+        assert name == "billingwatch_refund_amount_total"
+        return counts["refunded", labels["currency"]]
+
+    return alert_conditions(change, set(PRICES))
+
+
+@pytest.mark.parametrize("count", [300, 301, 1500, 4000])
+def test_every_injection_is_sized_from_the_traffic_it_is_mixed_into(count: int) -> None:
+    """Injected alone or all together, at any count from 300 up, each rate-based injection
+    crosses its alert's ratio and minimum volume over the whole run (the most any window holds)."""
+    for seed in range(2):
+        events = list(stream(Traffic(random.Random(seed)), count, list(INJECTIONS)))
+        assert all(rule_figures(events, time.time()).values()), (count, seed, rule_figures(events, time.time()))
+    for name in ("charge_failure_spike", "fraud_spike", "refund_spike", "webhook_lag") if count <= 1500 else ():
+        events = list(stream(Traffic(random.Random(count)), count, [name]))
+        figures = rule_figures(events, time.time())
+        assert figures[name], (name, count, figures)
 
 
 def test_bounds_are_enforced(exporter: Exporter, capsys: pytest.CaptureFixture[str]) -> None:

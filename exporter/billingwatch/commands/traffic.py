@@ -5,17 +5,22 @@ declined with real decline codes, some recovered on a later attempt), cancellati
 disputes and Radar early fraud warnings. It never trips a stateful detector: every customer is
 new to the run and pays at most once, in one currency, and renews at most once. Each
 injection is one flow that trips exactly the detector, or the rate-based alert, it is named after.
+The rate-based injections are sized from the traffic they are mixed into (the whole run, which
+holds at least what any alert window holds) against the thresholds of the default rules, with a
+margin, so each trips its alert at any --count and --rate.
 """
 
+import math
 import random
 import string
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from billingwatch.commands import stripe_objects as so
+from billingwatch.rules import RulesConfig, load_config, seconds
 
 DAY = 86400
 MONTH = 30 * DAY
@@ -41,7 +46,49 @@ DECLINES = (
 # refunds ~1-2%, disputes and early fraud warnings ~0.2% of flows.
 FLOWS = {"renewal": 55, "signup": 20, "renewal_declined": 5, "recovery": 4, "cancel": 3, "refund": 3,
          "dispute": 0.2, "early_fraud_warning": 0.2}
-SPIKE = 40  # events in a rate-based injection: enough for the rules' minimum volumes
+SPIKE = 40  # the least a rate-based injection sends
+MARGIN = 2.0  # injections aim at twice the alert's ratio
+LATE_SHARE = 0.15  # of all the run's events, delivered late by webhook_lag (p95 needs over 5%)
+
+
+@dataclass
+class Tally:
+    """What a run has sent so far, as the alert rules count it."""
+
+    events: int = 0
+    succeeded: Counter[str] = field(default_factory=Counter)  # successful charges by currency
+    succeeded_amount: Counter[str] = field(default_factory=Counter)
+    failed: int = 0
+    refunded_amount: Counter[str] = field(default_factory=Counter)
+    disputes: int = 0
+
+    def add(self, events: list["Event"]) -> None:
+        for evt in events:
+            self.events += 1
+            obj = evt["data"]["object"]
+            if evt["type"] == "charge.succeeded":
+                self.succeeded[obj["currency"]] += 1
+                self.succeeded_amount[obj["currency"]] += obj["amount"]
+            elif evt["type"] == "charge.failed":
+                self.failed += 1
+            elif evt["type"] == "refund.created":
+                self.refunded_amount[obj["currency"]] += obj["amount"]
+            elif evt["type"] == "charge.dispute.created":
+                self.disputes += 1
+
+    def scaled(self, factor: float) -> "Tally":
+        return Tally(round(self.events * factor), _scale(self.succeeded, factor),
+                     _scale(self.succeeded_amount, factor), round(self.failed * factor),
+                     _scale(self.refunded_amount, factor), round(self.disputes * factor))
+
+    def plus(self, other: "Tally") -> "Tally":
+        return Tally(self.events + other.events, self.succeeded + other.succeeded,
+                     self.succeeded_amount + other.succeeded_amount, self.failed + other.failed,
+                     self.refunded_amount + other.refunded_amount, self.disputes + other.disputes)
+
+
+def _scale(counts: Counter[str], factor: float) -> Counter[str]:
+    return Counter({key: math.ceil(value * factor) for key, value in counts.items()})
 
 
 @dataclass
@@ -61,6 +108,19 @@ class Traffic:
     paid: deque[Paid] = field(default_factory=lambda: deque(maxlen=1000))
     subscriptions: deque[tuple[str, str, int, str]] = field(default_factory=lambda: deque(maxlen=1000))
     declined: deque[tuple[str, str, str, int, str]] = field(default_factory=lambda: deque(maxlen=1000))
+    rules: RulesConfig = field(default_factory=load_config)
+    sent: Tally = field(default_factory=Tally)  # every event yielded so far
+    normal_sent: Tally = field(default_factory=Tally)  # normal traffic only, to extrapolate the rest
+    remaining: int = 0  # normal events still to come after the injections
+    started: float | None = None  # when the first event was built
+
+    def expected(self) -> Tally:
+        """The run's totals as the injections will leave them: all sent so far (earlier injections
+        included) plus the rest of the normal traffic, extrapolated from the part sent, with a
+        margin for the randomness of the mix."""
+        if not self.normal_sent.events:
+            return self.sent
+        return self.sent.plus(self.normal_sent.scaled(1.25 * self.remaining / self.normal_sent.events))
 
     # ---------------------------------------------------------------- helpers
 
@@ -216,6 +276,8 @@ class Traffic:
         return [self.event("radar.early_fraud_warning.created", obj, at)]
 
     def normal(self) -> list[Event]:
+        if self.started is None:
+            self.started = self.clock()
         name = self.rng.choices(list(FLOWS), weights=list(FLOWS.values()))[0]
         flow: Callable[[], list[Event]] = getattr(self, name)
         return flow()
@@ -248,31 +310,72 @@ class Traffic:
         return [self.event("invoice.created", first, at - 3600), self.event("invoice.created", second, at)]
 
     def charge_failure_spike(self) -> list[Event]:
-        """Card testing: a burst of small declined charges on guest cards."""
-        at = self.now()
+        """Card testing: a burst of small declined charges on guest cards, more than the failure
+        ratio of every charge the run sends (and at least the rule's minimum volume)."""
+        at, rule, run = self.now(), self.rules.charge_failure_spike, self.expected()
+        ratio = min(MARGIN * rule.ratio, 0.9)
+        charges = sum(run.succeeded.values()) + run.failed
+        count = max(SPIKE, rule.min_charges, math.ceil(ratio * charges / (1 - ratio)))
         codes = (("incorrect_cvc", "incorrect_cvc", "issuer_declined"),
                  ("card_declined", "generic_decline", "issuer_declined"),
                  ("card_declined", "highest_risk_level", "blocked"))
-        return [e for _ in range(SPIKE)
+        return [e for _ in range(count)
                 for e in self.payment(None, self.rng.choice((100, 200, 500)), "usd", at,
                                       decline=self.rng.choice(codes))]
 
     def fraud_spike(self) -> list[Event]:
-        """Stolen cards found out: a wave of fraudulent disputes and early fraud warnings."""
-        half = SPIKE // 2
-        return [e for _ in range(half) for e in (*self.dispute("fraudulent"), *self.early_fraud_warning())]
+        """Stolen cards found out: a wave of fraudulent disputes (at least the rule's count, and
+        above its ratio of the run's successful charges) and as many early fraud warnings."""
+        rule, run = self.rules.fraud_spike, self.expected()
+        count = max(SPIKE // 2, rule.max_disputes,
+                    math.ceil(MARGIN * rule.dispute_ratio * sum(run.succeeded.values())) - run.disputes)
+        return [e for _ in range(count) for e in (*self.dispute("fraudulent"), *self.early_fraud_warning())]
 
     def refund_spike(self) -> list[Event]:
-        """A support incident: many full refunds at once."""
-        return [e for _ in range(SPIKE) for e in self.refund(full=True)]
+        """A support incident: full refunds of this run's charges in its busiest currency, above
+        the refund ratio of that currency's charged volume; fresh charges first if the currency
+        would otherwise stay under the rule's minimum count."""
+        rule, run = self.rules.refund_spike, self.expected()
+        currency = max(run.succeeded, key=lambda c: run.succeeded[c], default="usd")
+        events: list[Event] = []
+        at = self.now()
+        # A run longer than the window spreads its charges over several windows: count the share
+        # of them one window holds (the run's length from the first half's pace).
+        elapsed = max(1.0, self.clock() - self.started) if self.started is not None else 1.0
+        share = min(1.0, seconds(rule.window) / (2 * elapsed))
+        for _ in range(max(0, rule.min_charges + 5 - math.floor(run.succeeded[currency] * share))):
+            events += self.payment(self.id("cus"), self.price(currency), currency, at)
+        volume = run.succeeded_amount[currency] + sum(
+            e["data"]["object"]["amount"] for e in events if e["type"] == "charge.succeeded")
+        target = min(MARGIN * rule.ratio, 0.9) * volume - run.refunded_amount[currency]
+        mine = [p for p in self.paid if p.currency == currency]
+        refunded = 0
+        while refunded < target or refunded == 0:
+            if mine:
+                paid = mine.pop()
+                self.paid.remove(paid)
+            else:  # a fresh charge refunded at once adds to both sides; the loop keeps going
+                events += self.payment(self.id("cus"), self.price(currency), currency, at)
+                paid = self.paid.pop()
+                target += min(MARGIN * rule.ratio, 0.9) * paid.amount
+            obj = so.refund(refund_id=self.id("re"), charge_id=paid.charge, payment_intent=paid.intent,
+                            amount=paid.amount, currency=currency, created=at, reason="requested_by_customer")
+            events.append(self.event("refund.created", obj, at, request_id=self.id("req")))
+            refunded += paid.amount
+        return events
 
     def webhook_lag(self) -> list[Event]:
-        """A delivery backlog: events arriving 20-40 minutes after Stripe created them."""
-        at = self.now()
+        """A delivery backlog: one-off invoices Stripe created 20-40 minutes ago, arriving now, so
+        many (LATE_SHARE of the run's events, and at least the rule's minimum) that the lag
+        quantile of any window holding them is late. Invoices move no charge count."""
+        at, rule = self.now(), self.rules.webhook_lag
+        count = max(SPIKE, rule.min_events, math.ceil(LATE_SHARE * self.expected().events / (1 - LATE_SHARE)))
         events: list[Event] = []
-        for _ in range(SPIKE // 2):
-            currency = self.currency()
-            events += self.payment(self.id("cus"), self.price(currency), currency, at - self.rng.randint(1200, 2400))
+        while len(events) < count:
+            created, currency = at - self.rng.randint(1200, 2400), self.currency()
+            inv = self.invoice(self.id("cus"), None, self.price(currency), currency, "open", "manual", created)
+            events += [self.event("invoice.created", {**inv, "status": "draft"}, created),
+                       self.event("invoice.finalized", inv, created)]
         return events
 
     def silent_lapse(self) -> list[Event]:
@@ -296,6 +399,12 @@ INJECTIONS: dict[str, Callable[[Traffic], list[Event]]] = {
 }
 
 
+# Injections that add charges go before those sized from the charge counts; the lag injection,
+# sized from every event, goes last.
+ORDER = ("duplicate_charge", "currency_mismatch", "negative_invoice", "double_invoice", "silent_lapse",
+         "refund_spike", "fraud_spike", "charge_failure_spike", "webhook_lag")
+
+
 def stream(traffic: Traffic, count: int, inject: list[str]) -> Iterator[Event]:
     """`count` events of normal traffic, with the injections sent once, halfway through.
 
@@ -305,11 +414,16 @@ def stream(traffic: Traffic, count: int, inject: list[str]) -> Iterator[Event]:
     while sent < count or not injected:
         if not injected and sent >= count // 2:
             injected = True
-            for name in inject:
-                yield from INJECTIONS[name](traffic)
+            traffic.remaining = count - sent
+            for name in sorted(dict.fromkeys(inject), key=ORDER.index):
+                events = INJECTIONS[name](traffic)
+                traffic.sent.add(events)
+                yield from events
             continue
         for event in traffic.normal():
             if sent >= count or (not injected and sent >= count // 2):
                 break
             sent += 1
+            traffic.sent.add([event])
+            traffic.normal_sent.add([event])
             yield event

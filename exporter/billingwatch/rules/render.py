@@ -6,7 +6,12 @@ Aggregation rules, the same in every query:
   the same answer, whatever labels tell the replicas apart (instance, pod, ...).
 - rate()/increase() are taken per series before any aggregation, so a counter reset (an
   exporter restart with the in-process store) neither fires nor masks an alert.
-- Counts may be summed across currencies; money never is.
+- Counts may be summed across currencies; money never is. Count-based alerts read the
+  currency-free families (billingwatch_charge_outcomes_total, billingwatch_disputes_total),
+  which exist at 0 from the exporter's start, so increase() sees the first event of a new
+  currency too.
+- An alert comparing with an average over a baseline waits until that baseline is whole
+  (`covered`): no alert from a half-filled average during warm-up or after a long gap.
 """
 
 import re
@@ -57,6 +62,16 @@ def charges(r: Rules, window: str) -> str:
     )
 
 
+def charge_outcomes(r: Rules, window: str) -> str:
+    """Charges by status and mode over `window`, all currencies (a count; exists from start)."""
+    c = r.config
+    return r.record(
+        f"livemode_status:billingwatch_charge_outcomes:increase{window}",
+        f"max by ({r.by('status', 'livemode')}) "
+        f"(increase(billingwatch_charge_outcomes_total{c.matchers()}[{window}]))",
+    )
+
+
 def charge_amount(r: Rules, window: str) -> str:
     c = r.config
     return r.record(
@@ -79,6 +94,40 @@ def by_mode(r: Rules, metric: str, labels: tuple[str, ...], window: str) -> str:
         f"livemode:{name}:increase{window}",
         f"sum by ({r.by('livemode')}) (max by ({r.by(*labels, 'livemode')}) "
         f"(increase({metric}{c.matchers()}[{window}])))",
+    )
+
+
+def duration(total: float) -> str:
+    """Seconds as a Prometheus duration: duration(8 * 86400) == "8d", duration(5400) == "1h30m"."""
+    rest, parts = int(total), []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if rest >= size:
+            parts.append(f"{rest // size}{unit}")
+            rest %= size
+    return "".join(parts) or "0s"
+
+
+def covered(r: Rules, metric: str, labels: str, window: str | None, baseline: str, *pins: str) -> str:
+    """`and on (labels)` clauses that hold only while the raw `metric` (pinned by `pins`) was
+    scraped within the last tolerance (an hour), within the tolerance before the start of the
+    current `window`, and before the start of the oldest window averaged over `baseline`: the
+    value and the average it is compared with both span their full length.
+
+    A fresh install (or a new currency) waits `window` + `baseline`; an exporter that stops
+    being scraped, or a Prometheus outage longer than the window, shuts the gate until a whole
+    window has been seen again. Gaps up to the tolerance (a restart) keep it open. The raw
+    metric, not a recorded series, is checked because rules keep evaluating over old samples
+    when scrapes stop.
+    """
+    c = r.config
+    selector = f"{metric}{c.matchers(*pins)}"
+    tolerance = duration(max(3600.0, 2 * seconds(c.interval)))
+    starts = [0.0, seconds(window)] if window else [0.0]
+    starts.append(seconds(window or "0s") + seconds(baseline))
+    offsets = [f" offset {duration(start)}" if start else "" for start in starts]
+    return "".join(
+        f"\nand on ({labels})\n  max by ({labels}) (present_over_time({selector}[{tolerance}]{offset}))"
+        for offset in offsets
     )
 
 
@@ -112,9 +161,10 @@ def _pct(ratio: float) -> str:
     return f"{ratio * 100:g}%"
 
 
+
 def charge_failure_spike(r: Rules) -> None:
     s = r.config.charge_failure_spike
-    ch = charges(r, s.window)
+    ch = charge_outcomes(r, s.window)
     mode = r.by("livemode")
     both = f'{ch}{{status=~"succeeded|failed"}}'
     expr = f"""\
@@ -137,8 +187,8 @@ and on ({mode})
 
 def fraud_spike(r: Rules) -> None:
     s = r.config.fraud_spike
-    disputes = by_mode(r, "billingwatch_disputes_total", ("reason", "currency"), s.window)
-    ch = charges(r, s.window)
+    disputes = by_mode(r, "billingwatch_disputes_total", ("reason",), s.window)
+    ch = charge_outcomes(r, s.window)
     mode = r.by("livemode")
 
     def succeeded(*pins: str) -> str:
@@ -160,7 +210,8 @@ and on ({mode})
 and on ({mode})
   {succeeded()} >= {s.min_charges}"""
     labels = r.by("livemode").split(", ")
-    pinned = ratio(*(f"{label}=%q" for label in labels))
+    # `< Inf`: with no successful charge (the count exists at 0) the share is unknown, not +Inf%.
+    pinned = ratio(*(f"{label}=%q" for label in labels)) + " < Inf"
     args = " ".join(f"$labels.{label}" for _ in range(pinned.count("%q") // len(labels)) for label in labels)
     measured = (
         f"{{{{ with printf `{pinned}` {args} | query }}}}{{{{ . | first | value | humanizePercentage }}}}"
@@ -181,10 +232,11 @@ def early_fraud_warnings(r: Rules) -> None:
     efw = by_mode(r, "billingwatch_early_fraud_warnings_total", ("fraud_type",), s.window)
     usual = averaged(r, efw, s.baseline)
     mode = r.by("livemode")
+    full = covered(r, "billingwatch_early_fraud_warnings_total", mode, s.window, s.baseline)
     expr = f"""\
   {efw} >= {s.min_count}
 and on ({mode})
-  {efw} > {s.rise_factor:g} * {usual}"""
+  {efw} > {s.rise_factor:g} * {usual}{full}"""
     _alert(
         r, "BillingEarlyFraudWarningsRising", expr, s.for_,
         {"detector": "fraud_spike", "severity": s.severity},
@@ -201,6 +253,7 @@ def revenue_drop(r: Rules) -> None:
     amount_avg = averaged(r, amount, s.baseline)
     count_avg = averaged(r, charges(r, s.window), s.baseline)
     cur = r.by("currency", "livemode")
+    full = covered(r, "billingwatch_charge_amount_total", cur, s.window, s.baseline, 'status="succeeded"')
     expr = f"""\
   1 - (
       {amount}{{status="succeeded"}}
@@ -208,7 +261,7 @@ def revenue_drop(r: Rules) -> None:
       {amount_avg}{{status="succeeded"}}
   ) > {s.drop_ratio:g}
 and on ({cur})
-  {count_avg}{{status="succeeded"}} >= {s.min_daily_charges}"""
+  {count_avg}{{status="succeeded"}} >= {s.min_daily_charges}{full}"""
     _alert(
         r, "BillingRevenueDrop", expr, s.for_,
         {"detector": "revenue_drop", "severity": s.severity},
@@ -243,7 +296,7 @@ unless on ()
     max(changes(process_start_time_seconds{target}[{s.baseline}])) > 0
     and on ()
     max(billingwatch_build_info{c.matchers('store="memory"', livemode=False)})
-  )"""
+  ){covered(r, "billingwatch_mrr_amount", cur, None, s.baseline)}"""
     _alert(
         r, "BillingMRRDrop", expr, s.for_,
         {"detector": "revenue_drop", "severity": s.severity},
