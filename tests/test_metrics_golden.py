@@ -41,6 +41,8 @@ def scenario() -> list[tuple[dict[str, Any], bool]]:
                                       customer="cus_c"), 700),
         ev("charge.pending", se.charge(charge_id="ch_g6", status="pending", currency="eur", customer="cus_d"), 1),
         ev("refund.created", se.refund(refund_id="re_g1", amount=700, currency="usd"), 20),
+        ev("refund.created", se.refund(refund_id="re_g2", amount=300, currency="usd", status="pending"), 19),
+        ev("refund.updated", se.refund(refund_id="re_g2", amount=300, currency="usd", status="failed"), 18),
         ev("charge.dispute.created", se.dispute(amount=1999, currency="usd", reason="fraudulent"), 30),
         ev("radar.early_fraud_warning.created", se.early_fraud_warning(), 30),
         ev("invoice.paid", se.invoice(invoice_id="in_g1", total=2000, subscription="sub_g1", customer="cus_e"), 9),

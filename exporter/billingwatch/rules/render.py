@@ -384,9 +384,13 @@ def refund_spike(r: Rules) -> None:
     s = r.config.refund_spike
     c = r.config
     cur = r.by("currency", "livemode")
+    # Refunds that stand: a refund that later failed or was canceled is taken back through its
+    # own counter (a counter never goes down); `or` keeps the figure where that series is absent.
+    counted = f"max by ({cur}) (increase(billingwatch_refund_amount_total{c.matchers()}[{s.window}]))"
+    reversed_ = f"max by ({cur}) (increase(billingwatch_refund_reversed_amount_total{c.matchers()}[{s.window}]))"
     refunded = r.record(
         f"currency_livemode:billingwatch_refund_amount:increase{s.window}",
-        f"max by ({cur}) (increase(billingwatch_refund_amount_total{c.matchers()}[{s.window}]))",
+        f"({counted} - on ({cur}) {reversed_}) or {counted}",
     )
     amount = charge_amount(r, s.window)
     count = charges(r, s.window)
