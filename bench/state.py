@@ -23,8 +23,8 @@ import redis
 
 from bench import harness, traffic
 from billingwatch.detectors import Context, build_detectors
-from billingwatch.events import parse_event
-from billingwatch.ledger import plan_event
+from billingwatch.recording.events import parse_event
+from billingwatch.recording.ledger import plan_event
 from billingwatch.store import RedisStore
 from tests import stripe_events as se
 

@@ -16,8 +16,8 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from billingwatch.app import create_app
 from billingwatch.config import Settings
+from billingwatch.http.app import create_app
 from billingwatch.store import MemoryStore, RedisStore, Store
 from tests.stripe_events import SECRET
 

@@ -4,9 +4,9 @@ import time
 from typing import Any
 
 from billingwatch.detectors import Context, build_detectors
-from billingwatch.events import parse_event
-from billingwatch.ledger import plan_event
-from billingwatch.plan import Outcome
+from billingwatch.recording.events import parse_event
+from billingwatch.recording.ledger import plan_event
+from billingwatch.recording.plan import Outcome
 from billingwatch.store import Store
 
 DEDUP_TTL = 35 * 86400

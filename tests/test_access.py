@@ -11,8 +11,8 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from billingwatch.access import PROXY_HEADERS, default_hosts
 from billingwatch.config import ConfigError, from_env
+from billingwatch.http.access import PROXY_HEADERS, default_hosts
 from tests import stripe_events as se
 from tests.conftest import running_exporter
 from tests.replay_helpers import billingwatch, write_jsonl

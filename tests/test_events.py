@@ -2,7 +2,8 @@
 
 import pytest
 
-from billingwatch.events import (
+from billingwatch.money import monthly_amount, to_major
+from billingwatch.recording.events import (
     InvalidEvent,
     charge_of,
     invoice_of,
@@ -10,7 +11,6 @@ from billingwatch.events import (
     payment_intent_of,
     subscription_of,
 )
-from billingwatch.money import monthly_amount, to_major
 from tests import stripe_events as se
 
 

@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from billingwatch.events import MAX_AMOUNT
 from billingwatch.money import CURRENCIES
+from billingwatch.recording.events import MAX_AMOUNT
 from billingwatch.store import MemoryStore, RedisStore, Store
-from billingwatch.store.base import COUNTER_LIMIT
+from billingwatch.store.contract import COUNTER_LIMIT
 from tests import stripe_events as se
 
 Client = Callable[..., TestClient]
@@ -186,7 +186,7 @@ def test_signed_events_with_broken_fields_never_5xx_and_rejected_ones_change_not
 @FUZZ
 @given(value=weird_values)
 def test_any_json_value_as_the_whole_body_is_rejected(value: Any) -> None:
-    from billingwatch.events import InvalidEvent, parse_event
+    from billingwatch.recording.events import InvalidEvent, parse_event
 
     with pytest.raises(InvalidEvent):
         parse_event(value if not isinstance(value, dict) else {**value, "object": "not-an-event"})

@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from billingwatch import families as fam
 from billingwatch.config import ConfigError, from_env
+from billingwatch.metrics import families as fam
 from tests import stripe_events as se
 from tests.conftest import ROOT, RedisServer, running_exporter
 

@@ -4,9 +4,9 @@ import time
 
 import pytest
 
-from billingwatch import families as fam
-from billingwatch.collector import store_metrics
-from billingwatch.plan import Check, Plan
+from billingwatch.metrics import families as fam
+from billingwatch.metrics.collector import store_metrics
+from billingwatch.recording.plan import Check, Plan
 from billingwatch.store import MemoryStore, Store
 from tests import stripe_events as se
 from tests.recording import counter, gauge, record

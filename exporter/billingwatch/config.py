@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from billingwatch.access import host_pattern
+from billingwatch.http.access import host_pattern
 from billingwatch.money import is_currency
 
 DEFAULT_PORT = 9786

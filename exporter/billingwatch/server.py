@@ -6,8 +6,8 @@ from types import FrameType
 from starlette.applications import Starlette
 from uvicorn.config import STARTUP_FAILURE, Config
 
-from billingwatch.app import create_app
 from billingwatch.config import ConfigError, Settings, from_env
+from billingwatch.http.app import create_app
 
 
 def uvicorn_workers(frame: FrameType | None) -> int:

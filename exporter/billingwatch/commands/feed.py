@@ -20,10 +20,10 @@ import stripe
 from tqdm import tqdm
 
 from billingwatch.config import ConfigError, from_env
-from billingwatch.events import InvalidEvent
-from billingwatch.recorder import Recorder
+from billingwatch.http.webhook import REPLAY_HEADER
+from billingwatch.recording.events import InvalidEvent
+from billingwatch.recording.recorder import Recorder
 from billingwatch.store import StoreUnavailable, Unrecordable, open_store
-from billingwatch.webhook import REPLAY_HEADER
 
 DEFAULT_URL = "http://127.0.0.1:9786/webhooks/stripe"
 # httpx logs every request at INFO; thousands of those lines would bury the summary.

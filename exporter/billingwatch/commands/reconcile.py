@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from billingwatch import families as fam
 from billingwatch.commands.feed import StoreSink, Tally, open_recorder, progress, report
 from billingwatch.commands.stripe_api import (
     StripeApiError,
@@ -24,8 +23,9 @@ from billingwatch.commands.stripe_api import (
     event_types,
     list_events,
 )
-from billingwatch.plan import Plan
-from billingwatch.recorder import Recorder
+from billingwatch.metrics import families as fam
+from billingwatch.recording.plan import Plan
+from billingwatch.recording.recorder import Recorder
 from billingwatch.store import StoreUnavailable
 
 BATCH = 100  # ids asked of the store at once (one pipeline round trip)

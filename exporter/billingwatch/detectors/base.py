@@ -10,8 +10,8 @@ per-customer memory without a read-modify-write race between replicas.
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol
 
-from billingwatch.events import Event
-from billingwatch.plan import Anomaly, Check
+from billingwatch.recording.events import Event
+from billingwatch.recording.plan import Anomaly, Check
 
 Severity = Literal["critical", "high", "medium", "low"]
 SEVERITIES: tuple[Severity, ...] = ("critical", "high", "medium", "low")

@@ -4,9 +4,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from billingwatch.detectors.base import Context, Severity, anomaly
-from billingwatch.events import Event, invoice_of
-from billingwatch.families import livemode_label
-from billingwatch.plan import Check
+from billingwatch.metrics.families import livemode_label
+from billingwatch.recording.events import Event, invoice_of
+from billingwatch.recording.plan import Check
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from billingwatch.detectors.base import Context, Severity, anomaly
-from billingwatch.events import Event, charge_of, payment_intent_of
-from billingwatch.families import livemode_label
-from billingwatch.plan import Check
+from billingwatch.metrics.families import livemode_label
+from billingwatch.recording.events import Event, charge_of, payment_intent_of
+from billingwatch.recording.plan import Check
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Where BillingWatch keeps its state: Redis when REDIS_URL is set, else in this process."""
 
-from billingwatch.store.base import Snapshot, Store, StoreUnavailable, Unrecordable
+from billingwatch.store.contract import Snapshot, Store, StoreUnavailable, Unrecordable
 from billingwatch.store.memory_store import MemoryStore
 from billingwatch.store.redis_store import RedisStore
 

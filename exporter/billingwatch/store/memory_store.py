@@ -10,9 +10,9 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from billingwatch import families as fam
-from billingwatch.plan import Check, Outcome, Plan, SubscriptionPayment, SubscriptionState
-from billingwatch.store.base import (
+from billingwatch.metrics import families as fam
+from billingwatch.recording.plan import Check, Outcome, Plan, SubscriptionPayment, SubscriptionState
+from billingwatch.store.contract import (
     COUNTER_LIMIT,
     ENDED,
     LAPSE_HORIZON,

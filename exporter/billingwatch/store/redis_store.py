@@ -12,9 +12,9 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from billingwatch import families as fam
-from billingwatch.plan import Check, Outcome, Plan
-from billingwatch.store.base import LAPSE_HORIZON, Snapshot, StoreUnavailable, Unrecordable
+from billingwatch.metrics import families as fam
+from billingwatch.recording.plan import Check, Outcome, Plan
+from billingwatch.store.contract import LAPSE_HORIZON, Snapshot, StoreUnavailable, Unrecordable
 
 _SCRIPT = resources.files("billingwatch.store").joinpath("apply.lua").read_text()
 

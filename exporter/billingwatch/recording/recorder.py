@@ -11,9 +11,9 @@ from typing import Any
 
 from billingwatch.config import Settings
 from billingwatch.detectors import Context, Detector, build_detectors
-from billingwatch.events import Event, parse_event
-from billingwatch.ledger import plan_event
-from billingwatch.plan import Outcome, Plan
+from billingwatch.recording.events import Event, parse_event
+from billingwatch.recording.ledger import plan_event
+from billingwatch.recording.plan import Outcome, Plan
 from billingwatch.store import Store
 
 

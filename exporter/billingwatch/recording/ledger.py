@@ -4,9 +4,10 @@ import bisect
 from collections.abc import Iterable
 from dataclasses import replace
 
-from billingwatch import families as fam
 from billingwatch.detectors import REGISTRY, Context, Detector
-from billingwatch.events import (
+from billingwatch.metrics import families as fam
+from billingwatch.money import monthly_amount
+from billingwatch.recording.events import (
     Event,
     InvalidEvent,
     Refund,
@@ -18,8 +19,7 @@ from billingwatch.events import (
     refund_of,
     subscription_of,
 )
-from billingwatch.money import monthly_amount
-from billingwatch.plan import Check, Plan, SubscriptionPayment, SubscriptionState
+from billingwatch.recording.plan import Check, Plan, SubscriptionPayment, SubscriptionState
 
 # Label values outside these sets become "other", so every label has a small, known set.
 DECLINE_REASONS = frozenset(

@@ -11,12 +11,12 @@ from prometheus_client import Counter
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
-from billingwatch.access import authorised
 from billingwatch.config import Settings, is_placeholder
 from billingwatch.detectors import Detector
-from billingwatch.events import InvalidEvent, parse_event
+from billingwatch.http.access import authorised
 from billingwatch.logsafe import safe
-from billingwatch.recorder import Recorder
+from billingwatch.recording.events import InvalidEvent, parse_event
+from billingwatch.recording.recorder import Recorder
 from billingwatch.store import Store, StoreUnavailable, Unrecordable
 
 log = logging.getLogger("billingwatch.webhook")

@@ -5,9 +5,10 @@ from collections.abc import Iterable, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from billingwatch import families as fam
 from billingwatch.detectors import Detector
-from billingwatch.ledger import (
+from billingwatch.metrics import families as fam
+from billingwatch.money import to_major
+from billingwatch.recording.ledger import (
     CHARGE_STATUSES,
     DECLINE_REASONS,
     DISPUTE_REASONS,
@@ -15,7 +16,6 @@ from billingwatch.ledger import (
     FRAUD_TYPES,
     INVOICE_ATTEMPTS,
 )
-from billingwatch.money import to_major
 from billingwatch.store import Snapshot
 
 

@@ -25,13 +25,13 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from billingwatch import __version__
-from billingwatch.access import REFUSED, HostAllowlist, authorised, default_hosts
-from billingwatch.collector import SnapshotCollector
 from billingwatch.config import Settings, is_placeholder
 from billingwatch.detectors import Detector, build_detectors, thresholds
-from billingwatch.limits import RequestLimits
+from billingwatch.http.access import REFUSED, HostAllowlist, authorised, default_hosts
+from billingwatch.http.limits import RequestLimits
+from billingwatch.http.webhook import WebhookEndpoint, new_requests_counter
+from billingwatch.metrics.collector import SnapshotCollector
 from billingwatch.store import Store, StoreUnavailable, open_store
-from billingwatch.webhook import WebhookEndpoint, new_requests_counter
 
 log = logging.getLogger("billingwatch")
 

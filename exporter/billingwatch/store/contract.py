@@ -4,7 +4,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from billingwatch.plan import Outcome, Plan
+from billingwatch.recording.plan import Outcome, Plan
 
 # Statuses after which a subscription is no longer held in the gauges. The Lua script has
 # the same list (store/apply.lua, ENDED).

@@ -1,0 +1,1 @@
+"""The HTTP surface: routes, the webhook endpoint, access control and request limits."""

@@ -1,0 +1,1 @@
+"""The scrape side: the metric catalogue, label vocabularies and the collectors."""

@@ -1,0 +1,1 @@
+"""Ingest: a Stripe event, parsed (events), planned (plan), recorded atomically (recorder)."""
