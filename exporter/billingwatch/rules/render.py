@@ -420,10 +420,23 @@ def anomaly(r: Rules) -> None:
         f"max by ({r.by('detector', 'severity', 'livemode')}) "
         f"(increase(billingwatch_anomalies_total{c.matchers()}[{s.window}])) > 0"
     )
+    # increase() extrapolates: on a series a few scrapes old, one anomaly can read as 1.5. The
+    # description counts exactly from the raw counter (the change over the window, or the whole
+    # count of a series younger than the window or reset within it).
+    labels = r.by("detector", "severity", "livemode").split(", ")
+    pins = "{" + ",".join(f"{label}=%q" for label in labels) + "}"
+
+    def series(offset: str = "") -> str:
+        return f"max by ({', '.join(labels)}) (billingwatch_anomalies_total{pins}{offset})"
+
+    exact = f"({series()} - {series(' offset ' + s.window)}) >= 0 or {series()}"
+    args = " ".join(f"$labels.{label}" for _ in range(3) for label in labels)
+    count = (f"{{{{ with printf `{exact}` {args} | query }}}}{{{{ . | first | value | printf \"%.0f\" }}}}"
+             '{{ else }}{{ printf "%.0f" $value }}{{ end }}')
     _alert(
         r, "BillingAnomalyDetected", expr, s.for_, {},
         "{{ $labels.detector }}: billing anomaly detected",
-        '{{ printf "%.0f" $value }} {{ $labels.detector }} anomalies (livemode={{ $labels.livemode }}) in the last '
+        count + " {{ $labels.detector }} anomalies (livemode={{ $labels.livemode }}) in the last "
         + s.window + ". Details (customer, charge and invoice ids) at /api/anomalies?detector={{ $labels.detector }}.",
     )
 
