@@ -38,11 +38,15 @@ def kubectl() -> str:
     return exe
 
 
-@pytest.fixture(scope="module")
-def rendered() -> list[Obj]:
-    done = subprocess.run([kubectl(), "kustomize", str(BASE)], capture_output=True, text=True, timeout=120)
+def kustomize(directory: Path) -> list[Obj]:
+    done = subprocess.run([kubectl(), "kustomize", str(directory)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return [obj for obj in yaml.safe_load_all(done.stdout) if obj]
+
+
+@pytest.fixture(scope="module")
+def rendered() -> list[Obj]:
+    return kustomize(BASE)
 
 
 def one(objects: list[Obj], kind: str) -> Obj:
@@ -230,6 +234,25 @@ def pod_environment(rendered: list[Obj], fields: dict[str, str], secrets: Path) 
             value = re.sub(r"\$\((\w+)\)", lambda m: env.get(m[1], m[0]), item["value"])
         env[item["name"]] = value.replace("/etc/billingwatch/secrets", str(secrets))
     return env
+
+
+def test_the_documented_overlay_adds_a_host_name_and_keeps_the_pod_ip(tmp_path: Path) -> None:
+    """docs/kubernetes.md's overlay, rendered: image, namespace and label applied, and the extra
+    Host name patched in without breaking the $(POD_IP) expansion."""
+    docs = (ROOT / "docs" / "kubernetes.md").read_text()
+    overlay = re.search(r"```yaml\n(# my-overlay/kustomization.yaml\n.*?)```", docs, re.S)
+    assert overlay, "the overlay example is missing from docs/kubernetes.md"
+    (tmp_path / "my-overlay").mkdir()
+    (tmp_path / "my-overlay" / "kustomization.yaml").write_text(overlay[1])
+    (tmp_path / "deploy").symlink_to(ROOT / "deploy")
+    objects = kustomize(tmp_path / "my-overlay")
+    assert {obj["metadata"]["namespace"] for obj in objects} == {"billingwatch"}
+    assert all(obj["metadata"]["labels"]["release"] == "kube-prometheus-stack" for obj in objects)
+    assert container(objects)["image"] == "registry.example.com/billingwatch:0.1.0"
+    kubernetes_validate.validate(one(objects, "Deployment"), KUBERNETES_VERSION, strict=True)
+    env = pod_environment(objects, {"status.podIP": "10.42.0.7", "metadata.namespace": "billingwatch"}, tmp_path)
+    hosts = env["BILLINGWATCH_ALLOWED_HOSTS"].split(",")
+    assert {"10.42.0.7", "billingwatch.billingwatch.svc", "billing-hooks.example.com"} <= set(hosts)
 
 
 def test_exporter_serves_prometheus_and_probes_with_the_deployments_environment(
