@@ -4,6 +4,7 @@ Operator objects against the operator's CRD schemas (../shared/k8s/), the Promet
 to the rule file, and the exporter started with the Deployment's own environment."""
 
 import copy
+import json
 import os
 import re
 import shutil
@@ -165,6 +166,9 @@ def test_dashboard_configmap_is_the_dashboard_for_grafanas_sidecar(rendered: lis
     assert configmap["metadata"]["name"] == "billingwatch-dashboard"  # no hash suffix: no stale duplicate
     assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert configmap["data"] == {"billingwatch.json": copied.read_text()}
+    # Client-side `kubectl apply` copies the object into an annotation; annotations are refused
+    # above 256 KiB in all ("Too long: must have at most 262144 bytes").
+    assert len(json.dumps(configmap, separators=(",", ":"))) < 262144 - 4096
 
 
 def test_pod_runs_unprivileged_with_probes_and_resources(rendered: list[Obj]) -> None:
