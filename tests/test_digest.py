@@ -22,7 +22,7 @@ import yaml
 
 from billingwatch.rules import load_config, render_rules
 from tests import stripe_events as se
-from tests.conftest import ROOT, Exporter, RedisServer, free_port, running_exporter, wait_until
+from tests.conftest import ROOT, Exporter, RedisServer, binary, free_port, running_exporter, wait_until
 from tests.stack import Prometheus, SmtpSink, prometheus
 from tests.test_e2e_alerting import SMTP_PASSWORD, SMTP_USER, authenticating_smtp_sink
 
@@ -339,3 +339,41 @@ def test_unreachable_prometheus_or_smtp_fail_in_one_line(stack: Stack) -> None:
         assert result.returncode == 1, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr, result.stderr
     assert len(stack.smtp.received()) == before
+
+
+def test_compose_service_sends_daily_at_the_hour(tmp_path: Path) -> None:
+    """The `digest` service's loop, run by this machine's sh with date, sleep and billingwatch
+    replaced by stand-ins: it sleeps until the next HH:00 UTC, sends the 24 h before it, and
+    keeps going after a failed run."""
+    filled = tmp_path / "filled.env"
+    filled.write_text((ROOT / ".env.example").read_text() + "GRAFANA_ADMIN_PASSWORD=x\nREDIS_PASSWORD=y\n")
+    resolved = subprocess.run([binary("docker-compose"), "--env-file", str(filled), "-f",
+                               str(ROOT / "docker-compose.yml"), "--profile", "digest", "config"],
+                              capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert resolved.returncode == 0, resolved.stderr
+    service = yaml.safe_load(resolved.stdout)["services"]["digest"]
+    assert service["profiles"] == ["digest"] and service["entrypoint"] == ["/bin/sh", "-c"]
+    environment = service["environment"]
+    assert environment["BILLINGWATCH_DIGEST_PROMETHEUS_URL"] == "http://prometheus:9090"
+    assert environment["BILLINGWATCH_DIGEST_EXPORTER_URL"] == "http://exporter:9786"
+    assert environment["BILLINGWATCH_DIGEST_AUTH_PASSWORD_FILE"].startswith("/run/secrets/billingwatch/")
+
+    log = tmp_path / "log"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stand_ins = {
+        "date": "echo 1700000000",  # 2023-11-14 22:13:20 UTC
+        "sleep": f'echo "sleep $1" >> {log}; [ "$(grep -c sleep {log})" -ge 2 ] && kill -TERM $PPID; exit 0',
+        "billingwatch": f'echo "billingwatch $*" >> {log}; exit 1',
+    }
+    for name, body in stand_ins.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    (script,) = service["command"]
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", **{k: str(v) for k, v in environment.items()}}
+    result = subprocess.run(["/bin/sh", "-c", script.replace("$$", "$")], env=env, capture_output=True, text=True,
+                            timeout=30)
+    next_seven = 1700000000 - 1700000000 % 86400 + 86400 + 7 * 3600  # 2023-11-15 07:00 UTC
+    wait = next_seven - 1700000000
+    assert log.read_text().splitlines() == [f"sleep {wait}", f"billingwatch digest --at {next_seven}", f"sleep {wait}"]
+    assert "billingwatch digest failed; next run in 24h" in result.stderr

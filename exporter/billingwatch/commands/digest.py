@@ -159,7 +159,8 @@ def mail_settings(environ: Mapping[str, str]) -> Mail:
     if require_tls not in ("true", "false"):
         raise ConfigError(f"{PREFIX}REQUIRE_TLS must be true or false")
     username = environ.get(PREFIX + "AUTH_USERNAME", "").strip()
-    password = secret(environ, PREFIX + "AUTH_PASSWORD")
+    # Read only when used: compose points the file at a secrets directory a catcher setup leaves empty.
+    password = secret(environ, PREFIX + "AUTH_PASSWORD") if username else ""
     if username and not password:
         raise ConfigError(f"{PREFIX}AUTH_USERNAME is set: give the password in {PREFIX}AUTH_PASSWORD_FILE")
     return Mail(host.strip("[]"), int(port), sender, to, username, password, require_tls == "true")
