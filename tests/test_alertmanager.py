@@ -24,6 +24,7 @@ TEMPLATES = ROOT / "alertmanager" / "templates"
 RENDER = ROOT / "alertmanager" / "render.sh"
 RULES = ROOT / "rules" / "billingwatch.rules.yml"
 PLACEHOLDER = "http://billingwatch-webhook-url-not-set.invalid/"
+DISCORD_PLACEHOLDER = "http://billingwatch-discord-webhook-url-not-set.invalid/"
 RECEIVER_FOR = {"critical": "page", "high": "notify", "medium": "notify", "low": "digest"}
 
 
@@ -31,19 +32,26 @@ def amtool(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([binary("amtool"), *args], capture_output=True, text=True, timeout=60)
 
 
-def render(directory: Path, webhook_url: str) -> Path:
-    """alertmanager/render.sh as a user runs it, with the URL in a secret file."""
+def render(directory: Path, webhook_url: str, discord_url: str | None = None) -> Path:
+    """alertmanager/render.sh as a user runs it, with the URLs in secret files (no Discord URL:
+    its placeholder stays)."""
     url_file = directory / "webhook_url"
     url_file.write_text(webhook_url + "\n")
+    discord_file = directory / "discord_webhook_url"
+    if discord_url is not None:
+        discord_file.write_text(discord_url + "\n")
     rendered = directory / "alertmanager.yml"
-    env = {**os.environ, "BILLINGWATCH_WEBHOOK_URL_FILE": str(url_file), "ALERTMANAGER_RENDERED": str(rendered)}
+    env = {**os.environ, "BILLINGWATCH_WEBHOOK_URL_FILE": str(url_file), "ALERTMANAGER_RENDERED": str(rendered),
+           "BILLINGWATCH_DISCORD_WEBHOOK_URL_FILE": str(discord_file)}
+    env.pop("BILLINGWATCH_DISCORD_WEBHOOK_URL", None)
     subprocess.run(["sh", str(RENDER)], env=env, check=True, capture_output=True, timeout=30)
     return rendered
 
 
-def local_config(directory: Path, webhook_url: str, templates: list[str] | None = None) -> dict[str, Any]:
+def local_config(directory: Path, webhook_url: str, templates: list[str] | None = None,
+                 discord_url: str | None = None) -> dict[str, Any]:
     """The rendered config with the templates read from this checkout instead of /etc/alertmanager."""
-    config: dict[str, Any] = yaml.safe_load(render(directory, webhook_url).read_text())
+    config: dict[str, Any] = yaml.safe_load(render(directory, webhook_url, discord_url).read_text())
     config["templates"] = templates or [str(TEMPLATES / "*.tmpl")]
     return config
 
@@ -138,30 +146,40 @@ def test_no_secret_in_the_committed_config() -> None:
     assert config["global"]["slack_api_url_file"].startswith("/etc/alertmanager/secrets/")
     urls = {w["url"] for r in config["receivers"] for w in r.get("webhook_configs", [])}
     assert urls == {PLACEHOLDER}
+    discord = {d["webhook_url"] for r in config["receivers"] for d in r.get("discord_configs", [])}
+    assert discord == {DISCORD_PLACEHOLDER}
 
 
 def test_render_fills_in_the_webhook_url_and_keeps_it_private(tmp_path: Path) -> None:
     url = "https://hooks.example.com/services/T0/B0/x?a=1&b=|\\'#z"
-    rendered = render(tmp_path, url)
+    discord_url = "https://discord.com/api/webhooks/123/tok&en|\\'x"
+    rendered = render(tmp_path, url, discord_url)
     config = yaml.safe_load(rendered.read_text())
     urls = [w["url"] for r in config["receivers"] for w in r.get("webhook_configs", [])]
     assert urls and set(urls) == {url}
+    discord = [d["webhook_url"] for r in config["receivers"] for d in r.get("discord_configs", [])]
+    assert discord and set(discord) == {discord_url}
     assert stat.S_IMODE(rendered.stat().st_mode) == 0o600
     # Everything else is the committed config, untouched.
     committed = yaml.safe_load(CONFIG.read_text())
     for receiver in committed["receivers"]:
         for webhook in receiver.get("webhook_configs", []):
             webhook["url"] = url
+        for channel in receiver.get("discord_configs", []):
+            channel["webhook_url"] = discord_url
     assert config == committed
     assert amtool("check-config", str(rendered)).returncode == 0
 
 
 def test_render_without_a_url_warns_and_never_prints_one(tmp_path: Path) -> None:
     env = {**os.environ, "BILLINGWATCH_WEBHOOK_URL_FILE": str(tmp_path / "missing"),
+           "BILLINGWATCH_DISCORD_WEBHOOK_URL_FILE": str(tmp_path / "missing"),
            "ALERTMANAGER_RENDERED": str(tmp_path / "out.yml")}
     env.pop("BILLINGWATCH_WEBHOOK_URL", None)
+    env.pop("BILLINGWATCH_DISCORD_WEBHOOK_URL", None)
     result = subprocess.run(["sh", str(RENDER)], env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0 and "no webhook URL" in result.stderr
+    assert "no Discord webhook URL" in result.stderr
     assert (tmp_path / "out.yml").read_text() == CONFIG.read_text()
     env["BILLINGWATCH_WEBHOOK_URL"] = "https://secret.example.com/token123"
     result = subprocess.run(["sh", str(RENDER), "sh", "-c", 'cat "${0#--config.file=}"'],
@@ -171,6 +189,25 @@ def test_render_without_a_url_warns_and_never_prints_one(tmp_path: Path) -> None
     assert "token123" not in result.stderr
     env["BILLINGWATCH_WEBHOOK_URL"] = "ftp://nope"
     assert subprocess.run(["sh", str(RENDER)], env=env, capture_output=True, timeout=30).returncode == 1
+    env["BILLINGWATCH_WEBHOOK_URL"] = "https://secret.example.com/token123"
+    env["BILLINGWATCH_DISCORD_WEBHOOK_URL"] = "discord.com/api/webhooks/1/secret456"
+    result = subprocess.run(["sh", str(RENDER)], env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1 and "Discord webhook URL must start with" in result.stderr
+    assert "secret456" not in result.stderr
+
+
+def test_discord_goes_where_slack_goes() -> None:
+    """Discord is a second chat channel: the receivers that post to Slack post to Discord, with
+    the same template content (title, then per alert summary, detector, value, links)."""
+    config = yaml.safe_load(CONFIG.read_text())
+    slack = {r["name"] for r in config["receivers"] if r.get("slack_configs")}
+    discord = {r["name"] for r in config["receivers"] if r.get("discord_configs")}
+    assert slack == discord == {"page", "notify"}
+    for receiver in config["receivers"]:
+        for channel in receiver.get("discord_configs", []):
+            assert channel["send_resolved"] is True
+            assert channel["title"] == '{{ template "billingwatch.discord.title" . }}'
+            assert channel["message"] == '{{ template "billingwatch.discord.message" . }}'
 
 
 def test_digest_title_names_every_finding(tmp_path: Path) -> None:

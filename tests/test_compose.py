@@ -73,7 +73,7 @@ def test_required_secrets_have_no_default(tmp_path: Path) -> None:
 
 def test_services_have_healthchecks_and_loopback_ports(resolved: dict[str, Any]) -> None:
     services = resolved["services"]
-    assert set(services) == SERVICES | {"simulate"}
+    assert set(services) == SERVICES | {"simulate", "digest"}  # docker-compose v1 lists every profile's services
     for name in SERVICES:
         assert services[name]["healthcheck"]["test"], name
         for port in services[name].get("ports", []):
@@ -228,7 +228,10 @@ def test_alertmanager_entrypoint_yields_a_valid_config(resolved: dict[str, Any],
     env = {**{k: str(v) for k, v in service["environment"].items()}, "PATH": "/usr/bin:/bin", "KEPT": str(kept),
            "ALERTMANAGER_RENDERED": str(data / "rendered.yml"),
            "BILLINGWATCH_WEBHOOK_URL": "https://hooks.example.test/billing",
-           "BILLINGWATCH_WEBHOOK_URL_FILE": str(tmp_path / "absent")}
+           "BILLINGWATCH_WEBHOOK_URL_FILE": str(tmp_path / "absent"),
+           "BILLINGWATCH_DISCORD_WEBHOOK_URL": "https://discord.example.test/api/webhooks/1/x",
+           "BILLINGWATCH_DISCORD_WEBHOOK_URL_FILE": str(tmp_path / "absent")}
+    assert "BILLINGWATCH_DISCORD_WEBHOOK_URL" in service["environment"]  # compose passes it from .env
     result = subprocess.run(["/bin/sh", "-c", local], env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     checked = subprocess.run([binary("amtool"), "check-config", str(kept)], capture_output=True, text=True, timeout=30)
@@ -237,3 +240,4 @@ def test_alertmanager_entrypoint_yields_a_valid_config(resolved: dict[str, Any],
     assert config["global"]["smtp_smarthost"] == "mailpit:1025"  # the mail catcher by default
     assert config["global"]["smtp_require_tls"] is False
     assert "https://hooks.example.test/billing" in kept.read_text()
+    assert "https://discord.example.test/api/webhooks/1/x" in kept.read_text()
