@@ -12,7 +12,11 @@ def add_rules(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> Non
     parser = sub.add_parser("rules", help="render the Prometheus alerting and recording rules")
     parser.add_argument("--config", help="YAML file of thresholds laid over the defaults (see rules/config.yml)")
     parser.add_argument("-o", "--output", help="write the rules to this file (default: standard output)")
-    parser.add_argument("--print-defaults", action="store_true", help="print the commented default config and exit")
+    parser.add_argument(
+        "--print-defaults",
+        action="store_true",
+        help="print the commented default config, generated from the alert modules (rules/config.yml), and exit",
+    )
     parser.set_defaults(run=rules)
 
 

@@ -1,19 +1,17 @@
 """The registered alerts: one module per alert, rendered and configured in the order of ALERTS.
 
-Adding an alert is one module here, a promtool test and a runbook:
-1. `rules/alerts/<section>.py`; the module name is the alert's section in config.yml. It holds
-   - `ALERT`: the Prometheus alert name, e.g. "BillingPayoutDelay";
-   - `COMMENT`: the text config.yml prints above the section (what it catches, when to tune it);
-   - a frozen dataclass of the section's keys WITH their defaults (`severity` from
-     billingwatch.detectors.Severity, Duration strings, numbers; `for_` is the YAML key `for`),
-     `knob(default, "comment")` adding a comment after the value, and `Config = <that class>`;
-   - `render(r, s)`: adds the rule through the helpers of rules/render.py (`charges`, `by_mode`,
-     `averaged`, `covered`, ... for recording rules, `alert(r, ALERT, ...)` for the alert).
-2. Add the module to ALERTS below; RulesConfig gains the section and `load_config` checks it.
-3. Regenerate: `billingwatch rules --print-defaults > exporter/billingwatch/rules/config.yml`
-   and `billingwatch rules -o rules/billingwatch.rules.yml` (tests/test_rules.py fails on drift).
-4. A promtool test in rules/tests/ where the alert fires, and docs/runbooks/<ALERT>.md (saying
-   how to confirm it in Stripe): tests/test_rules.py refuses an alert without either.
+A new alert is one module here, a promtool test and a runbook:
+1. `alerts/<section>.py` (its name is the section's key in config.yml) holding `ALERT`, the
+   Prometheus alert name; `COMMENT`, the text config.yml shows above the section; a frozen
+   dataclass of the section's keys with their defaults (`severity: Severity`, `Duration`
+   strings, numbers; `for_` is the key `for`; `knob(default, "comment")` adds a comment after
+   the value) and `Config = <that class>`; `render(r, s)`, which adds the rules through the
+   helpers of rules/render.py (`charges`, `by_mode`, `averaged`, `covered`, `alert`, ...).
+2. The module in ALERTS below: RulesConfig gains the section, `load_config` checks its keys.
+3. `billingwatch rules --print-defaults > exporter/billingwatch/rules/config.yml` and
+   `billingwatch rules -o rules/billingwatch.rules.yml` (tests/test_rules.py fails on drift).
+4. A test in rules/tests/*.yml naming the alert and docs/runbooks/<ALERT>.md: tests/test_rules.py
+   refuses a registered alert without either.
 """
 
 from typing import Any, Protocol
