@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from billingwatch import detectors
 from billingwatch.config import ConfigError
-from billingwatch.rules import load_config, render_rules
+from billingwatch.rules import RulesConfig, load_config, render_rules
+from billingwatch.rules import config as rules_config
+from billingwatch.rules.alerts import ALERTS, section
 from billingwatch.rules.render import duration
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,11 +38,40 @@ def test_committed_rules_are_the_render_of_the_defaults() -> None:
     )
 
 
-def test_rules_config_in_the_repo_is_the_packaged_defaults() -> None:
+def test_committed_config_yml_is_generated_from_the_alert_modules() -> None:
     shipped = subprocess.run(
         [sys.executable, "-m", "billingwatch", "rules", "--print-defaults"], capture_output=True, text=True, check=True
     ).stdout
-    assert (RULES / "config.yml").read_text() == shipped
+    packaged = ROOT / "exporter" / "billingwatch" / "rules" / "config.yml"
+    assert (RULES / "config.yml").resolve() == packaged.resolve()  # rules/config.yml links to the packaged file
+    assert packaged.read_text() == shipped, (
+        "exporter/billingwatch/rules/config.yml differs from the alert modules: run "
+        "`billingwatch rules --print-defaults > exporter/billingwatch/rules/config.yml`"
+    )
+
+
+def test_the_generated_defaults_load_as_the_modules_defaults() -> None:
+    """config.yml's text round-trips: what it says is what each module's dataclass holds."""
+    text = (RULES / "config.yml").read_text()
+    assert load_config() == RulesConfig()
+    defaults = yaml.safe_load(text)
+    assert list(defaults) == ["selector", "livemode", "keep_labels", "runbook_url", "interval",
+                              *(section(m) for m in ALERTS)]
+    for module in ALERTS:  # each section under its module's comment
+        assert f"# {module.COMMENT.splitlines()[-1]}\n{section(module)}:\n" in text, module.__name__
+        assert all(f"# {line}" in text for line in module.COMMENT.splitlines()), module.__name__
+    assert rules_config.SEVERITIES is detectors.SEVERITIES  # severities are defined once
+
+
+def test_every_registered_alert_has_its_rule_runbook_and_promtool_test() -> None:
+    """The contract of rules/alerts/: a new alert is its module, a promtool test and a runbook."""
+    promtool_tests = {path.name: path.read_text() for path in UNIT_TESTS}
+    registered = [module.ALERT for module in ALERTS]
+    assert len(set(registered)) == len(registered)
+    assert [str(rule["alert"]) for rule in alerts(RULE_FILE.read_text())] == registered
+    for name in registered:
+        assert (ROOT / "docs" / "runbooks" / f"{name}.md").is_file(), f"no docs/runbooks/{name}.md"
+        assert any(name in text for text in promtool_tests.values()), f"no test in rules/tests/*.yml names {name}"
 
 
 def test_promtool_checks_every_rule_file() -> None:

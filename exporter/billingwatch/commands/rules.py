@@ -27,7 +27,11 @@ def add_rules(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> Non
         "--format", choices=FORMATS, default="rules",
         help="rules: a Prometheus rule file; prometheusrule: a Prometheus Operator PrometheusRule object",
     )
-    parser.add_argument("--print-defaults", action="store_true", help="print the commented default config and exit")
+    parser.add_argument(
+        "--print-defaults",
+        action="store_true",
+        help="print the commented default config, generated from the alert modules (rules/config.yml), and exit",
+    )
     parser.set_defaults(run=rules)
 
 

@@ -1,167 +1,29 @@
 """The alerting configuration: thresholds, windows and the target selector, read from YAML.
 
-The defaults live in one file, `config.yml` beside this module (linked from `rules/config.yml`
-in the repository), with a comment on each threshold. A user's file only holds what it
-changes; `load_config` lays it over the defaults and checks every key and value.
+RulesConfig is built from the registry (rules/alerts/): the top-level keys below, then one
+section per registered alert, each the dataclass its module declares with its defaults. The
+commented defaults, `config.yml` beside this module (linked from `rules/config.yml` in the
+repository), are generated from the same modules (`default_config_text`). A user's file only
+holds what it changes; `load_config` lays it over the defaults and checks every key and value.
 """
 
-import re
-from dataclasses import dataclass, field, fields, replace
-from importlib import resources
+from dataclasses import dataclass, field, fields, make_dataclass, replace
 from pathlib import Path
-from typing import Any, NewType, TypeVar, get_args, get_origin
+from typing import TYPE_CHECKING, Any, TypeVar, get_args, get_origin
 
 import yaml
 
 from billingwatch.config import ConfigError
+from billingwatch.detectors import SEVERITIES, Severity
+from billingwatch.rules.alerts import ALERTS, section
+from billingwatch.rules.values import Duration, is_duration, knob, seconds
 
-Duration = NewType("Duration", str)  # a Prometheus duration: "30s", "10m", "1h30m", "7d"
-Severity = NewType("Severity", str)  # critical, high, medium or low
-
-SEVERITIES = ("critical", "high", "medium", "low")
-_DURATION = re.compile(r"^((\d+)y)?((\d+)w)?((\d+)d)?((\d+)h)?((\d+)m)?((\d+)s)?((\d+)ms)?$")
-_UNIT_SECONDS = (365 * 86400, 7 * 86400, 86400, 3600, 60, 1, 0.001)
-
-
-def seconds(duration: str) -> float:
-    """A Prometheus duration in seconds: seconds("1h30m") == 5400."""
-    match = _DURATION.match(duration)
-    if not duration or match is None:
-        raise ConfigError(f"not a Prometheus duration: {duration!r}")
-    return sum(int(match.group(2 * i + 2) or 0) * unit for i, unit in enumerate(_UNIT_SECONDS))
+__all__ = ["Duration", "RulesConfig", "Settings", "Severity", "default_config_text", "load_config", "seconds"]
 
 
 @dataclass(frozen=True)
-class ChargeFailureSpike:
-    """BillingChargeFailureSpike: failed / (succeeded + failed) charges over `window` > `ratio`,
-    when at least `min_charges` charges happened in the window."""
-
-    severity: Severity
-    ratio: float
-    min_charges: int
-    window: Duration
-    for_: Duration
-
-
-@dataclass(frozen=True)
-class FraudSpike:
-    """BillingFraudSpike: disputes / successful charges over `window` > `dispute_ratio` with at
-    least `min_charges` successful charges, or at least `max_disputes` disputes in the window."""
-
-    severity: Severity
-    dispute_ratio: float
-    min_charges: int
-    max_disputes: int
-    window: Duration
-    for_: Duration
-
-
-@dataclass(frozen=True)
-class EarlyFraudWarnings:
-    """BillingEarlyFraudWarningsRising (detector fraud_spike): at least `min_count` Radar early
-    fraud warnings in `window`, and more than `rise_factor` times the average per window over
-    `baseline`."""
-
-    severity: Severity
-    min_count: int
-    rise_factor: float
-    window: Duration
-    baseline: Duration
-    for_: Duration
-
-
-@dataclass(frozen=True)
-class RevenueDrop:
-    """BillingRevenueDrop: per currency, successful charge volume over `window` more than
-    `drop_ratio` below its average per window over `baseline`, for currencies averaging at
-    least `min_daily_charges` successful charges per window."""
-
-    severity: Severity
-    drop_ratio: float
-    min_daily_charges: int
-    window: Duration
-    baseline: Duration
-    for_: Duration
-
-
-@dataclass(frozen=True)
-class MrrDrop:
-    """BillingMRRDrop (detector revenue_drop): per currency, MRR more than `drop_ratio` below
-    its average over `baseline`."""
-
-    severity: Severity
-    drop_ratio: float
-    baseline: Duration
-    for_: Duration
-
-
-@dataclass(frozen=True)
-class SilentLapse:
-    """BillingSilentLapse: at least `min_lapsed` subscriptions in billingwatch_subscriptions_lapsed."""
-
-    severity: Severity
-    min_lapsed: int
-    for_: Duration
-
-
-@dataclass(frozen=True)
-class WebhookLag:
-    """BillingWebhookLag: the `quantile` of webhook delivery lag over `window` above `threshold`,
-    when at least `min_events` events were recorded in the window."""
-
-    severity: Severity
-    quantile: float
-    threshold: Duration
-    min_events: int
-    window: Duration
-    for_: Duration
-
-
-@dataclass(frozen=True)
-class WebhookSilence:
-    """BillingWebhookSilence: no event received for longer than the time this account usually
-    takes to receive `expected_events` events (its event rate over `baseline`), and at least
-    `min_silence`."""
-
-    severity: Severity
-    expected_events: int
-    min_silence: Duration
-    baseline: Duration
-    for_: Duration
-
-
-@dataclass(frozen=True)
-class RefundSpike:
-    """BillingRefundSpike: per currency, refunded / successful charge amount over `window` >
-    `ratio`, when at least `min_charges` successful charges in that currency in the window."""
-
-    severity: Severity
-    ratio: float
-    min_charges: int
-    window: Duration
-    for_: Duration
-
-
-@dataclass(frozen=True)
-class Anomaly:
-    """BillingAnomalyDetected: any increase of billingwatch_anomalies_total over `window`;
-    detector and severity come from the anomaly's own labels."""
-
-    window: Duration
-    for_: Duration
-
-
-@dataclass(frozen=True)
-class MetaAlert:
-    """BillingWatchExporterDown / BillingWatchStoreDown."""
-
-    severity: Severity
-    for_: Duration
-
-
-@dataclass(frozen=True)
-class RulesConfig:
-    """Everything the rules and the dashboard draw from `config.yml`.
+class Settings:
+    """The top-level keys of the config (the alerts' sections follow them in RulesConfig).
 
     - `selector`: label matchers for BillingWatch's scrape targets, e.g. 'job="billingwatch"',
       inserted into every query (use `matchers()` to build a selector with it).
@@ -169,31 +31,39 @@ class RulesConfig:
     - `keep_labels`: labels kept when aggregating across replicas (besides a metric's own).
     - `runbook_url`: base URL; each alert links to `<runbook_url>/<AlertName>.md`.
     - `interval`: rule group evaluation interval.
-    - One section per alert (see each class): `charge_failure_spike`, `fraud_spike`,
-      `early_fraud_warnings`, `revenue_drop`, `mrr_drop`, `silent_lapse`, `webhook_lag`,
-      `webhook_silence`, `refund_spike`, `anomaly`, `exporter_down`, `store_down`. Ratios are
-      fractions (0.15 = 15%); durations are Prometheus duration strings (`seconds()` converts);
-      `for_` is the YAML key `for`.
     """
 
-    selector: str
-    livemode: str
-    keep_labels: list[str]
-    runbook_url: str
-    interval: Duration
-    charge_failure_spike: ChargeFailureSpike
-    fraud_spike: FraudSpike
-    early_fraud_warnings: EarlyFraudWarnings
-    revenue_drop: RevenueDrop
-    mrr_drop: MrrDrop
-    silent_lapse: SilentLapse
-    webhook_lag: WebhookLag
-    webhook_silence: WebhookSilence
-    refund_spike: RefundSpike
-    anomaly: Anomaly
-    exporter_down: MetaAlert
-    store_down: MetaAlert
-    source: str = field(default="defaults", compare=False)  # the user's file, for messages
+    selector: str = knob(
+        'job="billingwatch"',
+        """\
+Label matchers that pick BillingWatch's scrape targets, inserted into every query. Change it
+when your scrape job has another name or you run several deployments in one Prometheus
+(e.g. 'job="billingwatch",namespace="payments"'). Only target labels belong here; to watch a
+single mode use `livemode` below.""",
+    )
+    livemode: str = knob(
+        "",
+        """\
+"true" to alert on live-mode figures only, "false" on test mode only, "" for both (every
+alert keeps its livemode label, so you can also route test-mode alerts away in Alertmanager).""",
+    )
+    keep_labels: list[str] = field(
+        default_factory=list,
+        metadata={
+            "comment": """\
+Labels kept when figures are aggregated across replicas. Every replica exposes the same
+store-backed (Redis) figures, so the rules take the max across replicas and keep only a
+metric's own labels. Add a label here when one Prometheus watches several BillingWatch
+deployments (several Stripe accounts) told apart by that label, e.g. [account]."""
+        },
+    )
+    runbook_url: str = knob(
+        "https://github.com/billingwatch/billingwatch/blob/main/docs/runbooks",
+        """\
+Where the runbooks live; each alert links to <runbook_url>/<AlertName>.md. Point it at your
+own copy (a fork, a wiki) when you edit the runbooks.""",
+    )
+    interval: Duration = knob("1m", "How often Prometheus evaluates the BillingWatch rule groups.")
 
     def matchers(self, *extra: str, livemode: bool = True) -> str:
         """A `{...}` selector: the configured one, the livemode filter (for metrics that carry
@@ -205,6 +75,89 @@ class RulesConfig:
         return "{" + ",".join(parts) + "}"
 
 
+_DOC = """Everything the rules and the dashboard draw from `config.yml`: the top-level keys of
+Settings, then one section per registered alert (rules/alerts/<section>.py), an attribute named
+after the section (`charge_failure_spike`, `fraud_spike`, ...) holding that module's dataclass.
+Ratios are fractions (0.15 = 15%); durations are Prometheus duration strings (`seconds()`
+converts); `for_` is the YAML key `for`. `source` is the user's file, for messages."""
+
+if TYPE_CHECKING:  # what mypy sees; the sections come from the registry at run time
+
+    @dataclass(frozen=True)
+    class RulesConfig(Settings):
+        source: str = "defaults"
+
+        def __getattr__(self, section: str) -> Any: ...  # an alert's section, built at run time
+
+else:
+    RulesConfig = make_dataclass(
+        "RulesConfig",
+        [
+            *((section(m), m.Config, field(default_factory=m.Config)) for m in ALERTS),
+            ("source", str, field(default="defaults", compare=False)),
+        ],
+        bases=(Settings,),
+        namespace={"__doc__": _DOC},
+        frozen=True,
+        kw_only=True,
+    )
+    RulesConfig.__module__ = __name__
+
+
+HEADER = """\
+# BillingWatch alerting configuration: the thresholds of the Prometheus rules and the Grafana
+# dashboard, in one place (like node-mixin's config.libsonnet).
+#
+# This file holds the defaults. To change them, write a file with only the keys you change
+# (anything left out keeps its default), then render your own rules:
+#
+#   billingwatch rules --config my.yml -o rules/billingwatch.rules.yml
+#
+# Durations are Prometheus durations (30s, 10m, 1h, 7d). Ratios are fractions (0.15 = 15%).
+# Every section has a `severity` (critical, high, medium or low: Alertmanager routes on it) and
+# a `for`: how long the condition must hold before the alert fires, so one scrape blip or one
+# late evaluation does not page anyone.
+#
+# Generated from the alert modules (exporter/billingwatch/rules/alerts/) by
+# `billingwatch rules --print-defaults`: change a default there, not here.
+"""
+
+BASELINES = """\
+Baseline alerts (early_fraud_warnings, revenue_drop, mrr_drop) compare with an average over
+`baseline` and stay quiet until that average is whole: Prometheus must have scraped the metric
+`window` + `baseline` ago (8 days by default; a new currency waits as long) and within the
+last hour, and at the start of the current window. A fresh install, an outage of Prometheus
+longer than the window, or an exporter no longer scraped cannot fire them from a half-filled
+window or average; a restart (a gap under an hour) keeps them armed."""
+
+
+def _comment(text: str) -> str:
+    return "".join(f"# {line}".rstrip() + "\n" for line in text.splitlines())
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, str) and (not value or '"' in value):  # quoted, so a reader sees the string
+        return "'" + value.replace("'", "''") + "'" if value else '""'
+    return yaml.safe_dump(value, default_flow_style=True, width=1000).removesuffix("\n...\n").strip()
+
+
+def _section(name: str, defaults: Any) -> str:
+    lines = [(f"  {f.name.rstrip('_')}: {_scalar(getattr(defaults, f.name))}", f.metadata.get("comment", ""))
+             for f in fields(defaults)]
+    width = max((len(line) for line, note in lines if note), default=0) + 2  # inline comments in one column
+    body = "".join(f"{line.ljust(width)}# {note}\n" if note else line + "\n" for line, note in lines)
+    return f"{name}:\n{body}"
+
+
+def default_config_text() -> str:
+    """The commented defaults (`config.yml`): generated from Settings and the alert modules."""
+    defaults = Settings()
+    top = [_comment(f.metadata["comment"]) + f"{f.name}: {_scalar(getattr(defaults, f.name))}\n"
+           for f in fields(Settings)]
+    alerts = [_comment(m.COMMENT) + _section(section(m), m.Config()) for m in ALERTS]
+    return "\n".join([HEADER, *top, _comment(BASELINES), *alerts])
+
+
 T = TypeVar("T")
 
 
@@ -212,13 +165,13 @@ def _value(where: str, kind: Any, raw: Any) -> Any:
     if kind is Duration:
         if not isinstance(raw, str):
             raise ConfigError(f"{where}: expected a duration such as 10m, got {raw!r}")
-        if not raw or _DURATION.match(raw) is None:
+        if not is_duration(raw):
             raise ConfigError(f"{where}: not a Prometheus duration: {raw!r}")
-        return Duration(raw)
+        return raw
     if kind is Severity:
         if raw not in SEVERITIES:
             raise ConfigError(f"{where}: severity must be one of {', '.join(SEVERITIES)}, got {raw!r}")
-        return Severity(raw)
+        return raw
     if kind is float:
         if isinstance(raw, bool) or not isinstance(raw, int | float) or raw < 0:
             raise ConfigError(f"{where}: expected a number >= 0, got {raw!r}")
@@ -263,11 +216,6 @@ def _merge(defaults: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
         else:
             merged[key] = value
     return merged
-
-
-def default_config_text() -> str:
-    """The commented defaults (`config.yml`), as shipped in the package."""
-    return resources.files(__package__).joinpath("config.yml").read_text()
 
 
 def load_config(path: str | None = None) -> RulesConfig:
