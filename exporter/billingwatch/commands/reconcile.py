@@ -24,6 +24,8 @@ from billingwatch.commands.stripe_api import (
     list_events,
 )
 from billingwatch.metrics import families as fam
+from billingwatch.metrics import fields
+from billingwatch.metrics.labels import livemode_label
 from billingwatch.recording.plan import Plan
 from billingwatch.recording.recorder import Recorder
 from billingwatch.store import StoreUnavailable
@@ -51,12 +53,12 @@ def add_reconcile(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") ->
 
 def missed_plan(recorder: Recorder, document: dict[str, Any]) -> Plan:
     """Counts one missed event; its own dedup id makes the count happen once."""
-    mode = fam.livemode_label(document.get("livemode") is True)
+    mode = livemode_label(document.get("livemode") is True)
     return Plan(
         event_id=f"missed:{document['id']}",
         dedup_ttl=recorder.dedup_ttl,
         livemode=mode,
-        counters={fam.field(fam.MISSED_EVENTS, mode): 1},
+        counters={fields.field(fam.MISSED_EVENTS, mode): 1},
     )
 
 
@@ -73,7 +75,7 @@ async def find_missed(recorder: Recorder, events: Any) -> Findings:
 
     async def check(batch: list[dict[str, Any]]) -> None:
         recorded = await recorder.store.recorded(
-            [(str(d["id"]), fam.livemode_label(d.get("livemode") is True)) for d in batch]
+            [(str(d["id"]), livemode_label(d.get("livemode") is True)) for d in batch]
         )
         for document, seen in zip(batch, recorded, strict=True):
             if not seen:

@@ -2,10 +2,9 @@
 
 import contextlib
 import logging
-import platform
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from prometheus_client import (
@@ -15,9 +14,7 @@ from prometheus_client import (
     CollectorRegistry,
     disable_created_metrics,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, choose_encoder, generate_latest
-from prometheus_client.registry import Collector
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -29,8 +26,10 @@ from billingwatch.config import Settings, is_placeholder
 from billingwatch.detectors import Detector, build_detectors, thresholds
 from billingwatch.http.access import REFUSED, HostAllowlist, authorised, default_hosts
 from billingwatch.http.limits import RequestLimits
-from billingwatch.http.webhook import WebhookEndpoint, new_requests_counter
+from billingwatch.http.webhook import WebhookEndpoint
+from billingwatch.metrics.build_info import BuildInfo
 from billingwatch.metrics.collector import SnapshotCollector
+from billingwatch.metrics.families import new_requests_counter
 from billingwatch.store import Store, StoreUnavailable, open_store
 
 log = logging.getLogger("billingwatch")
@@ -50,19 +49,6 @@ LANDING = """<!doctype html>
 <li>POST /webhooks/stripe: the Stripe webhook endpoint</li>
 </ul></body></html>
 """
-
-
-class BuildInfo(Collector):
-    def __init__(self, store_kind: str) -> None:
-        self._store_kind = store_kind
-
-    def collect(self) -> Iterator[Metric]:
-        info = GaugeMetricFamily(
-            "billingwatch_build_info", "Always 1; the labels tell the version and the store in use.",
-            labels=["version", "python_version", "store"],
-        )
-        info.add_metric([__version__, platform.python_version(), self._store_kind], 1.0)
-        yield info
 
 
 def create_app(settings: Settings, store: Store | None = None, clock: Callable[[], float] = time.time) -> Starlette:

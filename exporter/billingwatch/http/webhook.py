@@ -26,26 +26,8 @@ log = logging.getLogger("billingwatch.webhook")
 # could suppress that delivery's lag sample and last-received time.
 REPLAY_HEADER = "BillingWatch-Replay"
 
-RESULTS = (
-    "accepted", "duplicate", "missing_signature", "invalid_signature", "too_large", "invalid_json",
-    "invalid_event", "livemode_rejected", "store_unavailable", "unrecordable", "replay_unauthorized",
-    "body_timeout", "unsupported_media_type",
-)
-
 # A real Stripe-Signature (t=..., one v1 per active secret, maybe a v0) is a few hundred bytes.
 MAX_SIGNATURE_HEADER = 1024
-
-
-def new_requests_counter() -> Counter:
-    counter = Counter(
-        "billingwatch_webhook_requests",
-        "Webhook requests handled by this replica, by result.",
-        ["result"],
-        registry=None,
-    )
-    for result in RESULTS:
-        counter.labels(result)
-    return counter
 
 
 class TooLarge(Exception):

@@ -4,8 +4,25 @@ import bisect
 from collections.abc import Iterable
 from dataclasses import replace
 
-from billingwatch.detectors import REGISTRY, Context, Detector
+from billingwatch.detectors import Context, Detector
 from billingwatch.metrics import families as fam
+from billingwatch.metrics.fields import field
+from billingwatch.metrics.labels import (
+    CHARGE_EVENTS,
+    DECLINE_REASONS,
+    DISPUTE_REASONS,
+    ENDED_STATUSES,
+    EVENT_TYPES,
+    FRAUD_TYPES,
+    INVOICE_ATTEMPTS,
+    INVOICE_PAID_EVENTS,
+    LIVE_STATUSES,
+    MRR_STATUSES,
+    REFUND_EVENTS,
+    SUBSCRIPTION_EVENTS,
+    known,
+    livemode_label,
+)
 from billingwatch.money import monthly_amount
 from billingwatch.recording.events import (
     Event,
@@ -21,64 +38,10 @@ from billingwatch.recording.events import (
 )
 from billingwatch.recording.plan import Check, Plan, SubscriptionPayment, SubscriptionState
 
-# Label values outside these sets become "other", so every label has a small, known set.
-DECLINE_REASONS = frozenset(
-    """
-    authentication_required approve_with_id call_issuer card_not_supported card_velocity_exceeded
-    card_declined currency_not_supported do_not_honor do_not_try_again expired_card fraudulent
-    generic_decline highest_risk_level elevated_risk_level incorrect_cvc incorrect_number
-    incorrect_zip insufficient_funds invalid_account invalid_amount invalid_cvc invalid_expiry_month
-    invalid_expiry_year invalid_number issuer_not_available lost_card merchant_blacklist
-    not_permitted pickup_card processing_error restricted_card revocation_of_authorization
-    rule security_violation service_not_allowed stolen_card stop_payment_order
-    testmode_decline transaction_not_allowed try_again_later withdrawal_count_limit_exceeded
-    low_probability_of_authorization
-    """.split()
-)
-DISPUTE_REASONS = frozenset(
-    """
-    bank_cannot_process check_returned credit_not_processed customer_initiated debit_not_authorized
-    duplicate fraudulent general incorrect_account_details insufficient_funds noncompliant
-    product_not_received product_unacceptable subscription_canceled unrecognized
-    """.split()
-)
-FRAUD_TYPES = frozenset(
-    """
-    card_never_received fraudulent_card_application made_with_counterfeit_card
-    made_with_lost_card made_with_stolen_card misc unauthorized_use_of_card
-    """.split()
-)
-CHARGE_STATUSES = ("succeeded", "failed", "pending")
-INVOICE_ATTEMPTS = ("1", "2", "3", "4+")
 _MAX_MONTHLY_MINOR = 10**12  # held x1000 in a signed 64-bit store integer, summed over subscriptions
-
-_CHARGE_EVENTS = {"charge.succeeded": "succeeded", "charge.failed": "failed", "charge.pending": "pending"}
-_INVOICE_PAID_EVENTS = frozenset({"invoice.paid", "invoice.payment_succeeded"})
-_REFUND_EVENTS = frozenset({"refund.created", "charge.refund.updated", "refund.updated", "refund.failed"})
 # A refund in these states moves money (or will); failed and canceled ones never did.
 _REFUND_COUNTED = frozenset({"succeeded", "pending", "requires_action"})
 _REFUND_VOID = frozenset({"failed", "canceled"})
-_SUBSCRIPTION_EVENTS = frozenset(
-    {
-        "customer.subscription.created", "customer.subscription.updated", "customer.subscription.deleted",
-        "customer.subscription.paused", "customer.subscription.resumed",
-        "customer.subscription.pending_update_applied", "customer.subscription.pending_update_expired",
-        "customer.subscription.trial_will_end",
-    }
-)
-# The Stripe event types BillingWatch reads (README lists those to subscribe to): the `type`
-# label takes these values and "other", so a new Stripe type never adds a series.
-EVENT_TYPES = frozenset(
-    {
-        *_CHARGE_EVENTS, "charge.refunded", *_REFUND_EVENTS, "charge.dispute.created",
-        "radar.early_fraud_warning.created", *_INVOICE_PAID_EVENTS, "invoice.payment_failed",
-        *_SUBSCRIPTION_EVENTS, *(t for detector in REGISTRY for t in detector.event_types),
-    }
-)
-
-
-def known(value: str | None, allowed: frozenset[str]) -> str:
-    return value if value in allowed else "other"
 
 
 def lag_bucket(lag_seconds: float) -> str:
@@ -114,28 +77,28 @@ def plan_event(
     """
     if event.created > received_at + max_clock_skew:
         raise InvalidEvent("event.created is in the future")
-    mode = fam.livemode_label(event.livemode)
-    counters: dict[str, int] = {fam.field(fam.EVENTS, known(event.type, EVENT_TYPES), mode): 1}
-    maxima = {fam.field(fam.LAST_CREATED, mode): event.created}
+    mode = livemode_label(event.livemode)
+    counters: dict[str, int] = {field(fam.EVENTS, known(event.type, EVENT_TYPES), mode): 1}
+    maxima = {field(fam.LAST_CREATED, mode): event.created}
     lag = max(0.0, received_at - event.created)
-    _add(counters, fam.field(fam.LAG_BUCKET, lag_bucket(lag), mode))
-    _add(counters, fam.field(fam.LAG_SUM, mode), round(lag * 1000))
-    _add(counters, fam.field(fam.LAG_COUNT, mode))
-    maxima[fam.field(fam.LAST_RECEIVED, mode)] = int(received_at)
+    _add(counters, field(fam.LAG_BUCKET, lag_bucket(lag), mode))
+    _add(counters, field(fam.LAG_SUM, mode), round(lag * 1000))
+    _add(counters, field(fam.LAG_COUNT, mode))
+    maxima[field(fam.LAST_RECEIVED, mode)] = int(received_at)
     checks: list[Check] = []
     subscription: SubscriptionState | None = None
     payment: SubscriptionPayment | None = None
     kind = event.object_kind
 
-    if event.type in _CHARGE_EVENTS and kind == "charge":
+    if event.type in CHARGE_EVENTS and kind == "charge":
         charge = charge_of(event.object)
-        status = _CHARGE_EVENTS[event.type]
-        _add(counters, fam.field(fam.CHARGES, status, charge.currency, mode))
-        _add(counters, fam.field(fam.CHARGE_OUTCOMES, status, mode))
-        _add(counters, fam.field(fam.CHARGE_AMOUNT, status, charge.currency, mode), charge.amount)
+        status = CHARGE_EVENTS[event.type]
+        _add(counters, field(fam.CHARGES, status, charge.currency, mode))
+        _add(counters, field(fam.CHARGE_OUTCOMES, status, mode))
+        _add(counters, field(fam.CHARGE_AMOUNT, status, charge.currency, mode), charge.amount)
         if status == "failed":
-            _add(counters, fam.field(fam.CHARGE_FAILURES, known(charge.failure_reason, DECLINE_REASONS), mode))
-    elif kind == "refund" and event.type in _REFUND_EVENTS:
+            _add(counters, field(fam.CHARGE_FAILURES, known(charge.failure_reason, DECLINE_REASONS), mode))
+    elif kind == "refund" and event.type in REFUND_EVENTS:
         checks.extend(refund_checks(refund_of(event.object), mode, dedup_ttl))
     elif event.type == "charge.refunded" and kind == "charge":
         # Older API versions list the refunds on the charge; newer ones send refund.created too.
@@ -145,25 +108,25 @@ def plan_event(
             checks.extend(refund_checks(refund_of(raw), mode, dedup_ttl))
     elif event.type == "charge.dispute.created" and kind == "dispute":
         dispute = dispute_of(event.object)
-        _add(counters, fam.field(fam.DISPUTES, known(dispute.reason, DISPUTE_REASONS), mode))
-        _add(counters, fam.field(fam.DISPUTE_AMOUNT, dispute.currency, mode), dispute.amount)
+        _add(counters, field(fam.DISPUTES, known(dispute.reason, DISPUTE_REASONS), mode))
+        _add(counters, field(fam.DISPUTE_AMOUNT, dispute.currency, mode), dispute.amount)
     elif event.type == "radar.early_fraud_warning.created" and kind == "radar.early_fraud_warning":
         warning = early_fraud_warning_of(event.object)
-        _add(counters, fam.field(fam.EARLY_FRAUD_WARNINGS, known(warning.fraud_type, FRAUD_TYPES), mode))
+        _add(counters, field(fam.EARLY_FRAUD_WARNINGS, known(warning.fraud_type, FRAUD_TYPES), mode))
     elif kind == "invoice":
         invoice = invoice_of(event.object)
-        if event.type in _INVOICE_PAID_EVENTS:
+        if event.type in INVOICE_PAID_EVENTS:
             # invoice.paid and invoice.payment_succeeded report the same payment: count it once.
             checks.append(_count_once(f"invpaid:{mode}:{invoice.id}", dedup_ttl, {
-                fam.field(fam.INVOICES_PAID, invoice.currency, mode): 1,
-                fam.field(fam.INVOICE_PAID_AMOUNT, invoice.currency, mode): invoice.amount_paid,
+                field(fam.INVOICES_PAID, invoice.currency, mode): 1,
+                field(fam.INVOICE_PAID_AMOUNT, invoice.currency, mode): invoice.amount_paid,
             }))
             if invoice.subscription:
                 payment = SubscriptionPayment(invoice.subscription, mode, event.created, dedup_ttl)
         elif event.type == "invoice.payment_failed":
             attempt = INVOICE_ATTEMPTS[min(max(invoice.attempt_count, 1), 4) - 1]
-            _add(counters, fam.field(fam.INVOICE_PAYMENT_FAILURES, attempt, mode))
-    elif kind == "subscription" and event.type in _SUBSCRIPTION_EVENTS:
+            _add(counters, field(fam.INVOICE_PAYMENT_FAILURES, attempt, mode))
+    elif kind == "subscription" and event.type in SUBSCRIPTION_EVENTS:
         subscription = subscription_state(event, dedup_ttl, subscription_ttl)
 
     for detector in detectors:
@@ -189,7 +152,7 @@ def as_history(plan: Plan, event: Event) -> Plan:
     The count-once checks keep their keys (a later live delivery of the same refund or invoice
     payment is not counted either) but lose their counters; anomalies are marked history.
     """
-    mode = fam.livemode_label(event.livemode)
+    mode = livemode_label(event.livemode)
     checks = [
         replace(
             check,
@@ -201,8 +164,8 @@ def as_history(plan: Plan, event: Event) -> Plan:
     subscription = plan.subscription and replace(plan.subscription, ended_counter="")
     return replace(
         plan,
-        counters={fam.field(fam.HISTORY_EVENTS, known(event.type, EVENT_TYPES), mode): 1},
-        maxima={fam.field(fam.LAST_CREATED, mode): event.created},
+        counters={field(fam.HISTORY_EVENTS, known(event.type, EVENT_TYPES), mode): 1},
+        maxima={field(fam.LAST_CREATED, mode): event.created},
         checks=checks,
         subscription=subscription,
     )
@@ -225,14 +188,14 @@ def refund_checks(refund: Refund, mode: str, ttl: int) -> list[Check]:
     if refund.status not in _REFUND_COUNTED and refund.status not in _REFUND_VOID:
         return []
     count = {
-        fam.field(fam.REFUNDS, refund.currency, mode): 1,
-        fam.field(fam.REFUND_AMOUNT, refund.currency, mode): refund.amount,
+        field(fam.REFUNDS, refund.currency, mode): 1,
+        field(fam.REFUND_AMOUNT, refund.currency, mode): refund.amount,
     }
     checks = [_count_once(f"refund:{mode}:{refund.id}", ttl, count)]
     if refund.status in _REFUND_VOID:
         checks.append(_count_once(f"refundvoid:{mode}:{refund.id}", ttl, {
-            fam.field(fam.REFUNDS_REVERSED, refund.currency, mode): 1,
-            fam.field(fam.REFUND_REVERSED_AMOUNT, refund.currency, mode): refund.amount,
+            field(fam.REFUNDS_REVERSED, refund.currency, mode): 1,
+            field(fam.REFUND_REVERSED_AMOUNT, refund.currency, mode): refund.amount,
         }))
     return checks
 
@@ -247,19 +210,19 @@ def subscription_state(event: Event, ended_ttl: int, live_ttl: int) -> Subscript
         by_currency[item.currency] = by_currency.get(item.currency, 0.0) + amount
     # A subscription bills in one currency; take the largest should a malformed one mix them.
     currency, monthly = max(by_currency.items(), key=lambda kv: kv[1], default=("", 0.0))
-    if status not in fam.MRR_STATUSES:
+    if status not in MRR_STATUSES:
         monthly = 0.0
     if not 0 <= monthly <= _MAX_MONTHLY_MINOR:
         # Checked here because the store script must never fail half-way (Redis keeps partial writes).
         raise InvalidEvent("subscription items: monthly amount out of range")
     return SubscriptionState(
         id=sub.id,
-        livemode=fam.livemode_label(event.livemode),
+        livemode=livemode_label(event.livemode),
         at=event.created,
-        status=status if status in (*fam.LIVE_STATUSES, *fam.ENDED_STATUSES) else "other",
+        status=status if status in (*LIVE_STATUSES, *ENDED_STATUSES) else "other",
         mrr_currency=currency,
         mrr_milli=round(monthly * 1000),
         period_end=sub.current_period_end or 0,
-        ttl=ended_ttl if status in fam.ENDED_STATUSES else live_ttl,
-        ended_counter=fam.field(fam.SUBSCRIPTIONS_ENDED, fam.livemode_label(event.livemode)),
+        ttl=ended_ttl if status in ENDED_STATUSES else live_ttl,
+        ended_counter=field(fam.SUBSCRIPTIONS_ENDED, livemode_label(event.livemode)),
     )

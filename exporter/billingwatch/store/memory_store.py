@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from billingwatch.metrics import families as fam
+from billingwatch.metrics import fields
+from billingwatch.metrics.labels import LIVEMODES
 from billingwatch.recording.plan import Check, Outcome, Plan, SubscriptionPayment, SubscriptionState
 from billingwatch.store.contract import (
     COUNTER_LIMIT,
@@ -33,7 +35,7 @@ class MemoryStore:
         self._expiry: dict[str, float] = {}  # key → unix time it expires
         self._sets: dict[str, dict[str, int]] = {}  # window/distinct sets: member → score
         self._subs: dict[str, dict[str, Any]] = {}
-        self._lapse: dict[str, dict[str, int]] = {mode: {} for mode in fam.LIVEMODES}
+        self._lapse: dict[str, dict[str, int]] = {mode: {} for mode in LIVEMODES}
         self._counters: dict[str, int] = {}
         self._gauges: dict[str, int] = {}
         self._log: deque[dict[str, Any]] = deque(maxlen=anomaly_log_size)
@@ -114,19 +116,19 @@ class MemoryStore:
                 add(counters, name, value)
             if check.anomaly is not None:
                 a = check.anomaly
-                add(counters, fam.anomaly_field(a.detector, a.severity, a.livemode, a.history), 1)
+                add(counters, fields.anomaly_field(a.detector, a.severity, a.livemode, a.history), 1)
         sub = plan.subscription
         if sub is not None:
             key = f"s:{sub.livemode}:{sub.id}"
             state = (self._subs.get(key) if self._alive(key) else None) or {}
             if state.get("status") is not None and state["status"] not in ENDED:
-                add(gauges, fam.field(fam.SUBSCRIPTIONS, state["status"], state["lm"]), -1)
+                add(gauges, fields.field(fam.SUBSCRIPTIONS, state["status"], state["lm"]), -1)
                 if state["cur"]:
-                    add(gauges, fam.field(fam.MRR, state["cur"], state["lm"]), -state["mrr"])
+                    add(gauges, fields.field(fam.MRR, state["cur"], state["lm"]), -state["mrr"])
             if sub.status not in ENDED:
-                add(gauges, fam.field(fam.SUBSCRIPTIONS, sub.status, sub.livemode), 1)
+                add(gauges, fields.field(fam.SUBSCRIPTIONS, sub.status, sub.livemode), 1)
                 if sub.mrr_currency:
-                    add(gauges, fam.field(fam.MRR, sub.mrr_currency, sub.livemode), sub.mrr_milli)
+                    add(gauges, fields.field(fam.MRR, sub.mrr_currency, sub.livemode), sub.mrr_milli)
             elif sub.ended_counter:
                 add(counters, sub.ended_counter, 1)
         for deltas, held in ((counters, self._counters), (gauges, self._gauges)):
@@ -174,7 +176,7 @@ class MemoryStore:
             record["related"] = related
         self._log.appendleft(record)
         anomaly = check.anomaly
-        counter = fam.anomaly_field(anomaly.detector, anomaly.severity, anomaly.livemode, anomaly.history)
+        counter = fields.anomaly_field(anomaly.detector, anomaly.severity, anomaly.livemode, anomaly.history)
         self._counters[counter] = self._counters.get(counter, 0) + 1
         return record
 
@@ -189,13 +191,13 @@ class MemoryStore:
             return  # an older snapshot never overwrites a newer one
         old_status = state.get("status")
         if old_status is not None and old_status not in ENDED:
-            self._gauge_add(fam.field(fam.SUBSCRIPTIONS, old_status, state["lm"]), -1)
+            self._gauge_add(fields.field(fam.SUBSCRIPTIONS, old_status, state["lm"]), -1)
             if state["cur"]:
-                self._gauge_add(fam.field(fam.MRR, state["cur"], state["lm"]), -state["mrr"])
+                self._gauge_add(fields.field(fam.MRR, state["cur"], state["lm"]), -state["mrr"])
         if sub.status not in ENDED:
-            self._gauge_add(fam.field(fam.SUBSCRIPTIONS, sub.status, sub.livemode), 1)
+            self._gauge_add(fields.field(fam.SUBSCRIPTIONS, sub.status, sub.livemode), 1)
             if sub.mrr_currency:
-                self._gauge_add(fam.field(fam.MRR, sub.mrr_currency, sub.livemode), sub.mrr_milli)
+                self._gauge_add(fields.field(fam.MRR, sub.mrr_currency, sub.livemode), sub.mrr_milli)
         elif sub.ended_counter and old_status not in ENDED:  # "" for history: not live traffic
             self._counters[sub.ended_counter] = self._counters.get(sub.ended_counter, 0) + 1
         state.update(

@@ -12,7 +12,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from billingwatch.metrics import families as fam
+from billingwatch.metrics import fields
+from billingwatch.metrics.labels import LIVEMODES
 from billingwatch.recording.plan import Check, Outcome, Plan
 from billingwatch.store.contract import LAPSE_HORIZON, Snapshot, StoreUnavailable, Unrecordable
 
@@ -50,7 +51,7 @@ def _check_args(check: Check) -> dict[str, Any]:
     if check.anomaly is not None:
         args["anomaly"] = _stringify(check.anomaly.as_dict())
         a = check.anomaly
-        args["anomaly_counter"] = fam.anomaly_field(a.detector, a.severity, a.livemode, a.history)
+        args["anomaly_counter"] = fields.anomaly_field(a.detector, a.severity, a.livemode, a.history)
     return args
 
 
@@ -128,7 +129,7 @@ class RedisStore:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.hgetall(self.counters_key)
                 pipe.hgetall(self.gauges_key)
-                for mode in fam.LIVEMODES:
+                for mode in LIVEMODES:
                     pipe.zcount(self._lapse_key(mode), oldest, cutoff)
                 counters, gauges, *lapsed = await pipe.execute()
         except (RedisError, OSError) as exc:
@@ -136,7 +137,7 @@ class RedisStore:
         return Snapshot(
             counters={k.decode(): int(v) for k, v in counters.items()},
             gauges={k.decode(): int(v) for k, v in gauges.items()},
-            lapsed=dict(zip(fam.LIVEMODES, (int(n) for n in lapsed), strict=True)),
+            lapsed=dict(zip(LIVEMODES, (int(n) for n in lapsed), strict=True)),
         )
 
     async def anomalies(self, limit: int) -> list[dict[str, Any]]:
