@@ -24,7 +24,7 @@ import redis
 from bench import harness, traffic
 from billingwatch.detectors import Context, build_detectors
 from billingwatch.recording.events import parse_event
-from billingwatch.recording.ledger import plan_event
+from billingwatch.recording.plan import plan_event
 from billingwatch.store import RedisStore
 from tests import stripe_events as se
 

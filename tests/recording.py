@@ -5,9 +5,8 @@ from typing import Any
 
 from billingwatch.detectors import Context, build_detectors
 from billingwatch.recording.events import parse_event
-from billingwatch.recording.ledger import plan_event
-from billingwatch.recording.plan import Outcome
-from billingwatch.store import Store
+from billingwatch.recording.plan import plan_event
+from billingwatch.store import Outcome, Store
 
 DEDUP_TTL = 35 * 86400
 SUBSCRIPTION_TTL = 400 * 86400

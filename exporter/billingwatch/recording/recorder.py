@@ -12,9 +12,8 @@ from typing import Any
 from billingwatch.config import Settings
 from billingwatch.detectors import Context, Detector, build_detectors
 from billingwatch.recording.events import Event, parse_event
-from billingwatch.recording.ledger import plan_event
-from billingwatch.recording.plan import Outcome, Plan
-from billingwatch.store import Store
+from billingwatch.recording.plan import Plan, plan_event
+from billingwatch.store import Outcome, Store
 
 
 @dataclass

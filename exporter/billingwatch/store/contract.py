@@ -4,7 +4,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from billingwatch.recording.plan import Outcome, Plan
+from billingwatch.recording.plan import Plan
 
 # Statuses after which a subscription is no longer held in the gauges. The Lua script has
 # the same list (store/apply.lua, ENDED).
@@ -25,6 +25,14 @@ class StoreUnavailable(Exception):
 class Unrecordable(Exception):
     """The store refused the event before writing anything (a total would leave its range):
     retrying the same event cannot help, so it is not StoreUnavailable."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What applying a plan did: nothing for a duplicate, else the anomaly records its checks hit."""
+
+    duplicate: bool
+    anomalies: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,14 @@ from typing import Any
 from billingwatch.metrics import families as fam
 from billingwatch.metrics import fields
 from billingwatch.metrics.labels import LIVEMODES
-from billingwatch.recording.plan import Check, Outcome, Plan, SubscriptionPayment, SubscriptionState
+from billingwatch.recording.plan import Check, Plan, SubscriptionPayment, SubscriptionState
 from billingwatch.store.contract import (
     COUNTER_LIMIT,
     ENDED,
     LAPSE_HORIZON,
     MAX_CHECKS,
     MAX_TTL,
+    Outcome,
     Snapshot,
     Unrecordable,
 )

@@ -14,8 +14,8 @@ from redis.exceptions import RedisError
 
 from billingwatch.metrics import fields
 from billingwatch.metrics.labels import LIVEMODES
-from billingwatch.recording.plan import Check, Outcome, Plan
-from billingwatch.store.contract import LAPSE_HORIZON, Snapshot, StoreUnavailable, Unrecordable
+from billingwatch.recording.plan import Check, Plan
+from billingwatch.store.contract import LAPSE_HORIZON, Outcome, Snapshot, StoreUnavailable, Unrecordable
 
 _SCRIPT = resources.files("billingwatch.store").joinpath("apply.lua").read_text()
 
