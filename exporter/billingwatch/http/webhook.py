@@ -1,4 +1,4 @@
-"""POST /webhooks/stripe: verify, parse, plan, record atomically, and only then answer 2xx."""
+"""POST /webhooks/stripe: verify, record atomically (recording/recorder.py), and only then answer 2xx."""
 
 import asyncio
 import json
@@ -15,8 +15,8 @@ from billingwatch.config import Settings, is_placeholder
 from billingwatch.detectors import Detector
 from billingwatch.http.access import authorised
 from billingwatch.logsafe import safe
-from billingwatch.recording.events import InvalidEvent, parse_event
-from billingwatch.recording.recorder import Recorder
+from billingwatch.recording.events import InvalidEvent
+from billingwatch.recording.recorder import LivemodeRejected, Recorder
 from billingwatch.store import Store, StoreUnavailable, Unrecordable
 
 log = logging.getLogger("billingwatch.webhook")
@@ -93,7 +93,6 @@ class WebhookEndpoint:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
-        self._store = store
         self._recorder = Recorder(store, detectors, settings.dedup_ttl, settings.subscription_ttl, clock,
                                   max_clock_skew=settings.signature_tolerance)
         self._requests = requests
@@ -146,26 +145,25 @@ class WebhookEndpoint:
             document = json.loads(payload)
         except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
             return self._reject("invalid_json", 400, "body is not JSON")
-        received_at = self._clock()
+        event_id = document.get("id") if isinstance(document, dict) else None  # for the log only
         try:
-            event = parse_event(document)
-            if event.livemode and not live_allowed:
-                return self._reject(
-                    "livemode_rejected", 400,
-                    "livemode events need signature verification with a real secret, not a placeholder",
-                )
-            replayed = request.headers.get(REPLAY_HEADER) == "1"
-            plan = self._recorder.plan(event, received_at, replayed=replayed)
+            outcome = await self._recorder.record(
+                document, received_at=self._clock(), history=request.headers.get(REPLAY_HEADER) == "1",
+                live_allowed=live_allowed,
+            )
         except InvalidEvent as exc:
             return self._reject("invalid_event", 400, str(exc))
-        try:
-            outcome = await self._store.apply(plan)
+        except LivemodeRejected:
+            return self._reject(
+                "livemode_rejected", 400,
+                "livemode events need signature verification with a real secret, not a placeholder",
+            )
         except StoreUnavailable as exc:
-            log.warning("store unavailable, answering 503 so Stripe retries %s: %s", safe(event.id), safe(exc))
+            log.warning("store unavailable, answering 503 so Stripe retries %s: %s", safe(event_id), safe(exc))
             return self._reject("store_unavailable", 503, "store unavailable; retry later")
         except Unrecordable as exc:
             # Not 503: a retry of this event meets the same refusal. Nothing was written.
-            log.error("event %s refused by the store, nothing recorded: %s", safe(event.id), safe(exc))
+            log.error("event %s refused by the store, nothing recorded: %s", safe(event_id), safe(exc))
             return self._reject("unrecordable", 422, f"event cannot be recorded: {exc}")
         self._requests.labels("duplicate" if outcome.duplicate else "accepted").inc()
         for anomaly in outcome.anomalies:

@@ -159,7 +159,7 @@ def plan_event(
     context: "Context",
     dedup_ttl: int,
     subscription_ttl: int,
-    replayed: bool = False,
+    history: bool = False,
     max_clock_skew: int = 300,
 ) -> Plan:
     """Everything recording this event changes, for the store to apply atomically.
@@ -240,7 +240,7 @@ def plan_event(
         subscription=subscription,
         payment=payment,
     )
-    return as_history(plan, event) if replayed else plan
+    return as_history(plan, event) if history else plan
 
 
 def as_history(plan: Plan, event: Event) -> Plan:
@@ -265,6 +265,17 @@ def as_history(plan: Plan, event: Event) -> Plan:
         maxima={fields.field(fam.LAST_CREATED, mode): event.created},
         checks=checks,
         subscription=subscription,
+    )
+
+
+def missed_event_plan(event_id: str, livemode: bool, dedup_ttl: int) -> Plan:
+    """Counts one event Stripe sent that never arrived; its own dedup id makes the count happen once."""
+    mode = livemode_label(livemode)
+    return Plan(
+        event_id=f"missed:{event_id}",
+        dedup_ttl=dedup_ttl,
+        livemode=mode,
+        counters={fields.field(fam.MISSED_EVENTS, mode): 1},
     )
 
 
