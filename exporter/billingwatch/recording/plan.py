@@ -97,10 +97,21 @@ class Check:
     counters: dict[str, int] = field(default_factory=dict)
     anomaly: Anomaly | None = None
 
+    @property
+    def anomaly_counter(self) -> str:
+        """The counter field its anomaly moves when it hits; "" without one."""
+        a = self.anomaly
+        return "" if a is None else fields.anomaly_field(a.detector, a.severity, a.livemode, a.history)
+
 
 @dataclass(frozen=True)
 class SubscriptionState:
-    """A subscription snapshot; the store keeps the newest by event time and derives the gauges."""
+    """A subscription snapshot; the store keeps the newest by event time and moves the gauges.
+
+    The store knows no status: a held snapshot adds 1 to `status_field` and its MRR to
+    `mrr_field`; the store remembers the fields it added and takes them back when a newer
+    snapshot replaces it. An ended one holds nothing and bumps `ended_counter` once.
+    """
 
     id: str
     livemode: str
@@ -111,6 +122,25 @@ class SubscriptionState:
     period_end: int
     ttl: int
     ended_counter: str = ""  # the counter field to bump when it ends; "" for none (history)
+
+    @property
+    def held(self) -> bool:
+        """Whether its status holds it in the subscriptions and MRR gauges (an ended one is not)."""
+        return self.status not in ENDED_STATUSES
+
+    @property
+    def status_field(self) -> str:
+        return fields.field(fam.SUBSCRIPTIONS, self.status, self.livemode)
+
+    @property
+    def mrr_field(self) -> str:
+        """The MRR gauge field it adds `mrr_milli` to; "" without a currency."""
+        return fields.field(fam.MRR, self.mrr_currency, self.livemode) if self.mrr_currency else ""
+
+    @property
+    def lapse_watched(self) -> bool:
+        """An active subscription is watched for a period that ends with no paid invoice."""
+        return self.status == "active"
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,6 @@ from typing import Any, Protocol
 
 from billingwatch.recording.plan import Plan
 
-# Statuses after which a subscription is no longer held in the gauges. The Lua script has
-# the same list (store/apply.lua, ENDED).
-ENDED = frozenset({"canceled", "incomplete_expired"})
 LAPSE_HORIZON = 400 * 86400  # the default subscription memory (BILLINGWATCH_SUBSCRIPTION_TTL_SECONDS)
 # What a store refuses up front rather than fail half-way (apply.lua has the same numbers).
 # Totals stay within +-COUNTER_LIMIT: 2^63 - 1 is 9.22e18, and the gap is far wider than the

@@ -12,7 +12,6 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from billingwatch.metrics import fields
 from billingwatch.metrics.labels import LIVEMODES
 from billingwatch.recording.plan import Check, Plan
 from billingwatch.store.contract import LAPSE_HORIZON, Outcome, Snapshot, StoreUnavailable, Unrecordable
@@ -50,8 +49,7 @@ def _check_args(check: Check) -> dict[str, Any]:
     }
     if check.anomaly is not None:
         args["anomaly"] = _stringify(check.anomaly.as_dict())
-        a = check.anomaly
-        args["anomaly_counter"] = fields.anomaly_field(a.detector, a.severity, a.livemode, a.history)
+        args["anomaly_counter"] = check.anomaly_counter
     return args
 
 
@@ -103,8 +101,9 @@ class RedisStore:
         if plan.subscription is not None:
             s = plan.subscription
             body["subscription"] = {
-                "id": s.id, "lm": s.livemode, "at": str(s.at), "status": s.status, "cur": s.mrr_currency,
+                "id": s.id, "at": str(s.at), "held": s.held, "sf": s.status_field, "mf": s.mrr_field,
                 "mrr": str(s.mrr_milli), "end": str(s.period_end), "ttl": str(s.ttl), "se": s.ended_counter,
+                "watch": s.lapse_watched,
             }
         if plan.payment is not None:
             p = plan.payment
