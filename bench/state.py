@@ -22,10 +22,10 @@ import httpx
 import redis
 
 from bench import harness, traffic
-from billingwatch.detectors import Context, build_detectors
-from billingwatch.recording.events import parse_event
-from billingwatch.recording.ledger import plan_event
-from billingwatch.store import RedisStore
+from billingwatch.detectors import build_detectors
+from billingwatch.recording.plan import Plan
+from billingwatch.recording.recorder import Recorder
+from billingwatch.store import Outcome, RedisStore
 from tests import stripe_events as se
 
 PREFIX = "billingwatch"
@@ -33,12 +33,38 @@ DEDUP_TTL, SUBSCRIPTION_TTL = 35 * 86400, 400 * 86400
 TOKEN = "TPL000000"  # replaced by each customer's number in the replayed script calls
 
 
-def plan_for(evt: dict[str, Any]) -> Any:
-    return plan_event(parse_event(evt), received_at=time.time(), detectors=build_detectors({}),
-                      context=Context(state_ttl=DEDUP_TTL), dedup_ttl=DEDUP_TTL, subscription_ttl=SUBSCRIPTION_TTL)
+def recorder(store: RedisStore) -> Recorder:
+    return Recorder(store, build_detectors({}), DEDUP_TTL, SUBSCRIPTION_TTL)
 
 
-def templates(store: RedisStore) -> list[list[str]]:
+class ScriptCalls(RedisStore):
+    """A Redis store that keeps the script call of each event instead of running it, for bulk replay."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url, PREFIX)
+        self.calls: list[list[str]] = []
+
+    async def apply(self, plan: Plan) -> Outcome:
+        keys, args = self.script_call(plan)
+        self.calls.append([str(len(keys)), *keys, *(str(a) for a in args)])
+        return Outcome(duplicate=False)
+
+
+def script_calls(url: str, events: list[dict[str, Any]]) -> list[list[str]]:
+    """The apply-script calls (numkeys, KEYS..., ARGV...) that record these events, through the Recorder."""
+    store = ScriptCalls(url)
+
+    async def run() -> None:
+        record = recorder(store).record
+        for evt in events:
+            await record(evt)
+        await store.close()
+
+    asyncio.run(run())
+    return store.calls
+
+
+def templates(url: str) -> list[list[str]]:
     """The script calls that track one customer, with TOKEN where its number goes."""
     now = int(time.time())
     customer, sub = f"cus_{TOKEN}", f"sub_{TOKEN}"
@@ -49,18 +75,14 @@ def templates(store: RedisStore) -> list[list[str]]:
         se.event("charge.succeeded", se.charge(customer=customer, charge_id=f"ch_{TOKEN}"),
                  event_id=f"evt_c{TOKEN}", created=now),
     ]
-    calls = []
-    for evt in events:
-        keys, args = store.script_call(plan_for(evt))
-        calls.append([str(len(keys)), *keys, *(str(a) for a in args)])
-    return calls
+    return script_calls(url, events)
 
 
-def dedup_only_template(store: RedisStore) -> list[str]:
+def dedup_only_template(url: str) -> list[str]:
     """An event type BillingWatch only counts: recording it adds nothing but its dedup key."""
     evt = se.event("customer.updated", se.shape("customer"), event_id=f"evt_u{TOKEN}")
-    keys, args = store.script_call(plan_for(evt))
-    return [str(len(keys)), *keys, *(str(a) for a in args)]
+    (call,) = script_calls(url, [evt])
+    return call
 
 
 def resp(parts: list[str]) -> bytes:
@@ -120,12 +142,10 @@ def key_kind(key: str) -> str:
 
 async def record_traffic(url: str, count: int) -> float:
     store = RedisStore(url, PREFIX)
-    detectors, context = build_detectors({}), Context(state_ttl=DEDUP_TTL)
+    record = recorder(store).record
     began = time.monotonic()
     for evt in traffic.events(count, seed=11):
-        plan = plan_event(parse_event(evt), received_at=time.time(), detectors=detectors, context=context,
-                          dedup_ttl=DEDUP_TTL, subscription_ttl=SUBSCRIPTION_TTL)
-        await store.apply(plan)
+        await record(evt)
     await store.close()
     return time.monotonic() - began
 
@@ -180,8 +200,7 @@ def main() -> None:
     script = resources.files("billingwatch.store").joinpath("apply.lua").read_text()
     sha = rds.script_load(script)
     assert sha == hashlib.sha1(script.encode()).hexdigest()
-    store = RedisStore(server.url, PREFIX)
-    calls = templates(store)
+    calls = templates(server.url)
     port = harness.free_port()
     exporter = harness.start_server(["-m", "billingwatch", "serve", "--port", str(port)], port,
                                     {"REDIS_URL": server.url, "STRIPE_WEBHOOK_SECRET": se.SECRET})
@@ -209,7 +228,7 @@ def main() -> None:
                   f"{memory / 2**20:.1f} | {per_customer:.0f} | {active} |")
 
         before = used_memory(rds)
-        replay(server.port, sha, [dedup_only_template(store)], 0, args.dedup_sample)
+        replay(server.port, sha, [dedup_only_template(server.url)], 0, args.dedup_sample)
         per_dedup = (used_memory(rds) - before) / args.dedup_sample
         print()
         print(f"per dedup key (event id, 35-day TTL): {per_dedup:.0f} bytes of used_memory "

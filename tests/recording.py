@@ -1,13 +1,11 @@
-"""Record Stripe events straight into a store, through the same pure path the webhook uses."""
+"""Record Stripe events straight into a store, through the Recorder the webhook uses."""
 
 import time
 from typing import Any
 
-from billingwatch.detectors import Context, build_detectors
-from billingwatch.recording.events import parse_event
-from billingwatch.recording.ledger import plan_event
-from billingwatch.recording.plan import Outcome
-from billingwatch.store import Store
+from billingwatch.detectors import build_detectors
+from billingwatch.recording.recorder import Recorder
+from billingwatch.store import Outcome, Store
 
 DEDUP_TTL = 35 * 86400
 SUBSCRIPTION_TTL = 400 * 86400
@@ -15,16 +13,8 @@ SUBSCRIPTION_TTL = 400 * 86400
 
 async def record(store: Store, evt: dict[str, Any], received_at: float | None = None,
                  environ: dict[str, str] | None = None) -> Outcome:
-    event = parse_event(evt)
-    plan = plan_event(
-        event,
-        received_at=received_at if received_at is not None else time.time(),
-        detectors=build_detectors(environ or {}),
-        context=Context(state_ttl=DEDUP_TTL),
-        dedup_ttl=DEDUP_TTL,
-        subscription_ttl=SUBSCRIPTION_TTL,
-    )
-    return await store.apply(plan)
+    recorder = Recorder(store, build_detectors(environ or {}), DEDUP_TTL, SUBSCRIPTION_TTL)
+    return await recorder.record(evt, received_at=received_at)
 
 
 async def anomaly_count(store: Store, detector: str, livemode: str = "false") -> int:

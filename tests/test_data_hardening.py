@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from billingwatch.http.webhook import RESULTS
+from billingwatch.metrics.labels import RESULTS
 from billingwatch.money import CURRENCIES
 from billingwatch.recording.events import MAX_AMOUNT, MAX_LIST, payment_intent_of
 from billingwatch.recording.plan import Anomaly, Check, Plan, SubscriptionState

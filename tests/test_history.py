@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 
 from billingwatch.config import ConfigError, from_env
 from billingwatch.detectors import REGISTRY
-from billingwatch.recording.ledger import CHARGE_STATUSES, DECLINE_REASONS, DISPUTE_REASONS, EVENT_TYPES, FRAUD_TYPES
+from billingwatch.metrics.labels import CHARGE_STATUSES, DECLINE_REASONS, DISPUTE_REASONS, EVENT_TYPES, FRAUD_TYPES
 from billingwatch.store import RedisStore
 from tests import stripe_events as se
 from tests.exporter_metrics import LIVE, Samples, live_counts, moved, total

@@ -5,6 +5,7 @@ import time
 import pytest
 
 from billingwatch.metrics import families as fam
+from billingwatch.metrics import fields
 from billingwatch.metrics.collector import store_metrics
 from billingwatch.recording.plan import Check, Plan
 from billingwatch.store import MemoryStore, Store
@@ -165,7 +166,7 @@ async def test_window_sets_are_capped_oldest_first(store: Store) -> None:
 
 
 async def test_increment_adds_to_store_counters(store: Store) -> None:
-    await store.increment({fam.field(fam.MISSED_EVENTS, "true"): 3})
+    await store.increment({fields.field(fam.MISSED_EVENTS, "true"): 3})
     assert await counter(store, "me|true") == 3
 
 

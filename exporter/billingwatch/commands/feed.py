@@ -118,7 +118,7 @@ class StoreSink:
             if attempt:
                 await asyncio.sleep(backoff(attempt))
             try:
-                outcome = await self.recorder.record(document, replayed=True)
+                outcome = await self.recorder.record(document, history=True)
             except (InvalidEvent, Unrecordable) as exc:  # retrying cannot help either
                 return Delivery("rejected", str(exc))
             except StoreUnavailable as exc:

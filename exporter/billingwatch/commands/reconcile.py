@@ -23,8 +23,7 @@ from billingwatch.commands.stripe_api import (
     event_types,
     list_events,
 )
-from billingwatch.metrics import families as fam
-from billingwatch.recording.plan import Plan
+from billingwatch.metrics.labels import livemode_label
 from billingwatch.recording.recorder import Recorder
 from billingwatch.store import StoreUnavailable
 
@@ -49,17 +48,6 @@ def add_reconcile(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") ->
     parser.set_defaults(run=reconcile)
 
 
-def missed_plan(recorder: Recorder, document: dict[str, Any]) -> Plan:
-    """Counts one missed event; its own dedup id makes the count happen once."""
-    mode = fam.livemode_label(document.get("livemode") is True)
-    return Plan(
-        event_id=f"missed:{document['id']}",
-        dedup_ttl=recorder.dedup_ttl,
-        livemode=mode,
-        counters={fam.field(fam.MISSED_EVENTS, mode): 1},
-    )
-
-
 @dataclass
 class Findings:
     listed: int = 0
@@ -73,12 +61,12 @@ async def find_missed(recorder: Recorder, events: Any) -> Findings:
 
     async def check(batch: list[dict[str, Any]]) -> None:
         recorded = await recorder.store.recorded(
-            [(str(d["id"]), fam.livemode_label(d.get("livemode") is True)) for d in batch]
+            [(str(d["id"]), livemode_label(d.get("livemode") is True)) for d in batch]
         )
         for document, seen in zip(batch, recorded, strict=True):
             if not seen:
                 findings.missed.append(document)
-                outcome = await recorder.store.apply(missed_plan(recorder, document))
+                outcome = await recorder.record_missed(str(document["id"]), document.get("livemode") is True)
                 findings.newly_counted += not outcome.duplicate
 
     with progress(None, "reconcile") as bar:

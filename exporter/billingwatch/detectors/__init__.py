@@ -11,6 +11,7 @@ from billingwatch.detectors.currency_mismatch import CurrencyMismatch
 from billingwatch.detectors.double_invoice import DoubleInvoice
 from billingwatch.detectors.duplicate_charge import DuplicateCharge
 from billingwatch.detectors.negative_invoice import NegativeInvoice
+from billingwatch.metrics.labels import EVENT_TYPES
 
 REGISTRY: tuple[type[Any], ...] = (
     DuplicateCharge,
@@ -41,6 +42,10 @@ def build_detectors(environ: Mapping[str, str] = os.environ) -> list[Detector]:
     for cls in REGISTRY:
         if cls.severity not in SEVERITIES:
             raise ConfigError(f"detector {cls.name}: severity must be one of {SEVERITIES}")
+        if not cls.event_types <= EVENT_TYPES:
+            # Else its events would be counted as type="other".
+            raise ConfigError(f"detector {cls.name}: add {sorted(cls.event_types - EVENT_TYPES)} to the type "
+                              "label's values (metrics/labels.py EVENT_TYPES)")
         overrides: dict[str, int] = {}
         for f in dataclasses.fields(cls):
             name = env_name(cls, f.name)

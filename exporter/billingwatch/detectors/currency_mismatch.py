@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from billingwatch.detectors.base import Context, Severity, anomaly
-from billingwatch.metrics.families import livemode_label
+from billingwatch.metrics.labels import livemode_label
 from billingwatch.recording.events import Event, charge_of
 from billingwatch.recording.plan import Check
 

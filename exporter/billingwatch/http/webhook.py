@@ -1,4 +1,4 @@
-"""POST /webhooks/stripe: verify, parse, plan, record atomically, and only then answer 2xx."""
+"""POST /webhooks/stripe: verify, record atomically (recording/recorder.py), and only then answer 2xx."""
 
 import asyncio
 import json
@@ -15,8 +15,8 @@ from billingwatch.config import Settings, is_placeholder
 from billingwatch.detectors import Detector
 from billingwatch.http.access import authorised
 from billingwatch.logsafe import safe
-from billingwatch.recording.events import InvalidEvent, parse_event
-from billingwatch.recording.recorder import Recorder
+from billingwatch.recording.events import InvalidEvent
+from billingwatch.recording.recorder import LivemodeRejected, Recorder
 from billingwatch.store import Store, StoreUnavailable, Unrecordable
 
 log = logging.getLogger("billingwatch.webhook")
@@ -26,26 +26,8 @@ log = logging.getLogger("billingwatch.webhook")
 # could suppress that delivery's lag sample and last-received time.
 REPLAY_HEADER = "BillingWatch-Replay"
 
-RESULTS = (
-    "accepted", "duplicate", "missing_signature", "invalid_signature", "too_large", "invalid_json",
-    "invalid_event", "livemode_rejected", "store_unavailable", "unrecordable", "replay_unauthorized",
-    "body_timeout", "unsupported_media_type",
-)
-
 # A real Stripe-Signature (t=..., one v1 per active secret, maybe a v0) is a few hundred bytes.
 MAX_SIGNATURE_HEADER = 1024
-
-
-def new_requests_counter() -> Counter:
-    counter = Counter(
-        "billingwatch_webhook_requests",
-        "Webhook requests handled by this replica, by result.",
-        ["result"],
-        registry=None,
-    )
-    for result in RESULTS:
-        counter.labels(result)
-    return counter
 
 
 class TooLarge(Exception):
@@ -111,7 +93,6 @@ class WebhookEndpoint:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
-        self._store = store
         self._recorder = Recorder(store, detectors, settings.dedup_ttl, settings.subscription_ttl, clock,
                                   max_clock_skew=settings.signature_tolerance)
         self._requests = requests
@@ -164,26 +145,25 @@ class WebhookEndpoint:
             document = json.loads(payload)
         except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
             return self._reject("invalid_json", 400, "body is not JSON")
-        received_at = self._clock()
+        event_id = document.get("id") if isinstance(document, dict) else None  # for the log only
         try:
-            event = parse_event(document)
-            if event.livemode and not live_allowed:
-                return self._reject(
-                    "livemode_rejected", 400,
-                    "livemode events need signature verification with a real secret, not a placeholder",
-                )
-            replayed = request.headers.get(REPLAY_HEADER) == "1"
-            plan = self._recorder.plan(event, received_at, replayed=replayed)
+            outcome = await self._recorder.record(
+                document, received_at=self._clock(), history=request.headers.get(REPLAY_HEADER) == "1",
+                live_allowed=live_allowed,
+            )
         except InvalidEvent as exc:
             return self._reject("invalid_event", 400, str(exc))
-        try:
-            outcome = await self._store.apply(plan)
+        except LivemodeRejected:
+            return self._reject(
+                "livemode_rejected", 400,
+                "livemode events need signature verification with a real secret, not a placeholder",
+            )
         except StoreUnavailable as exc:
-            log.warning("store unavailable, answering 503 so Stripe retries %s: %s", safe(event.id), safe(exc))
+            log.warning("store unavailable, answering 503 so Stripe retries %s: %s", safe(event_id), safe(exc))
             return self._reject("store_unavailable", 503, "store unavailable; retry later")
         except Unrecordable as exc:
             # Not 503: a retry of this event meets the same refusal. Nothing was written.
-            log.error("event %s refused by the store, nothing recorded: %s", safe(event.id), safe(exc))
+            log.error("event %s refused by the store, nothing recorded: %s", safe(event_id), safe(exc))
             return self._reject("unrecordable", 422, f"event cannot be recorded: {exc}")
         self._requests.labels("duplicate" if outcome.duplicate else "accepted").inc()
         for anomaly in outcome.anomalies:

@@ -7,24 +7,18 @@ from prometheus_client.registry import Collector
 
 from billingwatch.detectors import Detector
 from billingwatch.metrics import families as fam
-from billingwatch.money import to_major
-from billingwatch.recording.ledger import (
+from billingwatch.metrics import fields
+from billingwatch.metrics.labels import (
     CHARGE_STATUSES,
     DECLINE_REASONS,
     DISPUTE_REASONS,
     EVENT_TYPES,
     FRAUD_TYPES,
     INVOICE_ATTEMPTS,
+    LIVEMODES,
 )
+from billingwatch.money import to_major
 from billingwatch.store import Snapshot
-
-
-def _labelled(field: str) -> tuple[fam.Family, list[str]] | None:
-    key, *values = field.split("|")
-    family = fam.BY_KEY.get(key)
-    if family is None or len(values) != len(family.labels):
-        return None
-    return family, values
 
 
 def _value(family: fam.Family, labels: list[str], raw: int) -> float:
@@ -60,15 +54,15 @@ def _zeros(snapshot: Snapshot, detectors: Iterable[Detector], currencies: Iterab
         (fam.MISSED_EVENTS, [()]),
     ]
     zeros: dict[str, int] = {}
-    for mode in fam.LIVEMODES:
+    for mode in LIVEMODES:
         for family, label_sets in fixed:
             for labels in label_sets:
-                zeros[fam.field(family, *labels, mode)] = 0
+                zeros[fields.field(family, *labels, mode)] = 0
     # Currency is open-ended: once one is seen in a mode (or configured), every per-currency
     # family exists in it, so the money ratios have both sides from the start.
-    seen = {(c, mode) for c in currencies for mode in fam.LIVEMODES}
+    seen = {(c, mode) for c in currencies for mode in LIVEMODES}
     for field in (*snapshot.counters, *snapshot.gauges):
-        parsed = _labelled(field)
+        parsed = fields.parse(field)
         if parsed and "currency" in parsed[0].labels:
             family, values = parsed
             seen.add((values[family.labels.index("currency")], values[-1]))
@@ -76,19 +70,19 @@ def _zeros(snapshot: Snapshot, detectors: Iterable[Detector], currencies: Iterab
         for family in _CURRENCY_FAMILIES:
             for status in CHARGE_STATUSES if "status" in family.labels else ("",):
                 labels = (status, currency, mode) if status else (currency, mode)
-                zeros[fam.field(family, *labels)] = 0
+                zeros[fields.field(family, *labels)] = 0
     return zeros
 
 
 def _lag_histograms(counters: dict[str, int]) -> Metric:
-    histogram = HistogramMetricFamily(fam.LAG_NAME, fam.LAG_HELP, labels=["livemode"])
-    for mode in fam.LIVEMODES:  # every bucket exists at 0 from start
+    histogram = HistogramMetricFamily(fam.LAG.name, fam.LAG.help, labels=list(fam.LAG.labels))
+    for mode in LIVEMODES:  # every bucket exists at 0 from start
         cumulative, buckets = 0, []
         for bound in (*fam.LAG_BUCKETS, float("inf")):
             upper = "+Inf" if bound == float("inf") else repr(bound)
-            cumulative += counters.get(fam.field(fam.LAG_BUCKET, upper, mode), 0)
+            cumulative += counters.get(fields.field(fam.LAG_BUCKET, upper, mode), 0)
             buckets.append((upper, float(cumulative)))
-        total = counters.get(fam.field(fam.LAG_SUM, mode), 0) / 1000
+        total = counters.get(fields.field(fam.LAG_SUM, mode), 0) / 1000
         histogram.add_metric([mode], buckets, total)
     return histogram
 
@@ -103,18 +97,15 @@ def store_metrics(snapshot: Snapshot, detectors: Iterable[Detector], currencies:
             built[family.key] = GaugeMetricFamily(family.name, family.help, labels=list(family.labels))
     values = {**_zeros(snapshot, detectors, currencies), **snapshot.counters, **snapshot.gauges}
     for field, raw in sorted(values.items()):
-        parsed = _labelled(field)
+        parsed = fields.parse(field)
         if parsed is None:
             continue
         family, labels = parsed
         if family is fam.SUBSCRIPTIONS and raw == 0:
             continue  # a status no subscription holds any more
         built[family.key].add_metric(labels, _value(family, labels, raw))
-    lapsed = GaugeMetricFamily(
-        "billingwatch_subscriptions_lapsed",
-        "Active subscriptions whose period ended more than the grace period ago with no paid invoice since.",
-        labels=["livemode"],
-    )
+    lapsed = GaugeMetricFamily(fam.SUBSCRIPTIONS_LAPSED.name, fam.SUBSCRIPTIONS_LAPSED.help,
+                               labels=list(fam.SUBSCRIPTIONS_LAPSED.labels))
     for mode, count in sorted(snapshot.lapsed.items()):
         lapsed.add_metric([mode], float(count))
     return [*built.values(), _lag_histograms(snapshot.counters), lapsed]
@@ -131,7 +122,7 @@ class SnapshotCollector(Collector):
         self._currencies = tuple(currencies)
 
     def collect(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily("billingwatch_store_up", "1 when the store answered this scrape, else 0.")
+        up = GaugeMetricFamily(fam.STORE_UP.name, fam.STORE_UP.help)
         up.add_metric([], 0.0 if self._snapshot is None else 1.0)
         yield up
         if self._snapshot is not None:

@@ -1,21 +1,27 @@
-"""The metric families whose values live in the store, and how their fields are named there.
+"""The metric catalogue: every family BillingWatch exposes, with its name, HELP, labels and kind.
 
-A store field is "<family>|<label value>|<label value>...". Label values never contain "|"
-(they come from small, validated sets), so the collector splits fields back into labels.
+Most live in the store (REDIS_FAMILIES, named there as metrics/fields.py says); the rest are
+built per scrape (store up, lapsed subscriptions, build info) or per replica (webhook requests).
+Label values come from metrics/labels.py.
 """
 
 from dataclasses import dataclass
 from enum import Enum
 
+from prometheus_client import Counter
+
+from billingwatch.metrics.labels import RESULTS
+
 
 class Kind(Enum):
     COUNTER = "counter"
     GAUGE = "gauge"
+    HISTOGRAM = "histogram"
 
 
 @dataclass(frozen=True)
 class Family:
-    key: str  # short name used in store fields
+    key: str  # short name used in store fields; "" for a family the store does not hold
     name: str  # Prometheus name without the _total suffix of counters
     help: str
     labels: tuple[str, ...]
@@ -138,8 +144,6 @@ REDIS_FAMILIES = (
     INVOICE_PAYMENT_FAILURES, SUBSCRIPTIONS_ENDED, ANOMALIES, HISTORY_ANOMALIES, MISSED_EVENTS,
     LAST_RECEIVED, LAST_CREATED, SUBSCRIPTIONS, MRR,
 )
-BY_KEY = {family.key: family for family in REDIS_FAMILIES}
-
 # The delivery-lag histogram is stored as per-bucket counts (non-cumulative), a sum in
 # milliseconds and a count; the collector makes the buckets cumulative.
 LAG_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 10800.0, 86400.0)
@@ -149,21 +153,30 @@ LAG_BUCKET = _counter("lagb", LAG_NAME, LAG_HELP, "le", "livemode")
 LAG_SUM = _counter("lags", LAG_NAME, LAG_HELP, "livemode")  # milliseconds
 LAG_COUNT = _counter("lagc", LAG_NAME, LAG_HELP, "livemode")
 
-# Subscription statuses held in the SUBSCRIPTIONS gauge; the rest end a subscription.
-LIVE_STATUSES = ("trialing", "active", "past_due", "unpaid", "paused", "incomplete")
-ENDED_STATUSES = ("canceled", "incomplete_expired")
-MRR_STATUSES = ("active", "past_due")
-LIVEMODES = ("true", "false")
+# Built at scrape time, not held in the store.
+STORE_UP = _gauge("", "billingwatch_store_up", "1 when the store answered this scrape, else 0.")
+SUBSCRIPTIONS_LAPSED = _gauge(
+    "", "billingwatch_subscriptions_lapsed",
+    "Active subscriptions whose period ended more than the grace period ago with no paid invoice since.",
+    "livemode",
+)
+LAG = Family("", LAG_NAME, LAG_HELP, ("livemode",), Kind.HISTOGRAM)
+BUILD_INFO = _gauge(
+    "", "billingwatch_build_info", "Always 1; the labels tell the version and the store in use.",
+    "version", "python_version", "store",
+)
+# Counted by each replica's webhook (not in the store): what it answered, by result.
+WEBHOOK_REQUESTS = _counter(
+    "", "billingwatch_webhook_requests", "Webhook requests handled by this replica, by result.", "result",
+)
+
+# Every family, as the README's metrics table lists them.
+CATALOGUE = (STORE_UP, WEBHOOK_REQUESTS, BUILD_INFO, *REDIS_FAMILIES, LAG, SUBSCRIPTIONS_LAPSED)
 
 
-def field(family: Family, *values: str) -> str:
-    return "|".join((family.key, *values))
-
-
-def livemode_label(livemode: bool) -> str:
-    return "true" if livemode else "false"
-
-
-def anomaly_field(detector: str, severity: str, livemode: bool, history: bool) -> str:
-    """The counter an anomaly moves: found in imported history, it is not live traffic."""
-    return field(HISTORY_ANOMALIES if history else ANOMALIES, detector, severity, livemode_label(livemode))
+def new_requests_counter() -> Counter:
+    """The webhook request counter, every result at 0 from the start."""
+    counter = Counter(WEBHOOK_REQUESTS.name, WEBHOOK_REQUESTS.help, list(WEBHOOK_REQUESTS.labels), registry=None)
+    for result in RESULTS:
+        counter.labels(result)
+    return counter

@@ -1,13 +1,52 @@
-"""What recording one event does to the store, as data.
+"""Recording one Stripe event, as data: the Plan types, and plan_event() that builds a Plan. Pure.
 
-The webhook builds a Plan from an event (pure), and a store applies the whole Plan in one
-atomic step: event-id dedup first, then every counter, check and subscription update. Checks
-are the store operations detectors are written in, so detector state changes in the same
-transaction as the counters, in one round trip.
+plan_event() turns an event into everything recording it changes: counters, subscription
+state, detector checks. A store applies the whole Plan in one atomic step: event-id dedup
+first, then every counter, check and subscription update. Checks are the store operations
+detectors are written in, so detector state changes in the same transaction as the counters,
+in one round trip. The plan names every store field it moves (metrics/fields.py), so the store
+needs no vocabulary of its own.
 """
 
-from dataclasses import dataclass, field
-from typing import Any, Literal
+import bisect
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Literal
+
+from billingwatch.metrics import families as fam
+from billingwatch.metrics import fields
+from billingwatch.metrics.labels import (
+    CHARGE_EVENTS,
+    DECLINE_REASONS,
+    DISPUTE_REASONS,
+    ENDED_STATUSES,
+    EVENT_TYPES,
+    FRAUD_TYPES,
+    INVOICE_ATTEMPTS,
+    INVOICE_PAID_EVENTS,
+    LIVE_STATUSES,
+    MRR_STATUSES,
+    REFUND_EVENTS,
+    SUBSCRIPTION_EVENTS,
+    known,
+    livemode_label,
+)
+from billingwatch.money import monthly_amount
+from billingwatch.recording.events import (
+    Event,
+    InvalidEvent,
+    Refund,
+    charge_of,
+    dispute_of,
+    early_fraud_warning_of,
+    invoice_of,
+    list_data,
+    refund_of,
+    subscription_of,
+)
+
+if TYPE_CHECKING:  # the detectors build Checks: importing them here at run time would be a cycle
+    from billingwatch.detectors import Context, Detector
 
 CheckOp = Literal["once", "window", "distinct"]
 
@@ -58,10 +97,21 @@ class Check:
     counters: dict[str, int] = field(default_factory=dict)
     anomaly: Anomaly | None = None
 
+    @property
+    def anomaly_counter(self) -> str:
+        """The counter field its anomaly moves when it hits; "" without one."""
+        a = self.anomaly
+        return "" if a is None else fields.anomaly_field(a.detector, a.severity, a.livemode, a.history)
+
 
 @dataclass(frozen=True)
 class SubscriptionState:
-    """A subscription snapshot; the store keeps the newest by event time and derives the gauges."""
+    """A subscription snapshot; the store keeps the newest by event time and moves the gauges.
+
+    The store knows no status: a held snapshot adds 1 to `status_field` and its MRR to
+    `mrr_field`; the store remembers the fields it added and takes them back when a newer
+    snapshot replaces it. An ended one holds nothing and bumps `ended_counter` once.
+    """
 
     id: str
     livemode: str
@@ -72,6 +122,25 @@ class SubscriptionState:
     period_end: int
     ttl: int
     ended_counter: str = ""  # the counter field to bump when it ends; "" for none (history)
+
+    @property
+    def held(self) -> bool:
+        """Whether its status holds it in the subscriptions and MRR gauges (an ended one is not)."""
+        return self.status not in ENDED_STATUSES
+
+    @property
+    def status_field(self) -> str:
+        return fields.field(fam.SUBSCRIPTIONS, self.status, self.livemode)
+
+    @property
+    def mrr_field(self) -> str:
+        """The MRR gauge field it adds `mrr_milli` to; "" without a currency."""
+        return fields.field(fam.MRR, self.mrr_currency, self.livemode) if self.mrr_currency else ""
+
+    @property
+    def lapse_watched(self) -> bool:
+        """An active subscription is watched for a period that ends with no paid invoice."""
+        return self.status == "active"
 
 
 @dataclass(frozen=True)
@@ -96,7 +165,202 @@ class Plan:
     payment: SubscriptionPayment | None = None
 
 
-@dataclass(frozen=True)
-class Outcome:
-    duplicate: bool
-    anomalies: list[dict[str, Any]] = field(default_factory=list)
+_MAX_MONTHLY_MINOR = 10**12  # held x1000 in a signed 64-bit store integer, summed over subscriptions
+# A refund in these states moves money (or will); failed and canceled ones never did.
+_REFUND_COUNTED = frozenset({"succeeded", "pending", "requires_action"})
+_REFUND_VOID = frozenset({"failed", "canceled"})
+
+
+def lag_bucket(lag_seconds: float) -> str:
+    """The upper bound of the lag histogram bucket a value falls in."""
+    index = bisect.bisect_left(fam.LAG_BUCKETS, lag_seconds)
+    return "+Inf" if index == len(fam.LAG_BUCKETS) else repr(fam.LAG_BUCKETS[index])
+
+
+def _add(counters: dict[str, int], key: str, amount: int = 1) -> None:
+    counters[key] = counters.get(key, 0) + amount
+
+
+def plan_event(
+    event: Event,
+    *,
+    received_at: float,
+    detectors: "Iterable[Detector]",
+    context: "Context",
+    dedup_ttl: int,
+    subscription_ttl: int,
+    history: bool = False,
+    max_clock_skew: int = 300,
+) -> Plan:
+    """Everything recording this event changes, for the store to apply atomically.
+
+    A replayed event (replay, backfill, reconcile --replay) is history: it updates state (dedup,
+    detector memory, subscriptions, the count-once keys) but moves no live counter, only
+    billingwatch_history_events_total, and its anomalies are marked history. Otherwise 30 days
+    imported at once would reach the rules as one burst "now".
+
+    An event created after it was received (beyond `max_clock_skew`, the signature tolerance) is
+    not Stripe's: it would pin the last-created gauge and win every "newest snapshot" comparison.
+    """
+    if event.created > received_at + max_clock_skew:
+        raise InvalidEvent("event.created is in the future")
+    mode = livemode_label(event.livemode)
+    counters: dict[str, int] = {fields.field(fam.EVENTS, known(event.type, EVENT_TYPES), mode): 1}
+    maxima = {fields.field(fam.LAST_CREATED, mode): event.created}
+    lag = max(0.0, received_at - event.created)
+    _add(counters, fields.field(fam.LAG_BUCKET, lag_bucket(lag), mode))
+    _add(counters, fields.field(fam.LAG_SUM, mode), round(lag * 1000))
+    _add(counters, fields.field(fam.LAG_COUNT, mode))
+    maxima[fields.field(fam.LAST_RECEIVED, mode)] = int(received_at)
+    checks: list[Check] = []
+    subscription: SubscriptionState | None = None
+    payment: SubscriptionPayment | None = None
+    kind = event.object_kind
+
+    if event.type in CHARGE_EVENTS and kind == "charge":
+        charge = charge_of(event.object)
+        status = CHARGE_EVENTS[event.type]
+        _add(counters, fields.field(fam.CHARGES, status, charge.currency, mode))
+        _add(counters, fields.field(fam.CHARGE_OUTCOMES, status, mode))
+        _add(counters, fields.field(fam.CHARGE_AMOUNT, status, charge.currency, mode), charge.amount)
+        if status == "failed":
+            _add(counters, fields.field(fam.CHARGE_FAILURES, known(charge.failure_reason, DECLINE_REASONS), mode))
+    elif kind == "refund" and event.type in REFUND_EVENTS:
+        checks.extend(refund_checks(refund_of(event.object), mode, dedup_ttl))
+    elif event.type == "charge.refunded" and kind == "charge":
+        # Older API versions list the refunds on the charge; newer ones send refund.created too.
+        for raw in list_data(event.object, "refunds", "charge"):
+            if not isinstance(raw, dict):
+                raise InvalidEvent("charge.refunds.data[] must be an object")
+            checks.extend(refund_checks(refund_of(raw), mode, dedup_ttl))
+    elif event.type == "charge.dispute.created" and kind == "dispute":
+        dispute = dispute_of(event.object)
+        _add(counters, fields.field(fam.DISPUTES, known(dispute.reason, DISPUTE_REASONS), mode))
+        _add(counters, fields.field(fam.DISPUTE_AMOUNT, dispute.currency, mode), dispute.amount)
+    elif event.type == "radar.early_fraud_warning.created" and kind == "radar.early_fraud_warning":
+        warning = early_fraud_warning_of(event.object)
+        _add(counters, fields.field(fam.EARLY_FRAUD_WARNINGS, known(warning.fraud_type, FRAUD_TYPES), mode))
+    elif kind == "invoice":
+        invoice = invoice_of(event.object)
+        if event.type in INVOICE_PAID_EVENTS:
+            # invoice.paid and invoice.payment_succeeded report the same payment: count it once.
+            checks.append(_count_once(f"invpaid:{mode}:{invoice.id}", dedup_ttl, {
+                fields.field(fam.INVOICES_PAID, invoice.currency, mode): 1,
+                fields.field(fam.INVOICE_PAID_AMOUNT, invoice.currency, mode): invoice.amount_paid,
+            }))
+            if invoice.subscription:
+                payment = SubscriptionPayment(invoice.subscription, mode, event.created, dedup_ttl)
+        elif event.type == "invoice.payment_failed":
+            attempt = INVOICE_ATTEMPTS[min(max(invoice.attempt_count, 1), 4) - 1]
+            _add(counters, fields.field(fam.INVOICE_PAYMENT_FAILURES, attempt, mode))
+    elif kind == "subscription" and event.type in SUBSCRIPTION_EVENTS:
+        subscription = subscription_state(event, dedup_ttl, subscription_ttl)
+
+    for detector in detectors:
+        if event.type in detector.event_types:
+            checks.extend(detector.checks(event, context))
+
+    plan = Plan(
+        event_id=event.id,
+        dedup_ttl=dedup_ttl,
+        livemode=mode,
+        counters=counters,
+        maxima=maxima,
+        checks=checks,
+        subscription=subscription,
+        payment=payment,
+    )
+    return as_history(plan, event) if history else plan
+
+
+def as_history(plan: Plan, event: Event) -> Plan:
+    """The plan of a replayed event: the same state changes, no live counter, no delivery timing.
+
+    The count-once checks keep their keys (a later live delivery of the same refund or invoice
+    payment is not counted either) but lose their counters; anomalies are marked history.
+    """
+    mode = livemode_label(event.livemode)
+    checks = [
+        replace(
+            check,
+            counters={},
+            anomaly=None if check.anomaly is None else replace(check.anomaly, history=True),
+        )
+        for check in plan.checks
+    ]
+    subscription = plan.subscription and replace(plan.subscription, ended_counter="")
+    return replace(
+        plan,
+        counters={fields.field(fam.HISTORY_EVENTS, known(event.type, EVENT_TYPES), mode): 1},
+        maxima={fields.field(fam.LAST_CREATED, mode): event.created},
+        checks=checks,
+        subscription=subscription,
+    )
+
+
+def missed_event_plan(event_id: str, livemode: bool, dedup_ttl: int) -> Plan:
+    """Counts one event Stripe sent that never arrived; its own dedup id makes the count happen once."""
+    mode = livemode_label(livemode)
+    return Plan(
+        event_id=f"missed:{event_id}",
+        dedup_ttl=dedup_ttl,
+        livemode=mode,
+        counters={fields.field(fam.MISSED_EVENTS, mode): 1},
+    )
+
+
+def _count_once(key: str, ttl: int, counters: dict[str, int]) -> Check:
+    return Check(op="once", key=key, ttl=ttl, counters=counters)
+
+
+def refund_checks(refund: Refund, mode: str, ttl: int) -> list[Check]:
+    """Count a refund once; take it back once if it fails or is canceled.
+
+    Two "once" keys: `refund:` (counted) and `refundvoid:` (taken back). A live refund adds when
+    `refund:` is new. A failed or canceled one claims both keys: counted before, only the
+    take-back hits; never counted, both hit (refunds and reversed refunds each +1, net 0) and the
+    claimed `refund:` key stops a late `refund.created` from counting it. Redeliveries hit
+    neither. The take-back moves its own counters instead of subtracting: a counter that goes
+    down reads as a restart to Prometheus' rate() and increase().
+    """
+    if refund.status not in _REFUND_COUNTED and refund.status not in _REFUND_VOID:
+        return []
+    count = {
+        fields.field(fam.REFUNDS, refund.currency, mode): 1,
+        fields.field(fam.REFUND_AMOUNT, refund.currency, mode): refund.amount,
+    }
+    checks = [_count_once(f"refund:{mode}:{refund.id}", ttl, count)]
+    if refund.status in _REFUND_VOID:
+        checks.append(_count_once(f"refundvoid:{mode}:{refund.id}", ttl, {
+            fields.field(fam.REFUNDS_REVERSED, refund.currency, mode): 1,
+            fields.field(fam.REFUND_REVERSED_AMOUNT, refund.currency, mode): refund.amount,
+        }))
+    return checks
+
+
+def subscription_state(event: Event, ended_ttl: int, live_ttl: int) -> SubscriptionState:
+    """The snapshot to keep. An ended one is kept only as long as an older snapshot may arrive."""
+    sub = subscription_of(event.object)
+    status = "canceled" if event.type == "customer.subscription.deleted" else sub.status
+    by_currency: dict[str, float] = {}
+    for item in sub.items:
+        amount = monthly_amount(item.unit_amount, item.quantity, item.interval, item.interval_count)
+        by_currency[item.currency] = by_currency.get(item.currency, 0.0) + amount
+    # A subscription bills in one currency; take the largest should a malformed one mix them.
+    currency, monthly = max(by_currency.items(), key=lambda kv: kv[1], default=("", 0.0))
+    if status not in MRR_STATUSES:
+        monthly = 0.0
+    if not 0 <= monthly <= _MAX_MONTHLY_MINOR:
+        # Checked here because the store script must never fail half-way (Redis keeps partial writes).
+        raise InvalidEvent("subscription items: monthly amount out of range")
+    return SubscriptionState(
+        id=sub.id,
+        livemode=livemode_label(event.livemode),
+        at=event.created,
+        status=status if status in (*LIVE_STATUSES, *ENDED_STATUSES) else "other",
+        mrr_currency=currency,
+        mrr_milli=round(monthly * 1000),
+        period_end=sub.current_period_end or 0,
+        ttl=ended_ttl if status in ENDED_STATUSES else live_ttl,
+        ended_counter=fields.field(fam.SUBSCRIPTIONS_ENDED, livemode_label(event.livemode)),
+    )

@@ -1,7 +1,7 @@
-"""The one path from a Stripe event to the store: parse → plan → apply.
+"""The one entry from a Stripe event to the store: parse → plan → apply.
 
-The webhook, `billingwatch replay --direct`, `backfill` and `reconcile --replay` all record
-through it, so an event counts the same however it arrives.
+The webhook, `billingwatch replay --direct`, `backfill`, `reconcile` and the tests and benchmarks
+all record through Recorder.record, so an event counts the same however it arrives.
 """
 
 import time
@@ -12,9 +12,12 @@ from typing import Any
 from billingwatch.config import Settings
 from billingwatch.detectors import Context, Detector, build_detectors
 from billingwatch.recording.events import Event, parse_event
-from billingwatch.recording.ledger import plan_event
-from billingwatch.recording.plan import Outcome, Plan
-from billingwatch.store import Store
+from billingwatch.recording.plan import missed_event_plan, plan_event
+from billingwatch.store import Outcome, Store
+
+
+class LivemodeRejected(Exception):
+    """A livemode event where only test-mode events may be recorded; nothing was written."""
 
 
 @dataclass
@@ -35,20 +38,35 @@ class Recorder:
         return cls(store, build_detectors(settings.detector_env), settings.dedup_ttl, settings.subscription_ttl, clock,
                    settings.signature_tolerance)
 
-    def plan(self, event: Event, received_at: float | None = None, replayed: bool = False) -> Plan:
-        """Raises InvalidEvent for an event that parses but cannot be recorded."""
-        return plan_event(
-            event,
+    async def record(
+        self,
+        event: Event | Any,
+        *,
+        received_at: float | None = None,
+        history: bool = False,
+        live_allowed: bool = True,
+    ) -> Outcome:
+        """Record one Stripe event: an Event, or a decoded document to parse first.
+
+        `history`: a replayed event (state, no live counter; see plan_event). `live_allowed`
+        False refuses a livemode event. Raises InvalidEvent, LivemodeRejected, Unrecordable (all
+        with nothing written) or StoreUnavailable; a duplicate is no error.
+        """
+        parsed = event if isinstance(event, Event) else parse_event(event)
+        if parsed.livemode and not live_allowed:
+            raise LivemodeRejected(parsed.id)
+        plan = plan_event(
+            parsed,
             received_at=self.clock() if received_at is None else received_at,
             detectors=self.detectors,
             context=self.context,
             dedup_ttl=self.dedup_ttl,
             subscription_ttl=self.subscription_ttl,
-            replayed=replayed,
+            history=history,
             max_clock_skew=self.max_clock_skew,
         )
+        return await self.store.apply(plan)
 
-    async def record(self, document: Any, replayed: bool = False) -> Outcome:
-        """Record one decoded Stripe event. Raises InvalidEvent, Unrecordable (nothing written) or
-        StoreUnavailable; a duplicate is no error."""
-        return await self.store.apply(self.plan(parse_event(document), replayed=replayed))
+    async def record_missed(self, event_id: str, livemode: bool) -> Outcome:
+        """Count an event Stripe sent that never arrived (reconcile), once however often it is found."""
+        return await self.store.apply(missed_event_plan(event_id, livemode, self.dedup_ttl))

@@ -1,10 +1,12 @@
 """Where BillingWatch keeps its state: Redis when REDIS_URL is set, else in this process."""
 
-from billingwatch.store.contract import Snapshot, Store, StoreUnavailable, Unrecordable
+from billingwatch.store.contract import Outcome, Snapshot, Store, StoreUnavailable, Unrecordable
 from billingwatch.store.memory_store import MemoryStore
 from billingwatch.store.redis_store import RedisStore
 
-__all__ = ["MemoryStore", "RedisStore", "Snapshot", "Store", "StoreUnavailable", "Unrecordable", "open_store"]
+__all__ = [
+    "MemoryStore", "Outcome", "RedisStore", "Snapshot", "Store", "StoreUnavailable", "Unrecordable", "open_store",
+]
 
 
 def open_store(redis_url: str | None, prefix: str = "billingwatch", anomaly_log_size: int = 1000) -> Store:

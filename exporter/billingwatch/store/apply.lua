@@ -14,15 +14,19 @@
 -- fail: values are validated in Python when the plan is built, and everything that could still
 -- fail here (a total leaving the 64-bit range, a TTL EXPIRE refuses, sizes) is checked below
 -- before the first write. store/memory_store.py makes the same checks.
+--
+-- The script knows no metric vocabulary: the plan names every field it moves. A subscription
+-- snapshot says whether it is held in the gauges (held), the gauge fields it then adds to (sf:
+-- 1, mf: its MRR) and the counter its end bumps (se). The subscription hash keeps the fields
+-- the kept snapshot added (sf, mf, mrr; '' when it held nothing) to take them back later.
 
-local ENDED = { canceled = true, incomplete_expired = true }
--- Totals stay within +-9 * 10^18 (store/base.py COUNTER_LIMIT), inside the signed 64-bit range.
+-- Totals stay within +-9 * 10^18 (store/contract.py COUNTER_LIMIT), inside the signed 64-bit range.
 -- Lua numbers are doubles, exact only to 2^53, so totals are compared exactly as two parts,
 -- value = hi * BASE + lo with 0 <= lo < BASE.
 local BASE = 1e9
 local LIMIT_HI = 9e9
-local MAX_TTL = 1e10 -- seconds (store/base.py MAX_TTL)
-local MAX_CHECKS = 1000 -- store/base.py MAX_CHECKS
+local MAX_TTL = 1e10 -- seconds (store/contract.py MAX_TTL)
+local MAX_CHECKS = 1000 -- store/contract.py MAX_CHECKS
 local plan = cjson.decode(ARGV[1])
 
 -- ---------------------------------------------------------------- checks, before any write
@@ -72,14 +76,12 @@ local function refusal()
   end
   local sub = plan.subscription
   if sub then
-    local state = redis.call('HMGET', KEYS[5], 'status', 'cur', 'mrr', 'lm')
-    if state[1] and not ENDED[state[1]] then
-      add(2, 'sub|' .. state[1] .. '|' .. state[4], '-1')
-      if state[2] and state[2] ~= '' then add(2, 'mrr|' .. state[2] .. '|' .. state[4], state[3], true) end
-    end
-    if not ENDED[sub.status] then
-      add(2, 'sub|' .. sub.status .. '|' .. sub.lm, '1')
-      if sub.cur ~= '' then add(2, 'mrr|' .. sub.cur .. '|' .. sub.lm, sub.mrr) end
+    local state = redis.call('HMGET', KEYS[5], 'sf', 'mf', 'mrr')
+    if state[1] and state[1] ~= '' then add(2, state[1], '-1') end
+    if state[2] and state[2] ~= '' then add(2, state[2], state[3], true) end
+    if sub.held then
+      add(2, sub.sf, '1')
+      if sub.mf ~= '' then add(2, sub.mf, sub.mrr) end
     elseif sub.se ~= '' then
       add(1, sub.se, '1')
     end
@@ -163,31 +165,32 @@ end
 
 local sub = plan.subscription
 if sub then
-  local state = redis.call('HMGET', KEYS[5], 'at', 'status', 'cur', 'mrr', 'paid', 'lm')
+  local state = redis.call('HMGET', KEYS[5], 'at', 'sf', 'mf', 'mrr', 'paid')
   local at = tonumber(state[1])
   if not at or tonumber(sub.at) >= at then -- an older snapshot never overwrites a newer one
-    local old_status, old_mode = state[2], state[6]
-    if old_status and not ENDED[old_status] then
-      redis.call('HINCRBY', KEYS[3], 'sub|' .. old_status .. '|' .. old_mode, -1)
-      if state[3] and state[3] ~= '' then
-        -- format with %d: Lua would print minus zero as '-0', which HINCRBY refuses
-        redis.call('HINCRBY', KEYS[3], 'mrr|' .. state[3] .. '|' .. old_mode, string.format('%d', -tonumber(state[4])))
-      end
+    local ended_before = at and state[2] == '' -- a kept snapshot that held nothing
+    if state[2] and state[2] ~= '' then
+      redis.call('HINCRBY', KEYS[3], state[2], -1)
     end
-    if not ENDED[sub.status] then
-      redis.call('HINCRBY', KEYS[3], 'sub|' .. sub.status .. '|' .. sub.lm, 1)
-      if sub.cur ~= '' then
-        redis.call('HINCRBY', KEYS[3], 'mrr|' .. sub.cur .. '|' .. sub.lm, sub.mrr)
+    if state[3] and state[3] ~= '' then
+      -- format with %d: Lua would print minus zero as '-0', which HINCRBY refuses
+      redis.call('HINCRBY', KEYS[3], state[3], string.format('%d', -tonumber(state[4])))
+    end
+    local sf, mf = '', ''
+    if sub.held then
+      sf, mf = sub.sf, sub.mf
+      redis.call('HINCRBY', KEYS[3], sf, 1)
+      if mf ~= '' then
+        redis.call('HINCRBY', KEYS[3], mf, sub.mrr)
       end
-    elseif sub.se ~= '' and not (old_status and ENDED[old_status]) then
+    elseif sub.se ~= '' and not ended_before then
       redis.call('HINCRBY', KEYS[2], sub.se, 1) -- '' for history: an imported end is not live traffic
     end
-    redis.call('HSET', KEYS[5], 'at', sub.at, 'status', sub.status, 'cur', sub.cur, 'mrr', sub.mrr,
-      'end', sub['end'], 'lm', sub.lm)
+    redis.call('HSET', KEYS[5], 'at', sub.at, 'sf', sf, 'mf', mf, 'mrr', sub.mrr, 'end', sub['end'])
     redis.call('EXPIRE', KEYS[5], sub.ttl)
     local paid = tonumber(state[5]) or 0
     local period_end = tonumber(sub['end'])
-    if sub.status == 'active' and period_end > 0 and paid < period_end then
+    if sub.watch and period_end > 0 and paid < period_end then
       redis.call('ZADD', KEYS[6], sub['end'], sub.id)
     else
       redis.call('ZREM', KEYS[6], sub.id)

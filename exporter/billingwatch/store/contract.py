@@ -4,11 +4,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from billingwatch.recording.plan import Outcome, Plan
+from billingwatch.recording.plan import Plan
 
-# Statuses after which a subscription is no longer held in the gauges. The Lua script has
-# the same list (store/apply.lua, ENDED).
-ENDED = frozenset({"canceled", "incomplete_expired"})
 LAPSE_HORIZON = 400 * 86400  # the default subscription memory (BILLINGWATCH_SUBSCRIPTION_TTL_SECONDS)
 # What a store refuses up front rather than fail half-way (apply.lua has the same numbers).
 # Totals stay within +-COUNTER_LIMIT: 2^63 - 1 is 9.22e18, and the gap is far wider than the
@@ -25,6 +22,14 @@ class StoreUnavailable(Exception):
 class Unrecordable(Exception):
     """The store refused the event before writing anything (a total would leave its range):
     retrying the same event cannot help, so it is not StoreUnavailable."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What applying a plan did: nothing for a duplicate, else the anomaly records its checks hit."""
+
+    duplicate: bool
+    anomalies: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -10,19 +10,32 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from billingwatch.metrics import families as fam
-from billingwatch.recording.plan import Check, Outcome, Plan, SubscriptionPayment, SubscriptionState
+from billingwatch.metrics.labels import LIVEMODES
+from billingwatch.recording.plan import Check, Plan, SubscriptionPayment, SubscriptionState
 from billingwatch.store.contract import (
     COUNTER_LIMIT,
-    ENDED,
     LAPSE_HORIZON,
     MAX_CHECKS,
     MAX_TTL,
+    Outcome,
     Snapshot,
     Unrecordable,
 )
 
 _SWEEP_EVERY = 1024
+
+
+def _holds(sub: SubscriptionState) -> list[tuple[str, int]]:
+    """The gauge increments a subscription snapshot holds while it is kept."""
+    if not sub.held:
+        return []
+    return [(sub.status_field, 1), *([(sub.mrr_field, sub.mrr_milli)] if sub.mrr_field else [])]
+
+
+def _held(state: dict[str, Any]) -> list[tuple[str, int]]:
+    """The gauge increments the kept snapshot added (its state's sf, mf, mrr), to take back."""
+    held = [(state["sf"], 1)] if state.get("sf") else []
+    return held + ([(state["mf"], state["mrr"])] if state.get("mf") else [])
 
 
 class MemoryStore:
@@ -33,7 +46,7 @@ class MemoryStore:
         self._expiry: dict[str, float] = {}  # key → unix time it expires
         self._sets: dict[str, dict[str, int]] = {}  # window/distinct sets: member → score
         self._subs: dict[str, dict[str, Any]] = {}
-        self._lapse: dict[str, dict[str, int]] = {mode: {} for mode in fam.LIVEMODES}
+        self._lapse: dict[str, dict[str, int]] = {mode: {} for mode in LIVEMODES}
         self._counters: dict[str, int] = {}
         self._gauges: dict[str, int] = {}
         self._log: deque[dict[str, Any]] = deque(maxlen=anomaly_log_size)
@@ -113,21 +126,16 @@ class MemoryStore:
             for name, value in check.counters.items():
                 add(counters, name, value)
             if check.anomaly is not None:
-                a = check.anomaly
-                add(counters, fam.anomaly_field(a.detector, a.severity, a.livemode, a.history), 1)
+                add(counters, check.anomaly_counter, 1)
         sub = plan.subscription
         if sub is not None:
             key = f"s:{sub.livemode}:{sub.id}"
             state = (self._subs.get(key) if self._alive(key) else None) or {}
-            if state.get("status") is not None and state["status"] not in ENDED:
-                add(gauges, fam.field(fam.SUBSCRIPTIONS, state["status"], state["lm"]), -1)
-                if state["cur"]:
-                    add(gauges, fam.field(fam.MRR, state["cur"], state["lm"]), -state["mrr"])
-            if sub.status not in ENDED:
-                add(gauges, fam.field(fam.SUBSCRIPTIONS, sub.status, sub.livemode), 1)
-                if sub.mrr_currency:
-                    add(gauges, fam.field(fam.MRR, sub.mrr_currency, sub.livemode), sub.mrr_milli)
-            elif sub.ended_counter:
+            for name, value in _held(state):
+                add(gauges, name, -value)
+            for name, value in _holds(sub):
+                add(gauges, name, value)
+            if not sub.held and sub.ended_counter:
                 add(counters, sub.ended_counter, 1)
         for deltas, held in ((counters, self._counters), (gauges, self._gauges)):
             for name, (up, down) in deltas.items():
@@ -173,8 +181,7 @@ class MemoryStore:
         if related is not None:
             record["related"] = related
         self._log.appendleft(record)
-        anomaly = check.anomaly
-        counter = fam.anomaly_field(anomaly.detector, anomaly.severity, anomaly.livemode, anomaly.history)
+        counter = check.anomaly_counter
         self._counters[counter] = self._counters.get(counter, 0) + 1
         return record
 
@@ -187,25 +194,22 @@ class MemoryStore:
         state = state or {}
         if "at" in state and sub.at < state["at"]:
             return  # an older snapshot never overwrites a newer one
-        old_status = state.get("status")
-        if old_status is not None and old_status not in ENDED:
-            self._gauge_add(fam.field(fam.SUBSCRIPTIONS, old_status, state["lm"]), -1)
-            if state["cur"]:
-                self._gauge_add(fam.field(fam.MRR, state["cur"], state["lm"]), -state["mrr"])
-        if sub.status not in ENDED:
-            self._gauge_add(fam.field(fam.SUBSCRIPTIONS, sub.status, sub.livemode), 1)
-            if sub.mrr_currency:
-                self._gauge_add(fam.field(fam.MRR, sub.mrr_currency, sub.livemode), sub.mrr_milli)
-        elif sub.ended_counter and old_status not in ENDED:  # "" for history: not live traffic
+        ended_before = "at" in state and state.get("sf") == ""  # a kept snapshot that held nothing
+        for name, value in _held(state):
+            self._gauge_add(name, -value)
+        for name, value in _holds(sub):
+            self._gauge_add(name, value)
+        if not sub.held and sub.ended_counter and not ended_before:  # "" for history: not live traffic
             self._counters[sub.ended_counter] = self._counters.get(sub.ended_counter, 0) + 1
+        # The gauge fields it added, to take back later without knowing how they are named.
         state.update(
-            at=sub.at, status=sub.status, cur=sub.mrr_currency, mrr=sub.mrr_milli, end=sub.period_end,
-            lm=sub.livemode,
+            at=sub.at, sf=sub.status_field if sub.held else "", mf=sub.mrr_field if sub.held else "",
+            mrr=sub.mrr_milli, end=sub.period_end,
         )
         self._subs[key] = state
         self._expiry[key] = self._clock() + sub.ttl
         watch = self._lapse[sub.livemode]
-        if sub.status == "active" and sub.period_end > 0 and state.get("paid", 0) < sub.period_end:
+        if sub.lapse_watched and sub.period_end > 0 and state.get("paid", 0) < sub.period_end:
             watch[sub.id] = sub.period_end
         else:
             watch.pop(sub.id, None)

@@ -12,9 +12,9 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from billingwatch.metrics import families as fam
-from billingwatch.recording.plan import Check, Outcome, Plan
-from billingwatch.store.contract import LAPSE_HORIZON, Snapshot, StoreUnavailable, Unrecordable
+from billingwatch.metrics.labels import LIVEMODES
+from billingwatch.recording.plan import Check, Plan
+from billingwatch.store.contract import LAPSE_HORIZON, Outcome, Snapshot, StoreUnavailable, Unrecordable
 
 _SCRIPT = resources.files("billingwatch.store").joinpath("apply.lua").read_text()
 
@@ -49,8 +49,7 @@ def _check_args(check: Check) -> dict[str, Any]:
     }
     if check.anomaly is not None:
         args["anomaly"] = _stringify(check.anomaly.as_dict())
-        a = check.anomaly
-        args["anomaly_counter"] = fam.anomaly_field(a.detector, a.severity, a.livemode, a.history)
+        args["anomaly_counter"] = check.anomaly_counter
     return args
 
 
@@ -102,8 +101,9 @@ class RedisStore:
         if plan.subscription is not None:
             s = plan.subscription
             body["subscription"] = {
-                "id": s.id, "lm": s.livemode, "at": str(s.at), "status": s.status, "cur": s.mrr_currency,
+                "id": s.id, "at": str(s.at), "held": s.held, "sf": s.status_field, "mf": s.mrr_field,
                 "mrr": str(s.mrr_milli), "end": str(s.period_end), "ttl": str(s.ttl), "se": s.ended_counter,
+                "watch": s.lapse_watched,
             }
         if plan.payment is not None:
             p = plan.payment
@@ -128,7 +128,7 @@ class RedisStore:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.hgetall(self.counters_key)
                 pipe.hgetall(self.gauges_key)
-                for mode in fam.LIVEMODES:
+                for mode in LIVEMODES:
                     pipe.zcount(self._lapse_key(mode), oldest, cutoff)
                 counters, gauges, *lapsed = await pipe.execute()
         except (RedisError, OSError) as exc:
@@ -136,7 +136,7 @@ class RedisStore:
         return Snapshot(
             counters={k.decode(): int(v) for k, v in counters.items()},
             gauges={k.decode(): int(v) for k, v in gauges.items()},
-            lapsed=dict(zip(fam.LIVEMODES, (int(n) for n in lapsed), strict=True)),
+            lapsed=dict(zip(LIVEMODES, (int(n) for n in lapsed), strict=True)),
         )
 
     async def anomalies(self, limit: int) -> list[dict[str, Any]]:

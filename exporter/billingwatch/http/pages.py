@@ -1,0 +1,85 @@
+"""The pages anyone may read: the landing page, /metrics, /health and /ready."""
+
+import time
+from collections.abc import Callable
+
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    disable_created_metrics,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, choose_encoder, generate_latest
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+
+from billingwatch import __version__
+from billingwatch.config import Settings
+from billingwatch.detectors import Detector
+from billingwatch.metrics.build_info import BuildInfo
+from billingwatch.metrics.collector import SnapshotCollector
+from billingwatch.store import Store, StoreUnavailable
+
+# The *_created series double the exposition for no alerting value.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+LANDING = """<!doctype html>
+<html><head><title>BillingWatch</title></head><body>
+<h1>BillingWatch {version}</h1>
+<p>Self-hosted monitoring of Stripe billing. Store: {store}.</p>
+<ul>
+<li><a href="/metrics">/metrics</a>: Prometheus metrics</li>
+<li><a href="/health">/health</a> and <a href="/ready">/ready</a></li>
+<li><a href="/api/detectors">/api/detectors</a>: the stateful detectors and their thresholds</li>
+<li><a href="/api/anomalies">/api/anomalies</a>: recent anomalies with their details</li>
+<li>POST /webhooks/stripe: the Stripe webhook endpoint</li>
+</ul></body></html>
+"""
+
+
+class Pages:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        detectors: list[Detector],
+        requests: Counter,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._detectors = detectors
+        self._requests = requests
+        self._build_info = BuildInfo(store.kind)
+        self._clock = clock
+
+    async def landing(self, request: Request) -> Response:
+        return HTMLResponse(LANDING.format(version=__version__, store=self._store.kind))
+
+    async def metrics(self, request: Request) -> Response:
+        settings = self._settings
+        try:
+            snapshot = await self._store.snapshot(self._clock(), settings.lapse_grace, settings.subscription_ttl)
+        except StoreUnavailable:
+            snapshot = None
+        registry = CollectorRegistry(auto_describe=False)
+        for collector in (self._requests, self._build_info,
+                          SnapshotCollector(snapshot, self._detectors, settings.currencies),
+                          PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            registry.register(collector)
+        try:
+            encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        except (ValueError, TypeError):
+            # A malformed Accept (e.g. "version=abc") gets the text format every scraper reads, not a 500.
+            encoder, content_type = generate_latest, CONTENT_TYPE_LATEST
+        return Response(encoder(registry), media_type=content_type)
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def ready(self, request: Request) -> Response:
+        if await self._store.ping():
+            return JSONResponse({"status": "ready", "store": self._store.kind})
+        return JSONResponse({"status": "unavailable", "store": self._store.kind}, status_code=503)

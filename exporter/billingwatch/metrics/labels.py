@@ -1,0 +1,90 @@
+"""The closed label vocabularies: every label value a metric can take comes from here.
+
+Values outside a set become "other" (known()), so every label has a small, known set and the
+zero series (metrics/collector.py) can be listed before the first event.
+"""
+
+LIVEMODES = ("true", "false")
+
+
+def livemode_label(livemode: bool) -> str:
+    """The one spelling of livemode, in labels, store keys and detector state alike."""
+    return "true" if livemode else "false"
+
+
+def known(value: str | None, allowed: frozenset[str]) -> str:
+    return value if value in allowed else "other"
+
+
+# Subscription statuses held in the subscriptions gauge; the ended ones are not held, and only
+# the MRR ones count in MRR.
+LIVE_STATUSES = ("trialing", "active", "past_due", "unpaid", "paused", "incomplete")
+ENDED_STATUSES = ("canceled", "incomplete_expired")
+MRR_STATUSES = ("active", "past_due")
+
+DECLINE_REASONS = frozenset(
+    """
+    authentication_required approve_with_id call_issuer card_not_supported card_velocity_exceeded
+    card_declined currency_not_supported do_not_honor do_not_try_again expired_card fraudulent
+    generic_decline highest_risk_level elevated_risk_level incorrect_cvc incorrect_number
+    incorrect_zip insufficient_funds invalid_account invalid_amount invalid_cvc invalid_expiry_month
+    invalid_expiry_year invalid_number issuer_not_available lost_card merchant_blacklist
+    not_permitted pickup_card processing_error restricted_card revocation_of_authorization
+    rule security_violation service_not_allowed stolen_card stop_payment_order
+    testmode_decline transaction_not_allowed try_again_later withdrawal_count_limit_exceeded
+    low_probability_of_authorization
+    """.split()
+)
+DISPUTE_REASONS = frozenset(
+    """
+    bank_cannot_process check_returned credit_not_processed customer_initiated debit_not_authorized
+    duplicate fraudulent general incorrect_account_details insufficient_funds noncompliant
+    product_not_received product_unacceptable subscription_canceled unrecognized
+    """.split()
+)
+FRAUD_TYPES = frozenset(
+    """
+    card_never_received fraudulent_card_application made_with_counterfeit_card
+    made_with_lost_card made_with_stolen_card misc unauthorized_use_of_card
+    """.split()
+)
+INVOICE_ATTEMPTS = ("1", "2", "3", "4+")
+
+# The Stripe event types the counters read, by what recording/plan.py does with them.
+CHARGE_EVENTS = {"charge.succeeded": "succeeded", "charge.failed": "failed", "charge.pending": "pending"}
+CHARGE_STATUSES = tuple(CHARGE_EVENTS.values())
+INVOICE_PAID_EVENTS = frozenset({"invoice.paid", "invoice.payment_succeeded"})
+REFUND_EVENTS = frozenset({"refund.created", "charge.refund.updated", "refund.updated", "refund.failed"})
+SUBSCRIPTION_EVENTS = frozenset(
+    {
+        "customer.subscription.created", "customer.subscription.updated", "customer.subscription.deleted",
+        "customer.subscription.paused", "customer.subscription.resumed",
+        "customer.subscription.pending_update_applied", "customer.subscription.pending_update_expired",
+        "customer.subscription.trial_will_end",
+    }
+)
+# Read by the detectors only. build_detectors() refuses a detector reading a type missing here:
+# its events would be counted as type="other".
+DETECTOR_EVENTS = frozenset(
+    {
+        "charge.succeeded", "payment_intent.succeeded", "invoice.created", "invoice.finalized",
+        "invoice.updated", "invoice.paid", "invoice.payment_succeeded", "invoice.payment_failed",
+        "invoice.upcoming",
+    }
+)
+# The Stripe event types BillingWatch reads (README lists those to subscribe to): the `type`
+# label takes these values and "other", so a new Stripe type never adds a series.
+EVENT_TYPES = frozenset(
+    {
+        *CHARGE_EVENTS, "charge.refunded", *REFUND_EVENTS, "charge.dispute.created",
+        "radar.early_fraud_warning.created", *INVOICE_PAID_EVENTS, "invoice.payment_failed",
+        *SUBSCRIPTION_EVENTS, *DETECTOR_EVENTS,
+    }
+)
+
+# billingwatch_webhook_requests_total{result}: what the webhook answered.
+RESULTS = (
+    "accepted", "duplicate", "missing_signature", "invalid_signature", "too_large", "invalid_json",
+    "invalid_event", "livemode_rejected", "store_unavailable", "unrecordable", "replay_unauthorized",
+    "body_timeout", "unsupported_media_type",
+)
