@@ -12,9 +12,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from billingwatch.config import ConfigError, from_env
+from billingwatch.fixtures import stripe_events as se
 from billingwatch.http.access import PROXY_HEADERS, default_hosts
-from tests import stripe_events as se
-from tests.conftest import running_exporter
+from tests.conftest import SECRET, running_exporter
 from tests.replay_helpers import billingwatch, write_jsonl
 from tests.test_webhook_http import URL, post, samples, value
 
@@ -122,7 +122,7 @@ def history_figures(client: TestClient) -> dict[str, float]:
 
 
 def replay_headers(payload: bytes, **extra: str) -> dict[str, str]:
-    return {**se.signed_headers(payload), "BillingWatch-Replay": "1", **extra}
+    return {**se.signed_headers(payload, SECRET), "BillingWatch-Replay": "1", **extra}
 
 
 @pytest.mark.parametrize(("peer", "extra"), [(REMOTE, {}), ("127.0.0.1", {"X-Forwarded-For": "198.51.100.1"}),
@@ -142,7 +142,7 @@ def test_captured_delivery_reposted_as_replay_is_refused_and_changes_nothing(
     assert {k: v for k, v in after.items() if k[0].startswith("billingwatch_")} == {
         k: v for k, v in before.items() if k[0].startswith("billingwatch_")}
     # Stripe's own delivery of the same body is then live: lag sample and last-received time.
-    assert client.post(URL, content=payload, headers=se.signed_headers(payload)).status_code == 200
+    assert client.post(URL, content=payload, headers=se.signed_headers(payload, SECRET)).status_code == 200
     figures = history_figures(client)
     assert figures["charges"] == 1 and figures["history"] == 0
     assert figures["lag_samples"] == 1 and figures["last_received"] > 0

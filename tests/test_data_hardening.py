@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from billingwatch.fixtures import stripe_events as se
 from billingwatch.http.webhook import RESULTS
 from billingwatch.money import CURRENCIES
 from billingwatch.recording.events import MAX_AMOUNT, MAX_LIST, payment_intent_of
 from billingwatch.recording.plan import Anomaly, Check, Plan, SubscriptionState
 from billingwatch.store import MemoryStore, RedisStore, Store, Unrecordable
 from billingwatch.store.contract import COUNTER_LIMIT
-from tests import stripe_events as se
 from tests.recording import anomaly_count, counter, gauge, record
 from tests.test_webhook_http import post, samples, store_figures, value
 

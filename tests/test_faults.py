@@ -16,9 +16,10 @@ from typing import Any
 import httpx
 import pytest
 
+from billingwatch.fixtures import stripe_events as se
 from billingwatch.store import MemoryStore, RedisStore, Snapshot
-from tests import stripe_events as se
-from tests.conftest import RedisServer, running_exporter, wait_until
+from billingwatch.testing.processes import RedisServer, wait_until
+from tests.conftest import SECRET, running_exporter
 from tests.recording import record
 
 # Fields that depend on arrival time (delivery-lag buckets and sum, last-received time) differ
@@ -119,7 +120,8 @@ class Delivery:
                 while time.monotonic() < stop_at:
                     started = time.monotonic()
                     try:
-                        response = client.post(url + "/webhooks/stripe", content=body, headers=se.signed_headers(body))
+                        response = client.post(url + "/webhooks/stripe", content=body,
+                                               headers=se.signed_headers(body, SECRET))
                         status, duplicate = response.status_code, response.is_success and response.json()["duplicate"]
                     except httpx.TransportError:
                         status, duplicate = 0, False

@@ -17,11 +17,12 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
+from billingwatch.fixtures import stripe_events as se
 from billingwatch.money import CURRENCIES
 from billingwatch.recording.events import MAX_AMOUNT
 from billingwatch.store import MemoryStore, RedisStore, Store
 from billingwatch.store.contract import COUNTER_LIMIT
-from tests import stripe_events as se
+from tests.conftest import SECRET
 
 Client = Callable[..., TestClient]
 URL = "/webhooks/stripe"
@@ -173,7 +174,7 @@ def test_signed_events_with_broken_fields_never_5xx_and_rejected_ones_change_not
     def check(evt: dict[str, Any]) -> None:
         payload = json.dumps(evt).encode()
         before = figures(client)
-        response = client.post(URL, content=payload, headers=se.signed_headers(payload))
+        response = client.post(URL, content=payload, headers=se.signed_headers(payload, SECRET))
         assert response.status_code in (200, 400), response.text
         if response.status_code == 400:
             assert_rejected_cleanly(response, before, client)
@@ -202,19 +203,19 @@ def post_signed(client: TestClient, payload: bytes, header: str) -> Any:
 def test_expired_timestamp_is_rejected(client: TestClient) -> None:
     payload = se.body(se.event("charge.succeeded", se.charge()))
     before = figures(client)
-    response = post_signed(client, payload, se.sign(payload, timestamp=int(time.time()) - 301))
+    response = post_signed(client, payload, se.sign(payload, SECRET, timestamp=int(time.time()) - 301))
     assert_rejected_cleanly(response, before, client)
 
 
 def test_replayed_old_delivery_is_rejected_and_a_recent_one_is_a_duplicate(client: TestClient) -> None:
     payload = se.body(se.event("charge.succeeded", se.charge()))
-    header = se.sign(payload)
+    header = se.sign(payload, SECRET)
     assert post_signed(client, payload, header).json()["duplicate"] is False
     after_first = figures(client)
     assert post_signed(client, payload, header).json() == {"received": True, "duplicate": True, "anomalies": 0}
     assert figures(client) == after_first
     # The same body captured with an old signature and replayed later: too old, rejected.
-    old = post_signed(client, payload, se.sign(payload, timestamp=int(time.time()) - 3600))
+    old = post_signed(client, payload, se.sign(payload, SECRET, timestamp=int(time.time()) - 3600))
     assert_rejected_cleanly(old, after_first, client)
 
 
@@ -231,7 +232,7 @@ def test_either_of_two_rotated_secrets_is_accepted_a_third_is_not(make_client: C
         assert post_signed(client, payload, se.sign(payload, secret)).status_code == 200
     payload = se.body(se.event("charge.succeeded", se.charge()))
     before = figures(client)
-    assert_rejected_cleanly(post_signed(client, payload, se.sign(payload, se.SECRET)), before, client)
+    assert_rejected_cleanly(post_signed(client, payload, se.sign(payload, SECRET)), before, client)
 
 
 def test_rotation_from_the_environment_accepts_both_secrets() -> None:
@@ -243,15 +244,15 @@ def test_rotation_from_the_environment_accepts_both_secrets() -> None:
 
 def test_header_with_several_v1_values_is_accepted_when_one_matches(client: TestClient) -> None:
     payload = se.body(se.event("charge.succeeded", se.charge()))
-    good = se.sign(payload)  # t=...,v1=<hex>
+    good = se.sign(payload, SECRET)  # t=...,v1=<hex>
     timestamp, v1 = good.split(",")
     bad = "v1=" + "0" * 64
     assert post_signed(client, payload, f"{timestamp},{bad},{v1}").status_code == 200
     other = se.body(se.event("charge.succeeded", se.charge()))
     before = figures(client)
-    other_ts = se.sign(other).split(",")[0]
+    other_ts = se.sign(other, SECRET).split(",")[0]
     assert_rejected_cleanly(post_signed(client, other, f"{other_ts},{bad},v1={'1' * 64}"), before, client)
-    assert_rejected_cleanly(post_signed(client, other, f"{other_ts},v0={se.sign(other).split('v1=')[1]}"),
+    assert_rejected_cleanly(post_signed(client, other, f"{other_ts},v0={se.sign(other, SECRET).split('v1=')[1]}"),
                             before, client)
 
 
@@ -273,7 +274,7 @@ def test_lone_surrogates_in_ids_never_5xx(client: TestClient, field: str, value:
         evt["data"]["object"]["payment_method_details"]["card"]["fingerprint"] = value
     payload = json.dumps(evt).encode()
     before = figures(client)
-    response = client.post(URL, content=payload, headers=se.signed_headers(payload))
+    response = client.post(URL, content=payload, headers=se.signed_headers(payload, SECRET))
     if field == "fingerprint":
         assert response.status_code == 200
     else:
@@ -291,13 +292,15 @@ def test_out_of_range_subscription_numbers_are_rejected(client: TestClient, wher
     (item["price"] if where == "unit_amount" else item)[where] = value
     payload = json.dumps(se.event("customer.subscription.updated", sub)).encode()
     before = figures(client)
-    assert_rejected_cleanly(client.post(URL, content=payload, headers=se.signed_headers(payload)), before, client)
+    response = client.post(URL, content=payload, headers=se.signed_headers(payload, SECRET))
+    assert_rejected_cleanly(response, before, client)
 
 
 def test_deeply_nested_json_is_400_not_a_recursion_error(client: TestClient) -> None:
     payload = b"[" * 200_000 + b"]" * 200_000
     before = figures(client)
-    assert_rejected_cleanly(client.post(URL, content=payload, headers=se.signed_headers(payload)), before, client)
+    response = client.post(URL, content=payload, headers=se.signed_headers(payload, SECRET))
+    assert_rejected_cleanly(response, before, client)
 
 
 # ------------------------------------------------------------------ amounts and label values (issue 11)
@@ -341,7 +344,7 @@ def test_amounts_are_accepted_exactly_when_stripe_could_send_them(client: TestCl
         key = (family, tuple(sorted(labels.items())))
         before = figures(client)
         payload = json.dumps(evt).encode()
-        response = client.post(URL, content=payload, headers=se.signed_headers(payload))
+        response = client.post(URL, content=payload, headers=se.signed_headers(payload, SECRET))
         if 0 <= amount <= MAX_AMOUNT:
             assert response.status_code == 200, response.text
             assert figures(client)[key] == pytest.approx(before.get(key, 0) + amount / 100)
@@ -389,7 +392,7 @@ def test_totals_near_the_64_bit_limit_are_refused_whole(client_and_store: tuple[
         evt = se.event("refund.created", se.refund(amount=amount))
         payload = json.dumps(evt).encode()
         before = figures(client)
-        response = client.post(URL, content=payload, headers=se.signed_headers(payload))
+        response = client.post(URL, content=payload, headers=se.signed_headers(payload, SECRET))
         if amount <= headroom:
             assert response.status_code == 200, response.text
             assert figures(client)[key] == pytest.approx((COUNTER_LIMIT - headroom + amount) / 100)
@@ -435,7 +438,7 @@ def test_label_values_stay_in_their_closed_sets(client: TestClient) -> None:
         evt["data"]["object"]["currency"] = currency
         payload = json.dumps(evt).encode()
         before = figures(client)
-        response = client.post(URL, content=payload, headers=se.signed_headers(payload))
+        response = client.post(URL, content=payload, headers=se.signed_headers(payload, SECRET))
         if currency in CURRENCIES:
             assert response.status_code == 200, response.text
         else:

@@ -14,9 +14,10 @@ from starlette.testclient import TestClient
 
 from billingwatch.config import ConfigError, from_env
 from billingwatch.detectors import REGISTRY
+from billingwatch.fixtures import stripe_events as se
 from billingwatch.recording.ledger import CHARGE_STATUSES, DECLINE_REASONS, DISPUTE_REASONS, EVENT_TYPES, FRAUD_TYPES
 from billingwatch.store import RedisStore
-from tests import stripe_events as se
+from tests.conftest import SECRET
 from tests.exporter_metrics import LIVE, Samples, live_counts, moved, total
 
 Client = Callable[..., TestClient]
@@ -48,7 +49,7 @@ def scrape(client: TestClient) -> Samples:
 
 def post(client: TestClient, evt: dict[str, Any], history: bool = False) -> dict[str, Any]:
     payload = se.body(evt)
-    headers = se.signed_headers(payload)
+    headers = se.signed_headers(payload, SECRET)
     if history:
         headers["BillingWatch-Replay"] = "1"
     response = client.post(URL, content=payload, headers=headers)

@@ -9,8 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests import stripe_events as se
-from tests.conftest import RedisServer, running_exporter, wait_until
+from billingwatch.fixtures import stripe_events as se
+from billingwatch.testing.processes import RedisServer, wait_until
+from tests.conftest import running_exporter
 from tests.exporter_metrics import (
     Samples,
     anomalies,

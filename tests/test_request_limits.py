@@ -15,8 +15,9 @@ from contextlib import contextmanager
 
 import httpx
 
-from tests import stripe_events as se
-from tests.conftest import ROOT, free_port, running_exporter, wait_until
+from billingwatch.fixtures import stripe_events as se
+from billingwatch.testing.processes import free_port, wait_until
+from tests.conftest import ROOT, SECRET, running_exporter
 from tests.test_serve import metric_line
 
 LIMITS = {"BILLINGWATCH_READ_TIMEOUT_SECONDS": "1", "BILLINGWATCH_MAX_HEADER_BYTES": "16384"}
@@ -55,7 +56,7 @@ def webhook_request(headers: bytes, content_length: int) -> bytes:
 def factory_process(*args: str, **env_overrides: str) -> Iterator[subprocess.Popen[bytes]]:
     """`uvicorn billingwatch.server:app --factory` as someone would run it without `billingwatch serve`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BILLINGWATCH_", "REDIS_URL", "STRIPE_"))}
-    env.update({"STRIPE_WEBHOOK_SECRET": se.SECRET, "PYTHONPATH": str(ROOT)}, **env_overrides)
+    env.update({"STRIPE_WEBHOOK_SECRET": SECRET, "PYTHONPATH": str(ROOT)}, **env_overrides)
     process = subprocess.Popen([sys.executable, "-m", "uvicorn", "billingwatch.server:app", "--factory", *args],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -99,7 +100,8 @@ def test_a_body_of_ordinary_size_in_the_same_read_as_the_headers_is_not_counted_
         evt = se.event("charge.succeeded", se.charge())
         evt["data"]["object"]["metadata"] = {"note": "x" * 60_000}  # body well over the header cap
         payload = se.body(evt)
-        response = httpx.post(exporter.url + "/webhooks/stripe", content=payload, headers=se.signed_headers(payload))
+        response = httpx.post(exporter.url + "/webhooks/stripe", content=payload,
+                              headers=se.signed_headers(payload, SECRET))
         assert response.status_code == 200, response.text
 
 

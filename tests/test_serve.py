@@ -11,9 +11,10 @@ import httpx
 import pytest
 
 from billingwatch.config import ConfigError, from_env
+from billingwatch.fixtures import stripe_events as se
 from billingwatch.metrics import families as fam
-from tests import stripe_events as se
-from tests.conftest import ROOT, RedisServer, running_exporter
+from billingwatch.testing.processes import RedisServer
+from tests.conftest import ROOT, SECRET, running_exporter
 
 JSON = {"Content-Type": "application/json"}
 
@@ -30,7 +31,8 @@ def metric_line(text: str, name: str, **labels: str) -> float | None:
 def test_serve_accepts_a_signed_event_and_shows_it_in_metrics() -> None:
     with running_exporter() as exporter:
         payload = se.body(se.event("invoice.payment_failed", se.invoice(status="open", attempt_count=2)))
-        response = httpx.post(exporter.url + "/webhooks/stripe", content=payload, headers=se.signed_headers(payload))
+        response = httpx.post(exporter.url + "/webhooks/stripe", content=payload,
+                              headers=se.signed_headers(payload, SECRET))
         assert response.status_code == 200, response.text
         metrics = httpx.get(exporter.url + "/metrics").text
         assert metric_line(metrics, "billingwatch_invoice_payment_failures_total", attempt="2", livemode="false") == 1
@@ -44,9 +46,9 @@ def test_serve_on_redis_shares_state_between_two_replicas(redis_server: RedisSer
         evt = se.event("charge.succeeded", se.charge())
         payload = se.body(evt)
         assert httpx.post(first.url + "/webhooks/stripe", content=payload,
-                          headers=se.signed_headers(payload)).json()["duplicate"] is False
+                          headers=se.signed_headers(payload, SECRET)).json()["duplicate"] is False
         assert httpx.post(second.url + "/webhooks/stripe", content=payload,
-                          headers=se.signed_headers(payload)).json()["duplicate"] is True
+                          headers=se.signed_headers(payload, SECRET)).json()["duplicate"] is True
         for exporter in (first, second):
             text = httpx.get(exporter.url + "/metrics").text
             assert metric_line(text, "billingwatch_charges_total", currency="usd", livemode="false",
@@ -76,9 +78,9 @@ def test_unreadable_secret_file_is_a_clear_error() -> None:
 
 def test_secret_file_rotation_list_and_no_secret_in_logs(tmp_path: Path) -> None:
     secret_file = tmp_path / "secret"
-    secret_file.write_text("whsec_first_rotation_a, " + se.SECRET + "\n")
+    secret_file.write_text("whsec_first_rotation_a, " + SECRET + "\n")
     with running_exporter(STRIPE_WEBHOOK_SECRET="", STRIPE_WEBHOOK_SECRET_FILE=str(secret_file)) as exporter:
-        for secret in ("whsec_first_rotation_a", se.SECRET):
+        for secret in ("whsec_first_rotation_a", SECRET):
             payload = se.body(se.event("charge.succeeded", se.charge(amount=int(time.time()) % 1000 + 1)))
             response = httpx.post(exporter.url + "/webhooks/stripe", content=payload,
                                   headers=se.signed_headers(payload, secret))

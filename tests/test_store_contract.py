@@ -4,11 +4,11 @@ import time
 
 import pytest
 
+from billingwatch.fixtures import stripe_events as se
 from billingwatch.metrics import families as fam
 from billingwatch.metrics.collector import store_metrics
 from billingwatch.recording.plan import Check, Plan
 from billingwatch.store import MemoryStore, Store
-from tests import stripe_events as se
 from tests.recording import counter, gauge, record
 
 pytestmark = pytest.mark.anyio

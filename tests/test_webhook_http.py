@@ -9,9 +9,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
+from billingwatch.fixtures import stripe_events as se
 from billingwatch.store import MemoryStore, RedisStore, Store
-from tests import stripe_events as se
-from tests.conftest import free_port
+from billingwatch.testing.processes import free_port
+from tests.conftest import SECRET
 
 Client = Callable[..., TestClient]
 URL = "/webhooks/stripe"
@@ -36,7 +37,7 @@ def store_figures(client: TestClient) -> dict[Any, float]:
             if k[0].startswith("billingwatch_") and not k[0].startswith("billingwatch_webhook_requests")}
 
 
-def post(client: TestClient, evt: dict[str, Any], secret: str = se.SECRET) -> Any:
+def post(client: TestClient, evt: dict[str, Any], secret: str = SECRET) -> Any:
     payload = se.body(evt)
     return client.post(URL, content=payload, headers=se.signed_headers(payload, secret))
 
@@ -88,12 +89,12 @@ def bad_requests() -> list[tuple[str, Callable[[], tuple[bytes, dict[str, str]]]
     return [
         ("missing_signature", lambda: (good, {}), 400, "missing"),
         ("invalid_signature", lambda: (good, se.signed_headers(good, "whsec_wrong")), 400, "does not match"),
-        ("invalid_signature", lambda: (good, se.signed_headers(good, timestamp=old)), 400, "too old"),
-        ("invalid_signature", lambda: (good + b" ", se.signed_headers(good)), 400, "does not match"),
-        ("invalid_json", lambda: (b"{not json", se.signed_headers(b"{not json")), 400, "not JSON"),
+        ("invalid_signature", lambda: (good, se.signed_headers(good, SECRET, timestamp=old)), 400, "too old"),
+        ("invalid_signature", lambda: (good + b" ", se.signed_headers(good, SECRET)), 400, "does not match"),
+        ("invalid_json", lambda: (b"{not json", se.signed_headers(b"{not json", SECRET)), 400, "not JSON"),
         ("invalid_json", lambda: (b"\xff\xfe", {"Stripe-Signature": "t=1,v1=00"}), 400, "UTF-8"),
-        ("invalid_event", lambda: (b"[]", se.signed_headers(b"[]")), 400, "JSON object"),
-        ("invalid_event", lambda: (b'{"object": "charge"}', se.signed_headers(b'{"object": "charge"}')), 400,
+        ("invalid_event", lambda: (b"[]", se.signed_headers(b"[]", SECRET)), 400, "JSON object"),
+        ("invalid_event", lambda: (b'{"object": "charge"}', se.signed_headers(b'{"object": "charge"}', SECRET)), 400,
          "not a Stripe event"),
     ]
 
@@ -141,7 +142,7 @@ def test_signed_but_malformed_events_are_rejected_untouched(
 def test_body_over_the_limit_is_413(make_client: Client) -> None:
     client = make_client(max_body_bytes=2048)
     payload = json.dumps({"padding": "x" * 4096}).encode()
-    response = client.post(URL, content=payload, headers=se.signed_headers(payload))
+    response = client.post(URL, content=payload, headers=se.signed_headers(payload, SECRET))
     assert response.status_code == 413
     assert value(client, "billingwatch_webhook_requests_total", result="too_large") == 1
 
@@ -242,7 +243,7 @@ def test_every_family_has_help_and_no_id_in_any_label(make_client: Client) -> No
 def test_replayed_history_is_state_not_webhook_delivery(client: TestClient) -> None:
     old = int(time.time()) - 20 * 86400
     payload = se.body(se.event("charge.succeeded", se.charge(), created=old))
-    headers = {**se.signed_headers(payload), "BillingWatch-Replay": "1"}
+    headers = {**se.signed_headers(payload, SECRET), "BillingWatch-Replay": "1"}
     assert client.post(URL, content=payload, headers=headers).status_code == 200
     assert value(client, "billingwatch_charges_total", status="succeeded", currency="usd", livemode="false") == 0
     assert value(client, "billingwatch_history_events_total", type="charge.succeeded", livemode="false") == 1
@@ -251,5 +252,5 @@ def test_replayed_history_is_state_not_webhook_delivery(client: TestClient) -> N
     assert value(client, "billingwatch_webhook_delivery_lag_seconds_count", livemode="false") == 0
     assert value(client, "billingwatch_last_event_received_timestamp_seconds", livemode="false") == 0
     live = se.body(se.event("charge.succeeded", se.charge(amount=5)))
-    client.post(URL, content=live, headers=se.signed_headers(live))
+    client.post(URL, content=live, headers=se.signed_headers(live, SECRET))
     assert value(client, "billingwatch_webhook_delivery_lag_seconds_count", livemode="false") == 1
