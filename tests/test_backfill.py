@@ -10,7 +10,7 @@ from billingwatch.cli import main
 from billingwatch.fixtures import stripe_events as se
 from billingwatch.testing.processes import Exporter
 from tests.conftest import SECRET, running_exporter
-from tests.exporter_metrics import anomalies, live_counts, moved, scrape, total
+from tests.metrics import anomalies, live_counts, moved, scrape, total
 from tests.replay_helpers import deliver_live
 from tests.stripe_api_server import API_KEY, stripe_events_api
 

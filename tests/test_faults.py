@@ -20,6 +20,7 @@ from billingwatch.fixtures import stripe_events as se
 from billingwatch.store import MemoryStore, RedisStore, Snapshot
 from billingwatch.testing.processes import RedisServer, wait_until
 from tests.conftest import SECRET, running_exporter
+from tests.metrics import scrape
 from tests.recording import record
 
 # Fields that depend on arrival time (delivery-lag buckets and sum, last-received time) differ
@@ -152,12 +153,8 @@ class Delivery:
 
 
 def requests_by_result(url: str) -> dict[str, float]:
-    results: dict[str, float] = {}
-    for line in httpx.get(url + "/metrics", timeout=5).text.splitlines():
-        if line.startswith("billingwatch_webhook_requests_total{"):
-            label, value = line.split("} ")
-            results[label.split('"')[1]] = float(value)
-    return results
+    return {dict(labels)["result"]: v for (name, labels), v in scrape(url).items()
+            if name == "billingwatch_webhook_requests_total"}
 
 
 @pytest.fixture

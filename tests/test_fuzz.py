@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from billingwatch.fixtures import stripe_events as se
@@ -23,6 +22,7 @@ from billingwatch.recording.events import MAX_AMOUNT
 from billingwatch.store import MemoryStore, RedisStore, Store
 from billingwatch.store.contract import COUNTER_LIMIT
 from tests.conftest import SECRET
+from tests.metrics import Figures, scrape, store_figures, total
 
 Client = Callable[..., TestClient]
 URL = "/webhooks/stripe"
@@ -38,14 +38,9 @@ def client(request: pytest.FixtureRequest, make_client: Client) -> TestClient:
                                         prefix=request.getfixturevalue("redis_prefix")))
 
 
-def figures(client: TestClient) -> dict[Any, float]:
+def figures(client: TestClient) -> Figures:
     """Every store-held figure /metrics shows (not the per-request counter, not process metrics)."""
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(client.get("/metrics").text)
-        for s in family.samples
-        if s.name.startswith("billingwatch_") and not s.name.startswith("billingwatch_webhook_requests")
-    }
+    return store_figures(scrape(client))
 
 
 def assert_rejected_cleanly(response: Any, before: dict[Any, float], client: TestClient) -> None:
@@ -341,7 +336,7 @@ def test_amounts_are_accepted_exactly_when_stripe_could_send_them(client: TestCl
     @given(kind=st.sampled_from(["charge", "refund", "dispute", "invoice"]), amount=AMOUNTS)
     def check(kind: str, amount: int) -> None:
         evt, family, labels = amount_event(kind, amount)
-        key = (family, tuple(sorted(labels.items())))
+        key = (family, frozenset(labels.items()))
         before = figures(client)
         payload = json.dumps(evt).encode()
         response = client.post(URL, content=payload, headers=se.signed_headers(payload, SECRET))
@@ -355,8 +350,7 @@ def test_amounts_are_accepted_exactly_when_stripe_could_send_them(client: TestCl
 
 
 def requests_counted(client: TestClient) -> float:
-    return sum(s.value for family in text_string_to_metric_families(client.get("/metrics").text)
-               for s in family.samples if s.name == "billingwatch_webhook_requests_total")
+    return total(scrape(client), "billingwatch_webhook_requests_total")
 
 
 # Header values as a server hands them over: any byte but CR, LF (they end the header) and NUL.

@@ -13,8 +13,8 @@ from billingwatch.config import ConfigError, from_env
 from billingwatch.fixtures import stripe_events as se
 from billingwatch.logsafe import safe
 from tests.conftest import SECRET
+from tests.metrics import scrape, store_figures, value
 from tests.test_serve import run_cli
-from tests.test_webhook_http import store_figures, value
 
 Client = Callable[..., TestClient]
 URL = "/webhooks/stripe"
@@ -25,7 +25,7 @@ def rejected(client: TestClient, response: httpx.Response, status: int, result: 
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert isinstance(error, str) and "\n" not in error
-    assert value(client, "billingwatch_webhook_requests_total", result=result) == 1
+    assert value(scrape(client), "billingwatch_webhook_requests_total", result=result) == 1
 
 
 @pytest.mark.parametrize("header", [
@@ -38,11 +38,11 @@ def test_malformed_signature_header_is_a_counted_400(make_client: Client, header
     client = make_client()
     payload = se.body(se.event("charge.succeeded", se.charge()))
     header = header.replace(b"t=1,", f"t={int(time.time())},".encode())
-    before = store_figures(client)
+    before = store_figures(scrape(client))
     response = client.post(URL, content=payload, headers=[(b"stripe-signature", header),
                                                           (b"content-type", b"application/json")])
     rejected(client, response, 400, "invalid_signature")
-    assert store_figures(client) == before
+    assert store_figures(scrape(client)) == before
 
 
 @pytest.mark.parametrize("ahead", [10**9, 301 + 60])
@@ -70,10 +70,10 @@ def test_placeholder_secret_accepts_test_mode_and_refuses_livemode(
         client = make_client(webhook_secrets=(PLACEHOLDER,))
     assert any("placeholder" in r.getMessage() and "test mode only" in r.getMessage() for r in caplog.records)
     live = se.body(se.event("charge.succeeded", se.charge(livemode=True), livemode=True))
-    before = store_figures(client)
+    before = store_figures(scrape(client))
     response = client.post(URL, content=live, headers=se.signed_headers(live, PLACEHOLDER))
     rejected(client, response, 400, "livemode_rejected")
-    assert store_figures(client) == before
+    assert store_figures(scrape(client)) == before
     test_mode = se.body(se.event("charge.succeeded", se.charge()))
     assert client.post(URL, content=test_mode, headers=se.signed_headers(test_mode, PLACEHOLDER)).status_code == 200
 
@@ -96,14 +96,14 @@ def test_known_placeholders_are_recognised(secret: str) -> None:
 def test_insecure_mode_refuses_a_non_json_content_type(make_client: Client) -> None:
     client = make_client(webhook_secrets=(), insecure_skip_signature=True)
     payload = se.body(se.event("charge.succeeded", se.charge()))
-    before = store_figures(client)
+    before = store_figures(scrape(client))
     # What a web page can send cross-site without a preflight: text/plain, form encodings, nothing.
     for i, content_type in enumerate(["text/plain", "application/x-www-form-urlencoded", None], start=1):
         headers = {"Content-Type": content_type} if content_type else {}
         response = client.post(URL, content=payload, headers=headers)
         assert response.status_code == 415, response.text
-        assert value(client, "billingwatch_webhook_requests_total", result="unsupported_media_type") == i
-    assert store_figures(client) == before
+        assert value(scrape(client), "billingwatch_webhook_requests_total", result="unsupported_media_type") == i
+    assert store_figures(scrape(client)) == before
     ok = client.post(URL, content=payload, headers={"Content-Type": "application/json; charset=utf-8"})
     assert ok.status_code == 200
 

@@ -15,7 +15,7 @@ import yaml
 from billingwatch.fixtures import stripe_events as se
 from billingwatch.testing.processes import Exporter, binary, free_port, wait_until
 from tests.conftest import ROOT, SECRET, running_exporter
-from tests.exporter_metrics import scrape
+from tests.metrics import scrape
 from tests.test_compose import ENV_EXAMPLE, FILLED, compose
 
 CADDYFILE = ROOT / "proxy" / "Caddyfile"

@@ -12,7 +12,7 @@ import pytest
 from billingwatch.fixtures import stripe_events as se
 from billingwatch.testing.processes import RedisServer, wait_until
 from tests.conftest import running_exporter
-from tests.exporter_metrics import (
+from tests.metrics import (
     Samples,
     anomalies,
     live_counts,

@@ -18,7 +18,7 @@ import httpx
 from billingwatch.fixtures import stripe_events as se
 from billingwatch.testing.processes import free_port, wait_until
 from tests.conftest import ROOT, SECRET, running_exporter
-from tests.test_serve import metric_line
+from tests.metrics import scrape, value
 
 LIMITS = {"BILLINGWATCH_READ_TIMEOUT_SECONDS": "1", "BILLINGWATCH_MAX_HEADER_BYTES": "16384"}
 
@@ -91,8 +91,8 @@ def test_headers_over_the_cap_get_431_before_the_app_runs() -> None:
             sock.close()
             assert answer.startswith(b"HTTP/1.1 431"), answer[:100]
             assert answer.endswith(b'{"error": "request headers too large"}')
-        metrics = httpx.get(exporter.url + "/metrics").text
-        assert metric_line(metrics, "billingwatch_webhook_requests_total", result="accepted") == 0
+        metrics = scrape(exporter.url)
+        assert value(metrics, "billingwatch_webhook_requests_total", result="accepted") == 0
 
 
 def test_a_body_of_ordinary_size_in_the_same_read_as_the_headers_is_not_counted_as_header() -> None:
@@ -114,8 +114,8 @@ def test_non_ascii_byte_in_stripe_signature_is_a_counted_400_not_a_500() -> None
         answer, _ = read_until_closed(sock, 10)
         sock.close()
         assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
-        metrics = httpx.get(exporter.url + "/metrics").text
-        assert metric_line(metrics, "billingwatch_webhook_requests_total", result="invalid_signature") == 1
+        metrics = scrape(exporter.url)
+        assert value(metrics, "billingwatch_webhook_requests_total", result="invalid_signature") == 1
         process = exporter.process
         assert process is not None and process.stderr is not None
         exporter.stop()
@@ -132,8 +132,8 @@ def test_half_sent_body_is_answered_408_and_closed_within_the_read_timeout() -> 
             sock.close()
             assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
             assert b"connection: close" in answer.lower()
-        metrics = httpx.get(exporter.url + "/metrics").text
-        assert metric_line(metrics, "billingwatch_webhook_requests_total", result="body_timeout") == 20
+        metrics = scrape(exporter.url)
+        assert value(metrics, "billingwatch_webhook_requests_total", result="body_timeout") == 20
 
 
 def test_trickled_body_is_dropped_at_the_deadline() -> None:

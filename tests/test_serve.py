@@ -1,7 +1,6 @@
 """`billingwatch serve` as a user runs it: a real uvicorn process, configured from the environment."""
 
 import os
-import re
 import subprocess
 import sys
 import time
@@ -15,17 +14,9 @@ from billingwatch.fixtures import stripe_events as se
 from billingwatch.metrics import families as fam
 from billingwatch.testing.processes import RedisServer
 from tests.conftest import ROOT, SECRET, running_exporter
+from tests.metrics import scrape, value
 
 JSON = {"Content-Type": "application/json"}
-
-
-def metric_line(text: str, name: str, **labels: str) -> float | None:
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
-            if found == labels:
-                return float(line.rsplit(" ", 1)[1])
-    return None
 
 
 def test_serve_accepts_a_signed_event_and_shows_it_in_metrics() -> None:
@@ -34,10 +25,10 @@ def test_serve_accepts_a_signed_event_and_shows_it_in_metrics() -> None:
         response = httpx.post(exporter.url + "/webhooks/stripe", content=payload,
                               headers=se.signed_headers(payload, SECRET))
         assert response.status_code == 200, response.text
-        metrics = httpx.get(exporter.url + "/metrics").text
-        assert metric_line(metrics, "billingwatch_invoice_payment_failures_total", attempt="2", livemode="false") == 1
-        assert metric_line(metrics, "billingwatch_build_info", python_version=sys.version.split()[0],
-                           store="memory", version="0.1.0") == 1
+        metrics = scrape(exporter.url)
+        assert value(metrics, "billingwatch_invoice_payment_failures_total", attempt="2", livemode="false") == 1
+        assert value(metrics, "billingwatch_build_info", python_version=sys.version.split()[0],
+                     store="memory", version="0.1.0") == 1
 
 
 def test_serve_on_redis_shares_state_between_two_replicas(redis_server: RedisServer, redis_prefix: str) -> None:
@@ -50,9 +41,9 @@ def test_serve_on_redis_shares_state_between_two_replicas(redis_server: RedisSer
         assert httpx.post(second.url + "/webhooks/stripe", content=payload,
                           headers=se.signed_headers(payload, SECRET)).json()["duplicate"] is True
         for exporter in (first, second):
-            text = httpx.get(exporter.url + "/metrics").text
-            assert metric_line(text, "billingwatch_charges_total", currency="usd", livemode="false",
-                               status="succeeded") == 1
+            text = scrape(exporter.url)
+            assert value(text, "billingwatch_charges_total", currency="usd", livemode="false",
+                         status="succeeded") == 1
         assert httpx.get(second.url + "/ready").json() == {"status": "ready", "store": "redis"}
 
 

@@ -14,7 +14,7 @@ from billingwatch.fixtures import stripe_events as se
 from billingwatch.rules import load_config
 from billingwatch.testing.processes import Exporter
 from tests.conftest import SECRET, running_exporter
-from tests.exporter_metrics import Samples, scrape, total
+from tests.metrics import Samples, increase, scrape
 
 STATEFUL = ("duplicate_charge", "negative_invoice", "currency_mismatch", "double_invoice")
 
@@ -38,7 +38,7 @@ def simulate(exporter: Exporter, capsys: pytest.CaptureFixture[str], *args: str)
 
 
 def delta(after: Samples, before: Samples, name: str, **labels: str) -> float:
-    return total(after, name, **labels) - total(before, name, **labels)
+    return increase(before, after, name, **labels)
 
 
 def test_default_traffic_is_realistic_and_trips_no_detector(exporter: Exporter,
