@@ -79,6 +79,13 @@ def value_or_none(samples: Samples, name: str, **labels: str) -> float | None:
     return samples.get((name, frozenset(labels.items())))
 
 
+def gauge_value(samples: Samples, name: str, **labels: str) -> float:
+    """A gauge whose series go away at 0 (subscription statuses held, MRR per currency): no series
+    reads as 0, but a family the exposition does not declare, or an unknown label name, fails."""
+    found = value_or_none(samples, name, **labels)
+    return 0.0 if found is None else found
+
+
 def total(samples: Figures, name: str, **labels: str) -> float:
     """Sum of the samples of `name` whose labels include `labels` (there must be at least one)."""
     matched = _matching(samples, name, labels)

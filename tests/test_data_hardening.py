@@ -19,7 +19,7 @@ from billingwatch.recording.plan import Anomaly, Check, Plan, SubscriptionState
 from billingwatch.store import MemoryStore, RedisStore, Store, Unrecordable
 from billingwatch.store.contract import COUNTER_LIMIT
 from tests.metrics import scrape, store_figures, value
-from tests.recording import anomaly_count, counter, gauge, record
+from tests.recording import anomaly_count, counter, figures, record
 from tests.test_webhook_http import post
 
 Client = Callable[..., TestClient]
@@ -56,12 +56,14 @@ async def test_7_a_test_mode_update_cannot_touch_a_live_subscription(store: Stor
     await record(store, se.event("customer.subscription.created", live, created=NOW - 300, livemode=True))
     forged = se.subscription(subscription_id="sub_shared", status="canceled")
     await record(store, se.event("customer.subscription.updated", forged, created=NOW - 100))
-    assert await gauge(store, "sub|active|true") == 1
-    assert await gauge(store, "mrr|usd|true") == 5000 * 1000
+    metrics = await figures(store)
+    assert value(metrics, "billingwatch_subscriptions", status="active", livemode="true") == 1
+    assert value(metrics, "billingwatch_mrr_amount", currency="usd", livemode="true") == pytest.approx(50.00)
     # A genuine live update older than the test-mode one still applies.
     later = se.subscription(subscription_id="sub_shared", unit_amount=7000)
     await record(store, se.event("customer.subscription.updated", later, created=NOW - 200, livemode=True))
-    assert await gauge(store, "mrr|usd|true") == 7000 * 1000
+    metrics = await figures(store)
+    assert value(metrics, "billingwatch_mrr_amount", currency="usd", livemode="true") == pytest.approx(70.00)
 
 
 @pytest.mark.anyio
@@ -71,7 +73,9 @@ async def test_7_event_ids_refunds_and_detector_memory_are_per_livemode(store: S
                         livemode=True)
     assert not (await record(store, test_evt)).duplicate
     assert not (await record(store, live_evt)).duplicate  # the test-mode id does not claim the live one
-    assert await counter(store, "rfa|usd|true") == 300 and await counter(store, "rfa|usd|false") == 300
+    metrics = await figures(store)
+    assert [value(metrics, "billingwatch_refund_amount_total", currency="usd", livemode=mode)
+            for mode in ("true", "false")] == [pytest.approx(3.00), pytest.approx(3.00)]
     assert await store.recorded([("evt_shared", "true"), ("evt_shared", "false")]) == [True, True]
     for livemode in (False, True):
         invoice = se.invoice(total=-100, invoice_id="in_shared", billing_reason="manual")
@@ -226,12 +230,20 @@ async def test_8_a_recorded_event_stays_a_duplicate_when_totals_are_full(store: 
 # ------------------------------------------------------------------ 9: failed and canceled refunds
 
 
-async def standing(store: Store) -> tuple[int, int]:
-    """Refunds (count, amount) that stand: counted minus taken back. Each counter only grows."""
-    counted = await counter(store, "rf|usd|false"), await counter(store, "rfa|usd|false")
-    reversed_ = await counter(store, "rfr|usd|false"), await counter(store, "rfra|usd|false")
-    assert min(*counted, *reversed_) >= 0
-    return counted[0] - reversed_[0], counted[1] - reversed_[1]
+async def refund_figures(store: Store) -> tuple[float, float, float, float]:
+    """usd refunds counted, their amount (minor units), those taken back and their amount."""
+    metrics = await figures(store)
+    names = ("refunds_total", "refund_amount_total", "refunds_reversed_total", "refund_reversed_amount_total")
+    counts, amount, reversed_, reversed_amount = (
+        value(metrics, f"billingwatch_{name}", currency="usd", livemode="false") for name in names)
+    return counts, round(amount * 100), reversed_, round(reversed_amount * 100)
+
+
+async def standing(store: Store) -> tuple[float, float]:
+    """Refunds (count, amount in minor units) that stand: counted minus taken back. Each counter only grows."""
+    counted, amount, reversed_, reversed_amount = await refund_figures(store)
+    assert min(counted, amount, reversed_, reversed_amount) >= 0
+    return counted - reversed_, amount - reversed_amount
 
 
 @pytest.mark.anyio
@@ -257,7 +269,8 @@ async def test_9_a_pending_refund_that_fails_is_taken_back_exactly_once(store: S
     await record(store, se.event("refund.updated", se.refund(refund_id="re_p", amount=700, status="pending")))
     assert await standing(store) == (0, 0)
     # Taken back through its own counter: the counted one never goes down (rate() would see a reset).
-    assert (await counter(store, "rf|usd|false"), await counter(store, "rfr|usd|false")) == (1, 1)
+    counted, _, reversed_, _ = await refund_figures(store)
+    assert (counted, reversed_) == (1, 1)
     # Another refund is unaffected.
     await record(store, se.event("refund.created", se.refund(refund_id="re_q", amount=200)))
     assert await standing(store) == (1, 200)
