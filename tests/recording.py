@@ -31,11 +31,11 @@ async def record(store: Store, evt: dict[str, Any], received_at: float | None = 
     return await store.apply(plan)
 
 
-async def figures(store: Store, now: float | None = None) -> Samples:
+async def figures(store: Store, now: float | None = None, grace: int = 0) -> Samples:
     """The store's figures as /metrics shows them, by metric name and labels: its snapshot rendered
     by the exporter's own collector (so tests never read the store's field encoding)."""
     registry = CollectorRegistry(auto_describe=False)
-    snapshot = await store.snapshot(now if now is not None else time.time(), 0)
+    snapshot = await store.snapshot(now if now is not None else time.time(), grace)
     registry.register(SnapshotCollector(snapshot, build_detectors({})))
     return parse(generate_latest(registry).decode())
 
