@@ -1,56 +1,17 @@
-"""Processes for the benchmarks: a throw-away redis-server, servers on free ports, /proc figures."""
+"""Processes for the benchmarks: servers on free ports and /proc figures (redis-server, free ports and
+waiting come from billingwatch.testing.processes, shared with the tests)."""
 
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
+from billingwatch.testing.processes import port_open, wait_until
+
 ROOT = Path(__file__).resolve().parent.parent
+SECRET = "whsec_bench_secret_for_benchmarks_only"  # the benchmarks' own signing secret
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {port} after {timeout}s")
-
-
-class Redis:
-    """redis-server on a free loopback port with no persistence, in a temporary directory."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="bench-redis-")
-        self.process = subprocess.Popen(
-            [shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", self.dir],
-            stdout=subprocess.DEVNULL,
-        )
-        wait_port(self.port)
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(10)
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _stat(pid: int) -> list[str]:
@@ -92,7 +53,7 @@ def start_server(args: list[str], port: int, env: dict[str, str]) -> subprocess.
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
     process = subprocess.Popen([sys.executable, *args], env=full_env, cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(port)
+    wait_until(lambda: port_open(port), timeout=20.0, what=f"a server on {port}")
     return process
 
 

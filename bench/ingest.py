@@ -24,7 +24,8 @@ import httpx
 import redis
 
 from bench import harness, traffic
-from tests import stripe_events as se
+from billingwatch.fixtures import stripe_events as se
+from billingwatch.testing.processes import RedisServer, free_port
 
 HERE = Path(__file__).resolve().parent
 
@@ -52,7 +53,7 @@ def write_signed(bodies: list[bytes], path: Path) -> None:
     timestamp = int(time.time())
     with path.open("wb") as out:
         for body in bodies:
-            out.write(se.sign(body, timestamp=timestamp).encode() + b"\t" + body + b"\n")
+            out.write(se.sign(body, harness.SECRET, timestamp=timestamp).encode() + b"\t" + body + b"\n")
 
 
 def run_wrk(port: int, pids: list[int], bodies_file: Path, limit: int, args: argparse.Namespace) -> dict[str, int]:
@@ -75,7 +76,7 @@ def exporter_events_total(port: int) -> float:
 def bench_target(name: str, server_args: list[str], env: dict[str, str], bodies: list[bytes],
                  limit: int, rds: redis.Redis, workdir: Path, args: argparse.Namespace) -> Result:
     rds.flushall()
-    port = harness.free_port()
+    port = free_port()
     process = harness.start_server([*server_args, "--port", str(port)], port, env)
     try:
         time.sleep(1.0)  # let every worker finish starting before the clock runs
@@ -123,11 +124,12 @@ def main() -> None:
           f"wrk -t1 -c{args.connections} -d{args.duration}s; mix {kinds}")
     print(f"(events built in {time.monotonic() - started:.1f}s)")
 
-    server = harness.Redis()
+    server = RedisServer()  # a throw-away one: no persistence, in a temporary directory
+    server.start()
     rds = redis.Redis.from_url(server.url)
     workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     uvicorn = ["-m", "uvicorn", "--factory", "--no-access-log", "--log-level", "warning"]
-    exporter_env = {"REDIS_URL": server.url, "STRIPE_WEBHOOK_SECRET": se.SECRET}
+    exporter_env = {"REDIS_URL": server.url, "STRIPE_WEBHOOK_SECRET": harness.SECRET}
     # The exporter must see each event once: stop before the bodies wrap around (in-flight margin).
     exporter_limit = args.events - 4 * args.connections
     targets = [
@@ -151,7 +153,7 @@ def main() -> None:
             rounds.append(results)
     finally:
         rds.close()
-        server.stop()
+        server.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
     print()

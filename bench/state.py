@@ -23,10 +23,11 @@ import redis
 
 from bench import harness, traffic
 from billingwatch.detectors import build_detectors
+from billingwatch.fixtures import stripe_events as se
 from billingwatch.recording.plan import Plan
 from billingwatch.recording.recorder import Recorder
 from billingwatch.store import Outcome, RedisStore
-from tests import stripe_events as se
+from billingwatch.testing.processes import RedisServer, free_port
 
 PREFIX = "billingwatch"
 DEDUP_TTL, SUBSCRIPTION_TTL = 35 * 86400, 400 * 86400
@@ -195,15 +196,16 @@ def main() -> None:
     args = parser.parse_args()
     levels = [int(n) for n in args.levels.split(",")]
     print(f"machine: {harness.machine()}")
-    server = harness.Redis()
+    server = RedisServer()  # a throw-away one: no persistence, in a temporary directory
+    server.start()
     rds = redis.Redis.from_url(server.url)
     script = resources.files("billingwatch.store").joinpath("apply.lua").read_text()
     sha = rds.script_load(script)
     assert sha == hashlib.sha1(script.encode()).hexdigest()
     calls = templates(server.url)
-    port = harness.free_port()
+    port = free_port()
     exporter = harness.start_server(["-m", "billingwatch", "serve", "--port", str(port)], port,
-                                    {"REDIS_URL": server.url, "STRIPE_WEBHOOK_SECRET": se.SECRET})
+                                    {"REDIS_URL": server.url, "STRIPE_WEBHOOK_SECRET": harness.SECRET})
     url = f"http://127.0.0.1:{port}"
     try:
         empty = used_memory(rds)
@@ -250,7 +252,7 @@ def main() -> None:
     finally:
         harness.stop_server(exporter)
         rds.close()
-        server.stop()
+        server.close()
 
 
 if __name__ == "__main__":

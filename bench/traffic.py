@@ -1,10 +1,10 @@
-"""A realistic mix of Stripe events for the benchmarks, built on the real shapes (tests/stripe_events)."""
+"""A realistic mix of Stripe events for the benchmarks, built on the real shapes (billingwatch.fixtures)."""
 
 import random
 import time
 from typing import Any
 
-from tests import stripe_events as se
+from billingwatch.fixtures import stripe_events as se
 
 # Roughly what a subscription business receives: payments dominate, then invoices and
 # subscription changes; refunds, failures and disputes are the tail.

@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from billingwatch.detectors import REGISTRY
-from tests.conftest import ROOT, binary, wait_until
+from billingwatch.testing.processes import binary, wait_until
+from tests.conftest import ROOT
 from tests.stack import alertmanager
 
 CONFIG = ROOT / "alertmanager" / "alertmanager.yml"

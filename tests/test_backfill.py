@@ -7,9 +7,10 @@ from typing import Any
 import pytest
 
 from billingwatch.cli import main
-from tests import stripe_events as se
-from tests.conftest import Exporter, running_exporter
-from tests.exporter_metrics import anomalies, live_counts, moved, scrape, total
+from billingwatch.fixtures import stripe_events as se
+from billingwatch.testing.processes import Exporter
+from tests.conftest import SECRET, running_exporter
+from tests.metrics import anomalies, live_counts, moved, scrape, total
 from tests.replay_helpers import deliver_live
 from tests.stripe_api_server import API_KEY, stripe_events_api
 
@@ -34,7 +35,7 @@ def history() -> list[dict[str, Any]]:
 
 @pytest.fixture
 def api_env(monkeypatch: pytest.MonkeyPatch, redis_url: str, redis_prefix: str) -> dict[str, str]:
-    env = {"STRIPE_WEBHOOK_SECRET": se.SECRET, "STRIPE_API_KEY": API_KEY, "REDIS_URL": redis_url,
+    env = {"STRIPE_WEBHOOK_SECRET": SECRET, "STRIPE_API_KEY": API_KEY, "REDIS_URL": redis_url,
            "BILLINGWATCH_REDIS_PREFIX": redis_prefix}
     for name, value in env.items():
         monkeypatch.setenv(name, value)

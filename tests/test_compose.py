@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from billingwatch.store import RedisStore
-from tests.conftest import ROOT, binary, free_port, port_open, wait_until
+from billingwatch.testing.processes import binary, free_port, port_open, wait_until
+from tests.conftest import ROOT
 
 COMPOSE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"

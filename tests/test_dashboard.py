@@ -23,10 +23,11 @@ import httpx
 import pytest
 from grafanalib._gen import loader, write_dashboard
 
+from billingwatch.fixtures import stripe_events as se
 from billingwatch.rules import load_config
 from billingwatch.rules.render import render_rules
-from tests import stripe_events as se
-from tests.conftest import ROOT, RedisServer, running_exporter
+from billingwatch.testing.processes import RedisServer
+from tests.conftest import ROOT, SECRET, running_exporter
 from tests.stack import Prometheus, prometheus
 
 SOURCE = ROOT / "dashboards" / "billingwatch.dashboard.py"
@@ -106,7 +107,7 @@ def test_every_panel_reads_the_datasource_variable_with_a_unit(monkeypatch: pyte
 
 def post(url: str, event: dict[str, Any], history: bool = False) -> httpx.Response:
     payload = se.body(event)
-    headers = {**se.signed_headers(payload), **({"BillingWatch-Replay": "1"} if history else {})}
+    headers = {**se.signed_headers(payload, SECRET), **({"BillingWatch-Replay": "1"} if history else {})}
     return httpx.post(url + "/webhooks/stripe", content=payload, headers=headers, timeout=10)
 
 

@@ -11,15 +11,16 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from billingwatch.fixtures import stripe_events as se
 from billingwatch.metrics.labels import RESULTS
 from billingwatch.money import CURRENCIES
 from billingwatch.recording.events import MAX_AMOUNT, MAX_LIST, payment_intent_of
 from billingwatch.recording.plan import Anomaly, Check, Plan, SubscriptionState
 from billingwatch.store import MemoryStore, RedisStore, Store, Unrecordable
 from billingwatch.store.contract import COUNTER_LIMIT
-from tests import stripe_events as se
-from tests.recording import anomaly_count, counter, gauge, record
-from tests.test_webhook_http import post, samples, store_figures, value
+from tests.metrics import scrape, store_figures, value
+from tests.recording import anomaly_count, counter, figures, record
+from tests.test_webhook_http import post
 
 Client = Callable[..., TestClient]
 URL = "/webhooks/stripe"
@@ -42,7 +43,7 @@ def rejected(client: TestClient, evt: dict[str, Any], before: dict[Any, float], 
     assert response.status_code == status, response.text
     reason: str = response.json()["error"]
     assert reason and "\n" not in reason
-    assert store_figures(client) == before
+    assert store_figures(scrape(client)) == before
     return reason
 
 
@@ -55,12 +56,14 @@ async def test_7_a_test_mode_update_cannot_touch_a_live_subscription(store: Stor
     await record(store, se.event("customer.subscription.created", live, created=NOW - 300, livemode=True))
     forged = se.subscription(subscription_id="sub_shared", status="canceled")
     await record(store, se.event("customer.subscription.updated", forged, created=NOW - 100))
-    assert await gauge(store, "sub|active|true") == 1
-    assert await gauge(store, "mrr|usd|true") == 5000 * 1000
+    metrics = await figures(store)
+    assert value(metrics, "billingwatch_subscriptions", status="active", livemode="true") == 1
+    assert value(metrics, "billingwatch_mrr_amount", currency="usd", livemode="true") == pytest.approx(50.00)
     # A genuine live update older than the test-mode one still applies.
     later = se.subscription(subscription_id="sub_shared", unit_amount=7000)
     await record(store, se.event("customer.subscription.updated", later, created=NOW - 200, livemode=True))
-    assert await gauge(store, "mrr|usd|true") == 7000 * 1000
+    metrics = await figures(store)
+    assert value(metrics, "billingwatch_mrr_amount", currency="usd", livemode="true") == pytest.approx(70.00)
 
 
 @pytest.mark.anyio
@@ -70,7 +73,9 @@ async def test_7_event_ids_refunds_and_detector_memory_are_per_livemode(store: S
                         livemode=True)
     assert not (await record(store, test_evt)).duplicate
     assert not (await record(store, live_evt)).duplicate  # the test-mode id does not claim the live one
-    assert await counter(store, "rfa|usd|true") == 300 and await counter(store, "rfa|usd|false") == 300
+    metrics = await figures(store)
+    assert [value(metrics, "billingwatch_refund_amount_total", currency="usd", livemode=mode)
+            for mode in ("true", "false")] == [pytest.approx(3.00), pytest.approx(3.00)]
     assert await store.recorded([("evt_shared", "true"), ("evt_shared", "false")]) == [True, True]
     for livemode in (False, True):
         invoice = se.invoice(total=-100, invoice_id="in_shared", billing_reason="manual")
@@ -98,14 +103,14 @@ def test_7_13_created_after_receipt_plus_tolerance_is_rejected(pair: tuple[TestC
     client, _ = pair
     now = int(time.time())
     assert post(client, se.event("charge.succeeded", se.charge(), created=now - 10)).status_code == 200
-    before = store_figures(client)
+    before = store_figures(scrape(client))
     for created in (now + 400, now + 10**9, 10**15):
         reason = rejected(client, se.event("charge.succeeded", se.charge(), created=created), before)
         assert "event.created is in the future" in reason
-    assert value(client, "billingwatch_last_event_created_timestamp_seconds", livemode="false") == now - 10
+    assert value(scrape(client), "billingwatch_last_event_created_timestamp_seconds", livemode="false") == now - 10
     # Within the signature tolerance (clock skew) an event is Stripe's.
     assert post(client, se.event("charge.succeeded", se.charge(), created=now + 200)).status_code == 200
-    assert value(client, "billingwatch_last_event_created_timestamp_seconds", livemode="false") == now + 200
+    assert value(scrape(client), "billingwatch_last_event_created_timestamp_seconds", livemode="false") == now + 200
 
 
 # ------------------------------------------------------------------ 8: refused before the first write
@@ -124,37 +129,37 @@ def refund_list_charge(count: int, amount: int) -> dict[str, Any]:
 def test_8_the_9300_refund_event_is_rejected_whole_and_its_retry_too(pair: tuple[TestClient, Store]) -> None:
     client, _ = pair
     evt = se.event("charge.refunded", refund_list_charge(9300, 10**15))
-    before = store_figures(client)
+    before = store_figures(scrape(client))
     for _ in range(2):  # Stripe's retry meets the same answer, never "duplicate"
         assert f"more than {MAX_LIST}" in rejected(client, evt, before)
     # Within the list bound and with real amounts the same event shape is recorded.
     ok = se.event("charge.refunded", refund_list_charge(MAX_LIST, MAX_AMOUNT))
     assert post(client, ok).status_code == 200
-    assert value(client, "billingwatch_refunds_total", currency="usd", livemode="false") == MAX_LIST
+    assert value(scrape(client), "billingwatch_refunds_total", currency="usd", livemode="false") == MAX_LIST
 
 
 def test_8_a_counter_near_the_64_bit_limit_refuses_with_422_and_leaves_nothing(
     pair: tuple[TestClient, Store]
 ) -> None:
     client, store = pair
-    assert samples(client)[("billingwatch_webhook_requests_total", (("result", "unrecordable"),))] == 0
+    assert value(scrape(client), "billingwatch_webhook_requests_total", result="unrecordable") == 0
     field = "rfa|usd|false"
     client.portal.call(store.increment, {field: COUNTER_LIMIT - 100})
     evt = se.event("refund.created", se.refund(refund_id="re_overflow", amount=500))
-    before = store_figures(client)
+    before = store_figures(scrape(client))
     for attempt in (1, 2):
         response = post(client, evt)
         assert response.status_code == 422, response.text
         assert response.json() == {"error": "event cannot be recorded: total rfa|usd|false would leave the range "
                                             "a 64-bit counter can hold"}
-        assert value(client, "billingwatch_webhook_requests_total", result="unrecordable") == attempt
-        assert store_figures(client) == before
+        assert value(scrape(client), "billingwatch_webhook_requests_total", result="unrecordable") == attempt
+        assert store_figures(scrape(client)) == before
     assert client.portal.call(store.recorded, [(evt["id"], "false")]) == [False]
     # Nothing was left behind: once room is made, the same delivery counts the refund, once.
     client.portal.call(store.increment, {field: -(COUNTER_LIMIT - 100)})
     assert post(client, evt).json()["duplicate"] is False
-    assert value(client, "billingwatch_refunds_total", currency="usd", livemode="false") == 1
-    assert value(client, "billingwatch_refund_amount_total", currency="usd", livemode="false") == 5.0
+    assert value(scrape(client), "billingwatch_refunds_total", currency="usd", livemode="false") == 1
+    assert value(scrape(client), "billingwatch_refund_amount_total", currency="usd", livemode="false") == 5.0
 
 
 def once_plan(event_id: str, count: int, amount: int, **kw: Any) -> Plan:
@@ -225,12 +230,20 @@ async def test_8_a_recorded_event_stays_a_duplicate_when_totals_are_full(store: 
 # ------------------------------------------------------------------ 9: failed and canceled refunds
 
 
-async def standing(store: Store) -> tuple[int, int]:
-    """Refunds (count, amount) that stand: counted minus taken back. Each counter only grows."""
-    counted = await counter(store, "rf|usd|false"), await counter(store, "rfa|usd|false")
-    reversed_ = await counter(store, "rfr|usd|false"), await counter(store, "rfra|usd|false")
-    assert min(*counted, *reversed_) >= 0
-    return counted[0] - reversed_[0], counted[1] - reversed_[1]
+async def refund_figures(store: Store) -> tuple[float, float, float, float]:
+    """usd refunds counted, their amount (minor units), those taken back and their amount."""
+    metrics = await figures(store)
+    names = ("refunds_total", "refund_amount_total", "refunds_reversed_total", "refund_reversed_amount_total")
+    counts, amount, reversed_, reversed_amount = (
+        value(metrics, f"billingwatch_{name}", currency="usd", livemode="false") for name in names)
+    return counts, round(amount * 100), reversed_, round(reversed_amount * 100)
+
+
+async def standing(store: Store) -> tuple[float, float]:
+    """Refunds (count, amount in minor units) that stand: counted minus taken back. Each counter only grows."""
+    counted, amount, reversed_, reversed_amount = await refund_figures(store)
+    assert min(counted, amount, reversed_, reversed_amount) >= 0
+    return counted - reversed_, amount - reversed_amount
 
 
 @pytest.mark.anyio
@@ -256,7 +269,8 @@ async def test_9_a_pending_refund_that_fails_is_taken_back_exactly_once(store: S
     await record(store, se.event("refund.updated", se.refund(refund_id="re_p", amount=700, status="pending")))
     assert await standing(store) == (0, 0)
     # Taken back through its own counter: the counted one never goes down (rate() would see a reset).
-    assert (await counter(store, "rf|usd|false"), await counter(store, "rfr|usd|false")) == (1, 1)
+    counted, _, reversed_, _ = await refund_figures(store)
+    assert (counted, reversed_) == (1, 1)
     # Another refund is unaffected.
     await record(store, se.event("refund.created", se.refund(refund_id="re_q", amount=200)))
     assert await standing(store) == (1, 200)
@@ -279,9 +293,9 @@ async def test_9_a_cancellation_arriving_first_stops_the_late_creation_from_coun
 @pytest.mark.parametrize("currency", ["usd\n", "zzz", "USD", "us", "\u0455sd"])
 def test_10_currency_labels_come_from_stripes_iso_codes(pair: tuple[TestClient, Store], currency: str) -> None:
     client, _ = pair
-    before = store_figures(client)
+    before = store_figures(scrape(client))
     assert "currency" in rejected(client, se.event("charge.succeeded", se.charge(currency=currency)), before)
-    assert value(client, "billingwatch_webhook_requests_total", result="invalid_event") == 1
+    assert value(scrape(client), "billingwatch_webhook_requests_total", result="invalid_event") == 1
 
 
 def test_10_every_currency_stripe_supports_is_accepted(pair: tuple[TestClient, Store]) -> None:
@@ -312,7 +326,7 @@ def negative(kind: str) -> dict[str, Any]:
 @pytest.mark.parametrize("kind", ["charge", "refund", "dispute", "payment_intent", "invoice", "subscription"])
 def test_11_negative_amounts_are_rejected(pair: tuple[TestClient, Store], kind: str) -> None:
     client, _ = pair
-    before = store_figures(client)
+    before = store_figures(scrape(client))
     assert "negative" in rejected(client, negative(kind), before)
 
 

@@ -2,8 +2,8 @@
 
 import pytest
 
+from billingwatch.fixtures import stripe_events as se
 from billingwatch.store import Store
-from tests import stripe_events as se
 from tests.recording import anomaly_count, record
 
 pytestmark = pytest.mark.anyio

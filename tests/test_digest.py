@@ -20,9 +20,10 @@ import httpx
 import pytest
 import yaml
 
+from billingwatch.fixtures import stripe_events as se
 from billingwatch.rules import load_config, render_rules
-from tests import stripe_events as se
-from tests.conftest import ROOT, Exporter, RedisServer, binary, free_port, running_exporter, wait_until
+from billingwatch.testing.processes import Exporter, RedisServer, binary, free_port, wait_until
+from tests.conftest import ROOT, SECRET, running_exporter
 from tests.stack import Prometheus, SmtpSink, prometheus
 from tests.test_e2e_alerting import SMTP_PASSWORD, SMTP_USER, authenticating_smtp_sink
 
@@ -43,7 +44,7 @@ class Stack:
         for evt in events:
             payload = se.body(evt)
             response = httpx.post(self.exporter.url + "/webhooks/stripe", content=payload,
-                                  headers=se.signed_headers(payload), timeout=10)
+                                  headers=se.signed_headers(payload, SECRET), timeout=10)
             assert response.status_code == 200, response.text
 
     def at(self, expr: str, t: float) -> dict[tuple[tuple[str, str], ...], float]:

@@ -22,9 +22,10 @@ import yaml
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
+from billingwatch.fixtures import stripe_events as se
 from billingwatch.rules import load_config, render_rules
-from tests import stripe_events as se
-from tests.conftest import Exporter, RedisServer, free_port, running_exporter, wait_until
+from billingwatch.testing.processes import Exporter, RedisServer, free_port, wait_until
+from tests.conftest import SECRET, running_exporter
 from tests.stack import HttpSink, Prometheus, SmtpSink, alertmanager, http_sink, prometheus
 from tests.test_alertmanager import TEMPLATES, local_config, write
 
@@ -56,7 +57,7 @@ class Stack:
         for evt in events:
             payload = se.body(evt)
             response = httpx.post(self.exporter.url + "/webhooks/stripe", content=payload,
-                                  headers=se.signed_headers(payload), timeout=10)
+                                  headers=se.signed_headers(payload, SECRET), timeout=10)
             assert response.status_code == 200, response.text
             replies.append(response.json())
         return replies

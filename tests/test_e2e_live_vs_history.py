@@ -20,9 +20,10 @@ import httpx
 import pytest
 import yaml
 
+from billingwatch.fixtures import stripe_events as se
 from billingwatch.rules import default_config_text, load_config, render_rules
-from tests import stripe_events as se
-from tests.conftest import Exporter, RedisServer, running_exporter, wait_until
+from billingwatch.testing.processes import Exporter, RedisServer, wait_until
+from tests.conftest import running_exporter
 from tests.replay_helpers import billingwatch, write_jsonl
 from tests.stack import HttpSink, Prometheus, alertmanager, http_sink, prometheus
 from tests.test_e2e_alerting import alertmanager_config, authenticating_smtp_sink

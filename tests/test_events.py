@@ -2,6 +2,7 @@
 
 import pytest
 
+from billingwatch.fixtures import stripe_events as se
 from billingwatch.money import monthly_amount, to_major
 from billingwatch.recording.events import (
     InvalidEvent,
@@ -11,7 +12,6 @@ from billingwatch.recording.events import (
     payment_intent_of,
     subscription_of,
 )
-from tests import stripe_events as se
 
 
 def test_event_envelope_from_the_real_shape() -> None:

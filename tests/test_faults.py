@@ -16,14 +16,19 @@ from typing import Any
 import httpx
 import pytest
 
-from billingwatch.store import MemoryStore, RedisStore, Snapshot
-from tests import stripe_events as se
-from tests.conftest import RedisServer, running_exporter, wait_until
-from tests.recording import record
+from billingwatch.fixtures import stripe_events as se
+from billingwatch.store import MemoryStore, RedisStore
+from billingwatch.testing.processes import RedisServer, wait_until
+from tests.conftest import SECRET, running_exporter
+from tests.metrics import Figures, scrape, total
+from tests.recording import figures, record
 
 # Fields that depend on arrival time (delivery-lag buckets and sum, last-received time) differ
 # between a delivery with retries and the reference; everything else must match exactly.
-ARRIVAL_DEPENDENT = ("lagb|", "lags|", "lr|")
+# When an event arrived, not what it says: differs between two deliveries of the same events.
+ARRIVAL_DEPENDENT = ("billingwatch_webhook_delivery_lag_seconds_bucket",
+                     "billingwatch_webhook_delivery_lag_seconds_sum",
+                     "billingwatch_last_event_received_timestamp_seconds")
 
 
 def mixed_events(count: int) -> list[dict[str, Any]]:
@@ -54,37 +59,34 @@ def mixed_events(count: int) -> list[dict[str, Any]]:
     return events
 
 
-def comparable(snapshot: Snapshot) -> dict[str, dict[str, int]]:
-    keep = {k: v for k, v in snapshot.counters.items() if not k.startswith(ARRIVAL_DEPENDENT)}
-    gauges = {k: v for k, v in snapshot.gauges.items() if not k.startswith(ARRIVAL_DEPENDENT) and v != 0}
-    return {"counters": keep, "gauges": gauges}
+def comparable(samples: Figures) -> Figures:
+    """The figures the events determine; a series at 0 and no series mean the same here."""
+    return {k: v for k, v in samples.items() if k[0] not in ARRIVAL_DEPENDENT and v != 0}
 
 
-def reference(events: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+def reference(events: list[dict[str, Any]]) -> Figures:
     """What one clean delivery of each event records."""
 
-    async def run() -> Snapshot:
+    async def run() -> Figures:
         store = MemoryStore()
         for evt in events:
             await record(store, evt)
-        return await store.snapshot(time.time(), 86400)
+        return await figures(store, grace=86400)
 
     return comparable(asyncio.run(run()))
 
 
-def redis_state(url: str, prefix: str) -> dict[str, dict[str, int]]:
-    async def run() -> Snapshot:
+def redis_state(url: str, prefix: str) -> Figures:
+    async def run() -> Figures:
         store = RedisStore(url, prefix)
         try:
-            return await store.snapshot(time.time(), 86400)
+            return await figures(store, grace=86400)
         finally:
             await store.close()
 
     return comparable(asyncio.run(run()))
 
 
-def total(state: dict[str, dict[str, int]], family: str) -> int:
-    return sum(v for k, v in state["counters"].items() if k.startswith(family + "|"))
 
 
 @dataclass
@@ -119,7 +121,8 @@ class Delivery:
                 while time.monotonic() < stop_at:
                     started = time.monotonic()
                     try:
-                        response = client.post(url + "/webhooks/stripe", content=body, headers=se.signed_headers(body))
+                        response = client.post(url + "/webhooks/stripe", content=body,
+                                               headers=se.signed_headers(body, SECRET))
                         status, duplicate = response.status_code, response.is_success and response.json()["duplicate"]
                     except httpx.TransportError:
                         status, duplicate = 0, False
@@ -150,12 +153,8 @@ class Delivery:
 
 
 def requests_by_result(url: str) -> dict[str, float]:
-    results: dict[str, float] = {}
-    for line in httpx.get(url + "/metrics", timeout=5).text.splitlines():
-        if line.startswith("billingwatch_webhook_requests_total{"):
-            label, value = line.split("} ")
-            results[label.split('"')[1]] = float(value)
-    return results
+    return {dict(labels)["result"]: v for (name, labels), v in scrape(url).items()
+            if name == "billingwatch_webhook_requests_total"}
 
 
 @pytest.fixture
@@ -186,7 +185,7 @@ def test_redis_stopped_mid_load_503_while_down_then_exact_counts(aof_redis: Redi
     assert results["store_unavailable"] >= len(while_down)
     assert delivery.delivered == len(events)
     state = redis_state(aof_redis.url, redis_prefix)
-    assert total(state, "ev") == len(events)
+    assert total(state, "billingwatch_events_total") == len(events)
     assert state == reference(events)
 
 
@@ -204,7 +203,7 @@ def test_exporter_sigkilled_mid_load_and_restarted_counts_exact(redis_url: str, 
     assert any(a.status == 0 and a.started > killed_at for a in delivery.attempts), "no attempt hit the dead exporter"
     assert delivery.delivered == len(events)
     state = redis_state(redis_url, redis_prefix)
-    assert total(state, "ev") == len(events)
+    assert total(state, "billingwatch_events_total") == len(events)
     assert state == reference(events)
 
 
@@ -223,8 +222,9 @@ def test_two_replicas_receiving_the_same_events_count_each_once(redis_url: str, 
     assert first["duplicate"] + second["duplicate"] == len(events)
     state = redis_state(redis_url, redis_prefix)
     expected = reference(events)
-    assert total(expected, "an") > 0, "the events must include anomalies for this test to mean anything"
-    assert total(state, "an") == total(expected, "an")
+    anomalies = "billingwatch_anomalies_total"
+    assert total(expected, anomalies) > 0, "the events must include anomalies for this test to mean anything"
+    assert total(state, anomalies) == total(expected, anomalies)
     assert state == expected
 
 

@@ -14,14 +14,15 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
+from billingwatch.fixtures import stripe_events as se
 from billingwatch.money import CURRENCIES
 from billingwatch.recording.events import MAX_AMOUNT
 from billingwatch.store import MemoryStore, RedisStore, Store
 from billingwatch.store.contract import COUNTER_LIMIT
-from tests import stripe_events as se
+from tests.conftest import SECRET
+from tests.metrics import Figures, scrape, store_figures, total
 
 Client = Callable[..., TestClient]
 URL = "/webhooks/stripe"
@@ -37,14 +38,9 @@ def client(request: pytest.FixtureRequest, make_client: Client) -> TestClient:
                                         prefix=request.getfixturevalue("redis_prefix")))
 
 
-def figures(client: TestClient) -> dict[Any, float]:
+def figures(client: TestClient) -> Figures:
     """Every store-held figure /metrics shows (not the per-request counter, not process metrics)."""
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(client.get("/metrics").text)
-        for s in family.samples
-        if s.name.startswith("billingwatch_") and not s.name.startswith("billingwatch_webhook_requests")
-    }
+    return store_figures(scrape(client))
 
 
 def assert_rejected_cleanly(response: Any, before: dict[Any, float], client: TestClient) -> None:
@@ -173,7 +169,7 @@ def test_signed_events_with_broken_fields_never_5xx_and_rejected_ones_change_not
     def check(evt: dict[str, Any]) -> None:
         payload = json.dumps(evt).encode()
         before = figures(client)
-        response = client.post(URL, content=payload, headers=se.signed_headers(payload))
+        response = client.post(URL, content=payload, headers=se.signed_headers(payload, SECRET))
         assert response.status_code in (200, 400), response.text
         if response.status_code == 400:
             assert_rejected_cleanly(response, before, client)
@@ -202,19 +198,19 @@ def post_signed(client: TestClient, payload: bytes, header: str) -> Any:
 def test_expired_timestamp_is_rejected(client: TestClient) -> None:
     payload = se.body(se.event("charge.succeeded", se.charge()))
     before = figures(client)
-    response = post_signed(client, payload, se.sign(payload, timestamp=int(time.time()) - 301))
+    response = post_signed(client, payload, se.sign(payload, SECRET, timestamp=int(time.time()) - 301))
     assert_rejected_cleanly(response, before, client)
 
 
 def test_replayed_old_delivery_is_rejected_and_a_recent_one_is_a_duplicate(client: TestClient) -> None:
     payload = se.body(se.event("charge.succeeded", se.charge()))
-    header = se.sign(payload)
+    header = se.sign(payload, SECRET)
     assert post_signed(client, payload, header).json()["duplicate"] is False
     after_first = figures(client)
     assert post_signed(client, payload, header).json() == {"received": True, "duplicate": True, "anomalies": 0}
     assert figures(client) == after_first
     # The same body captured with an old signature and replayed later: too old, rejected.
-    old = post_signed(client, payload, se.sign(payload, timestamp=int(time.time()) - 3600))
+    old = post_signed(client, payload, se.sign(payload, SECRET, timestamp=int(time.time()) - 3600))
     assert_rejected_cleanly(old, after_first, client)
 
 
@@ -231,7 +227,7 @@ def test_either_of_two_rotated_secrets_is_accepted_a_third_is_not(make_client: C
         assert post_signed(client, payload, se.sign(payload, secret)).status_code == 200
     payload = se.body(se.event("charge.succeeded", se.charge()))
     before = figures(client)
-    assert_rejected_cleanly(post_signed(client, payload, se.sign(payload, se.SECRET)), before, client)
+    assert_rejected_cleanly(post_signed(client, payload, se.sign(payload, SECRET)), before, client)
 
 
 def test_rotation_from_the_environment_accepts_both_secrets() -> None:
@@ -243,15 +239,15 @@ def test_rotation_from_the_environment_accepts_both_secrets() -> None:
 
 def test_header_with_several_v1_values_is_accepted_when_one_matches(client: TestClient) -> None:
     payload = se.body(se.event("charge.succeeded", se.charge()))
-    good = se.sign(payload)  # t=...,v1=<hex>
+    good = se.sign(payload, SECRET)  # t=...,v1=<hex>
     timestamp, v1 = good.split(",")
     bad = "v1=" + "0" * 64
     assert post_signed(client, payload, f"{timestamp},{bad},{v1}").status_code == 200
     other = se.body(se.event("charge.succeeded", se.charge()))
     before = figures(client)
-    other_ts = se.sign(other).split(",")[0]
+    other_ts = se.sign(other, SECRET).split(",")[0]
     assert_rejected_cleanly(post_signed(client, other, f"{other_ts},{bad},v1={'1' * 64}"), before, client)
-    assert_rejected_cleanly(post_signed(client, other, f"{other_ts},v0={se.sign(other).split('v1=')[1]}"),
+    assert_rejected_cleanly(post_signed(client, other, f"{other_ts},v0={se.sign(other, SECRET).split('v1=')[1]}"),
                             before, client)
 
 
@@ -273,7 +269,7 @@ def test_lone_surrogates_in_ids_never_5xx(client: TestClient, field: str, value:
         evt["data"]["object"]["payment_method_details"]["card"]["fingerprint"] = value
     payload = json.dumps(evt).encode()
     before = figures(client)
-    response = client.post(URL, content=payload, headers=se.signed_headers(payload))
+    response = client.post(URL, content=payload, headers=se.signed_headers(payload, SECRET))
     if field == "fingerprint":
         assert response.status_code == 200
     else:
@@ -291,13 +287,15 @@ def test_out_of_range_subscription_numbers_are_rejected(client: TestClient, wher
     (item["price"] if where == "unit_amount" else item)[where] = value
     payload = json.dumps(se.event("customer.subscription.updated", sub)).encode()
     before = figures(client)
-    assert_rejected_cleanly(client.post(URL, content=payload, headers=se.signed_headers(payload)), before, client)
+    response = client.post(URL, content=payload, headers=se.signed_headers(payload, SECRET))
+    assert_rejected_cleanly(response, before, client)
 
 
 def test_deeply_nested_json_is_400_not_a_recursion_error(client: TestClient) -> None:
     payload = b"[" * 200_000 + b"]" * 200_000
     before = figures(client)
-    assert_rejected_cleanly(client.post(URL, content=payload, headers=se.signed_headers(payload)), before, client)
+    response = client.post(URL, content=payload, headers=se.signed_headers(payload, SECRET))
+    assert_rejected_cleanly(response, before, client)
 
 
 # ------------------------------------------------------------------ amounts and label values (issue 11)
@@ -338,22 +336,25 @@ def test_amounts_are_accepted_exactly_when_stripe_could_send_them(client: TestCl
     @given(kind=st.sampled_from(["charge", "refund", "dispute", "invoice"]), amount=AMOUNTS)
     def check(kind: str, amount: int) -> None:
         evt, family, labels = amount_event(kind, amount)
-        key = (family, tuple(sorted(labels.items())))
+        key = (family, frozenset(labels.items()))
         before = figures(client)
         payload = json.dumps(evt).encode()
-        response = client.post(URL, content=payload, headers=se.signed_headers(payload))
+        response = client.post(URL, content=payload, headers=se.signed_headers(payload, SECRET))
         if 0 <= amount <= MAX_AMOUNT:
             assert response.status_code == 200, response.text
             assert figures(client)[key] == pytest.approx(before.get(key, 0) + amount / 100)
         else:
             assert_rejected_cleanly(response, before, client)
         assert all(v >= 0 for (name, _), v in figures(client).items() if name.endswith("_total"))
+
+    check()
+
+
 # ------------------------------------------------------------------ headers and query strings (issue 11)
 
 
 def requests_counted(client: TestClient) -> float:
-    return sum(s.value for family in text_string_to_metric_families(client.get("/metrics").text)
-               for s in family.samples if s.name == "billingwatch_webhook_requests_total")
+    return total(scrape(client), "billingwatch_webhook_requests_total")
 
 
 # Header values as a server hands them over: any byte but CR, LF (they end the header) and NUL.
@@ -379,7 +380,7 @@ def test_any_bytes_in_stripe_signature_are_a_counted_400(client: TestClient) -> 
 def test_totals_near_the_64_bit_limit_are_refused_whole(client_and_store: tuple[TestClient, Store]) -> None:
     client, store = client_and_store
     field = "rfa|usd|false"
-    key = ("billingwatch_refund_amount_total", (("currency", "usd"), ("livemode", "false")))
+    key = ("billingwatch_refund_amount_total", frozenset({("currency", "usd"), ("livemode", "false")}))
 
     @FUZZ
     @given(headroom=st.integers(0, 2 * MAX_AMOUNT), amount=st.integers(0, MAX_AMOUNT))
@@ -389,7 +390,7 @@ def test_totals_near_the_64_bit_limit_are_refused_whole(client_and_store: tuple[
         evt = se.event("refund.created", se.refund(amount=amount))
         payload = json.dumps(evt).encode()
         before = figures(client)
-        response = client.post(URL, content=payload, headers=se.signed_headers(payload))
+        response = client.post(URL, content=payload, headers=se.signed_headers(payload, SECRET))
         if amount <= headroom:
             assert response.status_code == 200, response.text
             assert figures(client)[key] == pytest.approx((COUNTER_LIMIT - headroom + amount) / 100)
@@ -398,6 +399,10 @@ def test_totals_near_the_64_bit_limit_are_refused_whole(client_and_store: tuple[
             assert "64-bit" in response.json()["error"]
             assert figures(client) == before
             assert client.portal.call(store.recorded, [(evt["id"], "false")]) == [False]  # type: ignore[union-attr]
+
+    check()
+
+
 def test_header_sizes_never_5xx_and_over_the_cap_are_431(make_client: Client) -> None:
     client = make_client(max_header_bytes=8192)
     payload = se.body(se.event("charge.succeeded", se.charge()))
@@ -435,7 +440,7 @@ def test_label_values_stay_in_their_closed_sets(client: TestClient) -> None:
         evt["data"]["object"]["currency"] = currency
         payload = json.dumps(evt).encode()
         before = figures(client)
-        response = client.post(URL, content=payload, headers=se.signed_headers(payload))
+        response = client.post(URL, content=payload, headers=se.signed_headers(payload, SECRET))
         if currency in CURRENCIES:
             assert response.status_code == 200, response.text
         else:
@@ -445,6 +450,10 @@ def test_label_values_stay_in_their_closed_sets(client: TestClient) -> None:
             values = dict(labels)
             assert values.get("currency", "usd") in CURRENCIES
             assert values.get("livemode", "true") in ("true", "false")
+
+    check()
+
+
 GET_ENDPOINTS = ["/", "/metrics", "/health", "/ready", "/api/detectors", "/api/anomalies"]
 
 

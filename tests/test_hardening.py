@@ -10,10 +10,11 @@ import pytest
 from starlette.testclient import TestClient
 
 from billingwatch.config import ConfigError, from_env
+from billingwatch.fixtures import stripe_events as se
 from billingwatch.logsafe import safe
-from tests import stripe_events as se
+from tests.conftest import SECRET
+from tests.metrics import scrape, store_figures, value
 from tests.test_serve import run_cli
-from tests.test_webhook_http import store_figures, value
 
 Client = Callable[..., TestClient]
 URL = "/webhooks/stripe"
@@ -24,7 +25,7 @@ def rejected(client: TestClient, response: httpx.Response, status: int, result: 
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert isinstance(error, str) and "\n" not in error
-    assert value(client, "billingwatch_webhook_requests_total", result=result) == 1
+    assert value(scrape(client), "billingwatch_webhook_requests_total", result=result) == 1
 
 
 @pytest.mark.parametrize("header", [
@@ -37,18 +38,19 @@ def test_malformed_signature_header_is_a_counted_400(make_client: Client, header
     client = make_client()
     payload = se.body(se.event("charge.succeeded", se.charge()))
     header = header.replace(b"t=1,", f"t={int(time.time())},".encode())
-    before = store_figures(client)
+    before = store_figures(scrape(client))
     response = client.post(URL, content=payload, headers=[(b"stripe-signature", header),
                                                           (b"content-type", b"application/json")])
     rejected(client, response, 400, "invalid_signature")
-    assert store_figures(client) == before
+    assert store_figures(scrape(client)) == before
 
 
 @pytest.mark.parametrize("ahead", [10**9, 301 + 60])
 def test_signature_timestamp_in_the_future_is_rejected(make_client: Client, ahead: int) -> None:
     client = make_client()
     payload = se.body(se.event("charge.succeeded", se.charge()))
-    response = client.post(URL, content=payload, headers=se.signed_headers(payload, timestamp=int(time.time()) + ahead))
+    response = client.post(URL, content=payload,
+                           headers=se.signed_headers(payload, SECRET, timestamp=int(time.time()) + ahead))
     rejected(client, response, 400, "invalid_signature")
     assert "future" in response.json()["error"]
 
@@ -56,7 +58,8 @@ def test_signature_timestamp_in_the_future_is_rejected(make_client: Client, ahea
 def test_signature_a_little_ahead_is_clock_skew_and_accepted(make_client: Client) -> None:
     client = make_client()
     payload = se.body(se.event("charge.succeeded", se.charge()))
-    response = client.post(URL, content=payload, headers=se.signed_headers(payload, timestamp=int(time.time()) + 30))
+    response = client.post(URL, content=payload,
+                           headers=se.signed_headers(payload, SECRET, timestamp=int(time.time()) + 30))
     assert response.status_code == 200, response.text
 
 
@@ -67,18 +70,18 @@ def test_placeholder_secret_accepts_test_mode_and_refuses_livemode(
         client = make_client(webhook_secrets=(PLACEHOLDER,))
     assert any("placeholder" in r.getMessage() and "test mode only" in r.getMessage() for r in caplog.records)
     live = se.body(se.event("charge.succeeded", se.charge(livemode=True), livemode=True))
-    before = store_figures(client)
+    before = store_figures(scrape(client))
     response = client.post(URL, content=live, headers=se.signed_headers(live, PLACEHOLDER))
     rejected(client, response, 400, "livemode_rejected")
-    assert store_figures(client) == before
+    assert store_figures(scrape(client)) == before
     test_mode = se.body(se.event("charge.succeeded", se.charge()))
     assert client.post(URL, content=test_mode, headers=se.signed_headers(test_mode, PLACEHOLDER)).status_code == 200
 
 
 def test_real_secret_next_to_a_placeholder_still_accepts_livemode(make_client: Client) -> None:
-    client = make_client(webhook_secrets=(PLACEHOLDER, se.SECRET))
+    client = make_client(webhook_secrets=(PLACEHOLDER, SECRET))
     live = se.body(se.event("charge.succeeded", se.charge(livemode=True), livemode=True))
-    assert client.post(URL, content=live, headers=se.signed_headers(live)).status_code == 200
+    assert client.post(URL, content=live, headers=se.signed_headers(live, SECRET)).status_code == 200
 
 
 @pytest.mark.parametrize("secret", ["whsec_replace_me", "changeme", "whsec_changeme", "replace_me",
@@ -87,20 +90,20 @@ def test_known_placeholders_are_recognised(secret: str) -> None:
     from billingwatch.config import is_placeholder
 
     assert is_placeholder(secret)
-    assert not is_placeholder(se.SECRET) and not is_placeholder("whsec_4eC39HqLyjWDarjtT1zdp7dc")
+    assert not is_placeholder(SECRET) and not is_placeholder("whsec_4eC39HqLyjWDarjtT1zdp7dc")
 
 
 def test_insecure_mode_refuses_a_non_json_content_type(make_client: Client) -> None:
     client = make_client(webhook_secrets=(), insecure_skip_signature=True)
     payload = se.body(se.event("charge.succeeded", se.charge()))
-    before = store_figures(client)
+    before = store_figures(scrape(client))
     # What a web page can send cross-site without a preflight: text/plain, form encodings, nothing.
     for i, content_type in enumerate(["text/plain", "application/x-www-form-urlencoded", None], start=1):
         headers = {"Content-Type": content_type} if content_type else {}
         response = client.post(URL, content=payload, headers=headers)
         assert response.status_code == 415, response.text
-        assert value(client, "billingwatch_webhook_requests_total", result="unsupported_media_type") == i
-    assert store_figures(client) == before
+        assert value(scrape(client), "billingwatch_webhook_requests_total", result="unsupported_media_type") == i
+    assert store_figures(scrape(client)) == before
     ok = client.post(URL, content=payload, headers={"Content-Type": "application/json; charset=utf-8"})
     assert ok.status_code == 200
 
@@ -142,7 +145,7 @@ def test_out_of_range_settings_are_named(env: dict[str, str], message: str) -> N
 @pytest.mark.parametrize(("raw", "message"), [("0", "at least 1"), ("-5", "at least 1"),
                                                (str(10**12), "at most"), ("1e3", "an integer")])
 def test_bad_detector_threshold_is_a_start_up_error(raw: str, message: str) -> None:
-    settings = from_env({"STRIPE_WEBHOOK_SECRET": se.SECRET,
+    settings = from_env({"STRIPE_WEBHOOK_SECRET": SECRET,
                          "BILLINGWATCH_DETECTOR_DUPLICATE_CHARGE_WINDOW_SECONDS": raw})
     with pytest.raises(ConfigError, match="BILLINGWATCH_DETECTOR_DUPLICATE_CHARGE_WINDOW_SECONDS must be " + message):
         settings.check()
@@ -153,7 +156,7 @@ def test_bad_detector_threshold_is_a_start_up_error(raw: str, message: str) -> N
     {"BILLINGWATCH_SUBSCRIPTION_TTL_SECONDS": str(10**15)},
 ])
 def test_serve_refuses_bad_settings_with_one_line(env: dict[str, str]) -> None:
-    result = run_cli("serve", "--port", "1", env={"STRIPE_WEBHOOK_SECRET": se.SECRET, **env})
+    result = run_cli("serve", "--port", "1", env={"STRIPE_WEBHOOK_SECRET": SECRET, **env})
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("billingwatch: " + next(iter(env)))
 
@@ -166,7 +169,7 @@ def test_event_data_in_log_lines_is_escaped(make_client: Client, caplog: pytest.
         payload = se.body(se.event("charge.succeeded", se.charge(charge_id=charge_id, customer="cus_\nforged"),
                                    created=created))
         with caplog.at_level(logging.WARNING, logger="billingwatch"):
-            assert client.post(URL, content=payload, headers=se.signed_headers(payload)).status_code == 200
+            assert client.post(URL, content=payload, headers=se.signed_headers(payload, SECRET)).status_code == 200
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("anomaly ")]
     assert "forged line" in line  # logged, escaped: one line, no terminal control
     assert not any(c in line for c in "\n\r\x1b\u2028")

@@ -21,7 +21,8 @@ import yaml
 
 from billingwatch.commands.rules import render_prometheus_rule
 from billingwatch.rules import load_config
-from tests.conftest import ROOT, Exporter, RedisServer, free_port
+from billingwatch.testing.processes import Exporter, RedisServer, free_port
+from tests.conftest import ROOT
 
 BASE = ROOT / "deploy" / "kubernetes"
 KUBERNETES_VERSION = "1.37.0"

@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from billingwatch.fixtures import stripe_events as se
 from billingwatch.store import MemoryStore, RedisStore, Store
-from tests import stripe_events as se
+from tests.conftest import SECRET
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.txt"
 NOW = 1_767_225_600  # 2026-01-01T00:00:00Z: the app's clock for the whole scenario
@@ -79,7 +80,7 @@ def scenario() -> list[tuple[dict[str, Any], bool]]:
 def exposition(client: TestClient) -> str:
     for evt, replayed in scenario():
         payload = se.body(evt)
-        headers = se.signed_headers(payload)
+        headers = se.signed_headers(payload, SECRET)
         if replayed:
             headers["BillingWatch-Replay"] = "1"
         response = client.post("/webhooks/stripe", content=payload, headers=headers)

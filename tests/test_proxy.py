@@ -12,9 +12,10 @@ import httpx
 import pytest
 import yaml
 
-from tests import stripe_events as se
-from tests.conftest import ROOT, Exporter, binary, free_port, running_exporter, wait_until
-from tests.exporter_metrics import scrape
+from billingwatch.fixtures import stripe_events as se
+from billingwatch.testing.processes import Exporter, binary, free_port, wait_until
+from tests.conftest import ROOT, SECRET, running_exporter
+from tests.metrics import scrape
 from tests.test_compose import ENV_EXAMPLE, FILLED, compose
 
 CADDYFILE = ROOT / "proxy" / "Caddyfile"
@@ -94,7 +95,7 @@ def requests_seen(exporter: Exporter) -> float:
 
 def test_signed_webhook_passes_and_nothing_else_does(caddy: Caddy, exporter: Exporter) -> None:
     payload = se.body(se.event("charge.succeeded", se.charge()))
-    response = httpx.post(caddy.url + "/webhooks/stripe", content=payload, headers=se.signed_headers(payload))
+    response = httpx.post(caddy.url + "/webhooks/stripe", content=payload, headers=se.signed_headers(payload, SECRET))
     assert response.status_code == 200 and response.json()["received"] is True
     for method, path in (("GET", "/api/anomalies"), ("GET", "/api/detectors"), ("GET", "/metrics"), ("GET", "/"),
                          ("GET", "/webhooks/stripe"), ("POST", "/api/anomalies"), ("POST", "/metrics"),
@@ -141,5 +142,5 @@ def test_api_through_a_proxy_that_forwards_everything_is_still_refused(exporter:
         assert httpx.get(exporter.url + "/api/anomalies").status_code == 200  # direct loopback is served
         payload = se.body(se.event("charge.succeeded", se.charge()))
         replay = httpx.post(caddy.url + "/webhooks/stripe", content=payload,
-                            headers={**se.signed_headers(payload), "BillingWatch-Replay": "1"})
+                            headers={**se.signed_headers(payload, SECRET), "BillingWatch-Replay": "1"})
         assert replay.status_code == 403

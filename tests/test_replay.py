@@ -9,9 +9,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests import stripe_events as se
-from tests.conftest import RedisServer, running_exporter, wait_until
-from tests.exporter_metrics import (
+from billingwatch.fixtures import stripe_events as se
+from billingwatch.testing.processes import RedisServer, wait_until
+from tests.conftest import running_exporter
+from tests.metrics import (
     Samples,
     anomalies,
     live_counts,

@@ -15,9 +15,10 @@ from contextlib import contextmanager
 
 import httpx
 
-from tests import stripe_events as se
-from tests.conftest import ROOT, free_port, running_exporter, wait_until
-from tests.test_serve import metric_line
+from billingwatch.fixtures import stripe_events as se
+from billingwatch.testing.processes import free_port, wait_until
+from tests.conftest import ROOT, SECRET, running_exporter
+from tests.metrics import scrape, value
 
 LIMITS = {"BILLINGWATCH_READ_TIMEOUT_SECONDS": "1", "BILLINGWATCH_MAX_HEADER_BYTES": "16384"}
 
@@ -55,7 +56,7 @@ def webhook_request(headers: bytes, content_length: int) -> bytes:
 def factory_process(*args: str, **env_overrides: str) -> Iterator[subprocess.Popen[bytes]]:
     """`uvicorn billingwatch.server:app --factory` as someone would run it without `billingwatch serve`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BILLINGWATCH_", "REDIS_URL", "STRIPE_"))}
-    env.update({"STRIPE_WEBHOOK_SECRET": se.SECRET, "PYTHONPATH": str(ROOT)}, **env_overrides)
+    env.update({"STRIPE_WEBHOOK_SECRET": SECRET, "PYTHONPATH": str(ROOT)}, **env_overrides)
     process = subprocess.Popen([sys.executable, "-m", "uvicorn", "billingwatch.server:app", "--factory", *args],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -90,8 +91,8 @@ def test_headers_over_the_cap_get_431_before_the_app_runs() -> None:
             sock.close()
             assert answer.startswith(b"HTTP/1.1 431"), answer[:100]
             assert answer.endswith(b'{"error": "request headers too large"}')
-        metrics = httpx.get(exporter.url + "/metrics").text
-        assert metric_line(metrics, "billingwatch_webhook_requests_total", result="accepted") == 0
+        metrics = scrape(exporter.url)
+        assert value(metrics, "billingwatch_webhook_requests_total", result="accepted") == 0
 
 
 def test_a_body_of_ordinary_size_in_the_same_read_as_the_headers_is_not_counted_as_header() -> None:
@@ -99,7 +100,8 @@ def test_a_body_of_ordinary_size_in_the_same_read_as_the_headers_is_not_counted_
         evt = se.event("charge.succeeded", se.charge())
         evt["data"]["object"]["metadata"] = {"note": "x" * 60_000}  # body well over the header cap
         payload = se.body(evt)
-        response = httpx.post(exporter.url + "/webhooks/stripe", content=payload, headers=se.signed_headers(payload))
+        response = httpx.post(exporter.url + "/webhooks/stripe", content=payload,
+                              headers=se.signed_headers(payload, SECRET))
         assert response.status_code == 200, response.text
 
 
@@ -112,8 +114,8 @@ def test_non_ascii_byte_in_stripe_signature_is_a_counted_400_not_a_500() -> None
         answer, _ = read_until_closed(sock, 10)
         sock.close()
         assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
-        metrics = httpx.get(exporter.url + "/metrics").text
-        assert metric_line(metrics, "billingwatch_webhook_requests_total", result="invalid_signature") == 1
+        metrics = scrape(exporter.url)
+        assert value(metrics, "billingwatch_webhook_requests_total", result="invalid_signature") == 1
         process = exporter.process
         assert process is not None and process.stderr is not None
         exporter.stop()
@@ -130,8 +132,8 @@ def test_half_sent_body_is_answered_408_and_closed_within_the_read_timeout() -> 
             sock.close()
             assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
             assert b"connection: close" in answer.lower()
-        metrics = httpx.get(exporter.url + "/metrics").text
-        assert metric_line(metrics, "billingwatch_webhook_requests_total", result="body_timeout") == 20
+        metrics = scrape(exporter.url)
+        assert value(metrics, "billingwatch_webhook_requests_total", result="body_timeout") == 20
 
 
 def test_trickled_body_is_dropped_at_the_deadline() -> None:

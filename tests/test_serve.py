@@ -1,7 +1,6 @@
 """`billingwatch serve` as a user runs it: a real uvicorn process, configured from the environment."""
 
 import os
-import re
 import subprocess
 import sys
 import time
@@ -11,30 +10,24 @@ import httpx
 import pytest
 
 from billingwatch.config import ConfigError, from_env
-from tests import stripe_events as se
-from tests.conftest import ROOT, RedisServer, running_exporter
+from billingwatch.fixtures import stripe_events as se
+from billingwatch.testing.processes import RedisServer
+from tests.conftest import ROOT, SECRET, running_exporter
+from tests.metrics import scrape, value
 
 JSON = {"Content-Type": "application/json"}
-
-
-def metric_line(text: str, name: str, **labels: str) -> float | None:
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
-            if found == labels:
-                return float(line.rsplit(" ", 1)[1])
-    return None
 
 
 def test_serve_accepts_a_signed_event_and_shows_it_in_metrics() -> None:
     with running_exporter() as exporter:
         payload = se.body(se.event("invoice.payment_failed", se.invoice(status="open", attempt_count=2)))
-        response = httpx.post(exporter.url + "/webhooks/stripe", content=payload, headers=se.signed_headers(payload))
+        response = httpx.post(exporter.url + "/webhooks/stripe", content=payload,
+                              headers=se.signed_headers(payload, SECRET))
         assert response.status_code == 200, response.text
-        metrics = httpx.get(exporter.url + "/metrics").text
-        assert metric_line(metrics, "billingwatch_invoice_payment_failures_total", attempt="2", livemode="false") == 1
-        assert metric_line(metrics, "billingwatch_build_info", python_version=sys.version.split()[0],
-                           store="memory", version="0.1.0") == 1
+        metrics = scrape(exporter.url)
+        assert value(metrics, "billingwatch_invoice_payment_failures_total", attempt="2", livemode="false") == 1
+        assert value(metrics, "billingwatch_build_info", python_version=sys.version.split()[0],
+                     store="memory", version="0.1.0") == 1
 
 
 def test_serve_on_redis_shares_state_between_two_replicas(redis_server: RedisServer, redis_prefix: str) -> None:
@@ -43,13 +36,13 @@ def test_serve_on_redis_shares_state_between_two_replicas(redis_server: RedisSer
         evt = se.event("charge.succeeded", se.charge())
         payload = se.body(evt)
         assert httpx.post(first.url + "/webhooks/stripe", content=payload,
-                          headers=se.signed_headers(payload)).json()["duplicate"] is False
+                          headers=se.signed_headers(payload, SECRET)).json()["duplicate"] is False
         assert httpx.post(second.url + "/webhooks/stripe", content=payload,
-                          headers=se.signed_headers(payload)).json()["duplicate"] is True
+                          headers=se.signed_headers(payload, SECRET)).json()["duplicate"] is True
         for exporter in (first, second):
-            text = httpx.get(exporter.url + "/metrics").text
-            assert metric_line(text, "billingwatch_charges_total", currency="usd", livemode="false",
-                               status="succeeded") == 1
+            text = scrape(exporter.url)
+            assert value(text, "billingwatch_charges_total", currency="usd", livemode="false",
+                         status="succeeded") == 1
         assert httpx.get(second.url + "/ready").json() == {"status": "ready", "store": "redis"}
 
 
@@ -75,9 +68,9 @@ def test_unreadable_secret_file_is_a_clear_error() -> None:
 
 def test_secret_file_rotation_list_and_no_secret_in_logs(tmp_path: Path) -> None:
     secret_file = tmp_path / "secret"
-    secret_file.write_text("whsec_first_rotation_a, " + se.SECRET + "\n")
+    secret_file.write_text("whsec_first_rotation_a, " + SECRET + "\n")
     with running_exporter(STRIPE_WEBHOOK_SECRET="", STRIPE_WEBHOOK_SECRET_FILE=str(secret_file)) as exporter:
-        for secret in ("whsec_first_rotation_a", se.SECRET):
+        for secret in ("whsec_first_rotation_a", SECRET):
             payload = se.body(se.event("charge.succeeded", se.charge(amount=int(time.time()) % 1000 + 1)))
             response = httpx.post(exporter.url + "/webhooks/stripe", content=payload,
                                   headers=se.signed_headers(payload, secret))

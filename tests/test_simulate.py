@@ -1,6 +1,5 @@
 """`billingwatch simulate`: realistic traffic trips nothing; each --inject trips exactly its anomaly."""
 
-import json
 import random
 import time
 from collections import Counter
@@ -11,13 +10,13 @@ import pytest
 
 from billingwatch.cli import main
 from billingwatch.commands.traffic import INJECTIONS, PRICES, Traffic, stream
+from billingwatch.fixtures import stripe_events as se
 from billingwatch.rules import load_config
-from tests import stripe_events as se
-from tests.conftest import ROOT, Exporter, running_exporter
-from tests.exporter_metrics import Samples, scrape, total
+from billingwatch.testing.processes import Exporter
+from tests.conftest import SECRET, running_exporter
+from tests.metrics import Samples, increase, scrape
 
 STATEFUL = ("duplicate_charge", "negative_invoice", "currency_mismatch", "double_invoice")
-PACKAGE_SHAPES = ROOT / "exporter" / "billingwatch" / "commands" / "stripe_shapes"
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +27,7 @@ def exporter() -> Iterator[Exporter]:
 
 @pytest.fixture(autouse=True)
 def secret(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", se.SECRET)
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", SECRET)
 
 
 def simulate(exporter: Exporter, capsys: pytest.CaptureFixture[str], *args: str) -> str:
@@ -39,7 +38,7 @@ def simulate(exporter: Exporter, capsys: pytest.CaptureFixture[str], *args: str)
 
 
 def delta(after: Samples, before: Samples, name: str, **labels: str) -> float:
-    return total(after, name, **labels) - total(before, name, **labels)
+    return increase(before, after, name, **labels)
 
 
 def test_default_traffic_is_realistic_and_trips_no_detector(exporter: Exporter,
@@ -176,17 +175,9 @@ def test_duration_stops_the_run(exporter: Exporter, capsys: pytest.CaptureFixtur
     assert 15 <= sent <= 21  # about rate x duration, never more
 
 
-def test_packaged_shapes_are_the_test_shapes() -> None:
-    """The simulator ships copies of tests/stripe_shapes; they must not drift."""
-    for copy in sorted(PACKAGE_SHAPES.glob("*.json")):
-        source = ROOT / "tests" / "stripe_shapes" / copy.name
-        assert json.loads(copy.read_text()) == json.loads(source.read_text()), copy.name
-    assert len(list(PACKAGE_SHAPES.glob("*.json"))) == 8
-
-
 def test_events_are_stripe_shaped() -> None:
     """Every simulated event carries the full real envelope and object fields."""
-    envelope = set(json.loads((ROOT / "tests" / "stripe_shapes" / "event.json").read_text()))
+    envelope = set(se.shape("event"))
     events = list(stream(Traffic(random.Random(3)), 200, list(INJECTIONS)))
     kinds = {e["data"]["object"]["object"] for e in events}
     assert kinds == {"charge", "payment_intent", "invoice", "subscription", "refund", "dispute",
@@ -195,6 +186,6 @@ def test_events_are_stripe_shaped() -> None:
         assert envelope <= set(evt) and evt["livemode"] is False
         obj = evt["data"]["object"]
         shape = obj["object"].replace("radar.", "radar_")
-        real = set(json.loads((ROOT / "tests" / "stripe_shapes" / f"{shape}.json").read_text()))
+        real = set(se.shape(shape))
         assert real - set(obj) <= {"current_period_end", "current_period_start"}, evt["type"]
     assert len({e["id"] for e in events}) == len(events)

@@ -4,13 +4,13 @@ import time
 
 import pytest
 
+from billingwatch.fixtures import stripe_events as se
 from billingwatch.metrics import families as fam
 from billingwatch.metrics import fields
-from billingwatch.metrics.collector import store_metrics
 from billingwatch.recording.plan import Check, Plan
 from billingwatch.store import MemoryStore, Store
-from tests import stripe_events as se
-from tests.recording import counter, gauge, record
+from tests.metrics import gauge_value, value
+from tests.recording import figures, record
 
 pytestmark = pytest.mark.anyio
 DAY = 86400
@@ -33,23 +33,32 @@ async def test_dedup_makes_a_redelivery_change_nothing(store: Store) -> None:
 
 
 async def test_subscription_gauges_follow_the_newest_snapshot(store: Store) -> None:
+    async def held(status: str) -> float:
+        return gauge_value(await figures(store), "billingwatch_subscriptions", status=status, livemode="false")
+
+    async def mrr() -> float:
+        return gauge_value(await figures(store), "billingwatch_mrr_amount", currency="usd", livemode="false")
+
+    async def ended() -> float:
+        return value(await figures(store), "billingwatch_subscriptions_ended_total", livemode="false")
+
     await record(store, sub_event("customer.subscription.created", NOW - 300, status="trialing"))
-    assert await gauge(store, "sub|trialing|false") == 1
+    assert await held("trialing") == 1
     await record(store, sub_event("customer.subscription.updated", NOW - 200, status="active", unit_amount=1200,
                                   quantity=2))
-    assert await gauge(store, "sub|trialing|false") == 0
-    assert await gauge(store, "sub|active|false") == 1
-    assert await gauge(store, "mrr|usd|false") == 2400 * 1000
+    assert await held("trialing") == 0
+    assert await held("active") == 1
+    assert await mrr() == pytest.approx(24.00)
     # An older snapshot delivered late changes nothing.
     await record(store, sub_event("customer.subscription.updated", NOW - 250, status="past_due"))
-    assert await gauge(store, "sub|active|false") == 1 and await gauge(store, "sub|past_due|false") == 0
+    assert await held("active") == 1 and await held("past_due") == 0
     await record(store, sub_event("customer.subscription.deleted", NOW - 100, status="canceled"))
-    assert await gauge(store, "sub|active|false") == 0
-    assert await gauge(store, "mrr|usd|false") == 0
-    assert await counter(store, "se|false") == 1
+    assert await held("active") == 0
+    assert await mrr() == 0
+    assert await ended() == 1
     # A stale update after the deletion does not resurrect it.
     await record(store, sub_event("customer.subscription.updated", NOW - 150, status="active"))
-    assert await gauge(store, "sub|active|false") == 0 and await counter(store, "se|false") == 1
+    assert await held("active") == 0 and await ended() == 1
 
 
 async def test_mrr_normalises_intervals_per_currency(store: Store) -> None:
@@ -59,11 +68,9 @@ async def test_mrr_normalises_intervals_per_currency(store: Store) -> None:
                                   interval="month", interval_count=3, currency="usd"))
     await record(store, sub_event("customer.subscription.created", NOW, subscription_id="sub_j", unit_amount=500,
                                   currency="jpy", old_shape=True))
-    snapshot = await store.snapshot(time.time(), 0)
-    assert snapshot.gauges["mrr|usd|false"] == (1000 + 1000) * 1000
-    metrics = {(m.name, tuple(s.labels.values())): s.value for m in store_metrics(snapshot, []) for s in m.samples}
-    assert metrics[("billingwatch_mrr_amount", ("usd", "false"))] == pytest.approx(20.00)
-    assert metrics[("billingwatch_mrr_amount", ("jpy", "false"))] == pytest.approx(500)  # zero-decimal
+    metrics = await figures(store)
+    assert value(metrics, "billingwatch_mrr_amount", currency="usd", livemode="false") == pytest.approx(20.00)
+    assert value(metrics, "billingwatch_mrr_amount", currency="jpy", livemode="false") == pytest.approx(500)  # no minor
 
 
 async def test_lapsed_subscription_counts_after_grace_and_clears_when_paid(store: Store) -> None:
@@ -110,43 +117,54 @@ async def test_refunds_count_once_whichever_events_report_them(store: Store) -> 
     charge["refunds"] = {"object": "list", "data": [refund], "has_more": False}
     await record(store, se.event("charge.refunded", charge))
     await record(store, se.event("refund.updated", refund))
-    assert await counter(store, "rf|gbp|false") == 1
-    assert await counter(store, "rfa|gbp|false") == 700
+    metrics = await figures(store)
+    assert value(metrics, "billingwatch_refunds_total", currency="gbp", livemode="false") == 1
+    assert value(metrics, "billingwatch_refund_amount_total", currency="gbp", livemode="false") == pytest.approx(7.00)
 
 
 async def test_invoice_paid_counts_once_and_failures_by_attempt(store: Store) -> None:
     inv = se.invoice(total=4200, invoice_id="in_p")
     await record(store, se.event("invoice.paid", inv))
     await record(store, se.event("invoice.payment_succeeded", inv))
-    assert await counter(store, "ip|usd|false") == 1
-    assert await counter(store, "ipa|usd|false") == 4200
+    metrics = await figures(store)
+    assert value(metrics, "billingwatch_invoices_paid_total", currency="usd", livemode="false") == 1
+    assert value(metrics, "billingwatch_invoice_paid_amount_total", currency="usd",
+                 livemode="false") == pytest.approx(42.00)
     for attempt in (1, 2, 5):
         failed = se.invoice(status="open", attempt_count=attempt)
         await record(store, se.event("invoice.payment_failed", failed))
-    assert [await counter(store, f"ipf|{a}|false") for a in ("1", "2", "3", "4+")] == [1, 1, 0, 1]
+    metrics = await figures(store)
+    assert [value(metrics, "billingwatch_invoice_payment_failures_total", attempt=a, livemode="false")
+            for a in ("1", "2", "3", "4+")] == [1, 1, 0, 1]
 
 
 async def test_disputes_and_fraud_warnings_with_bounded_labels(store: Store) -> None:
     await record(store, se.event("charge.dispute.created", se.dispute(reason="fraudulent", amount=900)))
     await record(store, se.event("charge.dispute.created", se.dispute(reason="some_new_reason")))
     await record(store, se.event("radar.early_fraud_warning.created", se.early_fraud_warning()))
-    assert await counter(store, "dp|fraudulent|false") == 1
-    assert await counter(store, "dp|other|false") == 1
-    assert await counter(store, "dpa|usd|false") == 2900
-    assert await counter(store, "efw|made_with_stolen_card|false") == 1
+    metrics = await figures(store)
+    assert value(metrics, "billingwatch_disputes_total", reason="fraudulent", livemode="false") == 1
+    assert value(metrics, "billingwatch_disputes_total", reason="other", livemode="false") == 1
+    assert value(metrics, "billingwatch_dispute_amount_total", currency="usd", livemode="false") == pytest.approx(29.00)
+    assert value(metrics, "billingwatch_early_fraud_warnings_total", fraud_type="made_with_stolen_card",
+                 livemode="false") == 1
 
 
 async def test_lag_histogram_and_last_event_times(store: Store) -> None:
     created = NOW - 700
     await record(store, se.event("charge.succeeded", se.charge(), created=created), received_at=NOW)
-    snapshot = await store.snapshot(NOW, 0)
-    assert snapshot.counters["lagb|1800.0|false"] == 1
-    assert snapshot.counters["lags|false"] == 700_000
-    assert snapshot.gauges["lr|false"] == NOW
-    assert snapshot.gauges["lc|false"] == created
+    metrics = await figures(store, NOW)
+    lag = "billingwatch_webhook_delivery_lag_seconds"
+    assert value(metrics, lag + "_bucket", le="600.0", livemode="false") == 0
+    assert value(metrics, lag + "_bucket", le="1800.0", livemode="false") == 1
+    assert value(metrics, lag + "_count", livemode="false") == 1
+    assert value(metrics, lag + "_sum", livemode="false") == pytest.approx(700)
+    assert value(metrics, "billingwatch_last_event_received_timestamp_seconds", livemode="false") == NOW
+    assert value(metrics, "billingwatch_last_event_created_timestamp_seconds", livemode="false") == created
     # An older event does not move the last-created time back.
     await record(store, se.event("charge.succeeded", se.charge(amount=1), created=created - 50), received_at=NOW)
-    assert (await store.snapshot(NOW, 0)).gauges["lc|false"] == created
+    assert value(await figures(store, NOW), "billingwatch_last_event_created_timestamp_seconds",
+                 livemode="false") == created
 
 
 async def test_window_sets_are_capped_oldest_first(store: Store) -> None:
@@ -167,7 +185,7 @@ async def test_window_sets_are_capped_oldest_first(store: Store) -> None:
 
 async def test_increment_adds_to_store_counters(store: Store) -> None:
     await store.increment({fields.field(fam.MISSED_EVENTS, "true"): 3})
-    assert await counter(store, "me|true") == 3
+    assert value(await figures(store), "billingwatch_missed_events_total", livemode="true") == 3
 
 
 async def test_anomaly_log_keeps_the_newest() -> None:

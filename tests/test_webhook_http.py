@@ -9,34 +9,17 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
+from billingwatch.fixtures import stripe_events as se
 from billingwatch.store import MemoryStore, RedisStore, Store
-from tests import stripe_events as se
-from tests.conftest import free_port
+from billingwatch.testing.processes import free_port
+from tests.conftest import SECRET
+from tests.metrics import scrape, store_figures, value, value_or_none
 
 Client = Callable[..., TestClient]
 URL = "/webhooks/stripe"
 
 
-def samples(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = client.get("/metrics").text
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def value(client: TestClient, name: str, **labels: str) -> float:
-    return samples(client).get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-def store_figures(client: TestClient) -> dict[Any, float]:
-    """Everything but the per-request counter and process metrics: what an event may change."""
-    return {k: v for k, v in samples(client).items()
-            if k[0].startswith("billingwatch_") and not k[0].startswith("billingwatch_webhook_requests")}
-
-
-def post(client: TestClient, evt: dict[str, Any], secret: str = se.SECRET) -> Any:
+def post(client: TestClient, evt: dict[str, Any], secret: str = SECRET) -> Any:
     payload = se.body(evt)
     return client.post(URL, content=payload, headers=se.signed_headers(payload, secret))
 
@@ -53,21 +36,22 @@ def test_signed_event_is_recorded_and_shown_in_metrics(client: TestClient) -> No
     response = post(client, se.event("charge.succeeded", se.charge(amount=1999, currency="eur")))
     assert response.status_code == 200
     assert response.json() == {"received": True, "duplicate": False, "anomalies": 0}
-    assert value(client, "billingwatch_charges_total", status="succeeded", currency="eur", livemode="false") == 1
-    assert value(client, "billingwatch_charge_amount_total", status="succeeded", currency="eur",
+    assert value(scrape(client), "billingwatch_charges_total", status="succeeded", currency="eur",
+                 livemode="false") == 1
+    assert value(scrape(client), "billingwatch_charge_amount_total", status="succeeded", currency="eur",
                  livemode="false") == pytest.approx(19.99)
-    assert value(client, "billingwatch_events_total", type="charge.succeeded", livemode="false") == 1
-    assert value(client, "billingwatch_webhook_requests_total", result="accepted") == 1
+    assert value(scrape(client), "billingwatch_events_total", type="charge.succeeded", livemode="false") == 1
+    assert value(scrape(client), "billingwatch_webhook_requests_total", result="accepted") == 1
 
 
 def test_redelivery_answers_duplicate_and_changes_no_count(client: TestClient) -> None:
     evt = se.event("charge.succeeded", se.charge())
     assert post(client, evt).status_code == 200
-    before = store_figures(client)
+    before = store_figures(scrape(client))
     again = post(client, evt)
     assert again.status_code == 200 and again.json()["duplicate"] is True
-    assert store_figures(client) == before
-    assert value(client, "billingwatch_webhook_requests_total", result="duplicate") == 1
+    assert store_figures(scrape(client)) == before
+    assert value(scrape(client), "billingwatch_webhook_requests_total", result="duplicate") == 1
 
 
 def test_duplicate_charge_pair_shows_in_metric_and_api_with_both_charge_ids(client: TestClient) -> None:
@@ -75,7 +59,7 @@ def test_duplicate_charge_pair_shows_in_metric_and_api_with_both_charge_ids(clie
     post(client, se.event("charge.succeeded", se.charge(charge_id="ch_one"), created=now - 60))
     response = post(client, se.event("charge.succeeded", se.charge(charge_id="ch_two"), created=now))
     assert response.json()["anomalies"] == 1
-    assert value(client, "billingwatch_anomalies_total", detector="duplicate_charge", severity="critical",
+    assert value(scrape(client), "billingwatch_anomalies_total", detector="duplicate_charge", severity="critical",
                  livemode="false") == 1
     (record,) = client.get("/api/anomalies", params={"detector": "duplicate_charge"}).json()["anomalies"]
     assert {record["charge"], *record["related"]} == {"ch_one", "ch_two"}
@@ -88,12 +72,12 @@ def bad_requests() -> list[tuple[str, Callable[[], tuple[bytes, dict[str, str]]]
     return [
         ("missing_signature", lambda: (good, {}), 400, "missing"),
         ("invalid_signature", lambda: (good, se.signed_headers(good, "whsec_wrong")), 400, "does not match"),
-        ("invalid_signature", lambda: (good, se.signed_headers(good, timestamp=old)), 400, "too old"),
-        ("invalid_signature", lambda: (good + b" ", se.signed_headers(good)), 400, "does not match"),
-        ("invalid_json", lambda: (b"{not json", se.signed_headers(b"{not json")), 400, "not JSON"),
+        ("invalid_signature", lambda: (good, se.signed_headers(good, SECRET, timestamp=old)), 400, "too old"),
+        ("invalid_signature", lambda: (good + b" ", se.signed_headers(good, SECRET)), 400, "does not match"),
+        ("invalid_json", lambda: (b"{not json", se.signed_headers(b"{not json", SECRET)), 400, "not JSON"),
         ("invalid_json", lambda: (b"\xff\xfe", {"Stripe-Signature": "t=1,v1=00"}), 400, "UTF-8"),
-        ("invalid_event", lambda: (b"[]", se.signed_headers(b"[]")), 400, "JSON object"),
-        ("invalid_event", lambda: (b'{"object": "charge"}', se.signed_headers(b'{"object": "charge"}')), 400,
+        ("invalid_event", lambda: (b"[]", se.signed_headers(b"[]", SECRET)), 400, "JSON object"),
+        ("invalid_event", lambda: (b'{"object": "charge"}', se.signed_headers(b'{"object": "charge"}', SECRET)), 400,
          "not a Stripe event"),
     ]
 
@@ -102,13 +86,13 @@ def bad_requests() -> list[tuple[str, Callable[[], tuple[bytes, dict[str, str]]]
 def test_bad_input_gets_a_clear_error_a_counter_and_changes_nothing(client: TestClient, case: int) -> None:
     result, build, status, reason = bad_requests()[case]
     payload, headers = build()
-    before = store_figures(client)
+    before = store_figures(scrape(client))
     response = client.post(URL, content=payload, headers=headers)
     assert response.status_code == status
     body = response.json()
     assert list(body) == ["error"] and reason in body["error"] and "\n" not in body["error"]
-    assert value(client, "billingwatch_webhook_requests_total", result=result) == 1
-    assert store_figures(client) == before
+    assert value(scrape(client), "billingwatch_webhook_requests_total", result=result) == 1
+    assert store_figures(scrape(client)) == before
 
 
 @pytest.mark.parametrize(
@@ -130,20 +114,20 @@ def test_signed_but_malformed_events_are_rejected_untouched(
 ) -> None:
     evt = se.event("charge.succeeded", se.charge())
     mutate(evt)
-    before = store_figures(client)
+    before = store_figures(scrape(client))
     response = post(client, evt)
     assert response.status_code == 400
     assert reason in response.json()["error"]
-    assert store_figures(client) == before
-    assert value(client, "billingwatch_webhook_requests_total", result="invalid_event") == 1
+    assert store_figures(scrape(client)) == before
+    assert value(scrape(client), "billingwatch_webhook_requests_total", result="invalid_event") == 1
 
 
 def test_body_over_the_limit_is_413(make_client: Client) -> None:
     client = make_client(max_body_bytes=2048)
     payload = json.dumps({"padding": "x" * 4096}).encode()
-    response = client.post(URL, content=payload, headers=se.signed_headers(payload))
+    response = client.post(URL, content=payload, headers=se.signed_headers(payload, SECRET))
     assert response.status_code == 413
-    assert value(client, "billingwatch_webhook_requests_total", result="too_large") == 1
+    assert value(scrape(client), "billingwatch_webhook_requests_total", result="too_large") == 1
 
 
 def test_rotated_secrets_both_accepted(make_client: Client) -> None:
@@ -158,8 +142,8 @@ def test_store_down_answers_503_never_2xx(make_client: Client) -> None:
     response = post(client, se.event("charge.succeeded", se.charge()))
     assert response.status_code == 503
     assert response.json() == {"error": "store unavailable; retry later"}
-    assert value(client, "billingwatch_webhook_requests_total", result="store_unavailable") == 1
-    assert value(client, "billingwatch_store_up") == 0
+    assert value(scrape(client), "billingwatch_webhook_requests_total", result="store_unavailable") == 1
+    assert value(scrape(client), "billingwatch_store_up") == 0
     assert client.get("/ready").status_code == 503
     assert client.get("/health").status_code == 200
 
@@ -172,7 +156,7 @@ def test_unsigned_development_mode_accepts_test_events_and_rejects_livemode(make
     live = se.event("charge.succeeded", se.charge(livemode=True), livemode=True)
     response = client.post(URL, content=se.body(live), headers=json_type)
     assert response.status_code == 400 and "livemode" in response.json()["error"]
-    assert value(client, "billingwatch_webhook_requests_total", result="livemode_rejected") == 1
+    assert value(scrape(client), "billingwatch_webhook_requests_total", result="livemode_rejected") == 1
 
 
 def test_api_requires_the_bearer_token_when_set(make_client: Client) -> None:
@@ -236,20 +220,21 @@ def test_every_family_has_help_and_no_id_in_any_label(make_client: Client) -> No
     for secret in ("cus_secret1", "ch_secret2", "sub_secret3", "in_secret4"):
         assert secret not in text
     assert not [v for v in label_values if v.startswith(("cus_", "ch_", "sub_", "in_", "evt_", "pi_"))]
-    assert value(client, "billingwatch_charge_failures_total", reason="stolen_card", livemode="false") == 1
+    assert value(scrape(client), "billingwatch_charge_failures_total", reason="stolen_card", livemode="false") == 1
 
 
 def test_replayed_history_is_state_not_webhook_delivery(client: TestClient) -> None:
     old = int(time.time()) - 20 * 86400
     payload = se.body(se.event("charge.succeeded", se.charge(), created=old))
-    headers = {**se.signed_headers(payload), "BillingWatch-Replay": "1"}
+    headers = {**se.signed_headers(payload, SECRET), "BillingWatch-Replay": "1"}
     assert client.post(URL, content=payload, headers=headers).status_code == 200
-    assert value(client, "billingwatch_charges_total", status="succeeded", currency="usd", livemode="false") == 0
-    assert value(client, "billingwatch_history_events_total", type="charge.succeeded", livemode="false") == 1
-    assert value(client, "billingwatch_last_event_created_timestamp_seconds", livemode="false") == old
+    assert value_or_none(scrape(client), "billingwatch_charges_total", status="succeeded", currency="usd",
+                         livemode="false") is None  # no live charge counted
+    assert value(scrape(client), "billingwatch_history_events_total", type="charge.succeeded", livemode="false") == 1
+    assert value(scrape(client), "billingwatch_last_event_created_timestamp_seconds", livemode="false") == old
     # No lag sample and no last-received time: a backfill neither fires webhook_lag nor hides a silence.
-    assert value(client, "billingwatch_webhook_delivery_lag_seconds_count", livemode="false") == 0
-    assert value(client, "billingwatch_last_event_received_timestamp_seconds", livemode="false") == 0
+    assert value(scrape(client), "billingwatch_webhook_delivery_lag_seconds_count", livemode="false") == 0
+    assert value_or_none(scrape(client), "billingwatch_last_event_received_timestamp_seconds", livemode="false") is None
     live = se.body(se.event("charge.succeeded", se.charge(amount=5)))
-    client.post(URL, content=live, headers=se.signed_headers(live))
-    assert value(client, "billingwatch_webhook_delivery_lag_seconds_count", livemode="false") == 1
+    client.post(URL, content=live, headers=se.signed_headers(live, SECRET))
+    assert value(scrape(client), "billingwatch_webhook_delivery_lag_seconds_count", livemode="false") == 1

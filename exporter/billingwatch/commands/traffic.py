@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from billingwatch.commands import stripe_objects as so
+from billingwatch.fixtures import stripe_events as se
 from billingwatch.rules import RulesConfig, load_config, seconds
 
 DAY = 86400
@@ -142,30 +142,33 @@ class Traffic:
         return "".join(self.rng.choices(string.ascii_letters + string.digits, k=16))
 
     def event(self, event_type: str, obj: dict[str, Any], created: int, **kw: Any) -> Event:
-        return so.event(event_type, obj, event_id=self.id("evt"), created=created, **kw)
+        return se.event(event_type, obj, event_id=self.id("evt"), created=created, **kw)
 
     def payment(self, customer: str | None, amount: int, currency: str, at: int,
                 decline: tuple[str, str, str] | None = None) -> list[Event]:
         """A card payment: charge.succeeded + payment_intent.succeeded, or charge.failed."""
         charge_id, intent_id = self.id("ch"), self.id("pi")
-        charge = so.charge(charge_id=charge_id, customer=customer, amount=amount, currency=currency, created=at,
-                           payment_intent=intent_id, fingerprint=self.fingerprint(), decline=decline)
+        code, reason, kind = decline or ("", None, "")
+        charge = se.charge(charge_id=charge_id, customer=customer, amount=amount, currency=currency, created=at,
+                           payment_intent=intent_id, fingerprint=self.fingerprint(),
+                           status="failed" if decline else "succeeded", failure_code=code, reason=reason,
+                           outcome_type=kind)
         if decline:
             return [self.event("charge.failed", charge, at)]
         self.paid.append(Paid(charge_id, intent_id, amount, currency))
-        intent = so.payment_intent(intent_id=intent_id, charge_id=charge_id, customer=customer, amount=amount,
+        intent = se.payment_intent(intent_id=intent_id, charge_id=charge_id, customer=customer, amount=amount,
                                    currency=currency, created=at)
         return [self.event("charge.succeeded", charge, at), self.event("payment_intent.succeeded", intent, at)]
 
     def sub(self, sub_id: str, customer: str, amount: int, currency: str, status: str, at: int,
             period_start: int) -> dict[str, Any]:
-        return so.subscription(subscription_id=sub_id, customer=customer, unit_amount=amount, quantity=1,
+        return se.subscription(subscription_id=sub_id, customer=customer, unit_amount=amount, quantity=1,
                                currency=currency, status=status, created=at, period_start=period_start,
                                period_end=period_start + MONTH)
 
     def invoice(self, customer: str, sub_id: str | None, total: int, currency: str, status: str, reason: str,
                 at: int, attempt: int = 1, invoice_id: str | None = None) -> dict[str, Any]:
-        return so.invoice(invoice_id=invoice_id or self.id("in"), customer=customer, subscription=sub_id,
+        return se.invoice(invoice_id=invoice_id or self.id("in"), customer=customer, subscription=sub_id,
                           total=total, currency=currency, status=status, billing_reason=reason,
                           attempt_count=attempt, created=at, period_start=at, period_end=at + MONTH)
 
@@ -255,14 +258,14 @@ class Traffic:
     def refund(self, full: bool = False) -> list[Event]:
         at, paid = self.now(), self.earlier_payment()
         amount = paid.amount if full or self.rng.random() < 0.7 else paid.amount // 2
-        obj = so.refund(refund_id=self.id("re"), charge_id=paid.charge, payment_intent=paid.intent, amount=amount,
+        obj = se.refund(refund_id=self.id("re"), charge_id=paid.charge, payment_intent=paid.intent, amount=amount,
                         currency=paid.currency, created=at,
                         reason=self.rng.choice(("requested_by_customer", "duplicate", None)))
         return [self.event("refund.created", obj, at, request_id=self.id("req"))]
 
     def dispute(self, reason: str | None = None) -> list[Event]:
         at, paid = self.now(), self.earlier_payment()
-        obj = so.dispute(dispute_id=self.id("du"), charge_id=paid.charge, payment_intent=paid.intent,
+        obj = se.dispute(dispute_id=self.id("du"), charge_id=paid.charge, payment_intent=paid.intent,
                          amount=paid.amount, currency=paid.currency, created=at,
                          reason=reason or self.rng.choice(("fraudulent", "product_not_received", "duplicate",
                                                            "subscription_canceled", "unrecognized")))
@@ -270,7 +273,7 @@ class Traffic:
 
     def early_fraud_warning(self) -> list[Event]:
         at, paid = self.now(), self.earlier_payment()
-        obj = so.early_fraud_warning(warning_id=self.id("issfr"), charge_id=paid.charge, created=at,
+        obj = se.early_fraud_warning(warning_id=self.id("issfr"), charge_id=paid.charge, created=at,
                                      fraud_type=self.rng.choice(("made_with_stolen_card", "unauthorized_use_of_card",
                                                                  "fraudulent_card_application")))
         return [self.event("radar.early_fraud_warning.created", obj, at)]
@@ -358,7 +361,7 @@ class Traffic:
                 events += self.payment(self.id("cus"), self.price(currency), currency, at)
                 paid = self.paid.pop()
                 target += min(MARGIN * rule.ratio, 0.9) * paid.amount
-            obj = so.refund(refund_id=self.id("re"), charge_id=paid.charge, payment_intent=paid.intent,
+            obj = se.refund(refund_id=self.id("re"), charge_id=paid.charge, payment_intent=paid.intent,
                             amount=paid.amount, currency=currency, created=at, reason="requested_by_customer")
             events.append(self.event("refund.created", obj, at, request_id=self.id("req")))
             refunded += paid.amount
