@@ -47,6 +47,7 @@ class CardTesting:
         if fingerprint is None:
             return []
         payer = intent.customer or intent.id
+        amount = event.object.get("amount")  # what was attempted; amount_received is 0 on a failure
         return [
             Check(
                 op="window",
@@ -61,7 +62,7 @@ class CardTesting:
                     event,
                     f"payment intent {intent.id} failed with another card",
                     customer=intent.customer,
-                    amount=intent.amount_received or event.object.get("amount"),
+                    amount=amount if type(amount) is int else None,
                     currency=intent.currency,
                 ),
             )
