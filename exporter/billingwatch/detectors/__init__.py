@@ -1,17 +1,18 @@
-"""The registered stateful detectors. A custom detector is one module plus one line in REGISTRY."""
+"""The stateful detectors: the built-in ones in REGISTRY, plus those installed packages register
+in the `billingwatch.detectors` entry-point group (detectors/plugins.py, docs/detectors.md)."""
 
 import dataclasses
 import os
 from collections.abc import Mapping
 from typing import Any
 
-from billingwatch.config import DAY, ConfigError, env_int
-from billingwatch.detectors.base import SEVERITIES, Context, Detector, Severity
+from billingwatch.config import ConfigError, env_int
+from billingwatch.detectors.base import SEVERITIES, Context, Detector, Severity, check_detector_class, threshold_maximum
 from billingwatch.detectors.currency_mismatch import CurrencyMismatch
 from billingwatch.detectors.double_invoice import DoubleInvoice
 from billingwatch.detectors.duplicate_charge import DuplicateCharge
 from billingwatch.detectors.negative_invoice import NegativeInvoice
-from billingwatch.metrics.labels import EVENT_TYPES
+from billingwatch.detectors.plugins import load_plugins, one_line
 
 REGISTRY: tuple[type[Any], ...] = (
     DuplicateCharge,
@@ -20,38 +21,42 @@ REGISTRY: tuple[type[Any], ...] = (
     DoubleInvoice,
 )
 
-__all__ = ["REGISTRY", "SEVERITIES", "Context", "Detector", "Severity", "build_detectors", "thresholds"]
+__all__ = [
+    "REGISTRY", "SEVERITIES", "Context", "Detector", "Severity", "build_detectors", "threshold_maximum", "thresholds",
+]
 
 
 def env_name(detector: type[Any], field_name: str) -> str:
     return f"BILLINGWATCH_DETECTOR_{detector.name}_{field_name}".upper()
 
 
-def threshold_maximum(field_name: str) -> int:
-    """Ten years in the field's unit: a window or memory longer than that is a typo, not a setting."""
-    if field_name.endswith("_days"):
-        return 3650
-    if field_name.endswith("_seconds"):
-        return 3650 * DAY
-    return 10**6
-
-
 def build_detectors(environ: Mapping[str, str] = os.environ) -> list[Detector]:
-    """Instantiate every registered detector with its thresholds from the environment (each 1..maximum)."""
+    """Instantiate every built-in and plugin detector with its thresholds from the environment.
+
+    Each class is checked (check_detector_class), names are unique, and each threshold
+    override is an integer in 1..maximum: any violation is a ConfigError naming it.
+    """
+    classes = [(cls, "built-in") for cls in REGISTRY] + load_plugins(environ)
     built: list[Detector] = []
-    for cls in REGISTRY:
-        if cls.severity not in SEVERITIES:
-            raise ConfigError(f"detector {cls.name}: severity must be one of {SEVERITIES}")
-        if not cls.event_types <= EVENT_TYPES:
-            # Else its events would be counted as type="other".
-            raise ConfigError(f"detector {cls.name}: add {sorted(cls.event_types - EVENT_TYPES)} to the type "
-                              "label's values (metrics/labels.py EVENT_TYPES)")
+    origins: dict[str, str] = {}
+    settings: dict[str, str] = {}
+    for cls, origin in classes:
+        check_detector_class(cls, origin)
+        if cls.name in origins:
+            raise ConfigError(f"detector {cls.name}: the name is taken ({origins[cls.name]}; {origin})")
+        origins[cls.name] = origin
         overrides: dict[str, int] = {}
         for f in dataclasses.fields(cls):
             name = env_name(cls, f.name)
+            if name in settings:  # detector a_b's field c and detector a's field b_c
+                raise ConfigError(f"detector {cls.name}: setting {name} is also {settings[name]}'s")
+            settings[name] = cls.name
             if environ.get(name, "") != "":
                 overrides[f.name] = env_int(environ, name, 0, 1, threshold_maximum(f.name))
-        built.append(cls(**overrides))
+        try:
+            built.append(cls(**overrides))
+        except Exception as exc:  # a plugin's __post_init__ refusing its thresholds
+            raise ConfigError(f"detector {cls.name} ({origin}): {one_line(exc)}") from None
     return built
 
 

@@ -12,10 +12,10 @@ from billingwatch.metrics.labels import (
     CHARGE_STATUSES,
     DECLINE_REASONS,
     DISPUTE_REASONS,
-    EVENT_TYPES,
     FRAUD_TYPES,
     INVOICE_ATTEMPTS,
     LIVEMODES,
+    event_types,
 )
 from billingwatch.money import to_major
 from billingwatch.store import Snapshot
@@ -40,9 +40,10 @@ def _with_other(values: Iterable[str]) -> list[str]:
 def _zeros(snapshot: Snapshot, detectors: Iterable[Detector], currencies: Iterable[str] = ()) -> dict[str, int]:
     """Series to expose at 0 before their first increment, so increase() sees that increment."""
     detectors = list(detectors)
+    types = _with_other(event_types(d.event_types for d in detectors))  # plugin detectors' types too
     fixed: list[tuple[fam.Family, list[tuple[str, ...]]]] = [
-        (fam.EVENTS, [(t,) for t in _with_other(EVENT_TYPES)]),
-        (fam.HISTORY_EVENTS, [(t,) for t in _with_other(EVENT_TYPES)]),
+        (fam.EVENTS, [(t,) for t in types]),
+        (fam.HISTORY_EVENTS, [(t,) for t in types]),
         (fam.CHARGE_OUTCOMES, [(s,) for s in CHARGE_STATUSES]),
         (fam.CHARGE_FAILURES, [(r,) for r in _with_other(DECLINE_REASONS)]),
         (fam.DISPUTES, [(r,) for r in _with_other(DISPUTE_REASONS)]),

@@ -34,7 +34,9 @@ def exposition() -> str:
     level = log.level
     log.setLevel(logging.ERROR)  # the in-process store's notice is not news here
     try:
-        app = create_app(Settings(webhook_secrets=("whsec_doc",), currencies=("usd",)))
+        # The built-in detectors only: a plugin installed here is not part of the reference.
+        app = create_app(Settings(webhook_secrets=("whsec_doc",), currencies=("usd",),
+                                  detector_env={"BILLINGWATCH_DETECTOR_PLUGINS": "none"}))
         with TestClient(app, base_url="http://127.0.0.1") as client:
             response = client.get("/metrics")
     finally:

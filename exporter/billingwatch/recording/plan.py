@@ -20,7 +20,6 @@ from billingwatch.metrics.labels import (
     DECLINE_REASONS,
     DISPUTE_REASONS,
     ENDED_STATUSES,
-    EVENT_TYPES,
     FRAUD_TYPES,
     INVOICE_ATTEMPTS,
     INVOICE_PAID_EVENTS,
@@ -28,6 +27,7 @@ from billingwatch.metrics.labels import (
     MRR_STATUSES,
     REFUND_EVENTS,
     SUBSCRIPTION_EVENTS,
+    event_type_label,
     known,
     livemode_label,
 )
@@ -205,7 +205,10 @@ def plan_event(
     if event.created > received_at + max_clock_skew:
         raise InvalidEvent("event.created is in the future")
     mode = livemode_label(event.livemode)
-    counters: dict[str, int] = {fields.field(fam.EVENTS, known(event.type, EVENT_TYPES), mode): 1}
+    detectors = list(detectors)
+    # A type only a (plugin) detector reads is still a known label value: fixed at start-up.
+    type_label = event_type_label(event.type, (d.event_types for d in detectors))
+    counters: dict[str, int] = {fields.field(fam.EVENTS, type_label, mode): 1}
     maxima = {fields.field(fam.LAST_CREATED, mode): event.created}
     lag = max(0.0, received_at - event.created)
     _add(counters, fields.field(fam.LAG_BUCKET, lag_bucket(lag), mode))
@@ -270,10 +273,10 @@ def plan_event(
         subscription=subscription,
         payment=payment,
     )
-    return as_history(plan, event) if history else plan
+    return as_history(plan, event, type_label) if history else plan
 
 
-def as_history(plan: Plan, event: Event) -> Plan:
+def as_history(plan: Plan, event: Event, type_label: str) -> Plan:
     """The plan of a replayed event: the same state changes, no live counter, no delivery timing.
 
     The count-once checks keep their keys (a later live delivery of the same refund or invoice
@@ -291,7 +294,7 @@ def as_history(plan: Plan, event: Event) -> Plan:
     subscription = plan.subscription and replace(plan.subscription, ended_counter="")
     return replace(
         plan,
-        counters={fields.field(fam.HISTORY_EVENTS, known(event.type, EVENT_TYPES), mode): 1},
+        counters={fields.field(fam.HISTORY_EVENTS, type_label, mode): 1},
         maxima={fields.field(fam.LAST_CREATED, mode): event.created},
         checks=checks,
         subscription=subscription,

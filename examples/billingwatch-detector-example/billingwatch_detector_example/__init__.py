@@ -1,0 +1,1 @@
+"""An example BillingWatch detector plugin (docs/detectors.md in the BillingWatch repository)."""
