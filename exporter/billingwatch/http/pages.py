@@ -80,6 +80,9 @@ class Pages:
         return JSONResponse({"status": "ok"})
 
     async def ready(self, request: Request) -> Response:
-        if await self._store.ping():
+        # Ready means an event can be recorded, not that PING answers: a Redis that refuses
+        # scripts, or a cluster node that does not own the slot, answers PING too.
+        reason = await self._store.can_record()
+        if reason is None:
             return JSONResponse({"status": "ready", "store": self._store.kind})
-        return JSONResponse({"status": "unavailable", "store": self._store.kind}, status_code=503)
+        return JSONResponse({"status": "unavailable", "store": self._store.kind, "reason": reason}, status_code=503)

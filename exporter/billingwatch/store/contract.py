@@ -62,6 +62,10 @@ class Store(Protocol):
     async def increment(self, counters: dict[str, int]) -> None:
         """Add to store-held counters outside an event (e.g. missed events found by reconcile)."""
 
+    async def can_record(self) -> str | None:
+        """None when an event can be recorded now, else the reason it cannot (for /ready).
+        Writes nothing."""
+
     async def ping(self) -> bool: ...
 
     async def close(self) -> None: ...

@@ -246,6 +246,9 @@ class MemoryStore:
         for name, value in counters.items():
             self._counters[name] = self._counters.get(name, 0) + value
 
+    async def can_record(self) -> str | None:
+        return None
+
     async def ping(self) -> bool:
         return True
 

@@ -10,7 +10,8 @@ from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import AskError, MovedError, RedisError, ResponseError, TryAgainError
 
 from billingwatch.metrics.labels import LIVEMODES
 from billingwatch.recording.plan import Check, Plan
@@ -53,13 +54,37 @@ def _check_args(check: Check) -> dict[str, Any]:
     return args
 
 
+# REDIS_URL of a Redis Cluster: any node of it; the client learns the slot map from there.
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+def _client(url: str) -> "aioredis.Redis | RedisCluster":
+    """The client REDIS_URL asks for: redis+cluster:// (or rediss+cluster://) a cluster client,
+    which follows MOVED/ASK and reloads the script on a node that lacks it; else one server."""
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme.lower() in CLUSTER_SCHEMES:
+        return RedisCluster.from_url(
+            f"{CLUSTER_SCHEMES[scheme.lower()]}://{rest}", socket_timeout=2.0, socket_connect_timeout=2.0
+        )
+    return aioredis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=15)
+
+
+def _why_not(exc: BaseException) -> str:
+    """Why the script cannot run, for /ready: the class, and Redis's own words for a refusal
+    (they name no secret), with the fix when the URL names a cluster node without cluster mode."""
+    if isinstance(exc, MovedError | AskError):
+        return (f"{type(exc).__name__}: this Redis node does not serve the slot of the store's keys; "
+                "REDIS_URL names a Redis Cluster node: use redis+cluster://")
+    if isinstance(exc, ResponseError) and not isinstance(exc, TryAgainError):
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}" if str(exc) else type(exc).__name__
+    return type(exc).__name__
+
+
 class RedisStore:
     kind = "redis"
 
     def __init__(self, url: str, prefix: str = "billingwatch", anomaly_log_size: int = 1000) -> None:
-        self._redis = aioredis.Redis.from_url(
-            url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=15
-        )
+        self._redis = _client(url)
         self._script = self._redis.register_script(_SCRIPT)
         self._tag = "{" + prefix + "}"
         self._log_size = anomaly_log_size
@@ -163,6 +188,16 @@ class RedisStore:
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
+
+    async def can_record(self) -> str | None:
+        """None when an event can be recorded now, else why not: runs the apply script in its
+        probe mode (writes nothing) on the node that owns the store's slot, so a reachable Redis
+        that refuses scripts or does not serve the slot is not ready."""
+        try:
+            reply = await self._script(keys=[self.counters_key], args=["probe"])
+        except (RedisError, OSError) as exc:
+            return _why_not(exc)
+        return None if int(reply[0]) == 3 else f"unexpected probe reply {reply!r:.80}"
 
     async def ping(self) -> bool:
         try:

@@ -1,5 +1,6 @@
 """Real processes on free loopback ports, for the tests and the benchmarks: redis-server and the exporter."""
 
+import functools
 import os
 import shutil
 import socket
@@ -51,8 +52,9 @@ class RedisServer:
     Without a directory it uses a temporary one, which close() removes.
     """
 
-    def __init__(self, directory: Path | None = None, appendonly: bool = False) -> None:
+    def __init__(self, directory: Path | None = None, appendonly: bool = False, extra: tuple[str, ...] = ()) -> None:
         self._temporary = directory is None
+        self.extra = extra  # more redis-server arguments, e.g. an ACL
         self.directory = directory if directory is not None else Path(tempfile.mkdtemp(prefix="billingwatch-redis-"))
         self.port = free_port()
         self.appendonly = appendonly
@@ -65,7 +67,7 @@ class RedisServer:
     def start(self) -> None:
         args = [binary("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                 "--dir", str(self.directory), "--appendonly", "yes" if self.appendonly else "no",
-                "--appendfsync", "always"]
+                "--appendfsync", "always", *self.extra]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(lambda: port_open(self.port), what=f"redis-server on {self.port}")
 
@@ -79,6 +81,93 @@ class RedisServer:
         self.stop()
         if self._temporary:
             shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class RedisClusterServers:
+    """A real Redis Cluster of `masters` redis-server processes (no replicas) on free loopback
+    ports, created with `redis-cli --cluster create`; close() stops them and removes their dirs."""
+
+    def __init__(self, masters: int = 3) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix="billingwatch-cluster-"))
+        self.ports = [free_port() for _ in range(masters)]
+        # The bus port defaults to port + 10000, which may be taken or past 65535: pick free ones.
+        self.bus_ports = [free_port() for _ in range(masters)]
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def url(self, port: int) -> str:
+        """The REDIS_URL that names the cluster through the node on `port`."""
+        return f"redis+cluster://127.0.0.1:{port}"
+
+    def cli(self, port: int, *args: str) -> str:
+        # -e: an error reply is a non-zero exit, so check=True raises on it.
+        done = subprocess.run([binary("redis-cli"), "-e", "-p", str(port), *args],
+                              capture_output=True, text=True, timeout=30, check=True)
+        return done.stdout.strip()
+
+    def start(self) -> None:
+        for port, bus_port in zip(self.ports, self.bus_ports, strict=True):
+            node_dir = self.directory / str(port)
+            node_dir.mkdir()
+            self.processes.append(subprocess.Popen(
+                [binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                 "--cluster-port", str(bus_port), "--cluster-config-file", "nodes.conf",
+                 "--save", "", "--appendonly", "no", "--dir", str(node_dir)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for port in self.ports:
+            wait_until(functools.partial(port_open, port), what=f"redis-server on {port}")
+        created = subprocess.run([binary("redis-cli"), "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
+                                  "--cluster-replicas", "0", "--cluster-yes"],
+                                 capture_output=True, text=True, timeout=60)
+        if created.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed: {created.stdout[-500:]}{created.stderr[-500:]}")
+        # Every node must know the whole slot map before a client asks it.
+        for port in self.ports:
+            wait_until(functools.partial(self._cluster_ok, port), what=f"cluster state ok on {port}")
+
+    def _cluster_ok(self, port: int) -> bool:
+        return "cluster_state:ok" in self.cli(port, "cluster", "info")
+
+    def node_id(self, port: int) -> str:
+        return self.cli(port, "cluster", "myid")
+
+    def owner(self, slot: int) -> int:
+        """The port of the master serving `slot`, as the first node sees it."""
+        for line in self.cli(self.ports[0], "cluster", "nodes").splitlines():
+            fields = line.split()
+            address, ranges = fields[1], fields[8:]
+            for r in ranges:
+                if r.startswith("["):
+                    continue
+                lo, _, hi = r.partition("-")
+                if int(lo) <= slot <= int(hi or lo):
+                    return int(address.split(":")[1].split("@")[0])
+        raise LookupError(f"no node serves slot {slot}")
+
+    def migrate_slot(self, slot: int, source: int, target: int, batch: int = 100) -> int:
+        """Move `slot` from the master on `source` to the one on `target` as a resharding does
+        (SETSLOT IMPORTING/MIGRATING, MIGRATE the keys in batches, SETSLOT NODE on every master),
+        while clients keep writing; returns how many keys moved."""
+        source_id, target_id = self.node_id(source), self.node_id(target)
+        self.cli(target, "cluster", "setslot", str(slot), "importing", source_id)
+        self.cli(source, "cluster", "setslot", str(slot), "migrating", target_id)
+        moved = 0
+        while True:
+            keys = self.cli(source, "cluster", "getkeysinslot", str(slot), str(batch)).split()
+            if not keys:
+                break
+            self.cli(source, "migrate", "127.0.0.1", str(target), "", "0", "5000", "keys", *keys)
+            moved += len(keys)
+        for port in (target, source, *(p for p in self.ports if p not in (source, target))):
+            self.cli(port, "cluster", "setslot", str(slot), "node", target_id)
+        return moved
+
+    def close(self) -> None:
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            process.wait(10)
+        self.processes = []
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 class Exporter:
