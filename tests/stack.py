@@ -111,10 +111,11 @@ class Alertmanager:
 
 
 @contextmanager
-def alertmanager(directory: Path, config_file: Path) -> Iterator[Alertmanager]:
-    """Alertmanager with `config_file`, gossip off (--cluster.listen-address= empty)."""
+def alertmanager(directory: Path, config_file: Path, port: int | None = None) -> Iterator[Alertmanager]:
+    """Alertmanager with `config_file`, gossip off (--cluster.listen-address= empty), on `port`
+    (a test that starts it late picks the port first) or a free one."""
     directory.mkdir(parents=True, exist_ok=True)
-    server = Alertmanager(free_port())
+    server = Alertmanager(port or free_port())
     process = subprocess.Popen(
         [binary("prometheus-alertmanager"), f"--config.file={config_file}",
          f"--storage.path={directory / 'data'}", f"--web.listen-address={server.address}",
@@ -199,7 +200,7 @@ class HttpSink:
 
 
 @contextmanager
-def http_sink() -> Iterator[HttpSink]:
+def http_sink(port: int = 0) -> Iterator[HttpSink]:
     sink = HttpSink()
 
     class Handler(BaseHTTPRequestHandler):
@@ -219,7 +220,7 @@ def http_sink() -> Iterator[HttpSink]:
         def log_message(self, format: str, *args: Any) -> None:
             return None
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     sink.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

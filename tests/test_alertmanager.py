@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from billingwatch.detectors import REGISTRY
+from billingwatch.notify.alertmanager import ALERTNAME as PUSHED
 from billingwatch.testing.processes import binary, wait_until
 from tests.conftest import ROOT
 from tests.stack import alertmanager
@@ -94,6 +95,11 @@ def test_templates_parse(tmp_path: Path) -> None:
         ({"alertname": "BillingAnomalyDetected", "detector": "negative_invoice", "severity": "medium"}, "notify"),
         ({"alertname": "BillingWebhookLag", "detector": "webhook_lag", "severity": "low"}, "digest"),
         ({"alertname": "BillingWatchStoreDown", "detector": "store_down", "severity": "high"}, "notify"),
+        # The alerts the exporter pushes: routed by severity like the rules' alerts.
+        ({"alertname": "BillingAnomaly", "detector": "duplicate_charge", "severity": "critical",
+          "livemode": "true", "event_id": "evt_1"}, "page"),
+        ({"alertname": "BillingAnomaly", "detector": "negative_invoice", "severity": "medium",
+          "livemode": "false", "event_id": "evt_2"}, "notify"),
         # A custom rule with no or an unknown severity is still delivered.
         ({"alertname": "MyBillingRule"}, "notify"),
         ({"alertname": "MyBillingRule", "severity": "warning"}, "notify"),
@@ -110,7 +116,8 @@ def test_every_shipped_alert_and_detector_reaches_its_receiver() -> None:
     cases = [
         {"alertname": a["alert"], **a["labels"]} for a in committed_alerts() if "severity" in a.get("labels", {})
     ]
-    cases += [{"alertname": "BillingAnomalyDetected", "detector": d.name, "severity": d.severity} for d in REGISTRY]
+    cases += [{"alertname": name, "detector": d.name, "severity": d.severity}
+              for d in REGISTRY for name in ("BillingAnomalyDetected", PUSHED)]
     assert len(cases) > len(REGISTRY)
     for labels in cases:
         expected = RECEIVER_FOR[labels["severity"]]
@@ -120,8 +127,9 @@ def test_every_shipped_alert_and_detector_reaches_its_receiver() -> None:
 
 
 def test_inhibit_rules_name_alerts_the_rules_ship() -> None:
-    """A renamed alert would silently disable an inhibition: every name must exist."""
-    shipped = {a["alert"] for a in committed_alerts()}
+    """A renamed alert would silently disable an inhibition: every name must exist (the rules'
+    alerts and the one the exporter pushes)."""
+    shipped = {a["alert"] for a in committed_alerts()} | {PUSHED}
     config = yaml.safe_load(CONFIG.read_text())
     for rule in config["inhibit_rules"]:
         for matcher in rule["source_matchers"] + rule["target_matchers"]:
@@ -274,3 +282,41 @@ def test_site_settings_sit_on_one_line_each() -> None:
     lines = CONFIG.read_text().splitlines()
     for key in ("smtp_smarthost", "smtp_require_tls"):
         assert len([line for line in lines if line.startswith(f"  {key}: ")]) == 1, key
+
+
+def test_the_pushed_alert_mutes_the_rule_alert_of_its_detector_and_mode_only(tmp_path: Path) -> None:
+    """A real Alertmanager: the detailed BillingAnomaly inhibits the count-only
+    BillingAnomalyDetected of the same detector and livemode; neither the other detector's nor
+    the other mode's. The pushed alert itself survives the exporter-down and store-down
+    inhibitions (the exporter that pushed it had recorded it)."""
+    config = local_config(tmp_path, "http://127.0.0.1:9/")
+    with alertmanager(tmp_path / "am", write(tmp_path, config)) as am:
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+        def alert(name: str, **labels: str) -> dict[str, Any]:
+            return {"labels": {"alertname": name, **labels}, "annotations": {"summary": name}, "startsAt": now}
+
+        alerts = [
+            alert(PUSHED, detector="duplicate_charge", severity="critical", livemode="false", event_id="evt_1"),
+            alert("BillingAnomalyDetected", detector="duplicate_charge", severity="critical", livemode="false"),
+            alert("BillingAnomalyDetected", detector="duplicate_charge", severity="critical", livemode="true"),
+            alert("BillingAnomalyDetected", detector="negative_invoice", severity="medium", livemode="false"),
+            alert("BillingWatchStoreDown", detector="store_down", severity="high", instance="b:9786"),
+        ]
+        httpx.post(am.url + "/api/v2/alerts", json=alerts, timeout=10).raise_for_status()
+        wait_until(lambda: len(am.alerts()) == 5, what="5 alerts in Alertmanager")
+        state = {(a["labels"]["alertname"], a["labels"].get("detector"), a["labels"].get("livemode")):
+                 a["status"]["state"] for a in am.alerts()}
+        assert state[(PUSHED, "duplicate_charge", "false")] == "active"
+        assert state[("BillingAnomalyDetected", "duplicate_charge", "false")] == "suppressed"
+        # The store-down rule mutes the other rule alerts, not the pushed one.
+        assert state[("BillingAnomalyDetected", "duplicate_charge", "true")] == "suppressed"
+        resolved = {**alerts[4], "endsAt": now}
+        httpx.post(am.url + "/api/v2/alerts", json=[resolved], timeout=10).raise_for_status()
+        wait_until(lambda: len(am.alerts()) == 4, what="the store-down alert resolved")
+        state = {(a["labels"]["alertname"], a["labels"].get("detector"), a["labels"].get("livemode")):
+                 a["status"]["state"] for a in am.alerts()}
+        assert state == {(PUSHED, "duplicate_charge", "false"): "active",
+                         ("BillingAnomalyDetected", "duplicate_charge", "false"): "suppressed",
+                         ("BillingAnomalyDetected", "duplicate_charge", "true"): "active",
+                         ("BillingAnomalyDetected", "negative_invoice", "false"): "active"}

@@ -5,6 +5,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from billingwatch.http.access import host_pattern
 from billingwatch.money import is_currency
@@ -60,6 +61,27 @@ def _hosts(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
         raise ConfigError(f"{name}: {exc}") from None
 
 
+def _url(name: str, value: str) -> str:
+    """An http(s) base URL with a host, no query, fragment or whitespace; the error never shows it
+    (a URL may carry a password)."""
+    parts = urlsplit(value)
+    if (parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment
+            or any(c.isspace() for c in value)):
+        raise ConfigError(f"{name}: each URL must be http:// or https://, a host and an optional path "
+                          "(e.g. http://alertmanager:9093)")
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number in range
+    except ValueError:
+        raise ConfigError(f"{name}: a URL has an invalid port") from None
+    return value.rstrip("/")
+
+
+def _urls(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """Comma-separated URLs (e.g. an Alertmanager HA pair), each checked, duplicates dropped."""
+    value = _secret(environ, name)  # may hold basic-auth credentials: *_FILE works too
+    return tuple(dict.fromkeys(_url(name, u.strip()) for u in value.split(",") if u.strip()))
+
+
 # Secrets copied from examples (.env.example, the README quick start) rather than from Stripe. A real
 # secret is whsec_ and random letters and digits, mixed case: it never matches these all-lowercase words.
 PLACEHOLDER_SECRET = re.compile(
@@ -100,6 +122,12 @@ class Settings:
     read_timeout: int = 10
     keep_alive_timeout: int = 5
     detector_env: Mapping[str, str] = field(default_factory=dict)
+    # Pushed alerts (notify/alertmanager.py): none without Alertmanager URLs.
+    alertmanager_urls: tuple[str, ...] = ()
+    external_url: str = ""  # the exporter as people's browsers reach it; "" is http://localhost:<port>
+    runbook_url: str = ""  # "" is the rules config's default runbook base
+    # The rules' anomaly window (1h) plus 5 min: the pushed alert outlasts the rule's alert it inhibits.
+    alert_resolve_seconds: int = 3900
 
     def __repr__(self) -> str:  # never print secrets
         return f"Settings(host={self.host!r}, port={self.port}, store={'redis' if self.redis_url else 'memory'})"
@@ -139,4 +167,10 @@ def from_env(environ: Mapping[str, str] = os.environ) -> Settings:
         read_timeout=env_int(environ, "BILLINGWATCH_READ_TIMEOUT_SECONDS", 10, 1, 600),
         keep_alive_timeout=env_int(environ, "BILLINGWATCH_KEEP_ALIVE_TIMEOUT_SECONDS", 5, 1, 600),
         detector_env={k: v for k, v in environ.items() if k.startswith("BILLINGWATCH_DETECTOR_")},
+        alertmanager_urls=_urls(environ, "BILLINGWATCH_ALERTMANAGER_URLS"),
+        external_url=_url("BILLINGWATCH_EXTERNAL_URL", environ["BILLINGWATCH_EXTERNAL_URL"].strip())
+        if environ.get("BILLINGWATCH_EXTERNAL_URL", "").strip() else "",
+        runbook_url=_url("BILLINGWATCH_RUNBOOK_URL", environ["BILLINGWATCH_RUNBOOK_URL"].strip())
+        if environ.get("BILLINGWATCH_RUNBOOK_URL", "").strip() else "",
+        alert_resolve_seconds=env_int(environ, "BILLINGWATCH_ALERT_RESOLVE_SECONDS", 3900, 60, 30 * DAY),
     )

@@ -18,6 +18,7 @@ from billingwatch.http.limits import RequestLimits
 from billingwatch.http.pages import Pages
 from billingwatch.http.webhook import WebhookEndpoint
 from billingwatch.metrics.families import new_requests_counter
+from billingwatch.notify.alertmanager import AlertSender, push_settings, redacted
 from billingwatch.store import Store, open_store
 
 log = logging.getLogger("billingwatch")
@@ -28,8 +29,9 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
     store = store or open_store(settings.redis_url, settings.redis_prefix, settings.anomaly_log_size)
     detectors: list[Detector] = build_detectors(settings.detector_env)
     requests = new_requests_counter()
-    webhook = WebhookEndpoint(settings, store, detectors, requests, clock)
-    pages = Pages(settings, store, detectors, requests, clock)
+    sender = AlertSender(push_settings(settings))
+    webhook = WebhookEndpoint(settings, store, detectors, requests, clock, sender)
+    pages = Pages(settings, store, detectors, requests, clock, sender.counter)
     api = Api(settings, store, detectors)
     allowed_hosts = settings.allowed_hosts or default_hosts(settings.host)
 
@@ -44,7 +46,12 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
         if any(is_placeholder(secret) for secret in settings.webhook_secrets):
             log.warning("STRIPE_WEBHOOK_SECRET holds a placeholder, not a Stripe signing secret: test mode only, "
                         "livemode events are rejected")
+        if sender.enabled:
+            log.info("pushing live anomalies to Alertmanager at %s",
+                     ", ".join(redacted(url) for url in settings.alertmanager_urls))
+        await sender.start()
         yield {}
+        await sender.stop()
         await store.close()
 
     routes = [

@@ -47,8 +47,10 @@ class Pages:
         detectors: list[Detector],
         requests: Counter,
         clock: Callable[[], float] = time.time,
+        notifications: Counter | None = None,
     ) -> None:
         self._settings = settings
+        self._notifications = notifications
         self._store = store
         self._detectors = detectors
         self._requests = requests
@@ -65,7 +67,8 @@ class Pages:
         except StoreUnavailable:
             snapshot = None
         registry = CollectorRegistry(auto_describe=False)
-        for collector in (self._requests, self._build_info,
+        pushed = (self._notifications,) if self._notifications is not None else ()
+        for collector in (self._requests, *pushed, self._build_info,
                           SnapshotCollector(snapshot, self._detectors, settings.currencies),
                           PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             registry.register(collector)

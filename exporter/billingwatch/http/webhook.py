@@ -15,6 +15,7 @@ from billingwatch.config import Settings, is_placeholder
 from billingwatch.detectors import Detector
 from billingwatch.http.access import authorised
 from billingwatch.logsafe import safe
+from billingwatch.notify.alertmanager import AlertSender
 from billingwatch.recording.events import InvalidEvent
 from billingwatch.recording.recorder import LivemodeRejected, Recorder
 from billingwatch.store import Store, StoreUnavailable, Unrecordable
@@ -91,8 +92,10 @@ class WebhookEndpoint:
         detectors: list[Detector],
         requests: Counter,
         clock: Callable[[], float] = time.time,
+        sender: AlertSender | None = None,
     ) -> None:
         self._settings = settings
+        self._sender = sender
         self._recorder = Recorder(store, detectors, settings.dedup_ttl, settings.subscription_ttl, clock,
                                   max_clock_skew=settings.signature_tolerance)
         self._requests = requests
@@ -169,6 +172,10 @@ class WebhookEndpoint:
         for anomaly in outcome.anomalies:
             log.warning("%s %s (%s): %s", "history anomaly" if anomaly.get("history") else "anomaly",
                         safe(anomaly["detector"]), safe(anomaly["severity"]), safe(anomaly["summary"]))
+        if outcome.anomalies and self._sender is not None:
+            # Only the replica whose store call found the anomaly gets it, once; history ones are
+            # skipped there. A queue put: the answer to Stripe never waits for Alertmanager.
+            self._sender.submit(outcome.anomalies)
         return JSONResponse(
             {"received": True, "duplicate": outcome.duplicate, "anomalies": len(outcome.anomalies)}
         )

@@ -10,7 +10,7 @@ from enum import Enum
 
 from prometheus_client import Counter
 
-from billingwatch.metrics.labels import RESULTS
+from billingwatch.metrics.labels import NOTIFICATION_RESULTS, RESULTS
 
 
 class Kind(Enum):
@@ -169,14 +169,30 @@ BUILD_INFO = _gauge(
 WEBHOOK_REQUESTS = _counter(
     "", "billingwatch_webhook_requests", "Webhook requests handled by this replica, by result.", "result",
 )
+# Counted by each replica's alert sender: live anomalies pushed to Alertmanager, per Alertmanager.
+ALERT_NOTIFICATIONS = _counter(
+    "", "billingwatch_alert_notifications",
+    "Live anomalies pushed to Alertmanager by this replica, per Alertmanager: sent, failed (after the "
+    "retries) or dropped (queue full).",
+    "result",
+)
 
 # Every family, as the README's metrics table lists them.
-CATALOGUE = (STORE_UP, WEBHOOK_REQUESTS, BUILD_INFO, *REDIS_FAMILIES, LAG, SUBSCRIPTIONS_LAPSED)
+CATALOGUE = (STORE_UP, WEBHOOK_REQUESTS, ALERT_NOTIFICATIONS, BUILD_INFO, *REDIS_FAMILIES, LAG, SUBSCRIPTIONS_LAPSED)
 
 
 def new_requests_counter() -> Counter:
     """The webhook request counter, every result at 0 from the start."""
     counter = Counter(WEBHOOK_REQUESTS.name, WEBHOOK_REQUESTS.help, list(WEBHOOK_REQUESTS.labels), registry=None)
     for result in RESULTS:
+        counter.labels(result)
+    return counter
+
+
+def new_alert_notifications_counter() -> Counter:
+    """The pushed-alert counter, every result at 0 from the start (pushing on or off)."""
+    counter = Counter(ALERT_NOTIFICATIONS.name, ALERT_NOTIFICATIONS.help, list(ALERT_NOTIFICATIONS.labels),
+                      registry=None)
+    for result in NOTIFICATION_RESULTS:
         counter.labels(result)
     return counter

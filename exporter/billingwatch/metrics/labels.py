@@ -98,6 +98,8 @@ def event_type_label(event_type: str, detector_event_types: Iterable[frozenset[s
 
 
 # billingwatch_webhook_requests_total{result}: what the webhook answered.
+# What became of an alert pushed to Alertmanager (notify/alertmanager.py), once per Alertmanager.
+NOTIFICATION_RESULTS = ("sent", "failed", "dropped")
 RESULTS = (
     "accepted", "duplicate", "missing_signature", "invalid_signature", "too_large", "invalid_json",
     "invalid_event", "livemode_rejected", "store_unavailable", "unrecordable", "replay_unauthorized",
