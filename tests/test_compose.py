@@ -130,6 +130,12 @@ def test_prometheus_has_no_lifecycle_api(resolved: dict[str, Any]) -> None:
     assert not [arg for arg in command if "lifecycle" in arg]
 
 
+def test_the_exporter_pushes_anomalies_to_the_stacks_alertmanager(resolved: dict[str, Any]) -> None:
+    env = resolved["services"]["exporter"]["environment"]
+    assert env["BILLINGWATCH_ALERTMANAGER_URLS"] == "http://alertmanager:9093"
+    assert "alertmanager" in resolved["services"]  # its API listens on 9093 in the container
+
+
 def test_only_caddy_faces_stripe_and_the_exporter_is_not_published_publicly(resolved: dict[str, Any]) -> None:
     services = resolved["services"]
     caddy, exporter = services["caddy"], services["exporter"]
