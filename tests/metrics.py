@@ -13,7 +13,8 @@ from starlette.testclient import TestClient
 Labels = frozenset[tuple[str, str]]
 Figures = dict[tuple[str, Labels], float]
 # Per-replica or timing-dependent families: they differ between two deliveries of the same events.
-TIMING = ("billingwatch_webhook_requests", "billingwatch_alert_notifications", "billingwatch_webhook_delivery_lag",
+TIMING = ("billingwatch_webhook_requests", "billingwatch_alert_notifications", "billingwatch_detector_errors",
+          "billingwatch_webhook_delivery_lag",
           "billingwatch_build_info", "billingwatch_last_event_received", "billingwatch_store_up")
 SUFFIXES = ("", "_total", "_count", "_sum", "_bucket", "_created", "_info")  # sample names of a family
 

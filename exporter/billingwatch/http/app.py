@@ -17,7 +17,7 @@ from billingwatch.http.api import Api
 from billingwatch.http.limits import RequestLimits
 from billingwatch.http.pages import Pages
 from billingwatch.http.webhook import WebhookEndpoint
-from billingwatch.metrics.families import new_requests_counter
+from billingwatch.metrics.families import new_detector_errors_counter, new_requests_counter
 from billingwatch.notify.alertmanager import AlertSender, push_settings, redacted
 from billingwatch.store import Store, open_store
 
@@ -30,8 +30,9 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
     detectors: list[Detector] = build_detectors(settings.detector_env)
     requests = new_requests_counter()
     sender = AlertSender(push_settings(settings))
-    webhook = WebhookEndpoint(settings, store, detectors, requests, clock, sender)
-    pages = Pages(settings, store, detectors, requests, clock, sender.counter)
+    detector_errors = new_detector_errors_counter(d.name for d in detectors)
+    webhook = WebhookEndpoint(settings, store, detectors, requests, clock, sender, detector_errors)
+    pages = Pages(settings, store, detectors, requests, clock, sender.counter, detector_errors)
     api = Api(settings, store, detectors)
     allowed_hosts = settings.allowed_hosts or default_hosts(settings.host)
 

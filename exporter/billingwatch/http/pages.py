@@ -48,9 +48,11 @@ class Pages:
         requests: Counter,
         clock: Callable[[], float] = time.time,
         notifications: Counter | None = None,
+        detector_errors: Counter | None = None,
     ) -> None:
         self._settings = settings
         self._notifications = notifications
+        self._detector_errors = detector_errors
         self._store = store
         self._detectors = detectors
         self._requests = requests
@@ -67,7 +69,7 @@ class Pages:
         except StoreUnavailable:
             snapshot = None
         registry = CollectorRegistry(auto_describe=False)
-        pushed = (self._notifications,) if self._notifications is not None else ()
+        pushed = tuple(c for c in (self._notifications, self._detector_errors) if c is not None)
         for collector in (self._requests, *pushed, self._build_info,
                           SnapshotCollector(snapshot, self._detectors, settings.currencies),
                           PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):

@@ -93,9 +93,11 @@ class WebhookEndpoint:
         requests: Counter,
         clock: Callable[[], float] = time.time,
         sender: AlertSender | None = None,
+        detector_errors: Counter | None = None,
     ) -> None:
         self._settings = settings
         self._sender = sender
+        self._detector_errors = detector_errors
         self._recorder = Recorder(store, detectors, settings.dedup_ttl, settings.subscription_ttl, clock,
                                   max_clock_skew=settings.signature_tolerance)
         self._requests = requests
@@ -169,6 +171,10 @@ class WebhookEndpoint:
             log.error("event %s refused by the store, nothing recorded: %s", safe(event_id), safe(exc))
             return self._reject("unrecordable", 422, f"event cannot be recorded: {exc}")
         self._requests.labels("duplicate" if outcome.duplicate else "accepted").inc()
+        for name in outcome.failed_detectors:
+            log.error("detector %s raised on event %s: recorded without its checks", safe(name), safe(event_id))
+            if self._detector_errors is not None:
+                self._detector_errors.labels(name).inc()
         for anomaly in outcome.anomalies:
             log.warning("%s %s (%s): %s", "history anomaly" if anomaly.get("history") else "anomaly",
                         safe(anomaly["detector"]), safe(anomaly["severity"]), safe(anomaly["summary"]))

@@ -5,6 +5,7 @@ built per scrape (store up, lapsed subscriptions, build info) or per replica (we
 Label values come from metrics/labels.py.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -178,7 +179,17 @@ ALERT_NOTIFICATIONS = _counter(
 )
 
 # Every family, as the README's metrics table lists them.
-CATALOGUE = (STORE_UP, WEBHOOK_REQUESTS, ALERT_NOTIFICATIONS, BUILD_INFO, *REDIS_FAMILIES, LAG, SUBSCRIPTIONS_LAPSED)
+DETECTOR_ERRORS = _counter(
+    "", "billingwatch_detector_errors",
+    "Events on which a detector raised an error (a bug in it, often a plugin), per replica: the event "
+    "was recorded without that detector's checks.",
+    "detector",
+)
+
+CATALOGUE = (
+    STORE_UP, WEBHOOK_REQUESTS, ALERT_NOTIFICATIONS, DETECTOR_ERRORS, BUILD_INFO, *REDIS_FAMILIES, LAG,
+    SUBSCRIPTIONS_LAPSED,
+)
 
 
 def new_requests_counter() -> Counter:
@@ -195,4 +206,12 @@ def new_alert_notifications_counter() -> Counter:
                       registry=None)
     for result in NOTIFICATION_RESULTS:
         counter.labels(result)
+    return counter
+
+
+def new_detector_errors_counter(detector_names: Iterable[str]) -> Counter:
+    """The detector-error counter, every loaded detector at 0 from the start."""
+    counter = Counter(DETECTOR_ERRORS.name, DETECTOR_ERRORS.help, list(DETECTOR_ERRORS.labels), registry=None)
+    for name in detector_names:
+        counter.labels(name)
     return counter

@@ -163,6 +163,7 @@ class Plan:
     checks: list[Check] = field(default_factory=list)
     subscription: SubscriptionState | None = None
     payment: SubscriptionPayment | None = None
+    failed_detectors: tuple[str, ...] = ()  # detectors whose checks raised: recorded without them
 
 
 _MAX_MONTHLY_MINOR = 10**12  # held x1000 in a signed 64-bit store integer, summed over subscriptions
@@ -259,9 +260,15 @@ def plan_event(
     elif kind == "subscription" and event.type in SUBSCRIPTION_EVENTS:
         subscription = subscription_state(event, dedup_ttl, subscription_ttl)
 
+    failed: list[str] = []
     for detector in detectors:
         if event.type in detector.event_types:
-            checks.extend(detector.checks(event, context))
+            try:
+                checks.extend(detector.checks(event, context))
+            except InvalidEvent:
+                raise  # the event itself is malformed: nothing records it
+            except Exception:  # a detector's bug (often a plugin's) must not cost the event: a refusal
+                failed.append(detector.name)  # would have Stripe retry it for days, never counted
 
     plan = Plan(
         event_id=event.id,
@@ -272,6 +279,7 @@ def plan_event(
         checks=checks,
         subscription=subscription,
         payment=payment,
+        failed_detectors=tuple(failed),
     )
     return as_history(plan, event, type_label) if history else plan
 

@@ -6,7 +6,7 @@ all record through Recorder.record, so an event counts the same however it arriv
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from billingwatch.config import Settings
@@ -65,7 +65,10 @@ class Recorder:
             history=history,
             max_clock_skew=self.max_clock_skew,
         )
-        return await self.store.apply(plan)
+        outcome = await self.store.apply(plan)
+        if plan.failed_detectors and not outcome.duplicate:
+            outcome = replace(outcome, failed_detectors=plan.failed_detectors)
+        return outcome
 
     async def record_missed(self, event_id: str, livemode: bool) -> Outcome:
         """Count an event Stripe sent that never arrived (reconcile), once however often it is found."""

@@ -30,6 +30,7 @@ class Outcome:
 
     duplicate: bool
     anomalies: list[dict[str, Any]] = field(default_factory=list)
+    failed_detectors: tuple[str, ...] = ()  # set by the Recorder from the plan, not by a store
 
 
 @dataclass(frozen=True)
