@@ -6,11 +6,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from billingwatch.config import DAY, ConfigError, env_int
-from billingwatch.detectors.base import SEVERITIES, Context, Detector, Severity
+from billingwatch.detectors.base import SEVERITIES, Context, Detector, Severity, severities
 from billingwatch.detectors.currency_mismatch import CurrencyMismatch
 from billingwatch.detectors.double_invoice import DoubleInvoice
 from billingwatch.detectors.duplicate_charge import DuplicateCharge
+from billingwatch.detectors.large_refund import LargeRefund
 from billingwatch.detectors.negative_invoice import NegativeInvoice
+from billingwatch.detectors.per_currency import PerCurrency
+from billingwatch.detectors.subscription_downgrade import SubscriptionDowngrade
 from billingwatch.metrics.labels import EVENT_TYPES
 
 REGISTRY: tuple[type[Any], ...] = (
@@ -18,9 +21,12 @@ REGISTRY: tuple[type[Any], ...] = (
     NegativeInvoice,
     CurrencyMismatch,
     DoubleInvoice,
+    SubscriptionDowngrade,
+    LargeRefund,
 )
 
-__all__ = ["REGISTRY", "SEVERITIES", "Context", "Detector", "Severity", "build_detectors", "thresholds"]
+__all__ = ["REGISTRY", "SEVERITIES", "Context", "Detector", "Severity", "build_detectors", "severities",
+           "thresholds"]
 
 
 def env_name(detector: type[Any], field_name: str) -> str:
@@ -33,6 +39,8 @@ def threshold_maximum(field_name: str) -> int:
         return 3650
     if field_name.endswith("_seconds"):
         return 3650 * DAY
+    if field_name.endswith("_percent"):
+        return 100
     return 10**6
 
 
@@ -40,16 +48,18 @@ def build_detectors(environ: Mapping[str, str] = os.environ) -> list[Detector]:
     """Instantiate every registered detector with its thresholds from the environment (each 1..maximum)."""
     built: list[Detector] = []
     for cls in REGISTRY:
-        if cls.severity not in SEVERITIES:
+        if not {cls.severity, *severities(cls)} <= set(SEVERITIES):
             raise ConfigError(f"detector {cls.name}: severity must be one of {SEVERITIES}")
         if not cls.event_types <= EVENT_TYPES:
             # Else its events would be counted as type="other".
             raise ConfigError(f"detector {cls.name}: add {sorted(cls.event_types - EVENT_TYPES)} to the type "
                               "label's values (metrics/labels.py EVENT_TYPES)")
-        overrides: dict[str, int] = {}
+        overrides: dict[str, int | PerCurrency] = {}
         for f in dataclasses.fields(cls):
             name = env_name(cls, f.name)
-            if environ.get(name, "") != "":
+            if environ.get(name, "") != "" and isinstance(f.default, PerCurrency):
+                overrides[f.name] = PerCurrency(environ[name], name)
+            elif environ.get(name, "") != "":
                 overrides[f.name] = env_int(environ, name, 0, 1, threshold_maximum(f.name))
         built.append(cls(**overrides))
     return built

@@ -2,7 +2,8 @@
 
 A detector is a dataclass whose fields are its thresholds (each overridable by the environment
 variable BILLINGWATCH_DETECTOR_<NAME>_<FIELD>), with a name, a severity, the event types it
-reads, and a pure `checks` method: event → the store checks whose hits are its anomalies.
+reads (one that grades its findings also lists `severities`, all it can emit), and a pure
+`checks` method: event → the store checks whose hits are its anomalies.
 The store runs the checks atomically with the event's other updates, so detectors keep
 per-customer memory without a read-modify-write race between replicas.
 """
@@ -31,11 +32,20 @@ class Detector(Protocol):
     def checks(self, event: Event, context: Context) -> list[Check]: ...
 
 
-def anomaly(detector: Detector, event: Event, summary: str, **details: Any) -> Anomaly:
-    """The anomaly record `detector` emits for `event`; details are the ids and amounts involved."""
+def severities(detector: Detector | type[Any]) -> tuple[str, ...]:
+    """Every severity the detector can emit: its class-level `severities` if it grades its
+    findings, else its one `severity`. Each gets a billingwatch_anomalies_total series at 0."""
+    graded: tuple[str, ...] = getattr(detector, "severities", ())
+    return graded or (detector.severity,)
+
+
+def anomaly(detector: Detector, event: Event, summary: str, severity: Severity | None = None,
+            **details: Any) -> Anomaly:
+    """The anomaly record `detector` emits for `event`; details are the ids and amounts involved.
+    `severity`: a graded finding's own (one of the detector's `severities`), else the detector's."""
     return Anomaly(
         detector=detector.name,
-        severity=detector.severity,
+        severity=severity or detector.severity,
         livemode=event.livemode,
         event_id=event.id,
         event_type=event.type,
