@@ -402,3 +402,13 @@ async def test_pre_payment_or_fully_refunded_credit_notes_stay_silent(store: Sto
     await record(store, se.event("credit_note.created", se.credit_note(total=500_000, refunded=500_000),
                                  created=T0))
     assert await anomaly_count(store, "large_refund") == 0
+
+
+async def test_double_invoice_window_covers_26h_inclusive(store: Store) -> None:
+    """The original's timezone_billing_error: invoiced twice within 26 h."""
+    for sub, gap in (("sub_26h", 26 * 3600), ("sub_26h1s", 26 * 3600 + 1)):
+        for i, at in enumerate((T0, T0 + gap)):
+            inv = se.invoice(invoice_id=f"in_{sub}_{i}", subscription=sub, created=at)
+            await record(store, se.event("invoice.created", inv, created=at))
+    (found,) = await store.anomalies(5)
+    assert found["subscription"] == "sub_26h"
