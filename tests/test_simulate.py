@@ -16,7 +16,8 @@ from billingwatch.testing.processes import Exporter
 from tests.conftest import SECRET, running_exporter
 from tests.metrics import Samples, increase, scrape
 
-STATEFUL = ("duplicate_charge", "negative_invoice", "currency_mismatch", "double_invoice")
+STATEFUL = ("duplicate_charge", "negative_invoice", "currency_mismatch", "double_invoice", "subscription_downgrade",
+            "large_refund")
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +182,7 @@ def test_events_are_stripe_shaped() -> None:
     events = list(stream(Traffic(random.Random(3)), 200, list(INJECTIONS)))
     kinds = {e["data"]["object"]["object"] for e in events}
     assert kinds == {"charge", "payment_intent", "invoice", "subscription", "refund", "dispute",
-                     "radar.early_fraud_warning"}
+                     "radar.early_fraud_warning", "credit_note"}
     for evt in events:
         assert envelope <= set(evt) and evt["livemode"] is False
         obj = evt["data"]["object"]

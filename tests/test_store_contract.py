@@ -183,6 +183,40 @@ async def test_window_sets_are_capped_oldest_first(store: Store) -> None:
     assert counters.get("x|new") == 1
 
 
+async def test_sum_hits_when_a_span_total_crosses_its_threshold_once(store: Store) -> None:
+    def add(event_id: str, member: str, amount: int, at: int, threshold: int = 100) -> Plan:
+        check = Check(op="sum", key="summed", member=member, amount=amount, at=at, window=50, threshold=threshold,
+                      ttl=60, counters={"x|hit": 1})
+        return Plan(event_id=event_id, dedup_ttl=60, checks=[check])
+
+    async def hits() -> int:
+        return (await store.snapshot(time.time(), 0)).counters.get("x|hit", 0)
+
+    await store.apply(add("e1", "a", 60, 1000))
+    await store.apply(add("e2", "b", 30, 1100))  # 100 s later: its own span holds 30 only
+    assert await hits() == 0
+    await store.apply(add("e3", "a", 60, 1000))  # the same member again (another event of it): nothing
+    assert await hits() == 0
+    await store.apply(add("e4", "c", 40, 1040))  # a (1000) + c: 100, crossing
+    assert await hits() == 1
+    await store.apply(add("e5", "d", 10, 1045))  # still above: the same episode
+    assert await hits() == 1
+    await store.apply(add("e6", "z", 99, 500, threshold=99))  # alone at the threshold
+    assert await hits() == 2
+
+
+@pytest.mark.parametrize("field", [{"amount": 10**12 + 1}, {"threshold": 10**15 + 1}, {"amount": -1}])
+async def test_sum_check_out_of_range_is_refused_before_any_write(store: Store, field: dict[str, int]) -> None:
+    from billingwatch.store import Unrecordable
+
+    check = Check(op="sum", key="bad", member="m", at=1, window=5, ttl=60, counters={"x|bad": 1},
+                  **{"amount": 1, "threshold": 1, **field})
+    with pytest.raises(Unrecordable, match="sum check"):
+        await store.apply(Plan(event_id="evt_bad_sum", dedup_ttl=60, counters={"x|before": 1}, checks=[check]))
+    assert (await store.snapshot(time.time(), 0)).counters.get("x|before", 0) == 0
+    assert not (await store.recorded([("evt_bad_sum", "false")]))[0]
+
+
 async def test_increment_adds_to_store_counters(store: Store) -> None:
     await store.increment({fields.field(fam.MISSED_EVENTS, "true"): 3})
     assert value(await figures(store), "billingwatch_missed_events_total", livemode="true") == 3

@@ -166,9 +166,12 @@ def test_api_requires_the_bearer_token_when_set(make_client: Client) -> None:
     ok = client.get("/api/detectors", headers={"Authorization": "Bearer s3cret-token"})
     assert ok.status_code == 200
     names = {d["name"]: d for d in ok.json()["detectors"]}
-    assert set(names) == {"duplicate_charge", "negative_invoice", "currency_mismatch", "double_invoice"}
+    assert set(names) == {"duplicate_charge", "negative_invoice", "currency_mismatch", "double_invoice",
+                          "subscription_downgrade", "large_refund"}
     assert names["duplicate_charge"]["severity"] == "critical"
     assert names["duplicate_charge"]["thresholds"] == {"window_seconds": 300}
+    assert names["subscription_downgrade"]["severities"] == ["critical", "high", "medium", "low"]
+    assert names["large_refund"]["thresholds"]["single_refund"].startswith("usd=1000,eur=1000,")
     assert client.get("/metrics").status_code == 200  # scraping needs no token
 
 

@@ -388,12 +388,35 @@ class Traffic:
         sub = self.sub(self.id("sub"), customer, self.price(currency), currency, "active", start, start)
         return [self.event("customer.subscription.updated", sub, at, previous_attributes={"cancel_at": None})]
 
+    def subscription_downgrade(self) -> list[Event]:
+        """A plan-change bug: a team subscription's seats cut from 10 to 3 and its SSO add-on
+        removed, by no request and no schedule."""
+        at, customer, sub_id = self.now(), self.id("cus"), self.id("sub")
+        team = {"price_id": self.id("price"), "product": self.id("prod"), "unit_amount": 1500,
+                "item_id": self.id("si"), "subscription_id": sub_id, "period_end": at + MONTH}
+        sso = se.subscription_item(price_id=self.id("price"), product=self.id("prod"), unit_amount=5000,
+                                   item_id=self.id("si"), subscription_id=sub_id, period_end=at + MONTH)
+        before = [se.subscription_item(quantity=10, **team), sso]  # type: ignore[arg-type]
+        after = [se.subscription_item(quantity=3, **team)]  # type: ignore[arg-type]
+        return [se.subscription_updated(before, after, subscription_id=sub_id, customer=customer, request_id=None,
+                                        created=at, event_id=self.id("evt"))]
+
+    def large_refund(self) -> list[Event]:
+        """A support tool crediting 1500 usd to a customer's balance: a post-payment credit note
+        (it moves no refund counter, so no refund alert fires with it)."""
+        at = self.now()
+        note = se.credit_note(total=150_000, currency="usd", customer=self.id("cus"), note_id=self.id("cn"),
+                              invoice_id=self.id("in"), created=at)
+        return [self.event("credit_note.created", note, at, request_id=self.id("req"))]
+
 
 INJECTIONS: dict[str, Callable[[Traffic], list[Event]]] = {
     "duplicate_charge": Traffic.duplicate_charge,
     "negative_invoice": Traffic.negative_invoice,
     "currency_mismatch": Traffic.currency_mismatch,
     "double_invoice": Traffic.double_invoice,
+    "subscription_downgrade": Traffic.subscription_downgrade,
+    "large_refund": Traffic.large_refund,
     "charge_failure_spike": Traffic.charge_failure_spike,
     "fraud_spike": Traffic.fraud_spike,
     "refund_spike": Traffic.refund_spike,
@@ -404,7 +427,8 @@ INJECTIONS: dict[str, Callable[[Traffic], list[Event]]] = {
 
 # Injections that add charges go before those sized from the charge counts; the lag injection,
 # sized from every event, goes last.
-ORDER = ("duplicate_charge", "currency_mismatch", "negative_invoice", "double_invoice", "silent_lapse",
+ORDER = ("duplicate_charge", "currency_mismatch", "negative_invoice", "double_invoice", "subscription_downgrade",
+         "large_refund", "silent_lapse",
          "refund_spike", "fraud_spike", "charge_failure_spike", "webhook_lag")
 
 

@@ -7,22 +7,36 @@ from collections.abc import Mapping
 from typing import Any
 
 from billingwatch.config import ConfigError, env_int
-from billingwatch.detectors.base import SEVERITIES, Context, Detector, Severity, check_detector_class, threshold_maximum
+from billingwatch.detectors.base import (
+    SEVERITIES,
+    Context,
+    Detector,
+    Severity,
+    check_detector_class,
+    severities,
+    threshold_maximum,
+)
 from billingwatch.detectors.currency_mismatch import CurrencyMismatch
 from billingwatch.detectors.double_invoice import DoubleInvoice
 from billingwatch.detectors.duplicate_charge import DuplicateCharge
+from billingwatch.detectors.large_refund import LargeRefund
 from billingwatch.detectors.negative_invoice import NegativeInvoice
+from billingwatch.detectors.per_currency import PerCurrency
 from billingwatch.detectors.plugins import load_plugins, one_line
+from billingwatch.detectors.subscription_downgrade import SubscriptionDowngrade
 
 REGISTRY: tuple[type[Any], ...] = (
     DuplicateCharge,
     NegativeInvoice,
     CurrencyMismatch,
     DoubleInvoice,
+    SubscriptionDowngrade,
+    LargeRefund,
 )
 
 __all__ = [
-    "REGISTRY", "SEVERITIES", "Context", "Detector", "Severity", "build_detectors", "threshold_maximum", "thresholds",
+    "REGISTRY", "SEVERITIES", "Context", "Detector", "Severity", "build_detectors", "severities",
+    "threshold_maximum", "thresholds",
 ]
 
 
@@ -45,13 +59,15 @@ def build_detectors(environ: Mapping[str, str] = os.environ) -> list[Detector]:
         if cls.name in origins:
             raise ConfigError(f"detector {cls.name}: the name is taken ({origins[cls.name]}; {origin})")
         origins[cls.name] = origin
-        overrides: dict[str, int] = {}
+        overrides: dict[str, int | PerCurrency] = {}
         for f in dataclasses.fields(cls):
             name = env_name(cls, f.name)
             if name in settings:  # detector a_b's field c and detector a's field b_c
                 raise ConfigError(f"detector {cls.name}: setting {name} is also {settings[name]}'s")
             settings[name] = cls.name
-            if environ.get(name, "") != "":
+            if environ.get(name, "") != "" and isinstance(f.default, PerCurrency):
+                overrides[f.name] = PerCurrency(environ[name], name)
+            elif environ.get(name, "") != "":
                 overrides[f.name] = env_int(environ, name, 0, 1, threshold_maximum(f.name))
         try:
             built.append(cls(**overrides))

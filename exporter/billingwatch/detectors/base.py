@@ -2,7 +2,8 @@
 
 A detector is a dataclass whose fields are its thresholds (each overridable by the environment
 variable BILLINGWATCH_DETECTOR_<NAME>_<FIELD>), with a name, a severity, the event types it
-reads, and a pure `checks` method: event → the store checks whose hits are its anomalies.
+reads (one that grades its findings also lists `severities`, all it can emit), and a pure
+`checks` method: event → the store checks whose hits are its anomalies.
 The store runs the checks atomically with the event's other updates, so detectors keep
 per-customer memory without a read-modify-write race between replicas.
 
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol
 
 from billingwatch.config import DAY, ConfigError
+from billingwatch.detectors.per_currency import PerCurrency
 from billingwatch.recording.events import Event
 from billingwatch.recording.plan import Anomaly, Check
 
@@ -51,6 +53,8 @@ def threshold_maximum(field_name: str) -> int:
         return 3650
     if field_name.endswith("_seconds"):
         return 3650 * DAY
+    if field_name.endswith("_percent"):
+        return 100
     return 10**6
 
 
@@ -62,8 +66,8 @@ def check_detector_class(cls: Any, origin: str) -> None:
     where = f"detector {name} ({origin})"
     if not isinstance(cls, type) or not dataclasses.is_dataclass(cls):
         raise ConfigError(f"{where}: must be a dataclass (its int fields are its thresholds)")
-    if getattr(cls, "severity", None) not in SEVERITIES:
-        raise ConfigError(f"{where}: severity must be one of {', '.join(SEVERITIES)}, "
+    if getattr(cls, "severity", None) not in SEVERITIES or not set(severities(cls)) <= set(SEVERITIES):
+        raise ConfigError(f"{where}: severity (and severities) must be one of {', '.join(SEVERITIES)}, "
                           f"got {getattr(cls, 'severity', None)!r}")
     if not isinstance(getattr(cls, "description", None), str):
         raise ConfigError(f"{where}: description must be a string")
@@ -77,17 +81,28 @@ def check_detector_class(cls: Any, origin: str) -> None:
     if not callable(getattr(cls, "checks", None)):
         raise ConfigError(f"{where}: has no checks(event, context) method")
     for f in dataclasses.fields(cls):
+        if isinstance(f.default, PerCurrency):
+            continue  # per-currency amounts, parsed and checked by PerCurrency itself
         if f.type not in (int, "int") or not isinstance(f.default, int) or isinstance(f.default, bool):
             raise ConfigError(f"{where}: threshold {f.name} must be an int field with a default")
         if not 1 <= f.default <= threshold_maximum(f.name):
             raise ConfigError(f"{where}: threshold {f.name} default must be 1..{threshold_maximum(f.name)}")
 
 
-def anomaly(detector: Detector, event: Event, summary: str, **details: Any) -> Anomaly:
-    """The anomaly record `detector` emits for `event`; details are the ids and amounts involved."""
+def severities(detector: Detector | type[Any]) -> tuple[str, ...]:
+    """Every severity the detector can emit: its class-level `severities` if it grades its
+    findings, else its one `severity`. Each gets a billingwatch_anomalies_total series at 0."""
+    graded: tuple[str, ...] = getattr(detector, "severities", ())
+    return graded or (detector.severity,)
+
+
+def anomaly(detector: Detector, event: Event, summary: str, severity: Severity | None = None,
+            **details: Any) -> Anomaly:
+    """The anomaly record `detector` emits for `event`; details are the ids and amounts involved.
+    `severity`: a graded finding's own (one of the detector's `severities`), else the detector's."""
     return Anomaly(
         detector=detector.name,
-        severity=detector.severity,
+        severity=severity or detector.severity,
         livemode=event.livemode,
         event_id=event.id,
         event_type=event.type,

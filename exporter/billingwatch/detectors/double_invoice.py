@@ -1,4 +1,8 @@
-"""Two renewal invoices for one subscription close together: a billing-anchor or timezone bug."""
+"""Two renewal invoices for one subscription close together: a billing-anchor or timezone bug.
+
+The original BillingWatch's timezone_billing_error (invoiced twice within 26 h): the default
+window is those 26 h, inclusive; a monthly renewal is never that close.
+"""
 
 from dataclasses import dataclass
 from typing import ClassVar

@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from billingwatch.config import Settings
-from billingwatch.detectors import Detector, thresholds
+from billingwatch.detectors import Detector, severities, thresholds
 from billingwatch.http.access import REFUSED, authorised
 from billingwatch.store import Store, StoreUnavailable
 
@@ -30,6 +30,7 @@ class Api:
                     {
                         "name": d.name,
                         "severity": d.severity,
+                        "severities": list(severities(d)),
                         "description": d.description,
                         "event_types": sorted(d.event_types),
                         "thresholds": thresholds(d),

@@ -5,7 +5,7 @@ from collections.abc import Iterable, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from billingwatch.detectors import Detector
+from billingwatch.detectors import Detector, severities
 from billingwatch.metrics import families as fam
 from billingwatch.metrics import fields
 from billingwatch.metrics.labels import (
@@ -49,8 +49,8 @@ def _zeros(snapshot: Snapshot, detectors: Iterable[Detector], currencies: Iterab
         (fam.DISPUTES, [(r,) for r in _with_other(DISPUTE_REASONS)]),
         (fam.EARLY_FRAUD_WARNINGS, [(t,) for t in _with_other(FRAUD_TYPES)]),
         (fam.INVOICE_PAYMENT_FAILURES, [(a,) for a in INVOICE_ATTEMPTS]),
-        (fam.ANOMALIES, [(d.name, d.severity) for d in detectors]),
-        (fam.HISTORY_ANOMALIES, [(d.name, d.severity) for d in detectors]),
+        (fam.ANOMALIES, [(d.name, s) for d in detectors for s in severities(d)]),
+        (fam.HISTORY_ANOMALIES, [(d.name, s) for d in detectors for s in severities(d)]),
         (fam.SUBSCRIPTIONS_ENDED, [()]),
         (fam.MISSED_EVENTS, [()]),
     ]

@@ -71,7 +71,7 @@ DETECTOR_EVENTS = frozenset(
     {
         "charge.succeeded", "payment_intent.succeeded", "invoice.created", "invoice.finalized",
         "invoice.updated", "invoice.paid", "invoice.payment_succeeded", "invoice.payment_failed",
-        "invoice.upcoming",
+        "invoice.upcoming", "credit_note.created",
     }
 )
 # The Stripe event types BillingWatch itself reads (README lists those to subscribe to).

@@ -38,6 +38,8 @@ class Event:
     object: Mapping[str, Any]
     previous_attributes: Mapping[str, Any]
     account: str | None = None
+    request_id: str | None = None  # the API request that caused it; None for automatic changes
+
 
     @property
     def object_kind(self) -> str:
@@ -74,6 +76,19 @@ class Refund:
     currency: str
     status: str
     charge: str | None
+    customer: str | None = None  # current API versions; older ones leave it to the charge
+
+
+@dataclass(frozen=True)
+class CreditNote:
+    id: str
+    customer: str | None
+    currency: str
+    total: int
+    type: str  # pre_payment (reduces what is due) | post_payment (after payment)
+    status: str
+    refunded: int  # the part paid back through refunds (their refund.created events report it)
+    out_of_band: int
 
 
 @dataclass(frozen=True)
@@ -114,6 +129,9 @@ class SubscriptionItem:
     currency: str
     interval: str
     interval_count: int
+    id: str = ""  # the subscription item (si_...)
+    price: str = ""
+    product: str = ""
 
 
 @dataclass(frozen=True)
@@ -247,7 +265,11 @@ def parse_event(body: Any) -> Event:
     if not isinstance(previous, Mapping):
         raise InvalidEvent("event.data.previous_attributes must be an object")
     account = _opt_str(body, "account", "event")
-    return Event(event_id, event_type, created, livemode, obj, previous, account)
+    request = body.get("request")
+    # {"id", "idempotency_key"}; API versions before 2017-05-25 send the id as a plain string.
+    request_id = _opt_str(request, "id", "event.request") if isinstance(request, Mapping) else (
+        _opt_str(body, "request", "event"))
+    return Event(event_id, event_type, created, livemode, obj, previous, account, request_id)
 
 
 # ---------------------------------------------------------------- objects
@@ -310,6 +332,37 @@ def refund_of(obj: Mapping[str, Any]) -> Refund:
         currency=_currency(obj, where),
         status=_str(obj, "status", where),
         charge=_opt_str(obj, "charge", where),
+        customer=_opt_str(obj, "customer", where),
+    )
+
+
+def credit_note_of(obj: Mapping[str, Any]) -> CreditNote:
+    where = "credit_note"
+    refunds = obj.get("refunds")
+    refunded = 0
+    if isinstance(refunds, list):  # current shape: [{amount_refunded, refund}, ...]
+        if len(refunds) > MAX_LIST:
+            raise InvalidEvent(f"{where}.refunds lists more than {MAX_LIST} entries")
+        for entry in refunds:
+            if not isinstance(entry, Mapping):
+                raise InvalidEvent(f"{where}.refunds[] must be an object")
+            refunded += _amount(entry, "amount_refunded", where + ".refunds[]", default=0)
+    elif isinstance(obj.get("refund"), Mapping):  # older shape, expanded
+        refunded = _amount(obj["refund"], "amount", where + ".refund")
+    elif obj.get("refund") is not None:
+        # Older shape, an id: the amount is unknown; take all that is not out of band as refunded,
+        # so the refund.created event of that refund reports it, once.
+        refunded = _amount(obj, "total", where) - _amount(obj, "out_of_band_amount", where, default=0)
+    out_of_band = obj.get("out_of_band_amount")
+    return CreditNote(
+        id=_str(obj, "id", where),
+        customer=_opt_str(obj, "customer", where),
+        currency=_currency(obj, where),
+        total=_amount(obj, "total", where),
+        type=_opt_str(obj, "type", where) or "",
+        status=_opt_str(obj, "status", where) or "",
+        refunded=refunded,
+        out_of_band=0 if out_of_band is None else _amount(obj, "out_of_band_amount", where),
     )
 
 
@@ -354,6 +407,12 @@ def invoice_of(obj: Mapping[str, Any]) -> Invoice:
     )
 
 
+def _id_or_blank(value: Any) -> str:
+    if isinstance(value, Mapping):  # expanded (price.product on request)
+        value = value.get("id")
+    return value if isinstance(value, str) and len(value) <= _MAX_ID and _encodable(value) else ""
+
+
 def _item_of(item: Any) -> tuple[SubscriptionItem | None, int | None]:
     where = "subscription.items.data[]"
     if not isinstance(item, Mapping):
@@ -377,7 +436,14 @@ def _item_of(item: Any) -> tuple[SubscriptionItem | None, int | None]:
         raise InvalidEvent(f"{where}: price amount, interval count or quantity is out of range")
     if amount < 0 or quantity < 0:
         raise InvalidEvent(f"{where}: price amount and quantity must not be negative")
-    return SubscriptionItem(amount, quantity, str(price["currency"]), interval, count), end
+    # Ids only name what changed (subscription_downgrade): an odd one is left out, not refused.
+    ids = (_id_or_blank(item.get("id")), _id_or_blank(price.get("id")), _id_or_blank(price.get("product")))
+    return SubscriptionItem(amount, quantity, str(price["currency"]), interval, count, *ids), end
+
+
+def items_of(obj: Mapping[str, Any]) -> tuple[SubscriptionItem, ...]:
+    """The priced items of a subscription, or of its previous_attributes when its items changed."""
+    return tuple(item for raw in list_data(obj, "items", "subscription") if (item := _item_of(raw)[0]))
 
 
 def subscription_of(obj: Mapping[str, Any]) -> Subscription:

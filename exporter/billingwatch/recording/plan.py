@@ -48,7 +48,7 @@ from billingwatch.recording.events import (
 if TYPE_CHECKING:  # the detectors build Checks: importing them here at run time would be a cycle
     from billingwatch.detectors import Context, Detector
 
-CheckOp = Literal["once", "window", "distinct"]
+CheckOp = Literal["once", "window", "distinct", "sum"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,9 @@ class Anomaly:
     amount: int | None = None  # minor units
     currency: str | None = None
     history: bool = False  # found by an imported (replayed) event, not by live traffic
+    # What else the detector reports (e.g. prices and quantities before and after): JSON values,
+    # kept exactly by both stores (the Redis one carries it as one JSON string).
+    details: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -83,6 +86,10 @@ class Check:
                 another member lies within `window` seconds of `at` (those are the related ids).
     - distinct: adds `member` to the set `key`; hits when the member is new and the set already
                 held others (those are the related ids).
+    - sum:      adds `member` worth `amount` at time `at` to the set `key`; hits when the member
+                is new and takes the largest total of a `window`-second span holding `at` from
+                below `threshold` to at least it (those members are the related ids). A member
+                is its id and amount: a redelivered one adds nothing.
     Sets keep at most `cap` members (the oldest go first) and expire `ttl` seconds after their
     last change.
     """
@@ -94,6 +101,8 @@ class Check:
     at: int = 0
     window: int = 0
     cap: int = 64
+    amount: int = 0  # sum: 0..MAX_AMOUNT
+    threshold: int = 0  # sum
     counters: dict[str, int] = field(default_factory=dict)
     anomaly: Anomaly | None = None
 

@@ -30,6 +30,7 @@ local MAX_TTL = 1e10 -- seconds (store/contract.py MAX_TTL)
 local MAX_CHECKS = 1000 -- store/contract.py MAX_CHECKS
 -- The readiness probe (RedisStore.can_record): that this script runs here is the answer.
 if ARGV[1] == 'probe' then return { 3 } end
+local MAX_AMOUNT, MAX_SUM = 1e12, 1e15 -- store/contract.py: a sum check's amount and threshold
 local plan = cjson.decode(ARGV[1])
 
 -- ---------------------------------------------------------------- checks, before any write
@@ -45,6 +46,15 @@ local function refusal()
     local t = tonumber(ttl)
     if not t or t < 1 or t > MAX_TTL or t % 1 ~= 0 then
       return 'a retention (TTL) is out of range'
+    end
+  end
+  for _, check in ipairs(plan.checks) do
+    if check.op == 'sum' then
+      local amount, threshold = tonumber(check.amount), tonumber(check.threshold)
+      if not amount or amount < 0 or amount > MAX_AMOUNT or amount % 1 ~= 0
+        or not threshold or threshold < 0 or threshold > MAX_SUM or threshold % 1 ~= 0 then
+        return "a sum check's amount or threshold is out of range"
+      end
     end
   end
   local function parts(text, negate)
@@ -126,12 +136,47 @@ for name, value in pairs(plan.maxima) do
   end
 end
 
+-- The sum op (recording/plan.py Check): members are '<id>|<amount>'. The largest total of a
+-- window-long span holding `at` starts at at - window, at `at`, or at a member's time between.
+local function sum_check(key, check)
+  local member = check.member .. '|' .. check.amount
+  if redis.call('ZSCORE', key, member) then
+    return false, nil
+  end
+  local at, window = tonumber(check.at), tonumber(check.window)
+  local starts = { at - window, at }
+  local near = redis.call('ZRANGEBYSCORE', key, at - window, at, 'WITHSCORES')
+  for j = 2, #near, 2 do table.insert(starts, tonumber(near[j])) end
+  local best, best_members = -1, {}
+  for _, start in ipairs(starts) do
+    local inside = redis.call('ZRANGEBYSCORE', key, start, start + window)
+    local total, ids = 0, {}
+    for _, m in ipairs(inside) do
+      local id, amount = m:match('^(.*)|(%d+)$')
+      total = total + tonumber(amount)
+      table.insert(ids, id)
+    end
+    if total > best then best, best_members = total, ids end
+  end
+  redis.call('ZADD', key, check.at, member)
+  local size = redis.call('ZCARD', key)
+  if size > tonumber(check.cap) then
+    redis.call('ZREMRANGEBYRANK', key, 0, size - tonumber(check.cap) - 1)
+  end
+  redis.call('EXPIRE', key, check.ttl)
+  local threshold = tonumber(check.threshold)
+  -- No related ids: absent, as in the memory store (cjson would encode an empty table as {}).
+  return best < threshold and threshold <= best + tonumber(check.amount), #best_members > 0 and best_members or nil
+end
+
 local result = { 0 }
 for i, check in ipairs(plan.checks) do
   local key = KEYS[6 + i]
   local hit, related = false, nil
   if check.op == 'once' then
     hit = redis.call('SET', key, '1', 'NX', 'EX', check.ttl) and true or false
+  elseif check.op == 'sum' then
+    hit, related = sum_check(key, check)
   else
     local score = redis.call('ZSCORE', key, check.member)
     if not score then

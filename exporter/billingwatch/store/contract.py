@@ -13,6 +13,10 @@ LAPSE_HORIZON = 400 * 86400  # the default subscription memory (BILLINGWATCH_SUB
 COUNTER_LIMIT = 9 * 10**18
 MAX_TTL = 10**10  # seconds; EXPIRE refuses a time that overflows in milliseconds
 MAX_CHECKS = 1000
+# A sum check's amount and threshold: sums of up to a few thousand such amounts stay exact in
+# Lua's doubles (2^53 is 9.0e15).
+MAX_AMOUNT = 10**12
+MAX_SUM = 10**15
 
 
 class StoreUnavailable(Exception):

@@ -15,7 +15,9 @@ from billingwatch.recording.plan import Check, Plan, SubscriptionPayment, Subscr
 from billingwatch.store.contract import (
     COUNTER_LIMIT,
     LAPSE_HORIZON,
+    MAX_AMOUNT,
     MAX_CHECKS,
+    MAX_SUM,
     MAX_TTL,
     Outcome,
     Snapshot,
@@ -113,6 +115,9 @@ class MemoryStore:
         ttls += [x.ttl for x in (plan.subscription, plan.payment) if x is not None]
         if any(not 1 <= ttl <= MAX_TTL for ttl in ttls):
             return "a retention (TTL) is out of range"
+        sums = [c for c in plan.checks if c.op == "sum"]
+        if any(not (0 <= c.amount <= MAX_AMOUNT and 0 <= c.threshold <= MAX_SUM) for c in sums):
+            return "a sum check's amount or threshold is out of range"
         # Each field's positive and negative increments apart: the range holds whichever checks hit.
         counters: dict[str, list[int]] = {}
         gauges: dict[str, list[int]] = {}
@@ -150,6 +155,8 @@ class MemoryStore:
         related: list[str] | None = None
         if check.op == "once":
             hit = self._set_once(key, check.ttl)
+        elif check.op == "sum":
+            hit, related = self._sum(key, check)
         else:
             if not self._alive(key):
                 self._expiry[key] = self._clock() + check.ttl
@@ -184,6 +191,28 @@ class MemoryStore:
         counter = check.anomaly_counter
         self._counters[counter] = self._counters.get(counter, 0) + 1
         return record
+
+    def _sum(self, key: str, check: Check) -> tuple[bool, list[str] | None]:
+        """The sum op (recording/plan.py Check); members are "<id>|<amount>", as in apply.lua."""
+        if not self._alive(key):
+            self._expiry[key] = self._clock() + check.ttl
+        members = self._sets.setdefault(key, {})
+        member = f"{check.member}|{check.amount}"
+        if member in members:
+            return False, None
+        best, best_members = -1, []
+        lo = check.at - check.window
+        for start in [lo, check.at, *(s for s in members.values() if lo <= s <= check.at)]:
+            inside = sorted((s, m) for m, s in members.items() if start <= s <= start + check.window)
+            total = sum(int(m.rsplit("|", 1)[1]) for _, m in inside)
+            if total > best:
+                best, best_members = total, [m.rsplit("|", 1)[0] for _, m in inside]
+        members[member] = check.at
+        if len(members) > check.cap:
+            for _, oldest in sorted((s, m) for m, s in members.items())[: len(members) - check.cap]:
+                del members[oldest]
+        self._expiry[key] = self._clock() + check.ttl
+        return best < check.threshold <= best + check.amount, best_members or None
 
     def _gauge_add(self, name: str, value: int) -> None:
         self._gauges[name] = self._gauges.get(name, 0) + value

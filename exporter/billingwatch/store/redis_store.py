@@ -26,7 +26,9 @@ _INT_FIELDS = ("amount", "event_created")
 
 
 def _stringify(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: str(v) if k in _INT_FIELDS and isinstance(v, int) else v for k, v in record.items()}
+    # details crosses Lua as one JSON string: cjson would round its numbers and turn {} into [].
+    return {k: str(v) if k in _INT_FIELDS and isinstance(v, int) else json.dumps(v) if k == "details" else v
+            for k, v in record.items()}
 
 
 def _record(raw: bytes | str) -> dict[str, Any]:
@@ -34,6 +36,8 @@ def _record(raw: bytes | str) -> dict[str, Any]:
     for name in _INT_FIELDS:
         if isinstance(record.get(name), str):
             record[name] = int(record[name])
+    if isinstance(record.get("details"), str):
+        record["details"] = json.loads(record["details"])
     return record
 
 
@@ -46,6 +50,9 @@ def _check_args(check: Check) -> dict[str, Any]:
         "lo": str(check.at - check.window),
         "hi": str(check.at + check.window),
         "cap": str(check.cap),
+        "window": str(check.window),
+        "amount": str(check.amount),
+        "threshold": str(check.threshold),
         "counters": {k: str(v) for k, v in check.counters.items()},
     }
     if check.anomaly is not None:
