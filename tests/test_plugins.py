@@ -102,7 +102,7 @@ def test_installed_plugin_is_listed_exposed_at_zero_and_fires_once_across_replic
     listed = httpx.get(first.url + "/api/detectors", timeout=10).json()["detectors"]
     assert [d["name"] for d in listed] == [*BUILT_IN, "card_testing"]
     assert listed[-1] == {
-        "name": "card_testing", "severity": "high", "description": listed[-1]["description"],
+        "name": "card_testing", "severity": "high", "severities": ["high"], "description": listed[-1]["description"],
         "event_types": ["payment_intent.payment_failed"], "thresholds": {"window_seconds": 3600},
     }
     # Its anomaly series and the type it reads (not one of ours) exist at 0 before any event.

@@ -66,9 +66,11 @@ def check_detector_class(cls: Any, origin: str) -> None:
     where = f"detector {name} ({origin})"
     if not isinstance(cls, type) or not dataclasses.is_dataclass(cls):
         raise ConfigError(f"{where}: must be a dataclass (its int fields are its thresholds)")
-    if getattr(cls, "severity", None) not in SEVERITIES or not set(severities(cls)) <= set(SEVERITIES):
-        raise ConfigError(f"{where}: severity (and severities) must be one of {', '.join(SEVERITIES)}, "
+    if getattr(cls, "severity", None) not in SEVERITIES:
+        raise ConfigError(f"{where}: severity must be one of {', '.join(SEVERITIES)}, "
                           f"got {getattr(cls, 'severity', None)!r}")
+    if not set(severities(cls)) <= set(SEVERITIES):
+        raise ConfigError(f"{where}: severities must be among {', '.join(SEVERITIES)}, got {severities(cls)!r}")
     if not isinstance(getattr(cls, "description", None), str):
         raise ConfigError(f"{where}: description must be a string")
     types = getattr(cls, "event_types", None)
