@@ -147,9 +147,11 @@ class RedisStore:
         if isinstance(reply, Exception):
             raise reply
         if int(reply[0]) == 1:
-            # A duplicate writes nothing, so WAIT above may not cover the earlier write of this event
-            # (another connection, or an attempt whose WAIT failed). A PUBLISH reaches the replicas
-            # after that write, and no subscriber or key: once they confirm it, they hold the event.
+            # A duplicate writes nothing. Redis 7.0 makes WAIT cover everything the master wrote before
+            # the connection's last command, but newer servers only its last write that replicated,
+            # which may precede this event's earlier write (another connection, or an attempt whose
+            # WAIT failed). A PUBLISH (no subscriber, no key) replicates after that write: once
+            # replicas confirm it, they hold the event, on any version.
             _, confirmed = await self._waited(("PUBLISH", self.key("wait"), "1"))
         if int(reply[0]) != 2 and confirmed < self._wait_replicas:
             raise StoreUnavailable(f"{confirmed} of {self._wait_replicas} replicas confirmed the write in time")
