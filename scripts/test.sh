@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine: installs the Debian packages the tests
-# run for real (redis-server, promtool, Alertmanager and amtool, docker-compose, caddy), the Python
+# run for real (redis-server, redis-sentinel, promtool, Alertmanager and amtool, docker-compose, caddy), the Python
 # package with its test extras in .venv, then runs ruff, mypy and pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
 missing=""
-for pair in redis-server:redis-server promtool:prometheus prometheus-alertmanager:prometheus-alertmanager \
+for pair in redis-server:redis-server redis-sentinel:redis-sentinel promtool:prometheus prometheus-alertmanager:prometheus-alertmanager \
             amtool:prometheus-alertmanager docker-compose:docker-compose caddy:caddy; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing="$missing ${pair##*:}"
 done

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from billingwatch.http.access import host_pattern
 from billingwatch.money import is_currency
+from billingwatch.store.redis_connect import SENTINEL_SCHEME, parse_sentinel_url
 
 DEFAULT_PORT = 9786
 DAY = 86400
@@ -94,6 +95,17 @@ def is_placeholder(secret: str) -> bool:
     return PLACEHOLDER_SECRET.fullmatch(secret) is not None
 
 
+def _redis_url(environ: Mapping[str, str]) -> str:
+    """REDIS_URL (or REDIS_URL_FILE); a Sentinel URL is checked here, so a typo fails at start-up."""
+    url = _secret(environ, "REDIS_URL")
+    if url.startswith(SENTINEL_SCHEME):
+        try:
+            parse_sentinel_url(url)
+        except ValueError as exc:
+            raise ConfigError(f"REDIS_URL: {exc}") from None
+    return url
+
+
 def _flag(environ: Mapping[str, str], name: str) -> bool:
     return environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -108,6 +120,9 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     redis_url: str = ""
     redis_prefix: str = "billingwatch"
+    # WAIT for this many replicas after each recorded event before 2xx (0: no wait; docs/redis.md).
+    redis_wait_replicas: int = 0
+    redis_wait_timeout_ms: int = 1000
     dedup_ttl: int = 35 * DAY
     subscription_ttl: int = 400 * DAY
     lapse_grace: int = 2 * DAY
@@ -145,6 +160,14 @@ class Settings:
 
 def from_env(environ: Mapping[str, str] = os.environ) -> Settings:
     secrets = tuple(s.strip() for s in _secret(environ, "STRIPE_WEBHOOK_SECRET").split(",") if s.strip())
+    redis_url = _redis_url(environ)
+    wait_replicas = env_int(environ, "BILLINGWATCH_REDIS_WAIT_REPLICAS", 0, 0, 100)
+    if wait_replicas and not redis_url:
+        raise ConfigError("BILLINGWATCH_REDIS_WAIT_REPLICAS needs REDIS_URL: the in-process store has no replicas")
+    if wait_replicas and redis_url.partition("://")[0].lower().endswith("+cluster"):
+        # WAIT must run on the connection that ran the script, on the slot's master; a cluster
+        # client routes a keyless WAIT wherever it likes.
+        raise ConfigError("BILLINGWATCH_REDIS_WAIT_REPLICAS is not supported with a Redis Cluster (redis+cluster://)")
     return Settings(
         host=environ.get("BILLINGWATCH_HOST", "127.0.0.1"),
         port=env_int(environ, "BILLINGWATCH_PORT", DEFAULT_PORT, 1, 65535),
@@ -152,8 +175,11 @@ def from_env(environ: Mapping[str, str] = os.environ) -> Settings:
         insecure_skip_signature=_flag(environ, "BILLINGWATCH_INSECURE_SKIP_SIGNATURE"),
         signature_tolerance=env_int(environ, "BILLINGWATCH_SIGNATURE_TOLERANCE_SECONDS", 300, 1, 3600),
         max_body_bytes=env_int(environ, "BILLINGWATCH_MAX_BODY_BYTES", 1024 * 1024, 1024, 64 * 1024 * 1024),
-        redis_url=_secret(environ, "REDIS_URL"),
+        redis_url=redis_url,
         redis_prefix=environ.get("BILLINGWATCH_REDIS_PREFIX", "billingwatch"),
+        redis_wait_replicas=wait_replicas,
+        # Below the client's 2 s socket timeout, so a WAIT that times out is answered, not cut off.
+        redis_wait_timeout_ms=env_int(environ, "BILLINGWATCH_REDIS_WAIT_TIMEOUT_MS", 1000, 1, 1500),
         # Ten years at most: far beyond any use, far below what makes Redis' EXPIRE overflow.
         dedup_ttl=env_int(environ, "BILLINGWATCH_DEDUP_TTL_SECONDS", 35 * DAY, 7 * DAY, 3650 * DAY),
         subscription_ttl=env_int(environ, "BILLINGWATCH_SUBSCRIPTION_TTL_SECONDS", 400 * DAY, 32 * DAY, 3650 * DAY),

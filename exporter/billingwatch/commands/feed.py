@@ -162,7 +162,8 @@ def open_recorder() -> Recorder:
             "REDIS_URL is not set: the exporter's in-process store cannot be reached from another "
             "process; use --url, or run the exporter with REDIS_URL and set it here too"
         )
-    store = open_store(settings.redis_url, settings.redis_prefix, settings.anomaly_log_size)
+    store = open_store(settings.redis_url, settings.redis_prefix, settings.anomaly_log_size,
+                       settings.redis_wait_replicas, settings.redis_wait_timeout_ms)
     return Recorder.from_settings(settings, store)
 
 

@@ -26,7 +26,8 @@ log = logging.getLogger("billingwatch")
 
 def create_app(settings: Settings, store: Store | None = None, clock: Callable[[], float] = time.time) -> Starlette:
     """Build the app. Tests pass their own store and clock; `serve` lets it open the configured store."""
-    store = store or open_store(settings.redis_url, settings.redis_prefix, settings.anomaly_log_size)
+    store = store or open_store(settings.redis_url, settings.redis_prefix, settings.anomaly_log_size,
+                                settings.redis_wait_replicas, settings.redis_wait_timeout_ms)
     detectors: list[Detector] = build_detectors(settings.detector_env)
     requests = new_requests_counter()
     sender = AlertSender(push_settings(settings))

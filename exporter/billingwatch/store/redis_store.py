@@ -9,13 +9,12 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import AskError, MovedError, RedisError, ResponseError, TryAgainError
+from redis.exceptions import AskError, MovedError, NoScriptError, RedisError, ResponseError, TryAgainError
 
 from billingwatch.metrics.labels import LIVEMODES
 from billingwatch.recording.plan import Check, Plan
 from billingwatch.store.contract import LAPSE_HORIZON, Outcome, Snapshot, StoreUnavailable, Unrecordable
+from billingwatch.store.redis_connect import connect
 
 _SCRIPT = resources.files("billingwatch.store").joinpath("apply.lua").read_text()
 
@@ -61,21 +60,6 @@ def _check_args(check: Check) -> dict[str, Any]:
     return args
 
 
-# REDIS_URL of a Redis Cluster: any node of it; the client learns the slot map from there.
-CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
-
-
-def _client(url: str) -> "aioredis.Redis | RedisCluster":
-    """The client REDIS_URL asks for: redis+cluster:// (or rediss+cluster://) a cluster client,
-    which follows MOVED/ASK and reloads the script on a node that lacks it; else one server."""
-    scheme, sep, rest = url.partition("://")
-    if sep and scheme.lower() in CLUSTER_SCHEMES:
-        return RedisCluster.from_url(
-            f"{CLUSTER_SCHEMES[scheme.lower()]}://{rest}", socket_timeout=2.0, socket_connect_timeout=2.0
-        )
-    return aioredis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=15)
-
-
 def _why_not(exc: BaseException) -> str:
     """Why the script cannot run, for /ready: the class, and Redis's own words for a refusal
     (they name no secret), with the fix when the URL names a cluster node without cluster mode."""
@@ -90,9 +74,13 @@ def _why_not(exc: BaseException) -> str:
 class RedisStore:
     kind = "redis"
 
-    def __init__(self, url: str, prefix: str = "billingwatch", anomaly_log_size: int = 1000) -> None:
-        self._redis = _client(url)
+    def __init__(self, url: str, prefix: str = "billingwatch", anomaly_log_size: int = 1000,
+                 wait_replicas: int = 0, wait_timeout_ms: int = 1000) -> None:
+        self._redis, self._sentinel = connect(url)
         self._script = self._redis.register_script(_SCRIPT)
+        # WAIT <replicas> <timeout> after each event that wrote: 2xx only once replicas hold it.
+        self._wait_replicas = wait_replicas
+        self._wait_timeout_ms = wait_timeout_ms
         self._tag = "{" + prefix + "}"
         self._log_size = anomaly_log_size
         self.counters_key = self.key("counters")
@@ -145,7 +133,10 @@ class RedisStore:
     async def apply(self, plan: Plan) -> Outcome:
         keys, args = self.script_call(plan)
         try:
-            reply = await self._script(keys=keys, args=args)
+            if self._wait_replicas:
+                reply = await self._apply_and_wait(keys, args)
+            else:
+                reply = await self._script(keys=keys, args=args)
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
         if int(reply[0]) == 1:
@@ -153,6 +144,36 @@ class RedisStore:
         if int(reply[0]) == 2:
             raise Unrecordable(reply[1].decode())
         return Outcome(duplicate=False, anomalies=[_record(r) for r in reply[1:]])
+
+    async def _waited(self, command: tuple[Any, ...]) -> tuple[Any, int]:
+        """`command`, then WAIT on the same connection (one round trip): its reply and how many
+        replicas confirmed every write this connection has made so far."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.execute_command(*command)
+            pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms)
+            reply, confirmed = await pipe.execute(raise_on_error=False)
+        if isinstance(confirmed, Exception):
+            raise confirmed
+        return reply, int(confirmed)
+
+    async def _apply_and_wait(self, keys: list[str], args: list[Any]) -> Any:
+        evalsha = ("EVALSHA", self._script.sha, len(keys), *keys, *args)
+        reply, confirmed = await self._waited(evalsha)
+        if isinstance(reply, NoScriptError):  # a new master after a failover, or a restart: nothing ran
+            await self._redis.script_load(_SCRIPT)
+            reply, confirmed = await self._waited(evalsha)
+        if isinstance(reply, Exception):
+            raise reply
+        if int(reply[0]) == 1:
+            # A duplicate writes nothing. Redis 7.0 makes WAIT cover everything the master wrote before
+            # the connection's last command, but newer servers only its last write that replicated,
+            # which may precede this event's earlier write (another connection, or an attempt whose
+            # WAIT failed). A PUBLISH (no subscriber, no key) replicates after that write: once
+            # replicas confirm it, they hold the event, on any version.
+            _, confirmed = await self._waited(("PUBLISH", self.key("wait"), "1"))
+        if int(reply[0]) != 2 and confirmed < self._wait_replicas:
+            raise StoreUnavailable(f"{confirmed} of {self._wait_replicas} replicas confirmed the write in time")
+        return reply
 
     async def snapshot(self, now: float, lapse_grace: int, lapse_horizon: int = LAPSE_HORIZON) -> Snapshot:
         cutoff, oldest = now - lapse_grace, now - lapse_horizon
@@ -214,3 +235,5 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._redis.aclose()
+        if self._sentinel is not None:
+            await self._sentinel.aclose()

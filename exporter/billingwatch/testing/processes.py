@@ -1,4 +1,5 @@
-"""Real processes on free loopback ports, for the tests and the benchmarks: redis-server and the exporter."""
+"""Real processes on free loopback ports, for the tests and the benchmarks: redis-server (alone, as a
+replica, or watched by redis-sentinel) and the exporter."""
 
 import functools
 import os
@@ -52,12 +53,14 @@ class RedisServer:
     Without a directory it uses a temporary one, which close() removes.
     """
 
-    def __init__(self, directory: Path | None = None, appendonly: bool = False, extra: tuple[str, ...] = ()) -> None:
+    def __init__(self, directory: Path | None = None, appendonly: bool = False, replica_of: int | None = None,
+                 extra: tuple[str, ...] = ()) -> None:
         self._temporary = directory is None
         self.extra = extra  # more redis-server arguments, e.g. an ACL
         self.directory = directory if directory is not None else Path(tempfile.mkdtemp(prefix="billingwatch-redis-"))
         self.port = free_port()
         self.appendonly = appendonly
+        self.replica_of = replica_of  # the port of its master on loopback
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -67,13 +70,18 @@ class RedisServer:
     def start(self) -> None:
         args = [binary("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                 "--dir", str(self.directory), "--appendonly", "yes" if self.appendonly else "no",
-                "--appendfsync", "always", *self.extra]
+                "--appendfsync", "always", "--repl-diskless-sync-delay", "0", *self.extra]  # a replica syncs at once
+        if self.replica_of is not None:
+            args += ["--replicaof", "127.0.0.1", str(self.replica_of)]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(lambda: port_open(self.port), what=f"redis-server on {self.port}")
 
-    def stop(self) -> None:
+    def stop(self, sig: int | None = None) -> None:
         if self.process is not None:
-            self.process.terminate()
+            if sig is None:
+                self.process.terminate()
+            else:
+                self.process.send_signal(sig)
             self.process.wait(10)
             self.process = None
 
@@ -81,6 +89,51 @@ class RedisServer:
         self.stop()
         if self._temporary:
             shutil.rmtree(self.directory, ignore_errors=True)
+
+    def info(self, section: str) -> dict[str, str]:
+        """INFO <section> as name → value, through redis-cli (no client state to clean up)."""
+        out = subprocess.run([binary("redis-cli"), "-p", str(self.port), "info", section],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+        return dict(line.strip().split(":", 1) for line in out.splitlines() if ":" in line)
+
+    def replicas_online(self) -> int:
+        """Replicas that finished their first sync and stream writes (WAIT counts only these)."""
+        return sum("state=online" in v for k, v in self.info("replication").items() if k.startswith("slave"))
+
+
+class RedisSentinel:
+    """A real redis-sentinel on a free loopback port watching `master` (a port) as `name`;
+    fast timings so a failover takes seconds, not the default minutes."""
+
+    def __init__(self, directory: Path, master: int, name: str = "mymaster", quorum: int = 2) -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.config = directory / f"sentinel-{self.port}.conf"  # Sentinel rewrites its config file
+        self.config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {directory}\n"
+            f"sentinel monitor {name} 127.0.0.1 {master} {quorum}\n"
+            f"sentinel down-after-milliseconds {name} 1000\n"
+            f"sentinel failover-timeout {name} 5000\n"
+        )
+        self.name = name
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen([binary("redis-sentinel"), str(self.config)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: port_open(self.port), what=f"redis-sentinel on {self.port}")
+
+    def master(self) -> dict[str, str]:
+        """SENTINEL MASTER <name>: what this Sentinel knows of the master (ip, port, num-slaves...)."""
+        out = subprocess.run([binary("redis-cli"), "-p", str(self.port), "sentinel", "master", self.name],
+                             capture_output=True, text=True, timeout=10, check=True).stdout.splitlines()
+        return dict(zip(out[::2], out[1::2], strict=False))
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
 
 
 class RedisClusterServers:
