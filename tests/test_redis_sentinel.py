@@ -198,7 +198,7 @@ def test_sentinel_url_forms(url: str, parsed: SentinelURL) -> None:
         ({"REDIS_URL": "redis+sentinel://:hunter2@h1/mymaster/zero"}, "database"),
         ({"REDIS_URL": "redis+sentinel://:hunter2@h1/mymaster?ssl=1"}, "only the option sentinel_password"),
         ({"BILLINGWATCH_REDIS_WAIT_REPLICAS": "1"}, "needs REDIS_URL"),
-        ({"REDIS_URL": "redis+cluster://r:7000", "BILLINGWATCH_REDIS_WAIT_REPLICAS": "1"}, "not supported with a Redis"),
+        ({"REDIS_URL": "redis+cluster://r:1", "BILLINGWATCH_REDIS_WAIT_REPLICAS": "1"}, "not supported with a Redis"),
         ({"REDIS_URL": "redis://r:6379/0", "BILLINGWATCH_REDIS_WAIT_REPLICAS": "-1"}, "at least 0"),
         ({"REDIS_URL": "redis://r:6379/0", "BILLINGWATCH_REDIS_WAIT_TIMEOUT_MS": "5000"}, "at most 1500"),
         ({"REDIS_URL": "redis://r:6379/0", "BILLINGWATCH_REDIS_WAIT_TIMEOUT_MS": "0"}, "at least 1"),
