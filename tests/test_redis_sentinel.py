@@ -116,10 +116,14 @@ def test_wait_without_a_replica_answers_503_and_the_retry_counts_once(tmp_path: 
         with running_exporter(REDIS_URL=master.url, BILLINGWATCH_REDIS_PREFIX=redis_prefix, **WAIT) as exporter:
             accepted, refused_first = post_until_answered(exporter.url, first)  # a loaded machine may be slow
             assert accepted.status_code == 200
+            assert httpx.get(exporter.url + "/ready", timeout=10).status_code == 200
             replica.stop()
             wait_until(lambda: master.replicas_online() == 0, what="the master noticing its replica gone")
             refused = post(exporter.url, second)
             assert (refused.status_code, refused.json()) == (503, {"error": "store unavailable; retry later"})
+            # /ready tells the truth: a load balancer stops sending deliveries this replica cannot confirm.
+            ready = httpx.get(exporter.url + "/ready", timeout=10)
+            assert ready.status_code == 503 and "0 of the 1 Redis replicas" in ready.json()["reason"]
 
             replica.start()
             wait_until(lambda: master.replicas_online() == 1, what="the replica back in sync")

@@ -223,9 +223,22 @@ class RedisStore:
         that refuses scripts or does not serve the slot is not ready."""
         try:
             reply = await self._script(keys=[self.counters_key], args=["probe"])
+            online = await self._replicas_online() if self._wait_replicas else 0
         except (RedisError, OSError) as exc:
             return _why_not(exc)
-        return None if int(reply[0]) == 3 else f"unexpected probe reply {reply!r:.80}"
+        if int(reply[0]) != 3:
+            return f"unexpected probe reply {reply!r:.80}"
+        if online < self._wait_replicas:
+            # The webhook would answer 503: WAIT cannot get the replicas it needs.
+            return (f"{online} of the {self._wait_replicas} Redis replicas BILLINGWATCH_REDIS_WAIT_REPLICAS "
+                    "asks for are online")
+        return None
+
+    async def _replicas_online(self) -> int:
+        """Replicas of the master that stream its writes (INFO replication: slaveN:...,state=online)."""
+        info = await self._redis.info("replication")
+        return sum(1 for key, value in info.items()
+                   if key.startswith("slave") and isinstance(value, dict) and value.get("state") == "online")
 
     async def ping(self) -> bool:
         try:
