@@ -153,12 +153,12 @@ def test_a_duplicate_charge_pages_in_seconds_naming_who_and_how_much(
     assert pushed["labels"] == {"alertname": "BillingAnomaly", "detector": "duplicate_charge",
                                 "severity": "critical", "livemode": "false", "event_id": second["id"]}
     assert pushed["annotations"]["amount"] == "49.99 USD"
-    assert pushed["generatorURL"] == f"{EXTERNAL_URL}/api/anomalies?detector=duplicate_charge"
+    assert pushed["generatorURL"] == f"{EXTERNAL_URL}/events?customer=cus_push_alice"
     assert str(email["Subject"]).startswith("[FIRING:1] CRITICAL BillingAnomaly: duplicate_charge")
     text = text_part(email)
     for fact in ("Customer: cus_push_alice", first["data"]["object"]["id"], second["data"]["object"]["id"],
                  "Amount: 49.99 USD", "Event time: ", f"Event: {second['id']} (charge.succeeded)",
-                 f"Details: {EXTERNAL_URL}/api/anomalies?detector=duplicate_charge",
+                 f"Details: {EXTERNAL_URL}/events?customer=cus_push_alice",
                  "Runbook: https://github.com/billingwatch/billingwatch/blob/main/docs/runbooks/"
                  "BillingAnomalyDetected.md"):
         assert fact in text, (fact, text)

@@ -131,6 +131,8 @@ def test_metrics_with_a_malformed_openmetrics_accept_falls_back_to_text(make_cli
     ({"BILLINGWATCH_PORT": "70000"}, "at most 65535"),
     ({"BILLINGWATCH_PORT": "\u0661\u0662"}, "must be an integer"),
     ({"BILLINGWATCH_ANOMALY_LOG_SIZE": "10000000"}, "at most"),
+    ({"BILLINGWATCH_EVENT_LOG_SIZE": "0"}, "BILLINGWATCH_EVENT_LOG_SIZE must be at least 1"),
+    ({"BILLINGWATCH_EVENT_LOG_SIZE": "100001"}, "BILLINGWATCH_EVENT_LOG_SIZE must be at most 100000"),
     ({"BILLINGWATCH_LAPSE_GRACE_SECONDS": "-1"}, "at least 0"),
     ({"BILLINGWATCH_MAX_HEADER_BYTES": "100"}, "at least 4096"),
     ({"BILLINGWATCH_MAX_CONNECTIONS": "0"}, "at least 1"),

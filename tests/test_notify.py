@@ -12,8 +12,9 @@ from starlette.testclient import TestClient
 
 from billingwatch.config import ConfigError, Settings, from_env
 from billingwatch.detectors import REGISTRY
+from billingwatch.money import amount_text
 from billingwatch.notify import alertmanager as am
-from billingwatch.notify.alertmanager import AlertSender, PushSettings, alert, amount_text
+from billingwatch.notify.alertmanager import AlertSender, PushSettings, alert
 from billingwatch.testing.processes import free_port, wait_until
 from tests import metrics
 from tests.stack import http_sink
@@ -61,11 +62,20 @@ def test_alert_carries_the_facts() -> None:
     assert notes["summary"] == ("charge ch_2 repeats an earlier charge of the same amount "
                                 "(customer cus_alice, 19.99 USD)")
     assert notes["runbook_url"] == "https://rb.example/runbooks/BillingAnomalyDetected.md"
-    assert notes["details_url"] == "https://billingwatch.example.com/api/anomalies?detector=duplicate_charge"
+    # The details link opens the event explorer on the customer: the two charges, the anomaly beside them.
+    assert notes["details_url"] == "https://billingwatch.example.com/events?customer=cus_alice"
     assert pushed["generatorURL"] == notes["details_url"]
     # It resolves by itself: starts now, ends after the configured time.
     assert (pushed["startsAt"], pushed["endsAt"]) == ("2026-01-01T00:00:00Z", "2026-01-01T01:05:00Z")
     assert all(isinstance(v, str) for v in notes.values())  # Alertmanager takes strings only
+
+
+def test_details_link_of_a_guest_payment_filters_on_its_charge() -> None:
+    """A guest payer is a card fingerprint, no customer id the event log knows: the charge then."""
+    notes = alert(record(customer="card:fp_1/x"), PUSH, NOW)["annotations"]
+    assert notes["details_url"] == "https://billingwatch.example.com/events?object=ch_2"
+    odd = alert(record(customer="cus_a&b=c"), PUSH, NOW)["annotations"]
+    assert odd["details_url"] == "https://billingwatch.example.com/events?customer=cus_a%26b%3Dc"
 
 
 def test_an_invoice_finding_names_invoice_and_subscription() -> None:

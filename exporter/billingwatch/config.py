@@ -127,6 +127,7 @@ class Settings:
     subscription_ttl: int = 400 * DAY
     lapse_grace: int = 2 * DAY
     anomaly_log_size: int = 1000
+    event_log_size: int = 5000  # lines of the recent-events log (/api/events, /events)
     api_token: str = ""
     currencies: tuple[str, ...] = ()  # exposed at 0 from start in every per-currency family
     # Host header names the exporter answers to; empty: access.default_hosts(host).
@@ -185,6 +186,7 @@ def from_env(environ: Mapping[str, str] = os.environ) -> Settings:
         subscription_ttl=env_int(environ, "BILLINGWATCH_SUBSCRIPTION_TTL_SECONDS", 400 * DAY, 32 * DAY, 3650 * DAY),
         lapse_grace=env_int(environ, "BILLINGWATCH_LAPSE_GRACE_SECONDS", 2 * DAY, 0, 365 * DAY),
         anomaly_log_size=env_int(environ, "BILLINGWATCH_ANOMALY_LOG_SIZE", 1000, 1, 100_000),
+        event_log_size=env_int(environ, "BILLINGWATCH_EVENT_LOG_SIZE", 5000, 1, 100_000),
         api_token=_secret(environ, "BILLINGWATCH_API_TOKEN"),
         currencies=_currencies(environ, "BILLINGWATCH_CURRENCIES"),
         allowed_hosts=_hosts(environ, "BILLINGWATCH_ALLOWED_HOSTS"),

@@ -52,3 +52,15 @@ def monthly_amount(unit_amount: int, quantity: int, interval: str, interval_coun
     if months is None or interval_count <= 0:
         return 0.0
     return unit_amount * quantity / (months * interval_count)
+
+
+def amount_text(amount: int, currency: str | None) -> str:
+    """A Stripe amount in minor units as a person reads it: 1999 usd → "19.99 USD", 500 jpy → "500 JPY"."""
+    if not currency or not is_currency(currency):
+        return f"{amount} (minor units{', ' + str(currency) if currency else ''})"
+    per = minor_per_major(currency)
+    decimals = {1: 0, 100: 2, 1000: 3}[per]
+    sign = "-" if amount < 0 else ""
+    whole, part = divmod(abs(amount), per)
+    major = f"{whole:,}" + (f".{part:0{decimals}d}" if decimals else "")
+    return f"{sign}{major} {currency.upper()}"

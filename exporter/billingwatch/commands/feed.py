@@ -163,7 +163,8 @@ def open_recorder() -> Recorder:
             "process; use --url, or run the exporter with REDIS_URL and set it here too"
         )
     store = open_store(settings.redis_url, settings.redis_prefix, settings.anomaly_log_size,
-                       settings.redis_wait_replicas, settings.redis_wait_timeout_ms)
+                       settings.redis_wait_replicas, settings.redis_wait_timeout_ms,
+                       event_log_size=settings.event_log_size)
     return Recorder.from_settings(settings, store)
 
 

@@ -1,4 +1,4 @@
-"""/api/detectors and /api/anomalies: customer data, for the bearer token (or direct loopback) only."""
+"""/api/detectors, /api/anomalies and /api/events: customer data, for the bearer token (or direct loopback) only."""
 
 import re
 
@@ -8,6 +8,7 @@ from starlette.responses import JSONResponse, Response
 from billingwatch.config import Settings
 from billingwatch.detectors import Detector, severities, thresholds
 from billingwatch.http.access import REFUSED, authorised
+from billingwatch.http.explorer import explorer_path, parse_query, select
 from billingwatch.store import Store, StoreUnavailable
 
 
@@ -65,4 +66,19 @@ class Api:
                 r for r in records
                 if detector in (None, r.get("detector")) and history in (None, str(r.get("history") is True).lower())
             ][:limit]
-        return JSONResponse({"anomalies": records})
+        # Each record links to the explorer: the events of its customer, the anomaly beside them.
+        return JSONResponse({"anomalies": [{**r, "explorer": explorer_path(r)} for r in records]})
+
+    async def events(self, request: Request) -> Response:
+        """The recent-events log, newest first, filtered by type, customer, object and time."""
+        settings = self._settings
+        if not authorised(request, settings.api_token):
+            return refused()
+        query = parse_query(request.query_params, settings.event_log_size)
+        if isinstance(query, str):
+            return JSONResponse({"error": query}, status_code=400)
+        try:
+            lines = await select(self._store, query, settings.event_log_size)
+        except StoreUnavailable:
+            return JSONResponse({"error": "store unavailable"}, status_code=503)
+        return JSONResponse({"events": lines})

@@ -14,6 +14,7 @@ from billingwatch.config import Settings, is_placeholder
 from billingwatch.detectors import Detector, build_detectors
 from billingwatch.http.access import HostAllowlist, default_hosts
 from billingwatch.http.api import Api
+from billingwatch.http.explorer import Explorer
 from billingwatch.http.limits import RequestLimits
 from billingwatch.http.pages import Pages
 from billingwatch.http.webhook import WebhookEndpoint
@@ -27,7 +28,8 @@ log = logging.getLogger("billingwatch")
 def create_app(settings: Settings, store: Store | None = None, clock: Callable[[], float] = time.time) -> Starlette:
     """Build the app. Tests pass their own store and clock; `serve` lets it open the configured store."""
     store = store or open_store(settings.redis_url, settings.redis_prefix, settings.anomaly_log_size,
-                                settings.redis_wait_replicas, settings.redis_wait_timeout_ms)
+                                settings.redis_wait_replicas, settings.redis_wait_timeout_ms,
+                                event_log_size=settings.event_log_size)
     detectors: list[Detector] = build_detectors(settings.detector_env)
     requests = new_requests_counter()
     sender = AlertSender(push_settings(settings))
@@ -35,6 +37,7 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
     webhook = WebhookEndpoint(settings, store, detectors, requests, clock, sender, detector_errors)
     pages = Pages(settings, store, detectors, requests, clock, sender.counter, detector_errors)
     api = Api(settings, store, detectors)
+    explorer = Explorer(settings, store)
     allowed_hosts = settings.allowed_hosts or default_hosts(settings.host)
 
     @contextlib.asynccontextmanager
@@ -64,6 +67,8 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
         Route("/ready", pages.ready),
         Route("/api/detectors", api.detectors),
         Route("/api/anomalies", api.anomalies),
+        Route("/api/events", api.events),
+        Route("/events", explorer.page),
     ]
     limits = Middleware(RequestLimits, max_header_bytes=settings.max_header_bytes,
                         max_in_flight=settings.max_connections)

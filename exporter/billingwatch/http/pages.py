@@ -34,6 +34,7 @@ LANDING = """<!doctype html>
 <li><a href="/health">/health</a> and <a href="/ready">/ready</a></li>
 <li><a href="/api/detectors">/api/detectors</a>: the stateful detectors and their thresholds</li>
 <li><a href="/api/anomalies">/api/anomalies</a>: recent anomalies with their details</li>
+<li><a href="/events">/events</a> (and <a href="/api/events">/api/events</a>): the recent events, anomalies beside</li>
 <li>POST /webhooks/stripe: the Stripe webhook endpoint</li>
 </ul></body></html>
 """

@@ -5,6 +5,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import stripe
 from prometheus_client import Counter
@@ -107,6 +108,15 @@ class WebhookEndpoint:
         self._requests.labels(result).inc()
         return JSONResponse({"error": reason}, status_code=status)
 
+    async def _log_rejected(self, document: Any, reason: str, received_at: float, history: bool) -> None:
+        """The recent-events log line of a signed event refused here. Best effort: the log is for
+        people looking into an incident, so a store that cannot take it never changes the answer."""
+        try:
+            await self._recorder.log_rejected(document, reason, received_at=received_at, history=history)
+        except Exception as exc:
+            log.warning("could not log the rejected event %s: %s", safe(document.get("id") if isinstance(
+                document, dict) else None), safe(type(exc).__name__))
+
     async def handle(self, request: Request) -> JSONResponse:
         settings = self._settings
         if REPLAY_HEADER in request.headers and not authorised(request, settings.api_token):
@@ -151,24 +161,26 @@ class WebhookEndpoint:
         except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
             return self._reject("invalid_json", 400, "body is not JSON")
         event_id = document.get("id") if isinstance(document, dict) else None  # for the log only
+        history = request.headers.get(REPLAY_HEADER) == "1"
+        received_at = self._clock()
         try:
             outcome = await self._recorder.record(
-                document, received_at=self._clock(), history=request.headers.get(REPLAY_HEADER) == "1",
-                live_allowed=live_allowed,
+                document, received_at=received_at, history=history, live_allowed=live_allowed,
             )
         except InvalidEvent as exc:
+            await self._log_rejected(document, str(exc), received_at, history)
             return self._reject("invalid_event", 400, str(exc))
         except LivemodeRejected:
-            return self._reject(
-                "livemode_rejected", 400,
-                "livemode events need signature verification with a real secret, not a placeholder",
-            )
+            reason = "livemode events need signature verification with a real secret, not a placeholder"
+            await self._log_rejected(document, reason, received_at, history)
+            return self._reject("livemode_rejected", 400, reason)
         except StoreUnavailable as exc:
             log.warning("store unavailable, answering 503 so Stripe retries %s: %s", safe(event_id), safe(exc))
             return self._reject("store_unavailable", 503, "store unavailable; retry later")
         except Unrecordable as exc:
             # Not 503: a retry of this event meets the same refusal. Nothing was written.
             log.error("event %s refused by the store, nothing recorded: %s", safe(event_id), safe(exc))
+            await self._log_rejected(document, f"event cannot be recorded: {exc}", received_at, history)
             return self._reject("unrecordable", 422, f"event cannot be recorded: {exc}")
         self._requests.labels("duplicate" if outcome.duplicate else "accepted").inc()
         for name in outcome.failed_detectors:

@@ -16,15 +16,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 from prometheus_client import Counter
 
 from billingwatch.config import Settings
+from billingwatch.http.explorer import explorer_path
 from billingwatch.logsafe import safe
 from billingwatch.metrics.families import new_alert_notifications_counter
-from billingwatch.money import is_currency, minor_per_major
+from billingwatch.money import amount_text
 
 log = logging.getLogger("billingwatch.notify")
 
@@ -57,24 +58,14 @@ def push_settings(settings: Settings) -> PushSettings:
     )
 
 
-def amount_text(amount: int, currency: str | None) -> str:
-    """A Stripe amount in minor units as a person reads it: 1999 usd → "19.99 USD", 500 jpy → "500 JPY"."""
-    if not currency or not is_currency(currency):
-        return f"{amount} (minor units{', ' + str(currency) if currency else ''})"
-    per = minor_per_major(currency)
-    decimals = {1: 0, 100: 2, 1000: 3}[per]
-    sign = "-" if amount < 0 else ""
-    whole, part = divmod(abs(amount), per)
-    major = f"{whole:,}" + (f".{part:0{decimals}d}" if decimals else "")
-    return f"{sign}{major} {currency.upper()}"
-
-
 def iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def details_url(external_url: str, detector: str) -> str:
-    return f"{external_url.rstrip('/')}/api/anomalies?detector={quote(detector)}"
+def details_url(external_url: str, record: dict[str, Any]) -> str:
+    """The event explorer filtered on the finding's customer (else its object): the events
+    around it, with the anomaly beside them."""
+    return external_url.rstrip("/") + explorer_path(record)
 
 
 def objects_text(record: dict[str, Any]) -> str:
@@ -90,7 +81,7 @@ def alert(record: dict[str, Any], settings: PushSettings, now: float) -> dict[st
     """The Alertmanager alert for one live anomaly record (never called for history)."""
     detector = str(record["detector"])
     livemode = "true" if record.get("livemode") else "false"
-    link = details_url(settings.external_url, detector)
+    link = details_url(settings.external_url, record)
     facts: dict[str, str] = {}
     if record.get("customer"):
         facts["customer"] = str(record["customer"])

@@ -467,3 +467,43 @@ def subscription_of(obj: Mapping[str, Any]) -> Subscription:
         items=tuple(items),
         current_period_end=max(ends) if ends else None,
     )
+
+
+# ---------------------------------------------------------------- generic facts, for the event log
+
+# Where an object of any kind keeps the amount it is about (charge, refund, dispute: amount; a
+# Checkout session: amount_total; invoice: total; payment intent: amount, else amount_received).
+_AMOUNT_FIELDS = ("amount", "amount_total", "total", "amount_received", "amount_due")
+
+
+def short_text(value: Any, limit: int = _MAX_ID) -> str | None:
+    """A string (or an expanded object's id) fit to show and store: non-empty, at most `limit`
+    characters, printable and encodable; else None. Never raises: the event log is best effort."""
+    if isinstance(value, Mapping):
+        value = value.get("id")
+    if not isinstance(value, str) or not value or len(value) > limit:
+        return None
+    return value if value.isprintable() and _encodable(value) else None
+
+
+def object_id(obj: Mapping[str, Any]) -> str | None:
+    return short_text(obj.get("id"))
+
+
+def customer_id(obj: Mapping[str, Any]) -> str | None:
+    """The customer an object belongs to; a customer object is its own."""
+    return object_id(obj) if obj.get("object") == "customer" else short_text(obj.get("customer"))
+
+
+def amount_of(obj: Mapping[str, Any]) -> int | None:
+    """The object's amount in minor units, where it has one Stripe could send."""
+    for key in _AMOUNT_FIELDS:
+        value = obj.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_AMOUNT:
+            return value
+    return None
+
+
+def currency_of(obj: Mapping[str, Any]) -> str | None:
+    value = obj.get("currency")
+    return value if isinstance(value, str) and is_currency(value) else None

@@ -9,7 +9,7 @@ needs no vocabulary of its own.
 """
 
 import bisect
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -36,12 +36,17 @@ from billingwatch.recording.events import (
     Event,
     InvalidEvent,
     Refund,
+    amount_of,
     charge_of,
+    currency_of,
+    customer_id,
     dispute_of,
     early_fraud_warning_of,
     invoice_of,
     list_data,
+    object_id,
     refund_of,
+    short_text,
     subscription_of,
 )
 
@@ -163,6 +168,28 @@ class SubscriptionPayment:
 
 
 @dataclass(frozen=True)
+class LogEntry:
+    """An event's line in the recent-events log (/api/events, /events), built from the event
+    alone; the store adds its result (accepted or duplicate) and the detectors that hit."""
+
+    id: str | None
+    type: str | None
+    created: int | None
+    received: int
+    livemode: bool | None
+    customer: str | None = None
+    object: str | None = None
+    amount: int | None = None  # minor units
+    currency: str | None = None
+    history: bool = False
+    reason: str | None = None  # why a rejected event was refused
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every field, None too: each log line has the same keys."""
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
 class Plan:
     event_id: str
     dedup_ttl: int
@@ -173,6 +200,7 @@ class Plan:
     subscription: SubscriptionState | None = None
     payment: SubscriptionPayment | None = None
     failed_detectors: tuple[str, ...] = ()  # detectors whose checks raised: recorded without them
+    log: LogEntry | None = None  # its recent-events log line; None for a plan that is no received event
 
 
 _MAX_MONTHLY_MINOR = 10**12  # held x1000 in a signed 64-bit store integer, summed over subscriptions
@@ -289,8 +317,37 @@ def plan_event(
         subscription=subscription,
         payment=payment,
         failed_detectors=tuple(failed),
+        log=log_entry(event, received_at, history),
     )
     return as_history(plan, event, type_label) if history else plan
+
+
+def log_entry(event: Event, received_at: float, history: bool) -> LogEntry:
+    """The event's log line: who, which object, how much, read the same way for every type."""
+    obj = event.object
+    return LogEntry(
+        id=event.id, type=event.type, created=event.created, received=int(received_at), livemode=event.livemode,
+        customer=customer_id(obj), object=object_id(obj), amount=amount_of(obj), currency=currency_of(obj),
+        history=history,
+    )
+
+
+def rejected_entry(document: Any, reason: str, received_at: float, history: bool) -> LogEntry:
+    """The log line of a signed event the exporter refused: whatever of it can be read safely."""
+    doc: Mapping[str, Any] = document if isinstance(document, Mapping) else {}
+    data = doc.get("data")
+    obj = data.get("object") if isinstance(data, Mapping) else None
+    obj = obj if isinstance(obj, Mapping) else {}
+    created = doc.get("created")
+    livemode = doc.get("livemode")
+    return LogEntry(
+        id=short_text(doc.get("id")), type=short_text(doc.get("type"), 80),
+        created=created if isinstance(created, int) and not isinstance(created, bool) and 0 < created <= 10**15
+        else None,
+        received=int(received_at), livemode=livemode if isinstance(livemode, bool) else None,
+        customer=customer_id(obj), object=object_id(obj), amount=amount_of(obj), currency=currency_of(obj),
+        history=history, reason=reason[:300],
+    )
 
 
 def as_history(plan: Plan, event: Event, type_label: str) -> Plan:

@@ -12,7 +12,7 @@ from typing import Any
 from billingwatch.config import Settings
 from billingwatch.detectors import Context, Detector, build_detectors
 from billingwatch.recording.events import Event, parse_event
-from billingwatch.recording.plan import missed_event_plan, plan_event
+from billingwatch.recording.plan import missed_event_plan, plan_event, rejected_entry
 from billingwatch.store import Outcome, Store
 
 
@@ -69,6 +69,13 @@ class Recorder:
         if plan.failed_detectors and not outcome.duplicate:
             outcome = replace(outcome, failed_detectors=plan.failed_detectors)
         return outcome
+
+    async def log_rejected(self, document: Any, reason: str, *, received_at: float | None = None,
+                           history: bool = False) -> None:
+        """Put a signed event refused before the store (malformed, livemode not allowed, refused by
+        the store's checks) in the recent-events log, with its reason. Raises StoreUnavailable."""
+        received = self.clock() if received_at is None else received_at
+        await self.store.log_rejected(rejected_entry(document, reason, received, history))
 
     async def record_missed(self, event_id: str, livemode: bool) -> Outcome:
         """Count an event Stripe sent that never arrived (reconcile), once however often it is found."""

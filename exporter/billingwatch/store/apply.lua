@@ -4,12 +4,15 @@
 --
 -- KEYS[1] event dedup key       KEYS[2] counters hash   KEYS[3] gauges hash
 -- KEYS[4] anomaly log list      KEYS[5] subscription hash (or an unused name)
--- KEYS[6] lapse watch zset      KEYS[6 + i] the key of check i
+-- KEYS[6] lapse watch zset      KEYS[7] recent-events log list   KEYS[7 + i] the key of check i
 -- ARGV[1] the plan as JSON (every number a string, so Lua never rounds it)
 -- ARGV[2] how many anomaly records the log keeps
+-- ARGV[3] the event's log line, a JSON object without its closing brace ('' for none): the
+--         script appends its result and the detectors that hit, so Python's numbers pass as written
+-- ARGV[4] how many lines the recent-events log keeps
 -- ARGV[1] 'probe' instead: returns {3} and touches nothing (the readiness probe).
--- Returns {1} for an event recorded before, {2, reason} for one it refuses (nothing written),
--- else {0, anomaly record JSON...}.
+-- Returns {1} for an event recorded before (only its log line written), {2, reason} for one it
+-- refuses (nothing written), else {0, anomaly record JSON...}.
 --
 -- Redis does not roll back a script that fails half-way, so nothing after the first write may
 -- fail: values are validated in Python when the plan is built, and everything that could still
@@ -35,7 +38,7 @@ local plan = cjson.decode(ARGV[1])
 
 -- ---------------------------------------------------------------- checks, before any write
 local function refusal()
-  if #plan.checks ~= #KEYS - 6 or #plan.checks > MAX_CHECKS then
+  if #plan.checks ~= #KEYS - 7 or #plan.checks > MAX_CHECKS then
     return 'too many checks in one event'
   end
   local ttls = { plan.ttl }
@@ -114,8 +117,19 @@ local function refusal()
   return nil
 end
 
--- A redelivery of a recorded event stays a duplicate, whatever the totals are now.
+-- The event's line in the recent-events log, capped. LPUSH and LTRIM on a list cannot fail, so
+-- this write may follow the checks (or stand alone for a duplicate).
+local function log_line(result, detectors)
+  if ARGV[3] == '' then return end
+  local names = #detectors > 0 and cjson.encode(detectors) or '[]' -- cjson writes {} for an empty table
+  redis.call('LPUSH', KEYS[7], ARGV[3] .. ',"result":"' .. result .. '","anomalies":' .. names .. '}')
+  redis.call('LTRIM', KEYS[7], 0, tonumber(ARGV[4]) - 1)
+end
+
+-- A redelivery of a recorded event stays a duplicate, whatever the totals are now: it changes
+-- nothing but the recent-events log.
 if redis.call('EXISTS', KEYS[1]) == 1 then
+  log_line('duplicate', {})
   return { 1 }
 end
 local reason = refusal()
@@ -170,8 +184,9 @@ local function sum_check(key, check)
 end
 
 local result = { 0 }
+local fired = {} -- the detectors that hit, for the log line
 for i, check in ipairs(plan.checks) do
-  local key = KEYS[6 + i]
+  local key = KEYS[7 + i]
   local hit, related = false, nil
   if check.op == 'once' then
     hit = redis.call('SET', key, '1', 'NX', 'EX', check.ttl) and true or false
@@ -207,6 +222,7 @@ for i, check in ipairs(plan.checks) do
       redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[2]) - 1)
       redis.call('HINCRBY', KEYS[2], check.anomaly_counter, 1)
       table.insert(result, record)
+      table.insert(fired, check.anomaly.detector)
     end
   end
 end
@@ -261,4 +277,5 @@ if pay then
   end
 end
 
+log_line('accepted', fired)
 return result

@@ -4,7 +4,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from billingwatch.recording.plan import Plan
+from billingwatch.recording.plan import LogEntry, Plan
 
 LAPSE_HORIZON = 400 * 86400  # the default subscription memory (BILLINGWATCH_SUBSCRIPTION_TTL_SECONDS)
 # What a store refuses up front rather than fail half-way (apply.lua has the same numbers).
@@ -50,8 +50,9 @@ class Store(Protocol):
     kind: str
 
     async def apply(self, plan: Plan) -> Outcome:
-        """Record one event atomically: nothing if its id was recorded before. Raises Unrecordable,
-        with nothing written, when recording it would take a total out of range."""
+        """Record one event atomically: nothing but its log line (result duplicate) if its id was
+        recorded before. Raises Unrecordable, with nothing written, when recording it would take a
+        total out of range."""
 
     async def snapshot(self, now: float, lapse_grace: int, lapse_horizon: int = LAPSE_HORIZON) -> Snapshot:
         """Store-held figures. Lapsed: watched subscriptions whose period ended between
@@ -60,6 +61,14 @@ class Store(Protocol):
 
     async def anomalies(self, limit: int) -> list[dict[str, Any]]:
         """The newest anomaly records first."""
+
+    async def events(self, limit: int) -> list[dict[str, Any]]:
+        """The recent-events log, newest first: each line a LogEntry's fields plus `result`
+        (accepted, duplicate or rejected) and `anomalies` (the detectors that hit)."""
+
+    async def log_rejected(self, entry: LogEntry) -> None:
+        """Add the log line of an event refused before the store (result rejected). Touches nothing
+        else; raises StoreUnavailable."""
 
     async def recorded(self, events: Sequence[tuple[str, str]]) -> list[bool]:
         """Whether each (event id, livemode label) has been recorded (within the dedup retention)."""

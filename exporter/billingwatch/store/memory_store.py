@@ -5,13 +5,14 @@ lives in this process: not shared between replicas, lost on restart. Each apply 
 an await, so on the event loop it is as atomic as the Redis script.
 """
 
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from billingwatch.metrics.labels import LIVEMODES
-from billingwatch.recording.plan import Check, Plan, SubscriptionPayment, SubscriptionState
+from billingwatch.recording.plan import Check, LogEntry, Plan, SubscriptionPayment, SubscriptionState
 from billingwatch.store.contract import (
     COUNTER_LIMIT,
     LAPSE_HORIZON,
@@ -43,7 +44,8 @@ def _held(state: dict[str, Any]) -> list[tuple[str, int]]:
 class MemoryStore:
     kind = "memory"
 
-    def __init__(self, anomaly_log_size: int = 1000, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, anomaly_log_size: int = 1000, clock: Callable[[], float] = time.time,
+                 event_log_size: int = 5000) -> None:
         self._clock = clock
         self._expiry: dict[str, float] = {}  # key → unix time it expires
         self._sets: dict[str, dict[str, int]] = {}  # window/distinct sets: member → score
@@ -52,6 +54,7 @@ class MemoryStore:
         self._counters: dict[str, int] = {}
         self._gauges: dict[str, int] = {}
         self._log: deque[dict[str, Any]] = deque(maxlen=anomaly_log_size)
+        self._events: deque[dict[str, Any]] = deque(maxlen=event_log_size)  # newest last
         self._applied = 0
 
     # -- keys with a TTL: "e:<livemode>:<event>", "c:<check>", "s:<livemode>:<subscription>"
@@ -90,6 +93,7 @@ class MemoryStore:
             self._sweep()
         event_key = f"e:{plan.livemode}:{plan.event_id}"
         if self._alive(event_key):
+            self._log_line(plan.log, "duplicate", [])
             return Outcome(duplicate=True)
         refusal = self._refusal(plan)
         if refusal is not None:
@@ -105,7 +109,12 @@ class MemoryStore:
             self._subscription(plan.subscription)
         if plan.payment is not None:
             self._payment(plan.payment)
+        self._log_line(plan.log, "accepted", [str(record["detector"]) for record in fired])
         return Outcome(duplicate=False, anomalies=fired)
+
+    def _log_line(self, entry: LogEntry | None, result: str, anomalies: list[str]) -> None:
+        if entry is not None:
+            self._events.append({**entry.as_dict(), "result": result, "anomalies": anomalies})
 
     def _refusal(self, plan: Plan) -> str | None:
         """Why recording the plan could not complete (the Redis script's checks), else None."""
@@ -267,6 +276,13 @@ class MemoryStore:
 
     async def anomalies(self, limit: int) -> list[dict[str, Any]]:
         return list(self._log)[: max(limit, 1)]
+
+    async def events(self, limit: int) -> list[dict[str, Any]]:
+        newest = itertools.islice(reversed(self._events), max(limit, 1))
+        return [{**line, "anomalies": list(line["anomalies"])} for line in newest]
+
+    async def log_rejected(self, entry: LogEntry) -> None:
+        self._log_line(entry, "rejected", [])
 
     async def recorded(self, events: Sequence[tuple[str, str]]) -> list[bool]:
         return [self._alive(f"e:{livemode}:{event_id}") for event_id, livemode in events]

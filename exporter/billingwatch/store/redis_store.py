@@ -12,7 +12,7 @@ from typing import Any
 from redis.exceptions import AskError, MovedError, NoScriptError, RedisError, ResponseError, TryAgainError
 
 from billingwatch.metrics.labels import LIVEMODES
-from billingwatch.recording.plan import Check, Plan
+from billingwatch.recording.plan import Check, LogEntry, Plan
 from billingwatch.store.contract import LAPSE_HORIZON, Outcome, Snapshot, StoreUnavailable, Unrecordable
 from billingwatch.store.redis_connect import connect
 
@@ -75,7 +75,7 @@ class RedisStore:
     kind = "redis"
 
     def __init__(self, url: str, prefix: str = "billingwatch", anomaly_log_size: int = 1000,
-                 wait_replicas: int = 0, wait_timeout_ms: int = 1000) -> None:
+                 wait_replicas: int = 0, wait_timeout_ms: int = 1000, event_log_size: int = 5000) -> None:
         self._redis, self._sentinel = connect(url)
         self._script = self._redis.register_script(_SCRIPT)
         # WAIT <replicas> <timeout> after each event that wrote: 2xx only once replicas hold it.
@@ -83,9 +83,11 @@ class RedisStore:
         self._wait_timeout_ms = wait_timeout_ms
         self._tag = "{" + prefix + "}"
         self._log_size = anomaly_log_size
+        self._event_log_size = event_log_size
         self.counters_key = self.key("counters")
         self.gauges_key = self.key("gauges")
         self.anomalies_key = self.key("anomalies")
+        self.events_key = self.key("events")
 
     def key(self, name: str) -> str:
         return f"{self._tag}:{name}"
@@ -110,6 +112,7 @@ class RedisStore:
             self.anomalies_key,
             self.key(f"s:{mode}:{sub_id}"),  # live and test ids never share state
             self._lapse_key(mode),
+            self.events_key,
             *(self.key("c:" + check.key) for check in plan.checks),
         ]
         body: dict[str, Any] = {
@@ -128,7 +131,8 @@ class RedisStore:
         if plan.payment is not None:
             p = plan.payment
             body["payment"] = {"id": p.id, "at": str(p.at), "ttl": str(p.ttl)}
-        return keys, [json.dumps(body), self._log_size]
+        line = "" if plan.log is None else json.dumps(plan.log.as_dict())[:-1]  # the script closes it
+        return keys, [json.dumps(body), self._log_size, line, self._event_log_size]
 
     async def apply(self, plan: Plan) -> Outcome:
         keys, args = self.script_call(plan)
@@ -165,7 +169,7 @@ class RedisStore:
         if isinstance(reply, Exception):
             raise reply
         if int(reply[0]) == 1:
-            # A duplicate writes nothing. Redis 7.0 makes WAIT cover everything the master wrote before
+            # A duplicate writes at most its log line. Redis 7.0 makes WAIT cover everything the master wrote before
             # the connection's last command, but newer servers only its last write that replicated,
             # which may precede this event's earlier write (another connection, or an attempt whose
             # WAIT failed). A PUBLISH (no subscriber, no key) replicates after that write: once
@@ -198,6 +202,23 @@ class RedisStore:
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
         return [_record(r) for r in raw]
+
+    async def events(self, limit: int) -> list[dict[str, Any]]:
+        try:
+            raw = await self._redis.lrange(self.events_key, 0, max(limit, 1) - 1)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(type(exc).__name__) from exc
+        return [json.loads(r) for r in raw]
+
+    async def log_rejected(self, entry: LogEntry) -> None:
+        line = json.dumps({**entry.as_dict(), "result": "rejected", "anomalies": []})
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:  # MULTI: never an uncapped list
+                pipe.lpush(self.events_key, line)
+                pipe.ltrim(self.events_key, 0, self._event_log_size - 1)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(type(exc).__name__) from exc
 
     async def recorded(self, events: Sequence[tuple[str, str]]) -> list[bool]:
         try:
