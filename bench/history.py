@@ -5,7 +5,8 @@
 Writes --events distinct Stripe events (bench/traffic.py) to a JSON Lines file, starts a fresh
 redis-server and one exporter (`billingwatch serve`, 1 worker, REDIS_URL set) per target, each
 with its own key prefix, then runs the command as a user does, in its own process:
-`replay --direct FILE` into the store, and `replay --url EXPORTER FILE` over HTTP. Each run is
+`replay --direct FILE` into the store, and `replay --url EXPORTER FILE` over HTTP, each also one
+event at a time (--batch-size 1, --concurrency 1: how they ran before issue 15). Each run is
 timed from the command's start to its exit; the command's start-up (interpreter, imports, an
 empty file) is timed apart and taken off, since it does not grow with the events. Each run is
 then checked: the summary line, and billingwatch_history_events_total on the exporter's /metrics
@@ -16,6 +17,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -82,14 +84,18 @@ def main() -> None:
     redis.start()
     runs: list[Run] = []
     try:
-        for name in ("direct", "direct again", "http"):
-            prefix = "bench_http" if name == "http" else "bench_direct"
+        plans = [  # (name, key prefix, sink arguments): the batch-1 and concurrency-1 rows are today's way
+            ("direct", "bench_direct", ["--direct", "--batch-size", str(args.batch_size)]),
+            ("direct again", "bench_direct", ["--direct", "--batch-size", str(args.batch_size)]),
+            ("direct, batch 1", "bench_direct1", ["--direct", "--batch-size", "1"]),
+            ("http", "bench_http", ["--concurrency", str(args.concurrency)]),
+            ("http, concurrency 1", "bench_http1", ["--concurrency", "1"]),
+        ]
+        for name, prefix, sink in plans:
             env = {"REDIS_URL": redis.url, "BILLINGWATCH_REDIS_PREFIX": prefix}
             with running_exporter(harness.SECRET, **env) as exporter:
-                if name == "http":
-                    sink = ["--url", exporter.url, "--concurrency", str(args.concurrency)]
-                else:
-                    sink = ["--direct", "--batch-size", str(args.batch_size)]
+                if name.startswith("http"):
+                    sink = ["--url", exporter.url, *sink]
                 startup, _ = command(["replay", *sink, str(empty)], env)
                 seconds, summary = command(["replay", *sink, str(events_file)], env)
                 recorded = history_events(exporter.url)
@@ -99,6 +105,7 @@ def main() -> None:
                 runs.append(Run(name, seconds, startup, summary, check))
     finally:
         redis.close()
+        shutil.rmtree(work, ignore_errors=True)
 
     print("| run | events/s | command s | start-up s | summary |")
     print("|---|---:|---:|---:|---|")
@@ -107,7 +114,7 @@ def main() -> None:
               f"| {run.summary} |")
     print()
     for run in runs:
-        target = TARGETS["http" if run.name == "http" else "direct"]
+        target = TARGETS["http" if run.name.startswith("http") else "direct"]
         print(f"replay {run.name}: {run.rate(args.events):.0f} events/s = {run.rate(args.events) / target:.2f} x "
               f"the target {target:.0f}/s; {run.check}")
     print(f"load average after the run {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
