@@ -10,7 +10,7 @@ from billingwatch.cli import main
 from billingwatch.fixtures import stripe_events as se
 from billingwatch.testing.processes import Exporter
 from tests.conftest import SECRET, running_exporter
-from tests.metrics import anomalies, live_counts, moved, scrape, total
+from tests.metrics import anomalies, live_counts, moved, recorded_figures, scrape, total
 from tests.replay_helpers import deliver_live
 from tests.stripe_api_server import API_KEY, stripe_events_api
 
@@ -150,3 +150,21 @@ def test_reconcile_needs_the_shared_store(monkeypatch: pytest.MonkeyPatch, api_e
     monkeypatch.delenv("REDIS_URL")
     code, _, err = run(capsys, "reconcile", "--api-base", "http://127.0.0.1:9")
     assert code == 2 and "REDIS_URL is not set" in err
+
+
+def test_backfill_direct_in_small_batches_records_what_http_does(
+    exporter: Exporter, api_env: dict[str, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pipelined batches (3 events each, so the duplicate-charge pair spans two) give the figures
+    and anomalies that one request per event gives."""
+    direct_env = {**api_env, "BILLINGWATCH_REDIS_PREFIX": api_env["BILLINGWATCH_REDIS_PREFIX"] + "_direct"}
+    with stripe_events_api(history(), fail_first=False) as api, running_exporter(**direct_env) as direct:
+        code, out, err = run(capsys, "backfill", "--api-base", api.url, "--url", exporter.url, "--concurrency", "4")
+        assert code == 0 and "16 events: 16 accepted" in out, err
+        monkeypatch.setenv("BILLINGWATCH_REDIS_PREFIX", direct_env["BILLINGWATCH_REDIS_PREFIX"])
+        for accepted in (16, 0):
+            code, out, err = run(capsys, "backfill", "--api-base", api.url, "--direct", "--batch-size", "3")
+            assert code == 0 and f"16 events: {accepted} accepted, {16 - accepted} duplicate" in out, err
+            assert recorded_figures(direct.url) == recorded_figures(exporter.url)
+            assert [{k: v for k, v in a.items() if k not in ("charge", "related")} for a in anomalies(direct.url)] == [
+                {k: v for k, v in a.items() if k not in ("charge", "related")} for a in anomalies(exporter.url)]

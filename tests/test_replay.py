@@ -3,13 +3,19 @@
 import json
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import redis as sync_redis
 
+from billingwatch.detectors import build_detectors
 from billingwatch.fixtures import stripe_events as se
+from billingwatch.recording.events import InvalidEvent
+from billingwatch.recording.recorder import LivemodeRejected, Recorder
+from billingwatch.store import MemoryStore, RedisStore, Store, StoreUnavailable, Unrecordable
 from billingwatch.testing.processes import RedisServer, wait_until
 from tests.conftest import running_exporter
 from tests.metrics import (
@@ -22,7 +28,8 @@ from tests.metrics import (
     state_figures,
     total,
 )
-from tests.replay_helpers import billingwatch, deliver_live, write_jsonl
+from tests.recording import DEDUP_TTL, SUBSCRIPTION_TTL, figures
+from tests.replay_helpers import billingwatch, billingwatch_process, deliver_live, summary_counts, write_jsonl
 
 T0 = int(time.time()) - 3600
 
@@ -71,7 +78,8 @@ def test_replay_over_http_records_the_live_state_as_history_and_twice_changes_no
     path = write_jsonl(tmp_path / "scenario.jsonl", events)
     with running_exporter() as live, running_exporter() as replayed:
         deliver_live(live.url, events)
-        result = billingwatch("replay", str(path), "--url", replayed.url)
+        # One at a time: which charge of a pair an anomaly names depends on the order (compared exactly below).
+        result = billingwatch("replay", str(path), "--url", replayed.url, "--concurrency", "1")
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == (
             f"replay: {len(events)} events: {len(events) - 1} accepted, 1 duplicate, 0 rejected, 0 failed; "
@@ -159,3 +167,103 @@ def test_bad_arguments_give_one_line_errors(args: list[str], tmp_path: Path) -> 
     result = billingwatch("replay", str(path), *args)
     assert result.returncode == 2
     assert result.stderr.startswith("billingwatch: ") and "Traceback" not in result.stderr
+
+
+def make_store(kind: str, redis_server: RedisServer) -> Store:
+    if kind == "memory":
+        return MemoryStore()
+    return RedisStore(redis_server.url, prefix="t" + uuid.uuid4().hex[:12])
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+@pytest.mark.parametrize("batch", [1, 5, 100])
+async def test_pipelined_batches_record_what_one_by_one_does_and_twice_changes_nothing(
+    kind: str, batch: int, redis_server: RedisServer
+) -> None:
+    """record_many (replay --direct, backfill --direct) against record(), one event at a time:
+    the same figures and anomalies; a redelivery in the same batch or a later one is a duplicate;
+    a bad event in a batch is refused alone; the whole replay again changes nothing."""
+    events = [*scenario(), {"object": "event", "id": "evt_bad"}]
+    one_by_one, pipelined = make_store(kind, redis_server), make_store(kind, redis_server)
+    clock = lambda: float(T0 + 3600)  # noqa: E731 -- one receipt time for both: anomalies carry none, but plans may
+    single = Recorder(one_by_one, build_detectors({}), DEDUP_TTL, SUBSCRIPTION_TTL, clock)
+    many = Recorder(pipelined, build_detectors({}), DEDUP_TTL, SUBSCRIPTION_TTL, clock)
+    expected: list[str] = []
+    for evt in events:
+        try:
+            expected.append("duplicate" if (await single.record(evt, history=True)).duplicate else "accepted")
+        except InvalidEvent:
+            expected.append("invalid")
+    try:
+        for run in range(2):
+            got: list[str] = []
+            for start in range(0, len(events), batch):
+                for result in await many.record_many(events[start:start + batch], history=True):
+                    assert not isinstance(result, StoreUnavailable | Unrecordable | LivemodeRejected), result
+                    got.append("invalid" if isinstance(result, InvalidEvent)
+                               else "duplicate" if result.duplicate else "accepted")
+            assert got == (expected if run == 0 else ["invalid" if g == "invalid" else "duplicate" for g in expected])
+            assert expected.count("duplicate") == 1 and expected.count("invalid") == 1
+            assert await figures(pipelined) == await figures(one_by_one)
+            assert await pipelined.anomalies(100) == await one_by_one.anomalies(100)
+            assert len(await pipelined.anomalies(100)) == 4
+    finally:
+        await one_by_one.close()
+        await pipelined.close()
+
+
+def test_direct_replay_across_a_redis_restart_mid_batch_counts_every_event_once(
+    tmp_path: Path, redis_prefix: str
+) -> None:
+    """Redis stopped while `replay --direct` sends its batches, then started again: the retried
+    batches' events that had run come back duplicates, the others are recorded; each counts once."""
+    redis = RedisServer(tmp_path / "redis", appendonly=True)  # keeps what it acknowledged across the restart
+    (tmp_path / "redis").mkdir()
+    redis.start()
+    events = [se.event("charge.succeeded", se.charge(customer=f"cus_mid{i}", amount=1000 + i), created=T0 + i)
+              for i in range(3000)]
+    path = write_jsonl(tmp_path / "many.jsonl", events)
+    env = {"REDIS_URL": redis.url, "BILLINGWATCH_REDIS_PREFIX": redis_prefix}
+    try:
+        command = billingwatch_process("replay", "--direct", "--batch-size", "50", "--retries", "8", str(path), env=env)
+        client = sync_redis.Redis.from_url(redis.url)
+        wait_until(lambda: int(client.dbsize()) >= 300, timeout=60, what="some batches recorded")
+        client.close()
+        assert command.poll() is None, "the replay ended before Redis was stopped"
+        redis.stop()
+        time.sleep(1.0)
+        redis.start()
+        out, err = command.communicate(timeout=120)
+        assert command.returncode == 0, err
+        counts = summary_counts(out)
+        assert counts["accepted"] + counts["duplicate"] == len(events) and counts["failed"] == 0, out
+        with running_exporter(**env) as exporter:
+            figures_after = scrape(exporter.url)
+        assert total(figures_after, "billingwatch_history_events_total") == len(events)
+        assert total(figures_after, "billingwatch_history_events_total", type="charge.succeeded") == len(events)
+    finally:
+        redis.close()
+
+
+def test_concurrent_replay_over_http_gives_the_figures_of_a_sequential_one(tmp_path: Path) -> None:
+    events = scenario()
+    # 60 pairs of a customer's same-amount charges: 60 more duplicate_charge anomalies, in any order.
+    events += [se.event("charge.succeeded", se.charge(customer=f"cus_c{i // 2}", amount=500 + i // 2),
+                        created=T0 + 200 + i) for i in range(120)]
+    path = write_jsonl(tmp_path / "scenario.jsonl", events)
+    with running_exporter() as sequential, running_exporter() as concurrent:
+        first = billingwatch("replay", str(path), "--url", sequential.url, "--concurrency", "1")
+        second = billingwatch("replay", str(path), "--url", concurrent.url, "--concurrency", "16")
+        assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+        assert first.stdout == second.stdout
+        assert recorded_figures(concurrent.url) == recorded_figures(sequential.url)
+
+        def involved(url: str) -> list[tuple[str, ...]]:
+            # Which object of a pair an anomaly names first depends on the order they ran in; the pair does not.
+            return sorted((str(a["detector"]), *sorted({str(a.get(k)) for k in ("charge", "invoice") if k in a}
+                                                       | {str(r) for r in a.get("related", [])}))  # type: ignore[attr-defined]
+                          for a in anomalies(url))
+
+        assert involved(concurrent.url) == involved(sequential.url)
+        assert len(anomalies(sequential.url)) == 64

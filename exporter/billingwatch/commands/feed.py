@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 from collections import Counter
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
@@ -21,11 +21,13 @@ from tqdm import tqdm
 
 from billingwatch.config import ConfigError, from_env
 from billingwatch.http.webhook import REPLAY_HEADER
-from billingwatch.recording.events import InvalidEvent
 from billingwatch.recording.recorder import Recorder
-from billingwatch.store import StoreUnavailable, Unrecordable, open_store
+from billingwatch.store import StoreUnavailable, open_store
 
 DEFAULT_URL = "http://127.0.0.1:9786/webhooks/stripe"
+DEFAULT_CONCURRENCY = 1  # requests in flight over HTTP: more helps only when the exporter has idle cores
+# (several workers or replicas); on one shared 2-core box 16 measured slower than 1 (docs/benchmarks.md)
+DEFAULT_BATCH = 500  # events per pipelined round trip into Redis with --direct
 # httpx logs every request at INFO; thousands of those lines would bury the summary.
 logging.getLogger("httpx").setLevel(logging.WARNING)
 Result = Literal["accepted", "duplicate", "rejected", "failed"]
@@ -45,8 +47,12 @@ class Unreadable:
     reason: str
 
 
+Done = Callable[[str, Delivery], None]  # called once per event, in whatever order they finish
+
+
 class Sink(Protocol):
-    async def deliver(self, document: Any) -> Delivery: ...
+    async def deliver_all(self, items: AsyncIterable[tuple[str, Any]], done: Done) -> None:
+        """Deliver every (label, event document) pair, reporting each to `done`."""
 
     async def close(self) -> None: ...
 
@@ -57,19 +63,47 @@ def backoff(attempt: int) -> float:
 
 
 class WebhookSink:
-    """POSTs each event to the exporter signed as Stripe signs it; retries 5xx and connection errors."""
+    """POSTs each event to the exporter signed as Stripe signs it; retries 5xx and connection errors.
 
-    def __init__(self, url: str, secret: str, retries: int, replayed: bool = False, api_token: str = "") -> None:
+    Up to `concurrency` events are in flight at once, so they may be recorded out of order: the
+    detectors reason in event time, and each event is recorded once however it is interleaved.
+    """
+
+    def __init__(self, url: str, secret: str, retries: int, replayed: bool = False, api_token: str = "",
+                 concurrency: int = 1) -> None:
         self.url = url
         self._secret = secret
         self._retries = retries
+        self._concurrency = concurrency
         # Replayed history must not count as webhook delivery (lag, last received): say so.
         self._headers = {"Content-Type": "application/json"}
         if replayed:
             self._headers[REPLAY_HEADER] = "1"
         if api_token:  # the exporter honours the replay header only with it (or from loopback)
             self._headers["Authorization"] = f"Bearer {api_token}"
-        self._client = httpx.AsyncClient(timeout=30)
+        self._client = httpx.AsyncClient(timeout=30, limits=httpx.Limits(
+            max_connections=concurrency, max_keepalive_connections=concurrency))
+
+    async def deliver_all(self, items: AsyncIterable[tuple[str, Any]], done: Done) -> None:
+        slots = asyncio.Semaphore(self._concurrency)
+        running: set[asyncio.Task[None]] = set()
+
+        async def one(label: str, document: Any) -> None:
+            try:
+                done(label, await self.deliver(document))
+            finally:
+                slots.release()
+
+        try:
+            async for label, document in items:
+                await slots.acquire()
+                task = asyncio.create_task(one(label, document))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            await asyncio.gather(*running)
+        finally:
+            for task in running:  # the input failed (e.g. Stripe's API): stop what is in flight
+                task.cancel()
 
     async def deliver(self, document: Any) -> Delivery:
         payload = json.dumps(document, separators=(",", ":"))
@@ -105,27 +139,55 @@ class WebhookSink:
 
 
 class StoreSink:
-    """Records replayed history straight into the store through the webhook's own path; retries an
-    unreachable store."""
+    """Records replayed history straight into the store through the webhook's own path, in batches
+    of pipelined script calls (Recorder.record_many); retries the events an unreachable store left
+    without an answer."""
 
-    def __init__(self, recorder: Recorder, retries: int) -> None:
+    def __init__(self, recorder: Recorder, retries: int, batch: int = DEFAULT_BATCH) -> None:
         self.recorder = recorder
         self._retries = retries
+        self._batch = batch
 
     async def deliver(self, document: Any) -> Delivery:
-        reason = ""
+        return (await self.deliver_many([document]))[0]
+
+    async def deliver_many(self, documents: list[Any]) -> list[Delivery]:
+        deliveries = [Delivery("failed")] * len(documents)
+        pending = list(range(len(documents)))
         for attempt in range(self._retries + 1):
             if attempt:
                 await asyncio.sleep(backoff(attempt))
-            try:
-                outcome = await self.recorder.record(document, history=True)
-            except (InvalidEvent, Unrecordable) as exc:  # retrying cannot help either
-                return Delivery("rejected", str(exc))
-            except StoreUnavailable as exc:
-                reason = f"store unavailable ({exc})"
-                continue
-            return Delivery("duplicate" if outcome.duplicate else "accepted", anomalies=len(outcome.anomalies))
-        return Delivery("failed", reason)
+            results = await self.recorder.record_many([documents[i] for i in pending], history=True)
+            unanswered = []
+            for i, result in zip(pending, results, strict=True):
+                if isinstance(result, StoreUnavailable):
+                    # Sent again: if it did run, it comes back a duplicate and counts nothing twice.
+                    unanswered.append(i)
+                    deliveries[i] = Delivery("failed", f"store unavailable ({result})")
+                elif isinstance(result, Exception):  # InvalidEvent, Unrecordable: retrying cannot help
+                    deliveries[i] = Delivery("rejected", str(result))
+                else:
+                    deliveries[i] = Delivery("duplicate" if result.duplicate else "accepted",
+                                             anomalies=len(result.anomalies))
+            pending = unanswered
+            if not pending:
+                break
+        return deliveries
+
+    async def deliver_all(self, items: AsyncIterable[tuple[str, Any]], done: Done) -> None:
+        batch: list[tuple[str, Any]] = []
+        async for item in items:
+            batch.append(item)
+            if len(batch) >= self._batch:
+                await self._flush(batch, done)
+                batch = []
+        if batch:
+            await self._flush(batch, done)
+
+    async def _flush(self, batch: list[tuple[str, Any]], done: Done) -> None:
+        deliveries = await self.deliver_many([document for _, document in batch])
+        for (label, _), delivery in zip(batch, deliveries, strict=True):
+            done(label, delivery)
 
     async def close(self) -> None:
         await self.recorder.store.close()
@@ -144,6 +206,10 @@ def add_sink_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--retries", type=int, default=5,
                         help="retries of one event on 5xx or an unreachable store/exporter (default 5)")
+    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
+                        help=f"events in flight at once over HTTP (default {DEFAULT_CONCURRENCY})")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH,
+                        help=f"events per round trip to Redis with --direct (default {DEFAULT_BATCH})")
 
 
 def webhook_url(url: str) -> str:
@@ -171,13 +237,17 @@ def open_recorder() -> Recorder:
 def open_sink(args: argparse.Namespace) -> Sink:
     if args.retries < 0 or args.retries > 20:
         raise ConfigError("--retries must be between 0 and 20")
+    if not 1 <= args.concurrency <= 256:
+        raise ConfigError("--concurrency must be between 1 and 256")
+    if not 1 <= args.batch_size <= 10_000:
+        raise ConfigError("--batch-size must be between 1 and 10000")
     if args.direct:
-        return StoreSink(open_recorder(), args.retries)
+        return StoreSink(open_recorder(), args.retries, args.batch_size)
     settings = from_env()
     if not settings.webhook_secrets:
         raise ConfigError("STRIPE_WEBHOOK_SECRET is not set: give the exporter's signing secret (whsec_...)")
     return WebhookSink(webhook_url(args.url), settings.webhook_secrets[0], args.retries, replayed=True,
-                       api_token=settings.api_token)
+                       api_token=settings.api_token, concurrency=args.concurrency)
 
 
 @dataclass
@@ -210,15 +280,20 @@ def report(label: str, delivery: Delivery) -> None:
 
 
 async def feed(items: AsyncIterable[tuple[str, Any]], sink: Sink, desc: str, total: int | None = None) -> Tally:
-    """Deliver (label, event document) pairs in order; a label names the event in error lines."""
+    """Deliver (label, event document) pairs; a label names the event in error lines."""
     tally = Tally()
     with progress(total, desc) as bar:
-        async for label, document in items:
-            if isinstance(document, Unreadable):
-                delivery = Delivery("rejected", document.reason)
-            else:
-                delivery = await sink.deliver(document)
+        def done(label: str, delivery: Delivery) -> None:
             tally.add(delivery)
             report(label, delivery)
             bar.update(1)
+
+        async def readable() -> AsyncIterator[tuple[str, Any]]:
+            async for label, document in items:
+                if isinstance(document, Unreadable):
+                    done(label, Delivery("rejected", document.reason))
+                else:
+                    yield label, document
+
+        await sink.deliver_all(readable(), done)
     return tally

@@ -54,6 +54,11 @@ class Store(Protocol):
         recorded before. Raises Unrecordable, with nothing written, when recording it would take a
         total out of range."""
 
+    async def apply_many(self, plans: Sequence[Plan]) -> list[Outcome | Unrecordable | StoreUnavailable]:
+        """Apply each plan as apply() does, in order, as one batch (one round trip to Redis); each
+        entry is the plan's outcome, or the error apply() would raise for it. StoreUnavailable: no
+        answer for that plan; applying it again is safe (it is a duplicate if it ran)."""
+
     async def snapshot(self, now: float, lapse_grace: int, lapse_horizon: int = LAPSE_HORIZON) -> Snapshot:
         """Store-held figures. Lapsed: watched subscriptions whose period ended between
         `lapse_horizon` and `lapse_grace` seconds ago (older entries belong to subscriptions the

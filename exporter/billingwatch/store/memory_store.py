@@ -22,6 +22,7 @@ from billingwatch.store.contract import (
     MAX_TTL,
     Outcome,
     Snapshot,
+    StoreUnavailable,
     Unrecordable,
 )
 
@@ -86,6 +87,15 @@ class MemoryStore:
         return True
 
     # -- the contract
+
+    async def apply_many(self, plans: Sequence[Plan]) -> list[Outcome | Unrecordable | StoreUnavailable]:
+        results: list[Outcome | Unrecordable | StoreUnavailable] = []
+        for plan in plans:
+            try:
+                results.append(await self.apply(plan))
+            except Unrecordable as exc:
+                results.append(exc)
+        return results
 
     async def apply(self, plan: Plan) -> Outcome:
         self._applied += 1

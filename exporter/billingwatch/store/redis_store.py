@@ -149,6 +149,65 @@ class RedisStore:
             raise Unrecordable(reply[1].decode())
         return Outcome(duplicate=False, anomalies=[_record(r) for r in reply[1:]])
 
+    async def apply_many(self, plans: Sequence[Plan]) -> list[Outcome | Unrecordable | StoreUnavailable]:
+        """Apply a batch in one non-transactional pipeline: each plan is still its own atomic script
+        call with its own reply, in order. An entry is StoreUnavailable when its call got no reply
+        (or, with WAIT, when replicas did not confirm the batch): retrying it is safe, since an
+        event that did run comes back a duplicate."""
+        calls = [self.script_call(plan) for plan in plans]
+        results: list[Outcome | Unrecordable | StoreUnavailable] = [StoreUnavailable("no reply")] * len(plans)
+        todo = list(range(len(plans)))
+        for attempt in range(2):  # the second only after NOSCRIPT: a restarted or new master
+            try:
+                replies, confirmed = await self._pipelined([calls[i] for i in todo])
+            except (RedisError, OSError) as exc:
+                for i in todo:
+                    results[i] = StoreUnavailable(type(exc).__name__)
+                return results
+            missing = []
+            for i, reply in zip(todo, replies, strict=True):
+                if isinstance(reply, NoScriptError) and not attempt:
+                    missing.append(i)
+                elif isinstance(reply, Exception):
+                    results[i] = StoreUnavailable(type(reply).__name__)
+                elif int(reply[0]) == 2:
+                    results[i] = Unrecordable(reply[1].decode())
+                elif confirmed < self._wait_replicas:
+                    results[i] = StoreUnavailable(
+                        f"{confirmed} of {self._wait_replicas} replicas confirmed the write in time")
+                elif int(reply[0]) == 1:
+                    results[i] = Outcome(duplicate=True)
+                else:
+                    results[i] = Outcome(duplicate=False, anomalies=[_record(r) for r in reply[1:]])
+            if not missing:
+                break
+            try:
+                await self._redis.script_load(_SCRIPT)
+            except (RedisError, OSError) as exc:
+                for i in missing:
+                    results[i] = StoreUnavailable(type(exc).__name__)
+                return results
+            todo = missing
+        return results
+
+    async def _pipelined(self, calls: list[tuple[list[str], list[Any]]]) -> tuple[list[Any], int]:
+        """EVALSHA of each call in one round trip (replies in order, errors as values), and with WAIT
+        set, how many replicas confirmed them all. The PUBLISH before WAIT is a write after every
+        call's, so WAIT covers duplicates' earlier writes too (see _apply_and_wait)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                pipe.execute_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
+            if self._wait_replicas:
+                pipe.execute_command("PUBLISH", self.key("wait"), "1")
+                pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms)
+            replies = await pipe.execute(raise_on_error=False)
+        if not self._wait_replicas:
+            return replies, 0
+        confirmed = replies[-1]
+        if isinstance(confirmed, Exception):
+            raise confirmed
+        return replies[:-2], int(confirmed)
+
     async def _waited(self, command: tuple[Any, ...]) -> tuple[Any, int]:
         """`command`, then WAIT on the same connection (one round trip): its reply and how many
         replicas confirmed every write this connection has made so far."""
