@@ -14,6 +14,7 @@ from billingwatch.config import Settings, is_placeholder
 from billingwatch.detectors import Detector, build_detectors
 from billingwatch.http.access import HostAllowlist, default_hosts
 from billingwatch.http.api import Api
+from billingwatch.http.apidocs import ApiDocs
 from billingwatch.http.limits import RequestLimits
 from billingwatch.http.pages import Pages
 from billingwatch.http.webhook import WebhookEndpoint
@@ -35,6 +36,7 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
     webhook = WebhookEndpoint(settings, store, detectors, requests, clock, sender, detector_errors)
     pages = Pages(settings, store, detectors, requests, clock, sender.counter, detector_errors)
     api = Api(settings, store, detectors)
+    docs = ApiDocs([d.name for d in detectors])
     allowed_hosts = settings.allowed_hosts or default_hosts(settings.host)
 
     @contextlib.asynccontextmanager
@@ -64,6 +66,10 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
         Route("/ready", pages.ready),
         Route("/api/detectors", api.detectors),
         Route("/api/anomalies", api.anomalies),
+        # Each route has its entry in http/openapi.py (tests/test_openapi.py checks).
+        Route("/openapi.json", docs.openapi),
+        Route("/docs", docs.page),
+        Route("/docs/static/{name}", docs.asset),
     ]
     limits = Middleware(RequestLimits, max_header_bytes=settings.max_header_bytes,
                         max_in_flight=settings.max_connections)

@@ -35,6 +35,7 @@ LANDING = """<!doctype html>
 <li><a href="/api/detectors">/api/detectors</a>: the stateful detectors and their thresholds</li>
 <li><a href="/api/anomalies">/api/anomalies</a>: recent anomalies with their details</li>
 <li>POST /webhooks/stripe: the Stripe webhook endpoint</li>
+<li><a href="/docs">/docs</a>: the API reference, from <a href="/openapi.json">/openapi.json</a></li>
 </ul></body></html>
 """
 
