@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine: installs the Debian packages the tests
-# run for real (redis-server, redis-sentinel, promtool, Alertmanager and amtool, docker-compose, caddy), the Python
+# run for real (redis-server, redis-sentinel, promtool, Alertmanager and amtool, docker-compose, caddy, chromium), the Python
 # package with its test extras in .venv, then runs ruff, mypy and pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,7 +9,7 @@ sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
 missing=""
 for pair in redis-server:redis-server redis-sentinel:redis-sentinel promtool:prometheus prometheus-alertmanager:prometheus-alertmanager \
-            amtool:prometheus-alertmanager docker-compose:docker-compose caddy:caddy; do
+            amtool:prometheus-alertmanager docker-compose:docker-compose caddy:caddy chromium:chromium; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing="$missing ${pair##*:}"
 done
 if [ -n "$missing" ]; then
