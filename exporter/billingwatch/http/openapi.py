@@ -205,13 +205,16 @@ def operations(detector_names: Sequence[str]) -> dict[tuple[str, str], Json]:
     """Every operation the exporter can serve, by (path, method); document() keeps those the app has."""
     # Printable ASCII: what Stripe types and ids are made of (the exporter refuses control characters).
     text_filter = {"type": "string", "maxLength": 255, "pattern": "^[ -~]*$"}
-    event_filters = [  # /api/events and /events take the same query
+    # /api/events and /events take the same query; an empty value is no filter (an HTML form sends
+    # its empty fields), so the numbers may be empty too.
+    empty = {"type": "string", "maxLength": 0}
+    event_filters = [
         query("type", "Only events of this Stripe type", {**text_filter, "maxLength": 80}),
         query("customer", "Only this customer's events", text_filter),
         query("object", "Only events about this object id", text_filter),
         query("since", "Only events received at or after this unix time (seconds)",
-              {"type": "integer", "minimum": 0, "maximum": 999_999_999_999}),
-        LIMIT,
+              {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 999_999_999_999}, empty]}),
+        {**LIMIT, "schema": {"anyOf": [LIMIT["schema"], empty]}},
     ]
     return {
         ("/", "get"): {"summary": "Landing page linking the endpoints", "tags": ["pages"],
