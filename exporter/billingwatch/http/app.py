@@ -14,6 +14,7 @@ from billingwatch.config import Settings, is_placeholder
 from billingwatch.detectors import Detector, build_detectors
 from billingwatch.http.access import HostAllowlist, default_hosts
 from billingwatch.http.api import Api
+from billingwatch.http.apidocs import ApiDocs
 from billingwatch.http.explorer import Explorer
 from billingwatch.http.limits import RequestLimits
 from billingwatch.http.pages import Pages
@@ -38,6 +39,7 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
     pages = Pages(settings, store, detectors, requests, clock, sender.counter, detector_errors)
     api = Api(settings, store, detectors)
     explorer = Explorer(settings, store)
+    docs = ApiDocs([d.name for d in detectors])
     allowed_hosts = settings.allowed_hosts or default_hosts(settings.host)
 
     @contextlib.asynccontextmanager
@@ -69,6 +71,10 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
         Route("/api/anomalies", api.anomalies),
         Route("/api/events", api.events),
         Route("/events", explorer.page),
+        # Each route has its entry in http/openapi.py (tests/test_openapi.py checks).
+        Route("/openapi.json", docs.openapi),
+        Route("/docs", docs.page),
+        Route("/docs/static/{name}", docs.asset),
     ]
     limits = Middleware(RequestLimits, max_header_bytes=settings.max_header_bytes,
                         max_in_flight=settings.max_connections)

@@ -65,7 +65,7 @@ def parse_query(params: Mapping[str, str], max_limit: int) -> EventQuery | str:
     texts: dict[str, str | None] = {}
     for name, longest in TEXT_FILTERS.items():
         value = params.get(name) or None
-        if value is not None and (len(value) > longest or not value.isprintable()):
+        if value is not None and (len(value) > longest or not (value.isascii() and value.isprintable())):
             return f"{name} must be at most {longest} printable characters"
         texts[name] = value
     return EventQuery(texts["type"], texts["customer"], texts["object"], since, min(int(raw_limit), max_limit))

@@ -36,6 +36,7 @@ LANDING = """<!doctype html>
 <li><a href="/api/anomalies">/api/anomalies</a>: recent anomalies with their details</li>
 <li><a href="/events">/events</a> (and <a href="/api/events">/api/events</a>): the recent events, anomalies beside</li>
 <li>POST /webhooks/stripe: the Stripe webhook endpoint</li>
+<li><a href="/docs">/docs</a>: the API reference, from <a href="/openapi.json">/openapi.json</a></li>
 </ul></body></html>
 """
 

@@ -1,0 +1,363 @@
+"""The OpenAPI 3.1 document: one entry per route (path + method) in OPERATIONS, built by
+document() for the routes the app actually has, so /openapi.json, /docs and docs/openapi.json
+never describe a route that is not served (tests/test_openapi.py checks both directions).
+
+`python -m billingwatch.http.openapi` prints the document of the default app (docs/openapi.json).
+"""
+
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from starlette.routing import BaseRoute, Route
+
+from billingwatch import __version__
+
+Json = dict[str, Any]
+
+# The asset files /docs loads; /docs/static/{name} serves these names and no other.
+DOCS_ASSETS = ("swagger-ui-bundle.js", "swagger-ui.css", "docs.js", "favicon-32x32.png")
+
+
+def ref(name: str) -> Json:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def json_body(description: str, schema: Json) -> Json:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def error(description: str) -> Json:
+    return json_body(description, ref("Error"))
+
+
+def html(description: str) -> Json:
+    return {"description": description, "content": {"text/html": {"schema": {"type": "string"}}}}
+
+
+def query(name: str, description: str, schema: Json) -> Json:
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+
+
+UNAUTHORISED: Json = {
+    "description": "No valid bearer token (or, without BILLINGWATCH_API_TOKEN, not a direct loopback request)",
+    "headers": {"WWW-Authenticate": {"schema": {"type": "string", "const": "Bearer"}}},
+    "content": {"application/json": {"schema": ref("Error")}},
+}
+STORE_DOWN = error("The store is unreachable, or too many requests are in flight; retry later")
+BEARER: list[Json] = [{"bearer": []}]
+LIMIT = query("limit", "How many records at most (capped by the log size)",
+              {"type": "integer", "minimum": 1, "maximum": 999_999_999, "default": 100})
+
+# Answers any route can give, from the middleware in front of every route (http/access.py, http/limits.py).
+COMMON: dict[str, Json] = {
+    "400": error("The Host header is not in BILLINGWATCH_ALLOWED_HOSTS"),
+    "431": error("Request headers too large"),
+    "503": error("Too many requests in flight; retry later"),
+}
+
+SCHEMAS: dict[str, Json] = {
+    "Error": {
+        "type": "object", "required": ["error"], "additionalProperties": False,
+        "properties": {"error": {"type": "string", "description": "one line saying what was wrong"}},
+    },
+    "StripeEvent": {
+        "type": "object",
+        "description": "A Stripe event as Stripe signs and sends it (any API version); see Stripe's API reference",
+        "required": ["id", "type", "created", "livemode", "data"],
+        "properties": {
+            "id": {"type": "string", "examples": ["evt_1PqXYZ"]},
+            "type": {"type": "string", "examples": ["charge.succeeded"]},
+            "created": {"type": "integer", "description": "unix seconds"},
+            "livemode": {"type": "boolean"},
+            "data": {"type": "object", "required": ["object"], "properties": {"object": {"type": "object"}}},
+        },
+    },
+    "WebhookReceived": {
+        "type": "object", "required": ["received", "duplicate", "anomalies"],
+        "properties": {
+            "received": {"type": "boolean", "const": True},
+            "duplicate": {"type": "boolean", "description": "already recorded: nothing counted again"},
+            "anomalies": {"type": "integer", "minimum": 0, "description": "anomalies this event raised"},
+        },
+    },
+    "Health": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
+    "Ready": {
+        "type": "object", "required": ["status", "store"],
+        "properties": {"status": {"const": "ready"}, "store": ref("StoreKind")},
+    },
+    "NotReady": {
+        "type": "object", "required": ["status", "store", "reason"],
+        "properties": {"status": {"const": "unavailable"}, "store": ref("StoreKind"), "reason": {"type": "string"}},
+    },
+    "StoreKind": {"type": "string", "examples": ["redis", "memory"]},
+    "Detector": {
+        "type": "object",
+        "required": ["name", "severity", "severities", "description", "event_types", "thresholds"],
+        "properties": {
+            "name": {"type": "string"},
+            "severity": {"type": "string"},
+            "severities": {"type": "array", "items": {"type": "string"}},
+            "description": {"type": "string"},
+            "event_types": {"type": "array", "items": {"type": "string"}},
+            "thresholds": {"type": "object", "description": "threshold name → value (see docs/detectors.md)"},
+        },
+    },
+    "Anomaly": {
+        "type": "object",
+        "required": ["detector", "severity", "livemode", "event_id", "event_type", "event_created", "summary"],
+        "properties": {
+            "detector": {"type": "string"},
+            "severity": {"type": "string"},
+            "livemode": {"type": "boolean"},
+            "event_id": {"type": "string"},
+            "event_type": {"type": "string"},
+            "event_created": {"type": "integer", "description": "unix seconds"},
+            "summary": {"type": "string"},
+            "customer": {"type": "string"},
+            "charge": {"type": "string"},
+            "invoice": {"type": "string"},
+            "subscription": {"type": "string"},
+            "amount": {"type": "integer", "description": "minor units of `currency`"},
+            "currency": {"type": "string"},
+            "history": {"type": "boolean", "description": "found in imported history, not live traffic"},
+            "related": {"type": "array", "items": {"type": "string"}, "description": "the other ids involved"},
+            "details": {"type": "object", "description": "what else the detector reports"},
+            "explorer": {"type": "string", "description": "the /events page filtered on this anomaly's customer"},
+        },
+    },
+    "Event": {
+        "type": "object",
+        "description": "A line of the recent-events log; fields a rejected event lacks are null",
+        "required": ["id", "type", "created", "received", "livemode", "customer", "object", "amount", "currency",
+                     "result", "reason", "anomalies", "history"],
+        "properties": {
+            "id": {"type": ["string", "null"]},
+            "type": {"type": ["string", "null"]},
+            "created": {"type": ["integer", "null"], "description": "unix seconds (Stripe's)"},
+            "received": {"type": "integer", "description": "unix seconds (this exporter's)"},
+            "livemode": {"type": ["boolean", "null"]},
+            "customer": {"type": ["string", "null"]},
+            "object": {"type": ["string", "null"], "description": "the id of the event's object"},
+            "amount": {"type": ["integer", "null"], "description": "minor units of `currency`"},
+            "currency": {"type": ["string", "null"]},
+            "result": {"type": "string", "description": "accepted, duplicate or rejected"},
+            "reason": {"type": ["string", "null"], "description": "why a rejected event was refused"},
+            "anomalies": {"type": "array", "items": {"type": "string"}, "description": "detectors it raised"},
+            "history": {"type": "boolean"},
+        },
+    },
+}
+
+
+# A small event the exporter accepts: the reference page shows it, the fuzzer starts from it.
+EXAMPLE_EVENT: Json = {
+    "id": "evt_1QExample", "object": "event", "type": "charge.succeeded", "created": 1767225600,
+    "livemode": False, "api_version": "2024-06-20",
+    "data": {"object": {
+        "id": "ch_3QExample", "object": "charge", "amount": 2000, "amount_captured": 2000, "amount_refunded": 0,
+        "currency": "usd", "customer": "cus_QExample", "status": "succeeded", "paid": True, "captured": True,
+        "refunded": False, "created": 1767225600, "livemode": False,
+    }},
+}
+
+
+def webhook() -> Json:
+    return {
+        "summary": "Stripe's webhook target",
+        "description": "Verifies the signature, records the event atomically, and only then answers 200 "
+                       "(a redelivery too, counted once). Every refusal records nothing.",
+        "tags": ["ingest"],
+        "parameters": [
+            {"name": "Stripe-Signature", "in": "header", "required": False,
+             "description": "Stripe's signature (t=...,v1=...); required unless signature verification is off",
+             "schema": {"type": "string"}},
+            {"name": "BillingWatch-Replay", "in": "header", "required": False,
+             "description": "1: the event is replayed history, not a delivery; needs the bearer token "
+                            "(or a direct loopback request when no token is set)",
+             "schema": {"type": "string", "enum": ["1"]}},
+        ],
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": ref("StripeEvent"), "examples": {"charge.succeeded": {"value": EXAMPLE_EVENT}}}}},
+        "responses": {
+            "200": json_body("Recorded (or already recorded)", ref("WebhookReceived")),
+            "400": error("Signature missing, malformed, wrong or too old; body not UTF-8 or JSON; an invalid "
+                         "event; a livemode event with a placeholder secret; or a Host not allowed"),
+            "403": error("BillingWatch-Replay without the bearer token"),
+            "408": error("Body not received in time"),
+            "413": error("Body larger than BILLINGWATCH_MAX_BODY_BYTES"),
+            "415": error("Content-Type is not application/json (only while signature verification is off)"),
+            "422": error("A signed event the store cannot record; a retry meets the same refusal"),
+            "503": error("Store unavailable, or too many requests in flight: Stripe retries"),
+        },
+    }
+
+
+def detector_parameter(names: Sequence[str]) -> Json:
+    schema: Json = {"type": "string"}
+    if names:
+        schema["enum"] = list(names)
+    return query("detector", "Only this detector's records", schema)
+
+
+def operations(detector_names: Sequence[str]) -> dict[tuple[str, str], Json]:
+    """Every operation the exporter can serve, by (path, method); document() keeps those the app has."""
+    # Printable ASCII: what Stripe types and ids are made of (the exporter refuses control characters).
+    text_filter = {"type": "string", "maxLength": 255, "pattern": "^[ -~]*$"}
+    # /api/events and /events take the same query; an empty value is no filter (an HTML form sends
+    # its empty fields), so the numbers may be empty too.
+    empty = {"type": "string", "maxLength": 0}
+    event_filters = [
+        query("type", "Only events of this Stripe type", {**text_filter, "maxLength": 80}),
+        query("customer", "Only this customer's events", text_filter),
+        query("object", "Only events about this object id", text_filter),
+        query("since", "Only events received at or after this unix time (seconds)",
+              {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 999_999_999_999}, empty]}),
+        {**LIMIT, "schema": {"anyOf": [LIMIT["schema"], empty]}},
+    ]
+    return {
+        ("/", "get"): {"summary": "Landing page linking the endpoints", "tags": ["pages"],
+                       "responses": {"200": html("The landing page")}},
+        ("/webhooks/stripe", "post"): webhook(),
+        ("/metrics", "get"): {
+            "summary": "Prometheus exposition", "tags": ["monitoring"],
+            "description": "Text format; OpenMetrics when the Accept header asks for it. No ids, aggregates only.",
+            "responses": {"200": {"description": "The billingwatch_* families and the process collectors",
+                                  "content": {"text/plain": {"schema": {"type": "string"}},
+                                              "application/openmetrics-text": {"schema": {"type": "string"}}}}},
+        },
+        ("/health", "get"): {"summary": "Liveness: 200 while the process runs", "tags": ["monitoring"],
+                             "responses": {"200": json_body("Alive", ref("Health"))}},
+        ("/ready", "get"): {
+            "summary": "Readiness: this replica can record an event", "tags": ["monitoring"],
+            "responses": {"200": json_body("Ready", ref("Ready")),
+                          "503": json_body("Not ready, with the reason (or too many requests in flight)",
+                                           {"anyOf": [ref("NotReady"), ref("Error")]})},
+        },
+        ("/api/detectors", "get"): {
+            "summary": "The registered detectors, their severities and thresholds", "tags": ["api"],
+            "security": BEARER,
+            "responses": {"200": json_body("The detectors", {
+                "type": "object", "required": ["detectors"],
+                "properties": {"detectors": {"type": "array", "items": ref("Detector")}}}),
+                "401": UNAUTHORISED},
+        },
+        ("/api/anomalies", "get"): {
+            "summary": "Recent anomaly records, newest first", "tags": ["api"], "security": BEARER,
+            "parameters": [
+                LIMIT,
+                detector_parameter(detector_names),
+                query("history", "true: only those found in imported history; false: only live ones",
+                      {"type": "string", "enum": ["true", "false"]}),
+            ],
+            "responses": {"200": json_body("The anomaly records", {
+                "type": "object", "required": ["anomalies"],
+                "properties": {"anomalies": {"type": "array", "items": ref("Anomaly")}}}),
+                "400": error("A bad parameter (or a Host not allowed)"), "401": UNAUTHORISED, "503": STORE_DOWN},
+        },
+        ("/api/events", "get"): {
+            "summary": "The recent-events log, newest first", "tags": ["api"], "security": BEARER,
+            "parameters": event_filters,
+            "responses": {"200": json_body("The log lines", {
+                "type": "object", "required": ["events"],
+                "properties": {"events": {"type": "array", "items": ref("Event")}}}),
+                "400": error("A bad parameter (or a Host not allowed)"), "401": UNAUTHORISED, "503": STORE_DOWN},
+        },
+        ("/events", "get"): {
+            "summary": "Event explorer: the recent events with their anomalies (HTML)", "tags": ["pages"],
+            "security": BEARER, "parameters": event_filters,
+            "responses": {
+                "200": html("The explorer page"),
+                "400": {"description": "The page saying which filter is bad (or a Host not allowed, in JSON)",
+                        "content": {"text/html": {"schema": {"type": "string"}},
+                                    "application/json": {"schema": ref("Error")}}},
+                "401": {**UNAUTHORISED, "content": {"text/html": {"schema": {"type": "string"}}}},
+                "503": {"description": "Store unavailable (or too many requests in flight, in JSON)",
+                        "content": {"text/html": {"schema": {"type": "string"}},
+                                    "application/json": {"schema": ref("Error")}}},
+            },
+        },
+        ("/openapi.json", "get"): {
+            "summary": "This document", "tags": ["docs"],
+            "responses": {"200": json_body("The OpenAPI 3.1 document", {"type": "object"})},
+        },
+        ("/docs", "get"): {"summary": "API reference rendering this document (Swagger UI, self-hosted)",
+                           "tags": ["docs"], "responses": {"200": html("The API reference page")}},
+        ("/docs/static/{name}", "get"): {
+            "summary": "The API reference page's assets", "tags": ["docs"],
+            "parameters": [{"name": "name", "in": "path", "required": True,
+                            "schema": {"type": "string", "enum": list(DOCS_ASSETS)}}],
+            "responses": {
+                "200": {"description": "The asset",
+                        "content": {"text/javascript": {"schema": {"type": "string"}},
+                                    "text/css": {"schema": {"type": "string"}},
+                                    "image/png": {"schema": {"type": "string", "contentMediaType": "image/png"}}}},
+                "404": error("No such asset"),
+            },
+        },
+    }
+
+
+def route_operations(routes: Iterable[BaseRoute]) -> list[tuple[str, str]]:
+    """(path, method) of every route; HEAD is implied by GET, as Starlette serves it."""
+    found = []
+    for route in routes:
+        if isinstance(route, Route):
+            found += [(route.path, m.lower()) for m in sorted(route.methods or ()) if m != "HEAD"]
+    return found
+
+
+def document(routes: Iterable[BaseRoute], detector_names: Sequence[str] = ()) -> Json:
+    """The document for these routes; a route without an entry in operations() is left out
+    (the drift test fails on it)."""
+    known = operations(detector_names)
+    paths: dict[str, Json] = {}
+    for path, method in route_operations(routes):
+        if (path, method) in known:
+            operation = known[path, method]
+            operation["responses"] = {**COMMON, **operation["responses"]}
+            paths.setdefault(path, {})[method] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "BillingWatch",
+            "version": __version__,
+            "description": "Self-hosted monitoring of Stripe billing. /api/* and /events hold customer ids: "
+                           "they need `Authorization: Bearer <BILLINGWATCH_API_TOKEN>` (without a token, only "
+                           "direct loopback requests are served). Errors are one line: {\"error\": reason}.",
+            "license": {"name": "MIT", "identifier": "MIT"},
+        },
+        "tags": [
+            {"name": "ingest", "description": "Stripe's webhook deliveries"},
+            {"name": "monitoring", "description": "Prometheus, liveness and readiness; no customer data"},
+            {"name": "api", "description": "Customer data: the bearer token"},
+            {"name": "pages", "description": "HTML for people"},
+            {"name": "docs", "description": "This document and its reference page"},
+        ],
+        "paths": dict(sorted(paths.items())),
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "BILLINGWATCH_API_TOKEN"}},
+        },
+    }
+
+
+def render(doc: Json) -> str:
+    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+
+
+def default_document() -> Json:
+    """The document of an app with the default settings (built-in detectors only): docs/openapi.json."""
+    from billingwatch.config import Settings  # here: the app imports this module
+    from billingwatch.detectors import build_detectors
+    from billingwatch.http.app import create_app
+    from billingwatch.store import MemoryStore
+
+    app = create_app(Settings(webhook_secrets=("whsec_placeholder",)), MemoryStore())
+    return document(app.routes, [d.name for d in build_detectors({})])
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render(default_document()))
