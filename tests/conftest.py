@@ -50,6 +50,12 @@ def store(request: pytest.FixtureRequest) -> Iterator[Store]:
     yield redis_store
 
 
+@pytest.fixture
+def client(store: Store, make_client: Callable[..., TestClient]) -> TestClient:
+    """The real app on each store in turn (the `store` fixture's parameters)."""
+    return make_client(store=store)
+
+
 def settings(**overrides: Any) -> Settings:
     base: dict[str, Any] = {"webhook_secrets": (SECRET,)}
     base.update(overrides)

@@ -21,12 +21,6 @@ Client = Callable[..., TestClient]
 NOW = int(time.time())
 
 
-@pytest.fixture(params=["memory", "redis"])
-def client(request: pytest.FixtureRequest, make_client: Client) -> TestClient:
-    if request.param == "memory":
-        return make_client()
-    redis_url = request.getfixturevalue("redis_url")
-    return make_client(store=RedisStore(redis_url, prefix=request.getfixturevalue("redis_prefix")))
 
 
 def charge(customer: str, charge_id: str, created: int = NOW - 60, amount: int = 4999) -> dict[str, Any]:

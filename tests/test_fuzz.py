@@ -30,12 +30,6 @@ FUZZ = settings(max_examples=100, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
-@pytest.fixture(params=["memory", "redis"])
-def client(request: pytest.FixtureRequest, make_client: Client) -> TestClient:
-    if request.param == "memory":
-        return make_client()
-    return make_client(store=RedisStore(request.getfixturevalue("redis_url"),
-                                        prefix=request.getfixturevalue("redis_prefix")))
 
 
 def figures(client: TestClient) -> Figures:

@@ -24,12 +24,6 @@ def post(client: TestClient, evt: dict[str, Any], secret: str = SECRET) -> Any:
     return client.post(URL, content=payload, headers=se.signed_headers(payload, secret))
 
 
-@pytest.fixture(params=["memory", "redis"])
-def client(request: pytest.FixtureRequest, make_client: Client) -> TestClient:
-    if request.param == "memory":
-        return make_client()
-    redis_url = request.getfixturevalue("redis_url")
-    return make_client(store=RedisStore(redis_url, prefix=request.getfixturevalue("redis_prefix")))
 
 
 def test_signed_event_is_recorded_and_shown_in_metrics(client: TestClient) -> None:
