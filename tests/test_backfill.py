@@ -159,7 +159,7 @@ def test_backfill_direct_in_small_batches_records_what_http_does(
     and anomalies that one request per event gives."""
     direct_env = {**api_env, "BILLINGWATCH_REDIS_PREFIX": api_env["BILLINGWATCH_REDIS_PREFIX"] + "_direct"}
     with stripe_events_api(history(), fail_first=False) as api, running_exporter(**direct_env) as direct:
-        code, out, err = run(capsys, "backfill", "--api-base", api.url, "--url", exporter.url, "--concurrency", "4")
+        code, out, err = run(capsys, "backfill", "--api-base", api.url, "--url", exporter.url, "--concurrency", "1")
         assert code == 0 and "16 events: 16 accepted" in out, err
         monkeypatch.setenv("BILLINGWATCH_REDIS_PREFIX", direct_env["BILLINGWATCH_REDIS_PREFIX"])
         for accepted in (16, 0):
