@@ -161,6 +161,18 @@ def test_rendered_alertmanager_config_is_not_on_a_persistent_volume(resolved: di
     assert not [v for v in volumes if rendered.startswith(v.rstrip("/") + "/")]
 
 
+def test_the_digest_reads_only_the_smtp_password(filled_env: Path) -> None:
+    """The digest mails a summary: of the Alertmanager secrets it may read the SMTP password only
+    (the directory also holds the Slack, Discord and webhook credentials)."""
+    result = compose("--profile", "digest", "config", env_file=filled_env)
+    assert result.returncode == 0, result.stderr
+    digest = yaml.safe_load(result.stdout)["services"]["digest"]
+    password_file = digest["environment"]["BILLINGWATCH_DIGEST_AUTH_PASSWORD_FILE"]
+    mounts = [volume.split(":")[:2] for volume in digest["volumes"]]
+    assert [target for _, target in mounts] == [password_file]
+    assert all(source.endswith("/smtp_password") for source, _ in mounts)
+
+
 def bind_mounts(resolved: dict[str, Any]) -> list[tuple[str, Path, str]]:
     mounts = []
     for name, service in resolved["services"].items():
