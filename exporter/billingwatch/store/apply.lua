@@ -4,7 +4,8 @@
 --
 -- KEYS[1] event dedup key       KEYS[2] counters hash   KEYS[3] gauges hash
 -- KEYS[4] anomaly log list      KEYS[5] subscription hash (or an unused name)
--- KEYS[6] lapse watch zset      KEYS[7] recent-events log list   KEYS[7 + i] the key of check i
+-- KEYS[6] lapse watch zset      KEYS[7] recent-events log list
+-- KEYS[8] the subscription's customer hash (or an unused name)   KEYS[8 + i] the key of check i
 -- ARGV[1] the plan as JSON (every number a string, so Lua never rounds it)
 -- ARGV[2] how many anomaly records the log keeps
 -- ARGV[3] the event's log line, a JSON object without its closing brace ('' for none): the
@@ -20,9 +21,13 @@
 -- before the first write. store/memory_store.py makes the same checks.
 --
 -- The script knows no metric vocabulary: the plan names every field it moves. A subscription
--- snapshot says whether it is held in the gauges (held), the gauge fields it then adds to (sf:
--- 1, mf: its MRR) and the counter its end bumps (se). The subscription hash keeps the fields
--- the kept snapshot added (sf, mf, mrr; '' when it held nothing) to take them back later.
+-- snapshot says whether it is held in the gauges (held), the gauge fields it then adds to (g:
+-- [field, amount] pairs), the counter its end bumps (se), its MRR in its currency (cur, cm), its
+-- currency's paying-customers gauge (pf) and movement counters (mv: kind -> [amount field,
+-- customers field]; absent for history). The subscription hash keeps what the kept snapshot
+-- added (at, rk, held, g, cur, cm, pf, mv) to take it back later. The customer hash keeps the
+-- customer's MRR ('m:<currency>') and whether it ever paid ('p:<currency>'), per currency:
+-- movements follow from the stored previous state (recording/plan.py movement(), docs/revenue.md).
 
 -- Totals stay within +-9 * 10^18 (store/contract.py COUNTER_LIMIT), inside the signed 64-bit range.
 -- Lua numbers are doubles, exact only to 2^53, so totals are compared exactly as two parts,
@@ -34,16 +39,85 @@ local MAX_CHECKS = 1000 -- store/contract.py MAX_CHECKS
 -- The readiness probe (RedisStore.can_record): that this script runs here is the answer.
 if ARGV[1] == 'probe' then return { 3 } end
 local MAX_AMOUNT, MAX_SUM = 1e12, 1e15 -- store/contract.py: a sum check's amount and threshold
+-- store/contract.py MAX_SUBSCRIPTION_MRR, MAX_CUSTOMER_MRR: below 2^53, so exact in Lua's doubles
+local MAX_SUBSCRIPTION_MRR, MAX_CUSTOMER_MRR = 1e15, 9e15
 local plan = cjson.decode(ARGV[1])
+local CHECK_KEYS = 8 -- the checks' keys follow the fixed ones
+
+-- The movement rule (recording/plan.py movement()): kind and positive amount, or nil.
+local function movement(before, after, paid_before)
+  if before == after then return nil end
+  if before <= 0 then return paid_before and 'reactivation' or 'new', after end
+  if after <= 0 then return 'churn', before end
+  if after > before then return 'expansion', after - before end
+  return 'contraction', before - after
+end
+
+-- What replacing the kept subscription snapshot changes, read before any write (memory_store.py
+-- _change): nil when the snapshot is older than the kept one (superseded). Amounts are numbers,
+-- exact (below 2^53); written with %d.
+local function subscription_change(sub)
+  local s = redis.call('HMGET', KEYS[5], 'at', 'rk', 'held', 'g', 'cur', 'cm', 'pf', 'mv')
+  local at = tonumber(s[1])
+  if at then
+    local t, rank = tonumber(sub.at), tonumber(sub.rank)
+    if t < at or (t == at and rank < (tonumber(s[2]) or 0)) then return nil end
+  end
+  local change = { gauges = {}, counters = {}, customer = {}, ended_before = at ~= nil and s[3] ~= '1' }
+  if s[4] and s[4] ~= '' then
+    for _, g in ipairs(cjson.decode(s[4])) do table.insert(change.gauges, { g[1], -tonumber(g[2]) }) end
+  end
+  if sub.held then
+    for _, g in ipairs(sub.g) do table.insert(change.gauges, { g[1], tonumber(g[2]) }) end
+  elseif sub.se ~= '' and not change.ended_before then
+    table.insert(change.counters, { sub.se, 1 })
+  end
+  -- The customer's MRR per currency: the kept snapshot's share out, this one's in.
+  local deltas, order = {}, {}
+  local kept = tonumber(s[6]) or 0
+  if kept > 0 then
+    deltas[s[5]] = { -kept, s[7], (s[8] and s[8] ~= '') and cjson.decode(s[8]) or nil }
+    table.insert(order, s[5])
+  end
+  if sub.cur ~= '' then
+    local d = deltas[sub.cur]
+    if not d then table.insert(order, sub.cur) end
+    deltas[sub.cur] = { (d and d[1] or 0) + tonumber(sub.cm), sub.pf, sub.mv }
+  end
+  for _, currency in ipairs(order) do
+    local d = deltas[currency]
+    if d[1] ~= 0 then
+      local state = redis.call('HMGET', KEYS[8], 'm:' .. currency, 'p:' .. currency)
+      local before = tonumber(state[1]) or 0
+      local after = math.max(before + d[1], 0)
+      table.insert(change.customer, { 'm:' .. currency, after })
+      if after > 0 then table.insert(change.customer, { 'p:' .. currency, 1 }) end
+      if before <= 0 and after > 0 then
+        table.insert(change.gauges, { d[2], 1 })
+      elseif after <= 0 and before > 0 then
+        table.insert(change.gauges, { d[2], -1 })
+      end
+      local kind, amount = movement(before, after, state[2] == '1')
+      if kind and sub.mv and d[3] and d[3][kind] then -- sub.mv absent: history moves no counter
+        table.insert(change.counters, { d[3][kind][1], amount })
+        table.insert(change.counters, { d[3][kind][2], 1 })
+      end
+    end
+  end
+  return change
+end
 
 -- ---------------------------------------------------------------- checks, before any write
-local function refusal()
-  if #plan.checks ~= #KEYS - 7 or #plan.checks > MAX_CHECKS then
+local function refusal(change)
+  if #plan.checks ~= #KEYS - CHECK_KEYS or #plan.checks > MAX_CHECKS then
     return 'too many checks in one event'
   end
   local ttls = { plan.ttl }
   for _, check in ipairs(plan.checks) do table.insert(ttls, check.ttl) end
-  if plan.subscription then table.insert(ttls, plan.subscription.ttl) end
+  if plan.subscription then
+    table.insert(ttls, plan.subscription.ttl)
+    table.insert(ttls, plan.subscription.ctl)
+  end
   if plan.payment then table.insert(ttls, plan.payment.ttl) end
   for _, ttl in ipairs(ttls) do
     local t = tonumber(ttl)
@@ -90,16 +164,11 @@ local function refusal()
     for name, value in pairs(check.counters) do add(1, name, value) end
     if check.anomaly then add(1, check.anomaly_counter, '1') end
   end
-  local sub = plan.subscription
-  if sub then
-    local state = redis.call('HMGET', KEYS[5], 'sf', 'mf', 'mrr')
-    if state[1] and state[1] ~= '' then add(2, state[1], '-1') end
-    if state[2] and state[2] ~= '' then add(2, state[2], state[3], true) end
-    if sub.held then
-      add(2, sub.sf, '1')
-      if sub.mf ~= '' then add(2, sub.mf, sub.mrr) end
-    elseif sub.se ~= '' then
-      add(1, sub.se, '1')
+  if change then
+    for _, g in ipairs(change.gauges) do add(2, g[1], string.format('%d', g[2])) end
+    for _, c in ipairs(change.counters) do add(1, c[1], string.format('%d', c[2])) end
+    for _, c in ipairs(change.customer) do
+      if c[2] > MAX_CUSTOMER_MRR then return "a customer's mrr would leave the range the store computes exactly" end
     end
   end
   if bad then
@@ -132,7 +201,18 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   log_line('duplicate', {})
   return { 1 }
 end
-local reason = refusal()
+-- A subscription's amounts first: the change is computed from them in doubles.
+local sub_change = nil
+if plan.subscription then
+  local amounts = { plan.subscription.cm }
+  for _, g in ipairs(plan.subscription.g) do table.insert(amounts, g[2]) end
+  for _, a in ipairs(amounts) do
+    local v = tostring(a):match('^%d+$') and tonumber(a)
+    if not v or v > MAX_SUBSCRIPTION_MRR then return { 2, "a subscription's mrr is out of range" } end
+  end
+  sub_change = subscription_change(plan.subscription)
+end
+local reason = refusal(sub_change)
 if reason then
   return { 2, reason }
 end
@@ -186,7 +266,7 @@ end
 local result = { 0 }
 local fired = {} -- the detectors that hit, for the log line
 for i, check in ipairs(plan.checks) do
-  local key = KEYS[7 + i]
+  local key = KEYS[CHECK_KEYS + i]
   local hit, related = false, nil
   if check.op == 'once' then
     hit = redis.call('SET', key, '1', 'NX', 'EX', check.ttl) and true or false
@@ -228,37 +308,28 @@ for i, check in ipairs(plan.checks) do
 end
 
 local sub = plan.subscription
-if sub then
-  local state = redis.call('HMGET', KEYS[5], 'at', 'sf', 'mf', 'mrr', 'paid')
-  local at = tonumber(state[1])
-  if not at or tonumber(sub.at) >= at then -- an older snapshot never overwrites a newer one
-    local ended_before = at and state[2] == '' -- a kept snapshot that held nothing
-    if state[2] and state[2] ~= '' then
-      redis.call('HINCRBY', KEYS[3], state[2], -1)
-    end
-    if state[3] and state[3] ~= '' then
-      -- format with %d: Lua would print minus zero as '-0', which HINCRBY refuses
-      redis.call('HINCRBY', KEYS[3], state[3], string.format('%d', -tonumber(state[4])))
-    end
-    local sf, mf = '', ''
-    if sub.held then
-      sf, mf = sub.sf, sub.mf
-      redis.call('HINCRBY', KEYS[3], sf, 1)
-      if mf ~= '' then
-        redis.call('HINCRBY', KEYS[3], mf, sub.mrr)
-      end
-    elseif sub.se ~= '' and not ended_before then
-      redis.call('HINCRBY', KEYS[2], sub.se, 1) -- '' for history: an imported end is not live traffic
-    end
-    redis.call('HSET', KEYS[5], 'at', sub.at, 'sf', sf, 'mf', mf, 'mrr', sub.mrr, 'end', sub['end'])
-    redis.call('EXPIRE', KEYS[5], sub.ttl)
-    local paid = tonumber(state[5]) or 0
-    local period_end = tonumber(sub['end'])
-    if sub.watch and period_end > 0 and paid < period_end then
-      redis.call('ZADD', KEYS[6], sub['end'], sub.id)
-    else
-      redis.call('ZREM', KEYS[6], sub.id)
-    end
+if sub and sub_change then -- nil: an older snapshot never overwrites a newer one
+  for _, g in ipairs(sub_change.gauges) do
+    redis.call('HINCRBY', KEYS[3], g[1], string.format('%d', g[2])) -- %d: never '-0', which HINCRBY refuses
+  end
+  for _, c in ipairs(sub_change.counters) do -- no end or movement counter for history
+    redis.call('HINCRBY', KEYS[2], c[1], string.format('%d', c[2]))
+  end
+  for _, c in ipairs(sub_change.customer) do
+    redis.call('HSET', KEYS[8], c[1], string.format('%d', c[2]))
+  end
+  redis.call('EXPIRE', KEYS[8], sub.ctl) -- kept as long as its subscriptions, from its last change
+  local mv = sub.mv and cjson.encode(sub.mv) or ''
+  local g = #sub.g > 0 and sub.held and cjson.encode(sub.g) or '[]' -- cjson writes {} for an empty table
+  redis.call('HSET', KEYS[5], 'at', sub.at, 'rk', sub.rank, 'held', sub.held and '1' or '0', 'g', g,
+    'cur', sub.cur, 'cm', sub.cm, 'pf', sub.pf, 'mv', mv, 'end', sub['end'])
+  redis.call('EXPIRE', KEYS[5], sub.ttl)
+  local paid = tonumber(redis.call('HGET', KEYS[5], 'paid')) or 0
+  local period_end = tonumber(sub['end'])
+  if sub.watch and period_end > 0 and paid < period_end then
+    redis.call('ZADD', KEYS[6], sub['end'], sub.id)
+  else
+    redis.call('ZREM', KEYS[6], sub.id)
   end
 end
 
