@@ -217,6 +217,17 @@ async def test_each_currency_is_its_own_customer_mrr(store: Store) -> None:
 
 
 @pytest.mark.anyio
+async def test_a_snapshot_that_moves_currency_takes_its_mrr_out_of_the_old_one(store: Store) -> None:
+    t0 = NOW - 10 * DAY
+    await record(store, sub_event("customer.subscription.created", t0, sub="sub_cur", currency="usd"))
+    await record(store, sub_event("customer.subscription.updated", t0 + DAY, sub="sub_cur", currency="eur",
+                                  unit=5000))
+    got = await figures(store)
+    assert moved(got, "churn", "usd") == (100.0, 1) and moved(got, "new", "eur") == (50.0, 1)
+    assert (paying(got, "usd"), paying(got, "eur"), mrr(got, "usd"), mrr(got, "eur")) == (0, 1, 0, 50.0)
+
+
+@pytest.mark.anyio
 async def test_a_subscription_without_customer_is_its_own_customer(store: Store) -> None:
     t0 = NOW - 10 * DAY
     await record(store, sub_event("customer.subscription.created", t0, sub="sub_anon_a", customer=None))

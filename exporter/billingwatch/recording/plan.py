@@ -24,7 +24,6 @@ from billingwatch.metrics.labels import (
     INVOICE_ATTEMPTS,
     INVOICE_PAID_EVENTS,
     LIVE_STATUSES,
-    MOVEMENT_KINDS,
     MRR_STATUSES,
     OTHER_PLAN,
     REFUND_EVENTS,
@@ -137,7 +136,10 @@ class SubscriptionState:
 
     Its MRR (`contribution`) also adds to its customer's MRR in `mrr_currency`, which the store
     keeps per customer; when that goes from `before` to `after` the store moves one movement kind
-    (`movement_fields`, docs/revenue.md) and `paying_field` on the zero crossings.
+    (`movement_schemes`, docs/revenue.md) and the paying-customers gauge (`paying_scheme`) on the
+    zero crossings. Those are schemes, filled in with the currency that moved (fill()), so the
+    store keeps no field names per subscription for them: a snapshot may move the currency of
+    the one it replaces.
     """
 
     id: str
@@ -191,23 +193,33 @@ class SubscriptionState:
         return self.customer or self.id
 
     @property
-    def paying_field(self) -> str:
-        """The paying-customers gauge of its currency; "" without one."""
-        return fields.field(fam.PAYING_CUSTOMERS, self.mrr_currency, self.livemode) if self.mrr_currency else ""
+    def paying_scheme(self) -> str:
+        """The paying-customers gauge field, with CURRENCY for the currency (any currency it moves)."""
+        return fields.field(fam.PAYING_CUSTOMERS, CURRENCY, self.livemode)
 
     @property
-    def movement_fields(self) -> dict[str, tuple[str, str]]:
-        """Per movement kind, the amount and customer counters of its currency; none for history."""
-        if not self.moves or not self.mrr_currency:
-            return {}
-        return {kind: (fields.field(fam.MRR_MOVEMENT_AMOUNT, kind, self.mrr_currency, self.livemode),
-                       fields.field(fam.CUSTOMER_MOVEMENTS, kind, self.mrr_currency, self.livemode))
-                for kind in MOVEMENT_KINDS}
+    def movement_schemes(self) -> tuple[str, str] | None:
+        """The movement amount and customers counter fields, with KIND and CURRENCY to fill in; None
+        for history, which moves no movement counter."""
+        if not self.moves:
+            return None
+        return (fields.field(fam.MRR_MOVEMENT_AMOUNT, KIND, CURRENCY, self.livemode),
+                fields.field(fam.CUSTOMER_MOVEMENTS, KIND, CURRENCY, self.livemode))
 
     @property
     def lapse_watched(self) -> bool:
         """An active subscription is watched for a period that ends with no paid invoice."""
         return self.status == "active"
+
+
+# The slots of a field scheme (SubscriptionState.paying_scheme, movement_schemes); label values
+# never contain braces.
+KIND, CURRENCY = "{kind}", "{currency}"
+
+
+def fill(scheme: str, currency: str, kind: str = "") -> str:
+    """A field scheme filled in (apply.lua does the same)."""
+    return scheme.replace(KIND, kind).replace(CURRENCY, currency)
 
 
 def movement(before: int, after: int, paid_before: bool) -> tuple[str, int] | None:

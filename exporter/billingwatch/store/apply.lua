@@ -22,12 +22,13 @@
 --
 -- The script knows no metric vocabulary: the plan names every field it moves. A subscription
 -- snapshot says whether it is held in the gauges (held), the gauge fields it then adds to (g:
--- [field, amount] pairs), the counter its end bumps (se), its MRR in its currency (cur, cm), its
--- currency's paying-customers gauge (pf) and movement counters (mv: kind -> [amount field,
--- customers field]; absent for history). The subscription hash keeps what the kept snapshot
--- added (at, rk, held, g, cur, cm, pf, mv) to take it back later. The customer hash keeps the
--- customer's MRR ('m:<currency>') and whether it ever paid ('p:<currency>'), per currency:
--- movements follow from the stored previous state (recording/plan.py movement(), docs/revenue.md).
+-- [field, amount] pairs), the counter its end bumps (se), its MRR in its currency (cur, cm), and
+-- the schemes of the paying-customers gauge (pay) and movement counters (mv: [amount, customers];
+-- absent for history), with {currency} and {kind} to fill in. The subscription hash keeps what
+-- the kept snapshot added (at, rk, cur, cm, and 'g:<field>' = amount per gauge field; no 'g:'
+-- field: it held nothing) to take it back later. The customer hash keeps the customer's MRR
+-- ('m:<currency>') and whether it ever paid ('p:<currency>'), per currency: movements follow
+-- from the stored previous state (recording/plan.py movement(), docs/revenue.md).
 
 -- Totals stay within +-9 * 10^18 (store/contract.py COUNTER_LIMIT), inside the signed 64-bit range.
 -- Lua numbers are doubles, exact only to 2^53, so totals are compared exactly as two parts,
@@ -53,19 +54,30 @@ local function movement(before, after, paid_before)
   return 'contraction', before - after
 end
 
+-- A field scheme of the plan filled in (recording/plan.py fill()); label values never hold '%'.
+local function fill(scheme, currency, kind)
+  return (scheme:gsub('{kind}', kind or ''):gsub('{currency}', currency))
+end
+
 -- What replacing the kept subscription snapshot changes, read before any write (memory_store.py
 -- _change): nil when the snapshot is older than the kept one (superseded). Amounts are numbers,
 -- exact (below 2^53); written with %d.
 local function subscription_change(sub)
-  local s = redis.call('HMGET', KEYS[5], 'at', 'rk', 'held', 'g', 'cur', 'cm', 'pf', 'mv')
-  local at = tonumber(s[1])
+  local raw = redis.call('HGETALL', KEYS[5])
+  local s, held = {}, {}
+  for i = 1, #raw, 2 do
+    if raw[i]:sub(1, 2) == 'g:' then table.insert(held, { raw[i]:sub(3), tonumber(raw[i + 1]) })
+    else s[raw[i]] = raw[i + 1] end
+  end
+  local at = tonumber(s.at)
   if at then
     local t, rank = tonumber(sub.at), tonumber(sub.rank)
-    if t < at or (t == at and rank < (tonumber(s[2]) or 0)) then return nil end
+    if t < at or (t == at and rank < (tonumber(s.rk) or 0)) then return nil end
   end
-  local change = { gauges = {}, counters = {}, customer = {}, ended_before = at ~= nil and s[3] ~= '1' }
-  if s[4] and s[4] ~= '' then
-    for _, g in ipairs(cjson.decode(s[4])) do table.insert(change.gauges, { g[1], -tonumber(g[2]) }) end
+  local change = { gauges = {}, counters = {}, customer = {}, drop = {}, ended_before = at ~= nil and #held == 0 }
+  for _, g in ipairs(held) do
+    table.insert(change.gauges, { g[1], -g[2] })
+    table.insert(change.drop, 'g:' .. g[1])
   end
   if sub.held then
     for _, g in ipairs(sub.g) do table.insert(change.gauges, { g[1], tonumber(g[2]) }) end
@@ -74,33 +86,29 @@ local function subscription_change(sub)
   end
   -- The customer's MRR per currency: the kept snapshot's share out, this one's in.
   local deltas, order = {}, {}
-  local kept = tonumber(s[6]) or 0
+  local kept = tonumber(s.cm) or 0
   if kept > 0 then
-    deltas[s[5]] = { -kept, s[7], (s[8] and s[8] ~= '') and cjson.decode(s[8]) or nil }
-    table.insert(order, s[5])
+    deltas[s.cur] = -kept
+    table.insert(order, s.cur)
   end
   if sub.cur ~= '' then
-    local d = deltas[sub.cur]
-    if not d then table.insert(order, sub.cur) end
-    deltas[sub.cur] = { (d and d[1] or 0) + tonumber(sub.cm), sub.pf, sub.mv }
+    if not deltas[sub.cur] then table.insert(order, sub.cur) end
+    deltas[sub.cur] = (deltas[sub.cur] or 0) + tonumber(sub.cm)
   end
   for _, currency in ipairs(order) do
-    local d = deltas[currency]
-    if d[1] ~= 0 then
+    if deltas[currency] ~= 0 then
       local state = redis.call('HMGET', KEYS[8], 'm:' .. currency, 'p:' .. currency)
       local before = tonumber(state[1]) or 0
-      local after = math.max(before + d[1], 0)
+      local after = math.max(before + deltas[currency], 0)
       table.insert(change.customer, { 'm:' .. currency, after })
       if after > 0 then table.insert(change.customer, { 'p:' .. currency, 1 }) end
-      if before <= 0 and after > 0 then
-        table.insert(change.gauges, { d[2], 1 })
-      elseif after <= 0 and before > 0 then
-        table.insert(change.gauges, { d[2], -1 })
+      if (before > 0) ~= (after > 0) then
+        table.insert(change.gauges, { fill(sub.pay, currency), after > 0 and 1 or -1 })
       end
       local kind, amount = movement(before, after, state[2] == '1')
-      if kind and sub.mv and d[3] and d[3][kind] then -- sub.mv absent: history moves no counter
-        table.insert(change.counters, { d[3][kind][1], amount })
-        table.insert(change.counters, { d[3][kind][2], 1 })
+      if kind and sub.mv then -- no scheme for history: it moves no movement counter
+        table.insert(change.counters, { fill(sub.mv[1], currency, kind), amount })
+        table.insert(change.counters, { fill(sub.mv[2], currency, kind), 1 })
       end
     end
   end
@@ -319,10 +327,17 @@ if sub and sub_change then -- nil: an older snapshot never overwrites a newer on
     redis.call('HSET', KEYS[8], c[1], string.format('%d', c[2]))
   end
   redis.call('EXPIRE', KEYS[8], sub.ctl) -- kept as long as its subscriptions, from its last change
-  local mv = sub.mv and cjson.encode(sub.mv) or ''
-  local g = #sub.g > 0 and sub.held and cjson.encode(sub.g) or '[]' -- cjson writes {} for an empty table
-  redis.call('HSET', KEYS[5], 'at', sub.at, 'rk', sub.rank, 'held', sub.held and '1' or '0', 'g', g,
-    'cur', sub.cur, 'cm', sub.cm, 'pf', sub.pf, 'mv', mv, 'end', sub['end'])
+  -- The gauge fields it holds, one hash field each ('g:<field>'): short values keep the hash a
+  -- compact listpack.
+  if #sub_change.drop > 0 then redis.call('HDEL', KEYS[5], unpack(sub_change.drop)) end
+  local fields = { 'at', sub.at, 'rk', sub.rank, 'cur', sub.cur, 'cm', sub.cm, 'end', sub['end'] }
+  if sub.held then
+    for _, g in ipairs(sub.g) do
+      table.insert(fields, 'g:' .. g[1])
+      table.insert(fields, g[2])
+    end
+  end
+  redis.call('HSET', KEYS[5], unpack(fields))
   redis.call('EXPIRE', KEYS[5], sub.ttl)
   local paid = tonumber(redis.call('HGET', KEYS[5], 'paid')) or 0
   local period_end = tonumber(sub['end'])

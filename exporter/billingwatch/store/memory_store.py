@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from billingwatch.metrics.labels import LIVEMODES
-from billingwatch.recording.plan import Check, LogEntry, Plan, SubscriptionPayment, SubscriptionState, movement
+from billingwatch.recording.plan import Check, LogEntry, Plan, SubscriptionPayment, SubscriptionState, fill, movement
 from billingwatch.store.contract import (
     COUNTER_LIMIT,
     LAPSE_HORIZON,
@@ -48,20 +48,21 @@ def _newer(sub: SubscriptionState, state: dict[str, Any]) -> bool:
 
 
 def _change(sub: SubscriptionState, state: dict[str, Any], customer: dict[str, int]) -> _SubscriptionChange:
-    change = _SubscriptionChange(ended_before="at" in state and not state.get("held"))
-    change.gauges += [(name, -value) for name, value in state.get("g", [])]
+    held_before = state.get("g", {})
+    change = _SubscriptionChange(ended_before="at" in state and not held_before)
+    change.gauges += [(name, -value) for name, value in held_before.items()]
     if sub.held:
         change.gauges += sub.gauges
     elif sub.ended_counter and not change.ended_before:
         change.counters.append((sub.ended_counter, 1))
     # The customer's MRR per currency: the kept snapshot's share out, this one's in.
-    deltas: dict[str, list[Any]] = {}  # currency → [delta, paying field, movement fields]
+    deltas: dict[str, int] = {}
     if state.get("cm", 0) > 0:
-        deltas[state["cur"]] = [-state["cm"], state["pf"], state["mv"]]
+        deltas[state["cur"]] = -state["cm"]
     if sub.mrr_currency:
-        delta = deltas.get(sub.mrr_currency, [0])[0] + sub.contribution
-        deltas[sub.mrr_currency] = [delta, sub.paying_field, sub.movement_fields]
-    for currency, (delta, paying, moves) in deltas.items():
+        deltas[sub.mrr_currency] = deltas.get(sub.mrr_currency, 0) + sub.contribution
+    schemes = sub.movement_schemes
+    for currency, delta in deltas.items():
         if delta == 0:
             continue
         before = customer.get("m:" + currency, 0)
@@ -69,14 +70,12 @@ def _change(sub: SubscriptionState, state: dict[str, Any], customer: dict[str, i
         change.customer["m:" + currency] = after
         if after > 0:
             change.customer["p:" + currency] = 1
-        if before <= 0 < after:
-            change.gauges.append((paying, 1))
-        elif after <= 0 < before:
-            change.gauges.append((paying, -1))
+        if (before > 0) != (after > 0):
+            change.gauges.append((fill(sub.paying_scheme, currency), 1 if after > 0 else -1))
         moved = movement(before, after, bool(customer.get("p:" + currency)))
-        if moved and sub.moves and moves:
-            amount_field, count_field = moves[moved[0]]
-            change.counters += [(amount_field, moved[1]), (count_field, 1)]
+        if moved and schemes:  # no scheme for history: it moves no movement counter
+            kind, amount = moved
+            change.counters += [(fill(schemes[0], currency, kind), amount), (fill(schemes[1], currency, kind), 1)]
     return change
 
 
@@ -310,8 +309,8 @@ class MemoryStore:
             self._expiry[customer_key] = self._clock() + (sub.customer_ttl or sub.ttl)
         # What it added, to take back later without knowing how the fields are named.
         state.update(
-            at=sub.at, rk=sub.rank, held=sub.held, g=sub.gauges, cur=sub.mrr_currency, cm=sub.contribution,
-            pf=sub.paying_field, mv=sub.movement_fields, end=sub.period_end,
+            at=sub.at, rk=sub.rank, g=dict(sub.gauges), cur=sub.mrr_currency, cm=sub.contribution,
+            end=sub.period_end,
         )
         self._subs[key] = state
         self._expiry[key] = self._clock() + sub.ttl

@@ -128,11 +128,11 @@ class RedisStore:
             body["subscription"] = {
                 "id": s.id, "at": str(s.at), "rank": str(s.rank), "held": s.held,
                 "g": [[name, str(value)] for name, value in s.gauges], "cur": s.mrr_currency,
-                "cm": str(s.contribution), "pf": s.paying_field, "end": str(s.period_end), "ttl": str(s.ttl),
+                "cm": str(s.contribution), "pay": s.paying_scheme, "end": str(s.period_end), "ttl": str(s.ttl),
                 "ctl": str(s.customer_ttl or s.ttl), "se": s.ended_counter, "watch": s.lapse_watched,
             }
-            if s.movement_fields:  # absent for history: no movement counter moves
-                body["subscription"]["mv"] = {kind: list(names) for kind, names in s.movement_fields.items()}
+            if s.movement_schemes:  # absent for history: no movement counter moves
+                body["subscription"]["mv"] = list(s.movement_schemes)
         if plan.payment is not None:
             p = plan.payment
             body["payment"] = {"id": p.id, "at": str(p.at), "ttl": str(p.ttl)}
