@@ -120,6 +120,11 @@ class Check:
         return "" if a is None else fields.anomaly_field(a.detector, a.severity, a.livemode, a.history)
 
 
+# The slots of a field scheme (SubscriptionState.paying_scheme, movement_schemes); label values
+# never contain braces.
+KIND, CURRENCY = "{kind}", "{currency}"
+
+
 # Equal event times: a created snapshot never replaces an updated one of the same second, and a
 # deleted one always wins (Stripe often sends created and updated, or updated and deleted, within a second).
 SUBSCRIPTION_RANKS = {"customer.subscription.created": 0, "customer.subscription.deleted": 2}
@@ -210,11 +215,6 @@ class SubscriptionState:
     def lapse_watched(self) -> bool:
         """An active subscription is watched for a period that ends with no paid invoice."""
         return self.status == "active"
-
-
-# The slots of a field scheme (SubscriptionState.paying_scheme, movement_schemes); label values
-# never contain braces.
-KIND, CURRENCY = "{kind}", "{currency}"
 
 
 def fill(scheme: str, currency: str, kind: str = "") -> str:
