@@ -205,12 +205,17 @@ async def test_8_decrements_gauges_and_retentions_are_checked_too(store: Store) 
     with pytest.raises(Unrecordable):
         await store.apply(low)
     sub = SubscriptionState(id="sub_big", livemode="false", at=NOW, status="active", mrr_currency="usd",
-                            mrr_milli=10**15, period_end=0, ttl=60)
-    full = SubscriptionState(**{**sub.__dict__, "id": "sub_full", "mrr_milli": COUNTER_LIMIT - 10})
-    await store.apply(Plan(event_id="evt_sub_full", dedup_ttl=60, subscription=full))
+                            mrr_milli=10**15, period_end=0, ttl=60, customer="cus_big")
+    # A customer's MRR is computed exactly (Lua doubles) up to MAX_CUSTOMER_MRR: 9 subscriptions fill it.
+    for n in range(9):
+        full = SubscriptionState(**{**sub.__dict__, "id": f"sub_full{n}"})
+        await store.apply(Plan(event_id=f"evt_sub_full{n}", dedup_ttl=60, subscription=full))
     before = await store.snapshot(time.time(), 0)
-    with pytest.raises(Unrecordable, match="mrr"):
+    with pytest.raises(Unrecordable, match="customer's mrr"):
         await store.apply(Plan(event_id="evt_sub_over", dedup_ttl=60, subscription=sub))
+    too_big = SubscriptionState(**{**sub.__dict__, "id": "sub_too_big", "mrr_milli": 10**15 + 1})
+    with pytest.raises(Unrecordable, match="subscription's mrr"):
+        await store.apply(Plan(event_id="evt_sub_too_big", dedup_ttl=60, subscription=too_big))
     # A retention the store cannot set would fail at the script's last EXPIRE: refused up front.
     long_lived = SubscriptionState(**{**sub.__dict__, "mrr_milli": 0, "ttl": 10**17})
     with pytest.raises(Unrecordable, match="TTL"):

@@ -8,6 +8,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from billingwatch.http.access import host_pattern
+from billingwatch.metrics.labels import OTHER_PLAN
 from billingwatch.money import is_currency
 from billingwatch.store.redis_connect import SENTINEL_SCHEME, parse_sentinel_url
 
@@ -53,6 +54,36 @@ def _currencies(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
         if not is_currency(code):
             raise ConfigError(f"{name}: {code!r} is not a three-letter currency code (e.g. usd,eur)")
     return tuple(dict.fromkeys(codes))
+
+
+# BILLINGWATCH_PLANS: each name is a label value of billingwatch_mrr_by_plan_amount, so few and plain.
+PLAN_NAME = re.compile(r"[a-z0-9_.-]{1,32}")
+PLAN_ID = re.compile(r"[\x21-\x2b\x2d-\x3c\x3e-\x7e]{1,255}")  # printable ASCII but space, comma and "="
+MAX_PLAN_NAMES = 50
+MAX_PLAN_IDS = 1000
+
+
+def _plans(environ: Mapping[str, str], name: str) -> dict[str, str]:
+    """price_or_product_id=plan_name,...: which plan each price or product belongs to (MRR by plan)."""
+    plans: dict[str, str] = {}
+    for entry in (e.strip() for e in environ.get(name, "").split(",")):
+        if not entry:
+            continue
+        key, sep, plan = (part.strip() for part in entry.partition("="))
+        if not sep or not PLAN_ID.fullmatch(key):
+            raise ConfigError(f"{name}: {entry[:60]!r} is not price_or_product_id=plan_name (e.g. price_123=pro)")
+        if not PLAN_NAME.fullmatch(plan):
+            raise ConfigError(f"{name}: plan name {plan[:40]!r} must be 1 to 32 characters of a-z 0-9 _ . -")
+        if plans.get(key, plan) != plan:
+            raise ConfigError(f"{name}: {key[:60]!r} is mapped to two plans ({plans[key]!r} and {plan!r})")
+        plans[key] = plan
+    if len(plans) > MAX_PLAN_IDS:
+        raise ConfigError(f"{name}: at most {MAX_PLAN_IDS} price or product ids (got {len(plans)})")
+    names = set(plans.values())
+    if len(names) > MAX_PLAN_NAMES:
+        raise ConfigError(f"{name}: at most {MAX_PLAN_NAMES} distinct plan names (got {len(names)}): each is a "
+                          "label value of billingwatch_mrr_by_plan_amount")
+    return plans
 
 
 def _hosts(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
@@ -130,6 +161,8 @@ class Settings:
     event_log_size: int = 5000  # lines of the recent-events log (/api/events, /events)
     api_token: str = ""
     currencies: tuple[str, ...] = ()  # exposed at 0 from start in every per-currency family
+    # BILLINGWATCH_PLANS: price or product id → plan name, for MRR by plan (unmapped: other).
+    plans: Mapping[str, str] = field(default_factory=dict)
     # Host header names the exporter answers to; empty: access.default_hosts(host).
     allowed_hosts: tuple[str, ...] = ()
     # Request limits (issue 11 item 1): headers, concurrency and read deadlines.
@@ -147,6 +180,11 @@ class Settings:
 
     def __repr__(self) -> str:  # never print secrets
         return f"Settings(host={self.host!r}, port={self.port}, store={'redis' if self.redis_url else 'memory'})"
+
+    @property
+    def plan_names(self) -> tuple[str, ...]:
+        """The plan label's values: the configured names and other."""
+        return tuple(sorted({*self.plans.values(), OTHER_PLAN}))
 
     def check(self) -> None:
         from billingwatch.detectors import build_detectors  # here: the detectors import this module
@@ -189,6 +227,7 @@ def from_env(environ: Mapping[str, str] = os.environ) -> Settings:
         event_log_size=env_int(environ, "BILLINGWATCH_EVENT_LOG_SIZE", 5000, 1, 100_000),
         api_token=_secret(environ, "BILLINGWATCH_API_TOKEN"),
         currencies=_currencies(environ, "BILLINGWATCH_CURRENCIES"),
+        plans=_plans(environ, "BILLINGWATCH_PLANS"),
         allowed_hosts=_hosts(environ, "BILLINGWATCH_ALLOWED_HOSTS"),
         max_header_bytes=env_int(environ, "BILLINGWATCH_MAX_HEADER_BYTES", 16 * 1024, 4096, 1024 * 1024),
         max_connections=env_int(environ, "BILLINGWATCH_MAX_CONNECTIONS", 256, 1, 100_000),

@@ -73,7 +73,7 @@ class Pages:
         registry = CollectorRegistry(auto_describe=False)
         pushed = tuple(c for c in (self._notifications, self._detector_errors) if c is not None)
         for collector in (self._requests, *pushed, self._build_info,
-                          SnapshotCollector(snapshot, self._detectors, settings.currencies),
+                          SnapshotCollector(snapshot, self._detectors, settings.currencies, settings.plan_names),
                           PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             registry.register(collector)
         try:

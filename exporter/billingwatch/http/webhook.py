@@ -100,7 +100,7 @@ class WebhookEndpoint:
         self._sender = sender
         self._detector_errors = detector_errors
         self._recorder = Recorder(store, detectors, settings.dedup_ttl, settings.subscription_ttl, clock,
-                                  max_clock_skew=settings.signature_tolerance)
+                                  max_clock_skew=settings.signature_tolerance, plans=settings.plans)
         self._requests = requests
         self._clock = clock
 

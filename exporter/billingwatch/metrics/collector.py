@@ -15,6 +15,9 @@ from billingwatch.metrics.labels import (
     FRAUD_TYPES,
     INVOICE_ATTEMPTS,
     LIVEMODES,
+    MOVEMENT_KINDS,
+    OTHER_PLAN,
+    TRIAL_OUTCOMES,
     event_types,
 )
 from billingwatch.money import to_major
@@ -25,19 +28,24 @@ def _value(family: fam.Family, labels: list[str], raw: int) -> float:
     if not family.money:
         return float(raw)
     currency = labels[family.labels.index("currency")]
-    minor = raw / 1000 if family is fam.MRR else raw  # MRR is held in thousandths of a minor unit
+    minor = raw / 1000 if family in fam.MILLI_FAMILIES else raw  # MRR and its kin: thousandths of a minor unit
     return to_major(minor, currency)
 
 
-# Families with a currency label; once a currency is seen (or configured), each exists in it.
-_CURRENCY_FAMILIES = tuple(f for f in fam.REDIS_FAMILIES if "currency" in f.labels and f.kind is fam.Kind.COUNTER)
+# Families with a currency label; once a currency is seen (or configured), each exists in it: the
+# counters, and the gauges the revenue rules divide by (MRR itself appears with its first subscription).
+_CURRENCY_FAMILIES = (
+    *(f for f in fam.REDIS_FAMILIES if "currency" in f.labels and f.kind is fam.Kind.COUNTER),
+    fam.PAYING_CUSTOMERS, fam.MRR_BY_PLAN,
+)
 
 
 def _with_other(values: Iterable[str]) -> list[str]:
     return [*sorted(values), "other"]
 
 
-def _zeros(snapshot: Snapshot, detectors: Iterable[Detector], currencies: Iterable[str] = ()) -> dict[str, int]:
+def _zeros(snapshot: Snapshot, detectors: Iterable[Detector], currencies: Iterable[str] = (),
+           plans: Iterable[str] = ()) -> dict[str, int]:
     """Series to expose at 0 before their first increment, so increase() sees that increment."""
     detectors = list(detectors)
     types = _with_other(event_types(d.event_types for d in detectors))  # plugin detectors' types too
@@ -53,6 +61,8 @@ def _zeros(snapshot: Snapshot, detectors: Iterable[Detector], currencies: Iterab
         (fam.HISTORY_ANOMALIES, [(d.name, s) for d in detectors for s in severities(d)]),
         (fam.SUBSCRIPTIONS_ENDED, [()]),
         (fam.MISSED_EVENTS, [()]),
+        (fam.TRIALS_STARTED, [()]),
+        (fam.TRIALS_ENDED, [(o,) for o in TRIAL_OUTCOMES]),
     ]
     zeros: dict[str, int] = {}
     for mode in LIVEMODES:
@@ -67,10 +77,13 @@ def _zeros(snapshot: Snapshot, detectors: Iterable[Detector], currencies: Iterab
         if parsed and "currency" in parsed[0].labels:
             family, values = parsed
             seen.add((values[family.labels.index("currency")], values[-1]))
+    # The label before currency, if any, takes every value of its closed set.
+    leading = {"status": CHARGE_STATUSES, "kind": MOVEMENT_KINDS, "plan": sorted({*plans, OTHER_PLAN})}
     for currency, mode in seen:
         for family in _CURRENCY_FAMILIES:
-            for status in CHARGE_STATUSES if "status" in family.labels else ("",):
-                labels = (status, currency, mode) if status else (currency, mode)
+            firsts = family.labels[: family.labels.index("currency")]
+            for first in leading[firsts[0]] if firsts else ("",):
+                labels = (first, currency, mode) if first else (currency, mode)
                 zeros[fields.field(family, *labels)] = 0
     return zeros
 
@@ -88,15 +101,16 @@ def _lag_histograms(counters: dict[str, int]) -> Metric:
     return histogram
 
 
-def store_metrics(snapshot: Snapshot, detectors: Iterable[Detector], currencies: Iterable[str] = ()) -> list[Metric]:
-    """Every store-held family, with HELP, built from one snapshot."""
+def store_metrics(snapshot: Snapshot, detectors: Iterable[Detector], currencies: Iterable[str] = (),
+                  plans: Iterable[str] = ()) -> list[Metric]:
+    """Every store-held family, with HELP, built from one snapshot; `plans`: the configured plan names."""
     built: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
     for family in fam.REDIS_FAMILIES:
         if family.kind is fam.Kind.COUNTER:
             built[family.key] = CounterMetricFamily(family.name, family.help, labels=list(family.labels))
         else:
             built[family.key] = GaugeMetricFamily(family.name, family.help, labels=list(family.labels))
-    values = {**_zeros(snapshot, detectors, currencies), **snapshot.counters, **snapshot.gauges}
+    values = {**_zeros(snapshot, detectors, currencies, plans), **snapshot.counters, **snapshot.gauges}
     for field, raw in sorted(values.items()):
         parsed = fields.parse(field)
         if parsed is None:
@@ -116,15 +130,17 @@ class SnapshotCollector(Collector):
     """Exposes one snapshot: a fresh registry is built per scrape around it."""
 
     def __init__(
-        self, snapshot: Snapshot | None, detectors: Iterable[Detector], currencies: Iterable[str] = ()
+        self, snapshot: Snapshot | None, detectors: Iterable[Detector], currencies: Iterable[str] = (),
+        plans: Iterable[str] = (),
     ) -> None:
         self._snapshot = snapshot
         self._detectors = list(detectors)
         self._currencies = tuple(currencies)
+        self._plans = tuple(plans)
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily(fam.STORE_UP.name, fam.STORE_UP.help)
         up.add_metric([], 0.0 if self._snapshot is None else 1.0)
         yield up
         if self._snapshot is not None:
-            yield from store_metrics(self._snapshot, self._detectors, self._currencies)
+            yield from store_metrics(self._snapshot, self._detectors, self._currencies, self._plans)

@@ -27,7 +27,7 @@ class Family:
     help: str
     labels: tuple[str, ...]
     kind: Kind
-    money: bool = False  # stored in minor units (milli-minor units for MRR), exposed in major units
+    money: bool = False  # stored in minor units (milli-minor units: MILLI_FAMILIES), exposed in major units
 
 
 def _counter(key: str, name: str, help: str, *labels: str, money: bool = False) -> Family:
@@ -137,14 +137,47 @@ MRR = _gauge(
     "Monthly recurring revenue of active and past_due subscriptions, in major units of the currency.",
     "currency", "livemode", money=True,
 )
+MRR_MOVEMENT_AMOUNT = _counter(
+    "mva", "billingwatch_mrr_movement_amount",
+    "MRR moved by kind (new, expansion, contraction, churn, reactivation), each a positive amount in major "
+    "units of the currency: net new MRR is new + expansion + reactivation - contraction - churn.",
+    "kind", "currency", "livemode", money=True,
+)
+CUSTOMER_MOVEMENTS = _counter(
+    "mvc", "billingwatch_customer_movements",
+    "Customers whose MRR in the currency moved, by kind (kind=churn: churned customers).",
+    "kind", "currency", "livemode",
+)
+PAYING_CUSTOMERS = _gauge(
+    "pay", "billingwatch_paying_customers", "Customers whose MRR in the currency is above 0.",
+    "currency", "livemode",
+)
+MRR_BY_PLAN = _gauge(
+    "mrrp", "billingwatch_mrr_by_plan_amount",
+    "MRR by plan (BILLINGWATCH_PLANS; unmapped items: other), in major units of the currency; the sum over "
+    "plans is billingwatch_mrr_amount.",
+    "plan", "currency", "livemode", money=True,
+)
+TRIALS_STARTED = _counter(
+    "trs", "billingwatch_trials_started", "Subscription trials started, once per subscription.", "livemode",
+)
+TRIALS_ENDED = _counter(
+    "tre", "billingwatch_trials_ended",
+    "Subscription trials ended, once per subscription, by outcome (converted: became active; expired: "
+    "canceled, incomplete_expired or paused).",
+    "outcome", "livemode",
+)
 
 REDIS_FAMILIES = (
     EVENTS, HISTORY_EVENTS, CHARGES, CHARGE_OUTCOMES, CHARGE_AMOUNT, CHARGE_FAILURES, REFUNDS, REFUND_AMOUNT,
     REFUNDS_REVERSED, REFUND_REVERSED_AMOUNT,
     DISPUTES, DISPUTE_AMOUNT, EARLY_FRAUD_WARNINGS, INVOICES_PAID, INVOICE_PAID_AMOUNT,
     INVOICE_PAYMENT_FAILURES, SUBSCRIPTIONS_ENDED, ANOMALIES, HISTORY_ANOMALIES, MISSED_EVENTS,
-    LAST_RECEIVED, LAST_CREATED, SUBSCRIPTIONS, MRR,
+    LAST_RECEIVED, LAST_CREATED, SUBSCRIPTIONS, MRR, MRR_MOVEMENT_AMOUNT, CUSTOMER_MOVEMENTS, PAYING_CUSTOMERS,
+    MRR_BY_PLAN, TRIALS_STARTED, TRIALS_ENDED,
 )
+# Held in thousandths of a minor unit, so monthly amounts of yearly prices stay exact integers.
+MILLI_FAMILIES = (MRR, MRR_MOVEMENT_AMOUNT, MRR_BY_PLAN)
 # The delivery-lag histogram is stored as per-bucket counts (non-cumulative), a sum in
 # milliseconds and a count; the collector makes the buckets cumulative.
 LAG_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 10800.0, 86400.0)

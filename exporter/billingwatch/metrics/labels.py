@@ -23,6 +23,13 @@ def known(value: str | None, allowed: frozenset[str]) -> str:
 LIVE_STATUSES = ("trialing", "active", "past_due", "unpaid", "paused", "incomplete")
 ENDED_STATUSES = ("canceled", "incomplete_expired")
 MRR_STATUSES = ("active", "past_due")
+# billingwatch_mrr_movement_amount_total{kind} and billingwatch_customer_movements_total{kind}: how a
+# customer's MRR in a currency changed (docs/revenue.md).
+MOVEMENT_KINDS = ("new", "expansion", "contraction", "churn", "reactivation")
+# billingwatch_trials_ended_total{outcome}: how a trial ended.
+TRIAL_OUTCOMES = ("converted", "expired")
+# billingwatch_mrr_by_plan_amount{plan}: items no configured plan names (BILLINGWATCH_PLANS).
+OTHER_PLAN = "other"
 
 DECLINE_REASONS = frozenset(
     """

@@ -141,6 +141,8 @@ class Subscription:
     status: str
     items: tuple[SubscriptionItem, ...]
     current_period_end: int | None  # old shape on the subscription; new shape on each item
+    trial_start: int | None = None
+    trial_end: int | None = None
 
 
 # ---------------------------------------------------------------- field readers
@@ -466,7 +468,19 @@ def subscription_of(obj: Mapping[str, Any]) -> Subscription:
         status=_str(obj, "status", where),
         items=tuple(items),
         current_period_end=max(ends) if ends else None,
+        trial_start=_trial_time(obj, "trial_start"),
+        trial_end=_trial_time(obj, "trial_end"),
     )
+
+
+def _trial_time(obj: Mapping[str, Any], key: str) -> int | None:
+    """trial_start or trial_end: a unix time, or None (no trial); positive and in a store's range."""
+    value = obj.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    if not 0 < value <= _MAX_INT:
+        raise InvalidEvent(f"subscription.{key} is out of range")
+    return value
 
 
 # ---------------------------------------------------------------- generic facts, for the event log

@@ -25,6 +25,7 @@ from billingwatch.metrics.labels import (
     INVOICE_PAID_EVENTS,
     LIVE_STATUSES,
     MRR_STATUSES,
+    OTHER_PLAN,
     REFUND_EVENTS,
     SUBSCRIPTION_EVENTS,
     event_type_label,
@@ -36,6 +37,7 @@ from billingwatch.recording.events import (
     Event,
     InvalidEvent,
     Refund,
+    SubscriptionItem,
     amount_of,
     charge_of,
     currency_of,
@@ -118,13 +120,31 @@ class Check:
         return "" if a is None else fields.anomaly_field(a.detector, a.severity, a.livemode, a.history)
 
 
+# The slots of a field scheme (SubscriptionState.paying_scheme, movement_schemes); label values
+# never contain braces.
+KIND, CURRENCY = "{kind}", "{currency}"
+
+
+# Equal event times: a created snapshot never replaces an updated one of the same second, and a
+# deleted one always wins (Stripe often sends created and updated, or updated and deleted, within a second).
+SUBSCRIPTION_RANKS = {"customer.subscription.created": 0, "customer.subscription.deleted": 2}
+UPDATED_RANK = 1
+
+
 @dataclass(frozen=True)
 class SubscriptionState:
-    """A subscription snapshot; the store keeps the newest by event time and moves the gauges.
+    """A subscription snapshot; the store keeps the newest by event time (then rank) and moves the gauges.
 
-    The store knows no status: a held snapshot adds 1 to `status_field` and its MRR to
-    `mrr_field`; the store remembers the fields it added and takes them back when a newer
-    snapshot replaces it. An ended one holds nothing and bumps `ended_counter` once.
+    The store knows no status: a held snapshot adds each of `gauges` (subscriptions by status: 1,
+    MRR and MRR by plan: its amounts); the store remembers what it added and takes it back when a
+    newer snapshot replaces it. An ended one holds nothing and bumps `ended_counter` once.
+
+    Its MRR (`contribution`) also adds to its customer's MRR in `mrr_currency`, which the store
+    keeps per customer; when that goes from `before` to `after` the store moves one movement kind
+    (`movement_schemes`, docs/revenue.md) and the paying-customers gauge (`paying_scheme`) on the
+    zero crossings. Those are schemes, filled in with the currency that moved (fill()), so the
+    store keeps no field names per subscription for them: a snapshot may move the currency of
+    the one it replaces.
     """
 
     id: str
@@ -136,6 +156,11 @@ class SubscriptionState:
     period_end: int
     ttl: int
     ended_counter: str = ""  # the counter field to bump when it ends; "" for none (history)
+    customer: str = ""  # whose MRR it adds to; "" (no customer id): the subscription is its own customer
+    rank: int = UPDATED_RANK  # SUBSCRIPTION_RANKS: which of two snapshots of the same second wins
+    mrr_by_plan: tuple[tuple[str, int], ...] = ()  # (plan name, thousandths) summing to mrr_milli
+    customer_ttl: int = 0  # how long the customer's MRR is kept; 0: `ttl`
+    moves: bool = True  # live: moves the movement counters; history moves state only
 
     @property
     def held(self) -> bool:
@@ -152,9 +177,61 @@ class SubscriptionState:
         return fields.field(fam.MRR, self.mrr_currency, self.livemode) if self.mrr_currency else ""
 
     @property
+    def gauges(self) -> list[tuple[str, int]]:
+        """The gauge fields it adds to while it is kept, and by how much."""
+        if not self.held:
+            return []
+        held = [(self.status_field, 1)]
+        if self.mrr_currency:
+            held.append((self.mrr_field, self.mrr_milli))
+            held += [(fields.field(fam.MRR_BY_PLAN, plan, self.mrr_currency, self.livemode), milli)
+                     for plan, milli in self.mrr_by_plan if milli]
+        return held
+
+    @property
+    def contribution(self) -> int:
+        """What it adds to its customer's MRR in `mrr_currency`."""
+        return self.mrr_milli if self.held and self.mrr_currency else 0
+
+    @property
+    def customer_key(self) -> str:
+        return self.customer or self.id
+
+    @property
+    def paying_scheme(self) -> str:
+        """The paying-customers gauge field, with CURRENCY for the currency (any currency it moves)."""
+        return fields.field(fam.PAYING_CUSTOMERS, CURRENCY, self.livemode)
+
+    @property
+    def movement_schemes(self) -> tuple[str, str] | None:
+        """The movement amount and customers counter fields, with KIND and CURRENCY to fill in; None
+        for history, which moves no movement counter."""
+        if not self.moves:
+            return None
+        return (fields.field(fam.MRR_MOVEMENT_AMOUNT, KIND, CURRENCY, self.livemode),
+                fields.field(fam.CUSTOMER_MOVEMENTS, KIND, CURRENCY, self.livemode))
+
+    @property
     def lapse_watched(self) -> bool:
         """An active subscription is watched for a period that ends with no paid invoice."""
         return self.status == "active"
+
+
+def fill(scheme: str, currency: str, kind: str = "") -> str:
+    """A field scheme filled in (apply.lua does the same)."""
+    return scheme.replace(KIND, kind).replace(CURRENCY, currency)
+
+
+def movement(before: int, after: int, paid_before: bool) -> tuple[str, int] | None:
+    """The kind and (positive) amount of a customer's MRR change in one currency (docs/revenue.md);
+    apply.lua has the same rule."""
+    if before == after:
+        return None
+    if before <= 0:
+        return ("reactivation" if paid_before else "new"), after
+    if after <= 0:
+        return "churn", before
+    return ("expansion", after - before) if after > before else ("contraction", before - after)
 
 
 @dataclass(frozen=True)
@@ -229,6 +306,7 @@ def plan_event(
     subscription_ttl: int,
     history: bool = False,
     max_clock_skew: int = 300,
+    plans: Mapping[str, str] | None = None,
 ) -> Plan:
     """Everything recording this event changes, for the store to apply atomically.
 
@@ -239,6 +317,8 @@ def plan_event(
 
     An event created after it was received (beyond `max_clock_skew`, the signature tolerance) is
     not Stripe's: it would pin the last-created gauge and win every "newest snapshot" comparison.
+
+    `plans` maps price or product ids to plan names (BILLINGWATCH_PLANS) for MRR by plan.
     """
     if event.created > received_at + max_clock_skew:
         raise InvalidEvent("event.created is in the future")
@@ -295,7 +375,8 @@ def plan_event(
             attempt = INVOICE_ATTEMPTS[min(max(invoice.attempt_count, 1), 4) - 1]
             _add(counters, fields.field(fam.INVOICE_PAYMENT_FAILURES, attempt, mode))
     elif kind == "subscription" and event.type in SUBSCRIPTION_EVENTS:
-        subscription = subscription_state(event, dedup_ttl, subscription_ttl)
+        subscription = subscription_state(event, dedup_ttl, subscription_ttl, plans or {})
+        checks.extend(trial_checks(event, subscription.status, subscription_ttl))
 
     failed: list[str] = []
     for detector in detectors:
@@ -353,8 +434,9 @@ def rejected_entry(document: Any, reason: str, received_at: float, history: bool
 def as_history(plan: Plan, event: Event, type_label: str) -> Plan:
     """The plan of a replayed event: the same state changes, no live counter, no delivery timing.
 
-    The count-once checks keep their keys (a later live delivery of the same refund or invoice
-    payment is not counted either) but lose their counters; anomalies are marked history.
+    The count-once checks keep their keys (a later live delivery of the same refund, invoice
+    payment or trial is not counted either) but lose their counters; anomalies are marked history.
+    A subscription still moves the gauges and its customer's MRR, but no movement counter.
     """
     mode = livemode_label(event.livemode)
     checks = [
@@ -365,7 +447,7 @@ def as_history(plan: Plan, event: Event, type_label: str) -> Plan:
         )
         for check in plan.checks
     ]
-    subscription = plan.subscription and replace(plan.subscription, ended_counter="")
+    subscription = plan.subscription and replace(plan.subscription, ended_counter="", moves=False)
     return replace(
         plan,
         counters={fields.field(fam.HISTORY_EVENTS, type_label, mode): 1},
@@ -415,29 +497,68 @@ def refund_checks(refund: Refund, mode: str, ttl: int) -> list[Check]:
     return checks
 
 
-def subscription_state(event: Event, ended_ttl: int, live_ttl: int) -> SubscriptionState:
+def trial_checks(event: Event, status: str, ttl: int) -> list[Check]:
+    """A trial's start and its end (converted or expired), each counted once per subscription.
+
+    The end shares one key, so a trial ends once. Both count only up to TRIAL_END_WINDOW after the
+    trial's end: a subscription whose trial ended long ago, seen for the first time (a new
+    deployment) or canceled now, is no trial starting or expiring now.
+    """
+    sub = subscription_of(event.object)
+    mode = livemode_label(event.livemode)
+    trial_over = sub.trial_end if sub.trial_end is not None else sub.trial_start
+    if trial_over is None or event.created > trial_over + TRIAL_END_WINDOW:
+        return []
+    checks: list[Check] = []
+    if sub.trial_start is not None:
+        checks.append(_count_once(f"trialstart:{mode}:{sub.id}", ttl, {fields.field(fam.TRIALS_STARTED, mode): 1}))
+    outcome = "converted" if status == "active" else "expired" if status in _TRIAL_EXPIRED else ""
+    if sub.trial_end is not None and outcome:
+        checks.append(_count_once(f"trialend:{mode}:{sub.id}", ttl, {fields.field(fam.TRIALS_ENDED, outcome, mode): 1}))
+    return checks
+
+
+TRIAL_END_WINDOW = 30 * 86400
+_TRIAL_EXPIRED = frozenset({"canceled", "incomplete_expired", "paused"})
+
+
+def plan_of(item: SubscriptionItem, plans: Mapping[str, str]) -> str:
+    """The plan name of an item: its price id's, else its product id's, else other."""
+    return plans.get(item.price) or plans.get(item.product) or OTHER_PLAN
+
+
+def subscription_state(event: Event, ended_ttl: int, live_ttl: int,
+                       plans: Mapping[str, str] | None = None) -> SubscriptionState:
     """The snapshot to keep. An ended one is kept only as long as an older snapshot may arrive."""
     sub = subscription_of(event.object)
     status = "canceled" if event.type == "customer.subscription.deleted" else sub.status
-    by_currency: dict[str, float] = {}
+    by_currency: dict[str, dict[str, float]] = {}
     for item in sub.items:
         amount = monthly_amount(item.unit_amount, item.quantity, item.interval, item.interval_count)
-        by_currency[item.currency] = by_currency.get(item.currency, 0.0) + amount
+        by_plan = by_currency.setdefault(item.currency, {})
+        name = plan_of(item, plans or {})
+        by_plan[name] = by_plan.get(name, 0.0) + amount
     # A subscription bills in one currency; take the largest should a malformed one mix them.
-    currency, monthly = max(by_currency.items(), key=lambda kv: kv[1], default=("", 0.0))
+    currency, by_plan = max(by_currency.items(), key=lambda kv: sum(kv[1].values()), default=("", {}))
     if status not in MRR_STATUSES:
-        monthly = 0.0
-    if not 0 <= monthly <= _MAX_MONTHLY_MINOR:
+        by_plan = {}
+    if not 0 <= sum(by_plan.values()) <= _MAX_MONTHLY_MINOR:
         # Checked here because the store script must never fail half-way (Redis keeps partial writes).
         raise InvalidEvent("subscription items: monthly amount out of range")
+    # Each plan's share rounded on its own, and MRR their sum: the plans add up to MRR exactly.
+    mrr_by_plan = tuple(sorted((name, round(amount * 1000)) for name, amount in by_plan.items()))
     return SubscriptionState(
         id=sub.id,
         livemode=livemode_label(event.livemode),
         at=event.created,
         status=status if status in (*LIVE_STATUSES, *ENDED_STATUSES) else "other",
         mrr_currency=currency,
-        mrr_milli=round(monthly * 1000),
+        mrr_milli=sum(milli for _, milli in mrr_by_plan),
         period_end=sub.current_period_end or 0,
         ttl=ended_ttl if status in ENDED_STATUSES else live_ttl,
         ended_counter=fields.field(fam.SUBSCRIPTIONS_ENDED, livemode_label(event.livemode)),
+        customer=sub.customer or "",
+        rank=SUBSCRIPTION_RANKS.get(event.type, UPDATED_RANK),
+        mrr_by_plan=mrr_by_plan,
+        customer_ttl=live_ttl,
     )

@@ -5,7 +5,7 @@ all record through Recorder.record, so an event counts the same however it arriv
 """
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -28,6 +28,7 @@ class Recorder:
     subscription_ttl: int
     clock: Callable[[], float] = time.time
     max_clock_skew: int = 300  # how far after its receipt an event's created time may lie
+    plans: Mapping[str, str] = field(default_factory=dict)  # price or product id → plan name (MRR by plan)
     context: Context = field(init=False)
 
     def __post_init__(self) -> None:
@@ -36,7 +37,7 @@ class Recorder:
     @classmethod
     def from_settings(cls, settings: Settings, store: Store, clock: Callable[[], float] = time.time) -> "Recorder":
         return cls(store, build_detectors(settings.detector_env), settings.dedup_ttl, settings.subscription_ttl, clock,
-                   settings.signature_tolerance)
+                   settings.signature_tolerance, settings.plans)
 
     async def record(
         self,
@@ -89,6 +90,7 @@ class Recorder:
             subscription_ttl=self.subscription_ttl,
             history=history,
             max_clock_skew=self.max_clock_skew,
+            plans=self.plans,
         )
 
     async def log_rejected(self, document: Any, reason: str, *, received_at: float | None = None,

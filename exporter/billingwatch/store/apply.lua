@@ -4,7 +4,8 @@
 --
 -- KEYS[1] event dedup key       KEYS[2] counters hash   KEYS[3] gauges hash
 -- KEYS[4] anomaly log list      KEYS[5] subscription hash (or an unused name)
--- KEYS[6] lapse watch zset      KEYS[7] recent-events log list   KEYS[7 + i] the key of check i
+-- KEYS[6] lapse watch zset      KEYS[7] recent-events log list
+-- KEYS[8] the subscription's customer hash (or an unused name)   KEYS[8 + i] the key of check i
 -- ARGV[1] the plan as JSON (every number a string, so Lua never rounds it)
 -- ARGV[2] how many anomaly records the log keeps
 -- ARGV[3] the event's log line, a JSON object without its closing brace ('' for none): the
@@ -20,9 +21,14 @@
 -- before the first write. store/memory_store.py makes the same checks.
 --
 -- The script knows no metric vocabulary: the plan names every field it moves. A subscription
--- snapshot says whether it is held in the gauges (held), the gauge fields it then adds to (sf:
--- 1, mf: its MRR) and the counter its end bumps (se). The subscription hash keeps the fields
--- the kept snapshot added (sf, mf, mrr; '' when it held nothing) to take them back later.
+-- snapshot says whether it is held in the gauges (held), the gauge fields it then adds to (g:
+-- [field, amount] pairs), the counter its end bumps (se), its MRR in its currency (cur, cm), and
+-- the schemes of the paying-customers gauge (pay) and movement counters (mv: [amount, customers];
+-- absent for history), with {currency} and {kind} to fill in. The subscription hash keeps what
+-- the kept snapshot added (at, rk, cur, cm, and 'g:<field>' = amount per gauge field; no 'g:'
+-- field: it held nothing) to take it back later. The customer hash keeps the customer's MRR
+-- ('m:<currency>') and whether it ever paid ('p:<currency>'), per currency: movements follow
+-- from the stored previous state (recording/plan.py movement(), docs/revenue.md).
 
 -- Totals stay within +-9 * 10^18 (store/contract.py COUNTER_LIMIT), inside the signed 64-bit range.
 -- Lua numbers are doubles, exact only to 2^53, so totals are compared exactly as two parts,
@@ -34,16 +40,92 @@ local MAX_CHECKS = 1000 -- store/contract.py MAX_CHECKS
 -- The readiness probe (RedisStore.can_record): that this script runs here is the answer.
 if ARGV[1] == 'probe' then return { 3 } end
 local MAX_AMOUNT, MAX_SUM = 1e12, 1e15 -- store/contract.py: a sum check's amount and threshold
+-- store/contract.py MAX_SUBSCRIPTION_MRR, MAX_CUSTOMER_MRR: below 2^53, so exact in Lua's doubles
+local MAX_SUBSCRIPTION_MRR, MAX_CUSTOMER_MRR = 1e15, 9e15
 local plan = cjson.decode(ARGV[1])
+local CHECK_KEYS = 8 -- the checks' keys follow the fixed ones
+
+-- The movement rule (recording/plan.py movement()): kind and positive amount, or nil.
+local function movement(before, after, paid_before)
+  if before == after then return nil end
+  if before <= 0 then return paid_before and 'reactivation' or 'new', after end
+  if after <= 0 then return 'churn', before end
+  if after > before then return 'expansion', after - before end
+  return 'contraction', before - after
+end
+
+-- A field scheme of the plan filled in (recording/plan.py fill()); label values never hold '%'.
+local function fill(scheme, currency, kind)
+  return (scheme:gsub('{kind}', kind or ''):gsub('{currency}', currency))
+end
+
+-- What replacing the kept subscription snapshot changes, read before any write (memory_store.py
+-- _change): nil when the snapshot is older than the kept one (superseded). Amounts are numbers,
+-- exact (below 2^53); written with %d.
+local function subscription_change(sub)
+  local raw = redis.call('HGETALL', KEYS[5])
+  local s, held = {}, {}
+  for i = 1, #raw, 2 do
+    if raw[i]:sub(1, 2) == 'g:' then table.insert(held, { raw[i]:sub(3), tonumber(raw[i + 1]) })
+    else s[raw[i]] = raw[i + 1] end
+  end
+  local at = tonumber(s.at)
+  if at then
+    local t, rank = tonumber(sub.at), tonumber(sub.rank)
+    if t < at or (t == at and rank < (tonumber(s.rk) or 0)) then return nil end
+  end
+  local change = { gauges = {}, counters = {}, customer = {}, drop = {}, ended_before = at ~= nil and #held == 0 }
+  for _, g in ipairs(held) do
+    table.insert(change.gauges, { g[1], -g[2] })
+    table.insert(change.drop, 'g:' .. g[1])
+  end
+  if sub.held then
+    for _, g in ipairs(sub.g) do table.insert(change.gauges, { g[1], tonumber(g[2]) }) end
+  elseif sub.se ~= '' and not change.ended_before then
+    table.insert(change.counters, { sub.se, 1 })
+  end
+  -- The customer's MRR per currency: the kept snapshot's share out, this one's in.
+  local deltas, order = {}, {}
+  local kept = tonumber(s.cm) or 0
+  if kept > 0 then
+    deltas[s.cur] = -kept
+    table.insert(order, s.cur)
+  end
+  if sub.cur ~= '' then
+    if not deltas[sub.cur] then table.insert(order, sub.cur) end
+    deltas[sub.cur] = (deltas[sub.cur] or 0) + tonumber(sub.cm)
+  end
+  for _, currency in ipairs(order) do
+    if deltas[currency] ~= 0 then
+      local state = redis.call('HMGET', KEYS[8], 'm:' .. currency, 'p:' .. currency)
+      local before = tonumber(state[1]) or 0
+      local after = math.max(before + deltas[currency], 0)
+      table.insert(change.customer, { 'm:' .. currency, after })
+      if after > 0 then table.insert(change.customer, { 'p:' .. currency, 1 }) end
+      if (before > 0) ~= (after > 0) then
+        table.insert(change.gauges, { fill(sub.pay, currency), after > 0 and 1 or -1 })
+      end
+      local kind, amount = movement(before, after, state[2] == '1')
+      if kind and sub.mv then -- no scheme for history: it moves no movement counter
+        table.insert(change.counters, { fill(sub.mv[1], currency, kind), amount })
+        table.insert(change.counters, { fill(sub.mv[2], currency, kind), 1 })
+      end
+    end
+  end
+  return change
+end
 
 -- ---------------------------------------------------------------- checks, before any write
-local function refusal()
-  if #plan.checks ~= #KEYS - 7 or #plan.checks > MAX_CHECKS then
+local function refusal(change)
+  if #plan.checks ~= #KEYS - CHECK_KEYS or #plan.checks > MAX_CHECKS then
     return 'too many checks in one event'
   end
   local ttls = { plan.ttl }
   for _, check in ipairs(plan.checks) do table.insert(ttls, check.ttl) end
-  if plan.subscription then table.insert(ttls, plan.subscription.ttl) end
+  if plan.subscription then
+    table.insert(ttls, plan.subscription.ttl)
+    table.insert(ttls, plan.subscription.ctl)
+  end
   if plan.payment then table.insert(ttls, plan.payment.ttl) end
   for _, ttl in ipairs(ttls) do
     local t = tonumber(ttl)
@@ -90,16 +172,11 @@ local function refusal()
     for name, value in pairs(check.counters) do add(1, name, value) end
     if check.anomaly then add(1, check.anomaly_counter, '1') end
   end
-  local sub = plan.subscription
-  if sub then
-    local state = redis.call('HMGET', KEYS[5], 'sf', 'mf', 'mrr')
-    if state[1] and state[1] ~= '' then add(2, state[1], '-1') end
-    if state[2] and state[2] ~= '' then add(2, state[2], state[3], true) end
-    if sub.held then
-      add(2, sub.sf, '1')
-      if sub.mf ~= '' then add(2, sub.mf, sub.mrr) end
-    elseif sub.se ~= '' then
-      add(1, sub.se, '1')
+  if change then
+    for _, g in ipairs(change.gauges) do add(2, g[1], string.format('%d', g[2])) end
+    for _, c in ipairs(change.counters) do add(1, c[1], string.format('%d', c[2])) end
+    for _, c in ipairs(change.customer) do
+      if c[2] > MAX_CUSTOMER_MRR then return "a customer's mrr would leave the range the store computes exactly" end
     end
   end
   if bad then
@@ -132,7 +209,18 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   log_line('duplicate', {})
   return { 1 }
 end
-local reason = refusal()
+-- A subscription's amounts first: the change is computed from them in doubles.
+local sub_change = nil
+if plan.subscription then
+  local amounts = { plan.subscription.cm }
+  for _, g in ipairs(plan.subscription.g) do table.insert(amounts, g[2]) end
+  for _, a in ipairs(amounts) do
+    local v = tostring(a):match('^%d+$') and tonumber(a)
+    if not v or v > MAX_SUBSCRIPTION_MRR then return { 2, "a subscription's mrr is out of range" } end
+  end
+  sub_change = subscription_change(plan.subscription)
+end
+local reason = refusal(sub_change)
 if reason then
   return { 2, reason }
 end
@@ -186,7 +274,7 @@ end
 local result = { 0 }
 local fired = {} -- the detectors that hit, for the log line
 for i, check in ipairs(plan.checks) do
-  local key = KEYS[7 + i]
+  local key = KEYS[CHECK_KEYS + i]
   local hit, related = false, nil
   if check.op == 'once' then
     hit = redis.call('SET', key, '1', 'NX', 'EX', check.ttl) and true or false
@@ -228,37 +316,35 @@ for i, check in ipairs(plan.checks) do
 end
 
 local sub = plan.subscription
-if sub then
-  local state = redis.call('HMGET', KEYS[5], 'at', 'sf', 'mf', 'mrr', 'paid')
-  local at = tonumber(state[1])
-  if not at or tonumber(sub.at) >= at then -- an older snapshot never overwrites a newer one
-    local ended_before = at and state[2] == '' -- a kept snapshot that held nothing
-    if state[2] and state[2] ~= '' then
-      redis.call('HINCRBY', KEYS[3], state[2], -1)
+if sub and sub_change then -- nil: an older snapshot never overwrites a newer one
+  for _, g in ipairs(sub_change.gauges) do
+    redis.call('HINCRBY', KEYS[3], g[1], string.format('%d', g[2])) -- %d: never '-0', which HINCRBY refuses
+  end
+  for _, c in ipairs(sub_change.counters) do -- no end or movement counter for history
+    redis.call('HINCRBY', KEYS[2], c[1], string.format('%d', c[2]))
+  end
+  for _, c in ipairs(sub_change.customer) do
+    redis.call('HSET', KEYS[8], c[1], string.format('%d', c[2]))
+  end
+  redis.call('EXPIRE', KEYS[8], sub.ctl) -- kept as long as its subscriptions, from its last change
+  -- The gauge fields it holds, one hash field each ('g:<field>'): short values keep the hash a
+  -- compact listpack.
+  if #sub_change.drop > 0 then redis.call('HDEL', KEYS[5], unpack(sub_change.drop)) end
+  local fields = { 'at', sub.at, 'rk', sub.rank, 'cur', sub.cur, 'cm', sub.cm, 'end', sub['end'] }
+  if sub.held then
+    for _, g in ipairs(sub.g) do
+      table.insert(fields, 'g:' .. g[1])
+      table.insert(fields, g[2])
     end
-    if state[3] and state[3] ~= '' then
-      -- format with %d: Lua would print minus zero as '-0', which HINCRBY refuses
-      redis.call('HINCRBY', KEYS[3], state[3], string.format('%d', -tonumber(state[4])))
-    end
-    local sf, mf = '', ''
-    if sub.held then
-      sf, mf = sub.sf, sub.mf
-      redis.call('HINCRBY', KEYS[3], sf, 1)
-      if mf ~= '' then
-        redis.call('HINCRBY', KEYS[3], mf, sub.mrr)
-      end
-    elseif sub.se ~= '' and not ended_before then
-      redis.call('HINCRBY', KEYS[2], sub.se, 1) -- '' for history: an imported end is not live traffic
-    end
-    redis.call('HSET', KEYS[5], 'at', sub.at, 'sf', sf, 'mf', mf, 'mrr', sub.mrr, 'end', sub['end'])
-    redis.call('EXPIRE', KEYS[5], sub.ttl)
-    local paid = tonumber(state[5]) or 0
-    local period_end = tonumber(sub['end'])
-    if sub.watch and period_end > 0 and paid < period_end then
-      redis.call('ZADD', KEYS[6], sub['end'], sub.id)
-    else
-      redis.call('ZREM', KEYS[6], sub.id)
-    end
+  end
+  redis.call('HSET', KEYS[5], unpack(fields))
+  redis.call('EXPIRE', KEYS[5], sub.ttl)
+  local paid = tonumber(redis.call('HGET', KEYS[5], 'paid')) or 0
+  local period_end = tonumber(sub['end'])
+  if sub.watch and period_end > 0 and paid < period_end then
+    redis.call('ZADD', KEYS[6], sub['end'], sub.id)
+  else
+    redis.call('ZREM', KEYS[6], sub.id)
   end
 end
 

@@ -9,15 +9,18 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from billingwatch.metrics.labels import LIVEMODES
-from billingwatch.recording.plan import Check, LogEntry, Plan, SubscriptionPayment, SubscriptionState
+from billingwatch.recording.plan import Check, LogEntry, Plan, SubscriptionPayment, SubscriptionState, fill, movement
 from billingwatch.store.contract import (
     COUNTER_LIMIT,
     LAPSE_HORIZON,
     MAX_AMOUNT,
     MAX_CHECKS,
+    MAX_CUSTOMER_MRR,
+    MAX_SUBSCRIPTION_MRR,
     MAX_SUM,
     MAX_TTL,
     Outcome,
@@ -29,17 +32,51 @@ from billingwatch.store.contract import (
 _SWEEP_EVERY = 1024
 
 
-def _holds(sub: SubscriptionState) -> list[tuple[str, int]]:
-    """The gauge increments a subscription snapshot holds while it is kept."""
-    if not sub.held:
-        return []
-    return [(sub.status_field, 1), *([(sub.mrr_field, sub.mrr_milli)] if sub.mrr_field else [])]
+@dataclass
+class _SubscriptionChange:
+    """What replacing a subscription's kept snapshot changes (apply.lua computes the same)."""
+
+    gauges: list[tuple[str, int]] = field(default_factory=list)
+    counters: list[tuple[str, int]] = field(default_factory=list)
+    customer: dict[str, int] = field(default_factory=dict)  # "m:<currency>": MRR, "p:<currency>": 1 (paid)
+    ended_before: bool = False
 
 
-def _held(state: dict[str, Any]) -> list[tuple[str, int]]:
-    """The gauge increments the kept snapshot added (its state's sf, mf, mrr), to take back."""
-    held = [(state["sf"], 1)] if state.get("sf") else []
-    return held + ([(state["mf"], state["mrr"])] if state.get("mf") else [])
+def _newer(sub: SubscriptionState, state: dict[str, Any]) -> bool:
+    """Whether the snapshot replaces the kept one: a later event, or the same second and no lower rank."""
+    return "at" not in state or (sub.at, sub.rank) >= (state["at"], state.get("rk", 0))
+
+
+def _change(sub: SubscriptionState, state: dict[str, Any], customer: dict[str, int]) -> _SubscriptionChange:
+    held_before = state.get("g", {})
+    change = _SubscriptionChange(ended_before="at" in state and not held_before)
+    change.gauges += [(name, -value) for name, value in held_before.items()]
+    if sub.held:
+        change.gauges += sub.gauges
+    elif sub.ended_counter and not change.ended_before:
+        change.counters.append((sub.ended_counter, 1))
+    # The customer's MRR per currency: the kept snapshot's share out, this one's in.
+    deltas: dict[str, int] = {}
+    if state.get("cm", 0) > 0:
+        deltas[state["cur"]] = -state["cm"]
+    if sub.mrr_currency:
+        deltas[sub.mrr_currency] = deltas.get(sub.mrr_currency, 0) + sub.contribution
+    schemes = sub.movement_schemes
+    for currency, delta in deltas.items():
+        if delta == 0:
+            continue
+        before = customer.get("m:" + currency, 0)
+        after = max(before + delta, 0)
+        change.customer["m:" + currency] = after
+        if after > 0:
+            change.customer["p:" + currency] = 1
+        if (before > 0) != (after > 0):
+            change.gauges.append((fill(sub.paying_scheme, currency), 1 if after > 0 else -1))
+        moved = movement(before, after, bool(customer.get("p:" + currency)))
+        if moved and schemes:  # no scheme for history: it moves no movement counter
+            kind, amount = moved
+            change.counters += [(fill(schemes[0], currency, kind), amount), (fill(schemes[1], currency, kind), 1)]
+    return change
 
 
 class MemoryStore:
@@ -51,6 +88,7 @@ class MemoryStore:
         self._expiry: dict[str, float] = {}  # key → unix time it expires
         self._sets: dict[str, dict[str, int]] = {}  # window/distinct sets: member → score
         self._subs: dict[str, dict[str, Any]] = {}
+        self._customers: dict[str, dict[str, int]] = {}  # "u:<livemode>:<customer>" → MRR and paid, per currency
         self._lapse: dict[str, dict[str, int]] = {mode: {} for mode in LIVEMODES}
         self._counters: dict[str, int] = {}
         self._gauges: dict[str, int] = {}
@@ -58,7 +96,8 @@ class MemoryStore:
         self._events: deque[dict[str, Any]] = deque(maxlen=event_log_size)  # newest last
         self._applied = 0
 
-    # -- keys with a TTL: "e:<livemode>:<event>", "c:<check>", "s:<livemode>:<subscription>"
+    # -- keys with a TTL: "e:<livemode>:<event>", "c:<check>", "s:<livemode>:<subscription>",
+    #    "u:<livemode>:<customer>"
 
     def _alive(self, key: str) -> bool:
         expires = self._expiry.get(key)
@@ -74,6 +113,8 @@ class MemoryStore:
         self._sets.pop(key, None)
         if key.startswith("s:"):
             self._subs.pop(key, None)
+        if key.startswith("u:"):
+            self._customers.pop(key, None)
 
     def _sweep(self) -> None:
         now = self._clock()
@@ -128,10 +169,16 @@ class MemoryStore:
 
     def _refusal(self, plan: Plan) -> str | None:
         """Why recording the plan could not complete (the Redis script's checks), else None."""
+        sub = plan.subscription
+        # A subscription's amounts first: the script computes its change from them in doubles.
+        if sub is not None and any(not 0 <= value <= MAX_SUBSCRIPTION_MRR
+                                   for value in (sub.contribution, *(v for _, v in sub.gauges))):
+            return "a subscription's mrr is out of range"
         if len(plan.checks) > MAX_CHECKS:
             return "too many checks in one event"
         ttls = [plan.dedup_ttl, *(c.ttl for c in plan.checks)]
         ttls += [x.ttl for x in (plan.subscription, plan.payment) if x is not None]
+        ttls += [plan.subscription.customer_ttl] if plan.subscription and plan.subscription.customer_ttl else []
         if any(not 1 <= ttl <= MAX_TTL for ttl in ttls):
             return "a retention (TTL) is out of range"
         sums = [c for c in plan.checks if c.op == "sum"]
@@ -151,16 +198,16 @@ class MemoryStore:
                 add(counters, name, value)
             if check.anomaly is not None:
                 add(counters, check.anomaly_counter, 1)
-        sub = plan.subscription
         if sub is not None:
-            key = f"s:{sub.livemode}:{sub.id}"
-            state = (self._subs.get(key) if self._alive(key) else None) or {}
-            for name, value in _held(state):
-                add(gauges, name, -value)
-            for name, value in _holds(sub):
-                add(gauges, name, value)
-            if not sub.held and sub.ended_counter:
-                add(counters, sub.ended_counter, 1)
+            state = self._sub_state(sub)
+            if _newer(sub, state):
+                change = _change(sub, state, self._customer(sub))
+                if any(value > MAX_CUSTOMER_MRR for value in change.customer.values()):
+                    return "a customer's mrr would leave the range the store computes exactly"
+                for name, value in change.gauges:
+                    add(gauges, name, value)
+                for name, value in change.counters:
+                    add(counters, name, value)
         for deltas, held in ((counters, self._counters), (gauges, self._gauges)):
             for name, (up, down) in deltas.items():
                 current = held.get(name, 0)
@@ -236,23 +283,34 @@ class MemoryStore:
     def _gauge_add(self, name: str, value: int) -> None:
         self._gauges[name] = self._gauges.get(name, 0) + value
 
+    def _sub_state(self, sub: SubscriptionState) -> dict[str, Any]:
+        key = f"s:{sub.livemode}:{sub.id}"
+        return (self._subs.get(key) if self._alive(key) else None) or {}
+
+    def _customer(self, sub: SubscriptionState) -> dict[str, int]:
+        key = f"u:{sub.livemode}:{sub.customer_key}"
+        return (self._customers.get(key) if self._alive(key) else None) or {}
+
     def _subscription(self, sub: SubscriptionState) -> None:
         key = f"s:{sub.livemode}:{sub.id}"
-        state = self._subs.get(key) if self._alive(key) else None
-        state = state or {}
-        if "at" in state and sub.at < state["at"]:
+        state = self._sub_state(sub)
+        if not _newer(sub, state):
             return  # an older snapshot never overwrites a newer one
-        ended_before = "at" in state and state.get("sf") == ""  # a kept snapshot that held nothing
-        for name, value in _held(state):
-            self._gauge_add(name, -value)
-        for name, value in _holds(sub):
+        customer = self._customer(sub)
+        change = _change(sub, state, customer)
+        for name, value in change.gauges:
             self._gauge_add(name, value)
-        if not sub.held and sub.ended_counter and not ended_before:  # "" for history: not live traffic
-            self._counters[sub.ended_counter] = self._counters.get(sub.ended_counter, 0) + 1
-        # The gauge fields it added, to take back later without knowing how they are named.
+        for name, value in change.counters:  # no end or movement counter for history
+            self._counters[name] = self._counters.get(name, 0) + value
+        customer = {**customer, **change.customer}
+        if customer:  # kept as long as its subscriptions, from its last change
+            customer_key = f"u:{sub.livemode}:{sub.customer_key}"
+            self._customers[customer_key] = customer
+            self._expiry[customer_key] = self._clock() + (sub.customer_ttl or sub.ttl)
+        # What it added, to take back later without knowing how the fields are named.
         state.update(
-            at=sub.at, sf=sub.status_field if sub.held else "", mf=sub.mrr_field if sub.held else "",
-            mrr=sub.mrr_milli, end=sub.period_end,
+            at=sub.at, rk=sub.rank, g=dict(sub.gauges), cur=sub.mrr_currency, cm=sub.contribution,
+            end=sub.period_end,
         )
         self._subs[key] = state
         self._expiry[key] = self._clock() + sub.ttl

@@ -100,9 +100,10 @@ class RedisStore:
 
     def script_call(self, plan: Plan) -> tuple[list[str], list[Any]]:
         """The KEYS and ARGV of the apply script for this plan (bench/state.py replays them in bulk)."""
-        sub_id, mode = "-", plan.livemode
+        sub_id, mode, customer = "-", plan.livemode, "-"
         if plan.subscription is not None:
             sub_id, mode = plan.subscription.id, plan.subscription.livemode
+            customer = plan.subscription.customer_key
         elif plan.payment is not None:
             sub_id, mode = plan.payment.id, plan.payment.livemode
         keys = [
@@ -113,6 +114,7 @@ class RedisStore:
             self.key(f"s:{mode}:{sub_id}"),  # live and test ids never share state
             self._lapse_key(mode),
             self.events_key,
+            self.key(f"cu:{mode}:{customer}"),
             *(self.key("c:" + check.key) for check in plan.checks),
         ]
         body: dict[str, Any] = {
@@ -124,10 +126,13 @@ class RedisStore:
         if plan.subscription is not None:
             s = plan.subscription
             body["subscription"] = {
-                "id": s.id, "at": str(s.at), "held": s.held, "sf": s.status_field, "mf": s.mrr_field,
-                "mrr": str(s.mrr_milli), "end": str(s.period_end), "ttl": str(s.ttl), "se": s.ended_counter,
-                "watch": s.lapse_watched,
+                "id": s.id, "at": str(s.at), "rank": str(s.rank), "held": s.held,
+                "g": [[name, str(value)] for name, value in s.gauges], "cur": s.mrr_currency,
+                "cm": str(s.contribution), "pay": s.paying_scheme, "end": str(s.period_end), "ttl": str(s.ttl),
+                "ctl": str(s.customer_ttl or s.ttl), "se": s.ended_counter, "watch": s.lapse_watched,
             }
+            if s.movement_schemes:  # absent for history: no movement counter moves
+                body["subscription"]["mv"] = list(s.movement_schemes)
         if plan.payment is not None:
             p = plan.payment
             body["payment"] = {"id": p.id, "at": str(p.at), "ttl": str(p.ttl)}
