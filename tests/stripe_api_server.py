@@ -9,6 +9,7 @@ Stripe's error shape (a 403 for a path the key may not read), and a 429 with
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,12 +30,14 @@ def status_matches(wanted: str | None, status: str) -> bool:
 
 class StripeEventsApi:
     def __init__(self, events: list[dict[str, Any]], page_size: int = 3, fail_first: bool = True,
-                 subscriptions: list[dict[str, Any]] | None = None, forbidden: tuple[str, ...] = ()) -> None:
+                 subscriptions: list[dict[str, Any]] | None = None, forbidden: tuple[str, ...] = (),
+                 clock_offset: int = 0) -> None:
         self.events = sorted(events, key=lambda e: (e["created"], e["id"]), reverse=True)  # newest first
         self.subscriptions = sorted(subscriptions or [], key=lambda s: (s["created"], s["id"]), reverse=True)
         self.page_size = page_size
         self.fail_first = fail_first
         self.forbidden = forbidden  # paths the key has no permission for: 403, as for a restricted key
+        self.clock_offset = clock_offset  # seconds Stripe's clock (its Date header) runs ahead of ours
         self.requests: list[dict[str, list[str]]] = []  # GET /v1/events queries
         self.subscription_requests: list[dict[str, list[str]]] = []
         self.statuses: list[int] = []
@@ -100,6 +103,9 @@ def stripe_events_api(events: list[dict[str, Any]], **options: Any) -> Iterator[
                 self.send_header(name, value)
             self.end_headers()
             self.wfile.write(payload)
+
+        def date_time_string(self, timestamp: float | None = None) -> str:
+            return super().date_time_string(time.time() + api.clock_offset if timestamp is None else timestamp)
 
         def log_message(self, format: str, *args: Any) -> None:
             pass

@@ -126,6 +126,21 @@ def test_a_live_event_newer_than_the_listing_wins(
     assert mrr(scrape(exporter.url), "usd") == 200.0 + 500.0
 
 
+def test_the_seed_is_stamped_on_stripes_clock_when_ours_runs_ahead(
+    exporter: Exporter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Stripe's clock 120 s behind ours: an event Stripe created 100 s ago by our clock came after the
+    listing began by its clock, so it must beat the seed (stamped by our clock it would not)."""
+    deliver_live(exporter.url, [se.event("customer.subscription.updated",
+                                         sub("sub_skew", unit_amount=10000, quantity=2),
+                                         created=int(time.time()) - 100)])
+    with stripe_events_api([], subscriptions=[sub("sub_skew", unit_amount=10000)], fail_first=False,
+                           clock_offset=-120) as api:
+        code, out, err = run(capsys, "backfill", "--api-base", api.url, "--direct")
+    assert code == 0 and "1 listed (0 ended): 1 recorded" in out, err
+    assert mrr(scrape(exporter.url), "usd") == 200.0
+
+
 def test_a_key_without_subscriptions_read_is_a_one_line_error_before_anything_is_recorded(
     exporter: Exporter, api_env: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
