@@ -31,13 +31,14 @@ def status_matches(wanted: str | None, status: str) -> bool:
 class StripeEventsApi:
     def __init__(self, events: list[dict[str, Any]], page_size: int = 3, fail_first: bool = True,
                  subscriptions: list[dict[str, Any]] | None = None, forbidden: tuple[str, ...] = (),
-                 clock_offset: int = 0) -> None:
+                 clock_offset: int = 0, broken_after: int | None = None) -> None:
         self.events = sorted(events, key=lambda e: (e["created"], e["id"]), reverse=True)  # newest first
         self.subscriptions = sorted(subscriptions or [], key=lambda s: (s["created"], s["id"]), reverse=True)
         self.page_size = page_size
         self.fail_first = fail_first
         self.forbidden = forbidden  # paths the key has no permission for: 403, as for a restricted key
         self.clock_offset = clock_offset  # seconds Stripe's clock (its Date header) runs ahead of ours
+        self.broken_after = broken_after  # subscription pages served before every later one is a 500
         self.requests: list[dict[str, list[str]]] = []  # GET /v1/events queries
         self.subscription_requests: list[dict[str, list[str]]] = []
         self.statuses: list[int] = []
@@ -62,6 +63,8 @@ class StripeEventsApi:
             return 429, error("rate_limit_error", "Too many requests hit the API too quickly."), \
                 {"Stripe-Should-Retry": "true"}
         if parts.path == "/v1/subscriptions":
+            if self.broken_after is not None and len(self.subscription_requests) > self.broken_after:
+                return 500, error("api_error", "Something went wrong on Stripe's end."), {}
             wanted = query.get("status", [None])[0]
             listed = [s for s in self.subscriptions if status_matches(wanted, s["status"])]
             return 200, page_of(listed, query, self.page_size, parts.path), {}

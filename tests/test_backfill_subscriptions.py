@@ -160,6 +160,25 @@ def test_a_key_without_subscriptions_read_is_a_one_line_error_before_anything_is
         assert code == 0 and "backfill: 1 events: 1 accepted" in out and "subscriptions seeded" not in out, err
 
 
+def test_a_listing_that_fails_midway_leaves_correct_snapshots_and_a_second_run_finishes(
+    exporter: Exporter, api_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    listed = [sub(f"sub_page{i}", unit_amount=1000, created=NOW - i * DAY) for i in range(1, 5)]  # 2 pages
+    with stripe_events_api([], subscriptions=listed, page_size=2, fail_first=False, broken_after=1) as api:
+        # One event per store round trip, so the first page is recorded before the second is asked for.
+        code, out, err = run(capsys, "backfill", "--api-base", api.url, "--direct", "--max-network-retries", "0",
+                             "--batch-size", "1")
+        assert code == 1 and "Traceback" not in err
+        assert err.strip().splitlines() == [
+            "billingwatch: Stripe Subscriptions API: APIError: Something went wrong on Stripe's end."]
+        assert api.requests == []  # the events were not read
+        assert mrr(scrape(exporter.url), "usd") == 20.0  # the first page's two: each a correct snapshot
+        api.broken_after = None
+        code, out, err = run(capsys, "backfill", "--api-base", api.url, "--direct")
+        assert code == 0 and "4 listed (0 ended): 2 recorded, 2 unchanged since the last seed" in out, err
+        assert mrr(scrape(exporter.url), "usd") == 40.0
+
+
 def test_a_seed_is_a_marked_synthetic_event_named_by_its_content() -> None:
     subscription = sub("sub_seed", unit_amount=10000)
     seeded = seed_event(subscription, NOW)
