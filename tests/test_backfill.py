@@ -59,9 +59,11 @@ def test_backfill_pages_through_the_api_retries_a_429_and_records_each_event_onc
 ) -> None:
     before = scrape(exporter.url)
     with stripe_events_api(history(), page_size=4) as api:
-        code, out, err = run(capsys, "backfill", "--since", "30d", "--api-base", api.url, "--url", exporter.url)
+        code, out, err = run(capsys, "backfill", "--since", "30d", "--api-base", api.url, "--url", exporter.url,
+                             "--no-subscriptions")
         assert code == 0, err
         assert "backfill: 16 events: 16 accepted, 0 duplicate, 0 rejected, 0 failed; 1 anomalies found" in out
+        assert api.subscription_requests == [] and "subscriptions seeded" not in out  # --no-subscriptions
         assert api.statuses[0] == 429 and set(api.statuses[1:]) == {200}  # the SDK retried the 429
         pages = api.requests[1:]
         assert len(pages) == 4 and all("starting_after" in q for q in pages[1:])  # has_more pagination

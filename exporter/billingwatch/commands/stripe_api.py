@@ -1,14 +1,16 @@
-"""Reading Stripe's Events API with the stripe SDK (backfill and reconcile)."""
+"""Reading Stripe's Events and Subscriptions APIs with the stripe SDK (backfill and reconcile)."""
 
 import argparse
 import os
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import stripe
-from stripe.params import EventListParams
+from stripe.params import EventListParams, SubscriptionListParams
 
 from billingwatch.config import ConfigError
 
@@ -53,7 +55,8 @@ def add_api_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def client_from(args: argparse.Namespace) -> stripe.StripeClient:
-    """A client on the key in STRIPE_API_KEY (or STRIPE_API_KEY_FILE): a restricted key with Events read only."""
+    """A client on the key in STRIPE_API_KEY (or STRIPE_API_KEY_FILE): a restricted key with Events and
+    Subscriptions read only (reconcile reads Events only; backfill seeds subscriptions too)."""
     key = os.environ.get("STRIPE_API_KEY", "")
     path = os.environ.get("STRIPE_API_KEY_FILE", "")
     if path:
@@ -64,11 +67,12 @@ def client_from(args: argparse.Namespace) -> stripe.StripeClient:
             raise ConfigError(f"STRIPE_API_KEY_FILE: cannot read {path}: {exc.strerror}") from None
     if not key:
         raise ConfigError(
-            "STRIPE_API_KEY is not set: create a restricted key with read access to Events only "
+            "STRIPE_API_KEY is not set: create a restricted key with read access to Events and Subscriptions only "
             "(Developers → API keys → Create restricted key) and put it there"
         )
     if key.startswith("sk_"):
-        raise ConfigError("STRIPE_API_KEY is a secret key; give a restricted key (rk_...) with Events read only")
+        raise ConfigError("STRIPE_API_KEY is a secret key; give a restricted key (rk_...) with Events and "
+                          "Subscriptions read only")
     return stripe.StripeClient(
         key, base_addresses={"api": args.api_base}, max_network_retries=args.max_network_retries
     )
@@ -96,14 +100,49 @@ async def list_events(
     params: EventListParams = {"limit": 100, "created": {"gte": int(now - since_seconds)}, "types": types}
     if until is not None:
         params["created"] = {"gte": int(now - since_seconds), "lte": int(until)}
-    try:
+    with _api_errors("Events", "give the restricted key Events read access"):
         page = await client.v1.events.list_async(params)
         async for event in page.auto_paging_iter():
-            document: dict[str, Any] = event.to_dict()
+            # for_json: the SDK decodes *_decimal strings (a subscription's prices) as Decimal.
+            document: dict[str, Any] = event.to_dict(for_json=True)
             yield document
+
+
+async def list_subscriptions(client: stripe.StripeClient) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+    """Every subscription of the account, whatever its status, as (listed_at, plain dict) pairs.
+
+    `listed_at` (the same for all) is the last whole second before the listing began, on Stripe's
+    clock when its first answer says (the Date header) and ours is ahead: every change Stripe made
+    before it is in the listing, and every change from it on has an event at least as new.
+    The items come embedded with their prices (product as an id), all MRR and plan mapping need.
+    """
+    started = time.time()
+    params: SubscriptionListParams = {"status": "all", "limit": 100}
+    with _api_errors("Subscriptions", "give the restricted key Subscriptions read access, or run backfill "
+                     "with --no-subscriptions"):
+        page = await client.v1.subscriptions.list_async(params)
+        listed_at = int(min(started, _server_time(page.last_response) or started)) - 1
+        async for subscription in page.auto_paging_iter():
+            yield listed_at, subscription.to_dict(for_json=True)
+
+
+def _server_time(response: stripe.StripeResponse | None) -> float | None:
+    """The Date of a Stripe answer (unix time), None without a readable one."""
+    headers = {k.lower(): v for k, v in (response.headers.items() if response else ())}
+    try:
+        return parsedate_to_datetime(headers["date"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+@contextmanager
+def _api_errors(resource: str, permission_hint: str) -> Iterator[None]:
+    """Stripe's errors (after the SDK's retries) as one-line ConfigError / StripeApiError."""
+    try:
+        yield
     except stripe.AuthenticationError:
         raise ConfigError("Stripe refused STRIPE_API_KEY (authentication failed)") from None
     except stripe.PermissionError:
-        raise ConfigError("STRIPE_API_KEY may not read Events: give the restricted key Events read access") from None
+        raise ConfigError(f"STRIPE_API_KEY may not read {resource}: {permission_hint}") from None
     except stripe.StripeError as exc:
-        raise StripeApiError(f"Stripe Events API: {type(exc).__name__}: {exc.user_message or exc}") from None
+        raise StripeApiError(f"Stripe {resource} API: {type(exc).__name__}: {exc.user_message or exc}") from None
