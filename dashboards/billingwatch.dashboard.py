@@ -32,8 +32,7 @@ from grafanalib.core import (
     TimeSeries,
 )
 
-from billingwatch.rules import load_config, seconds
-from billingwatch.rules import growth
+from billingwatch.rules import growth, load_config, seconds
 from billingwatch.rules.render import build, kept_labels, quantile_name
 
 CONFIG = load_config(os.environ.get("BILLINGWATCH_RULES_CONFIG") or None)

@@ -265,8 +265,8 @@ def growth_history(now: int) -> str:
             text += series("billingwatch_mrr_movement_amount_total",
                            f'{base},instance="{instance}",kind="{kind}",currency="usd"', counter(per_hour))
     for kind in ("new", "expansion", "contraction", "churn", "reactivation"):
-        text += series("billingwatch_customer_movements_total", f'{base},instance="a:9786",kind="{kind}",currency="usd"',
-                       counter(1 if kind == "churn" else 0))
+        text += series("billingwatch_customer_movements_total",
+                       f'{base},instance="a:9786",kind="{kind}",currency="usd"', counter(1 if kind == "churn" else 0))
     usd, eur = f'{base},instance="a:9786",currency="usd"', f'{base},instance="a:9786",currency="eur"'
     text += series("billingwatch_paying_customers", usd, before_after(2400, 2000))
     text += series("billingwatch_paying_customers", eur, lambda t: 30)
@@ -322,9 +322,11 @@ def test_growth_panels_read_backfilled_history(monkeypatch: pytest.MonkeyPatch,
         for t in panel["targets"]:
             checked.add(f'{title} [{t["refId"]}]')
             samples = prom.wait_for(substitute(t["expr"], GROWTH_VARIABLES), timeout=20)
-            for s in samples:
-                legend = re.sub(r"\{\{(\w+)\}\}", lambda m: s["metric"].get(m.group(1), "?"), t["legendFormat"])
-                found[f'{t["refId"]} {legend}'] = float(s["value"][1])
+            for sample in samples:
+                labels = sample["metric"]
+                legend = re.sub(r"\{\{(\w+)\}\}", lambda m, labels=labels: labels.get(m.group(1), "?"),
+                                t["legendFormat"])
+                found[f'{t["refId"]} {legend}'] = float(sample["value"][1])
         return found
 
     def approx(expected: dict[str, float]) -> Any:
