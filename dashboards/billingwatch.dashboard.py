@@ -21,6 +21,7 @@ from typing import Any
 from grafanalib.core import (
     Dashboard,
     GridPos,
+    Repeat,
     RowPanel,
     Stat,
     Table,
@@ -31,7 +32,7 @@ from grafanalib.core import (
     TimeSeries,
 )
 
-from billingwatch.rules import load_config, seconds
+from billingwatch.rules import growth, load_config, seconds
 from billingwatch.rules.render import build, kept_labels, quantile_name
 
 CONFIG = load_config(os.environ.get("BILLINGWATCH_RULES_CONFIG") or None)
@@ -107,14 +108,15 @@ def money_overrides() -> list[dict[str, Any]]:
 
 def timeseries(title: str, targets: list[Target], unit: str, description: str, *,
                thresholds: list[dict[str, Any]] | None = None, bars: bool = False,
-               overrides: list[dict[str, Any]] | None = None, stack: bool = False) -> TimeSeries:
+               overrides: list[dict[str, Any]] | None = None, stack: bool = False,
+               repeat: Repeat | None = None) -> TimeSeries:
     return TimeSeries(
         title=title, description=description, dataSource=DATASOURCE, targets=targets, unit=unit,
         thresholds=thresholds or steps(), thresholdsStyleMode="dashed" if thresholds else "off",
         drawStyle="bars" if bars else "line", fillOpacity=60 if bars else 10, spanNulls=True,
         stacking={"mode": "normal", "group": "A"} if stack else {},
         overrides=overrides or [], legendDisplayMode="table", legendCalcs=["lastNotNull", "max"],
-        tooltipMode="multi", maxDataPoints=500,
+        tooltipMode="multi", maxDataPoints=500, repeat=repeat or Repeat(),
     )
 
 
@@ -167,6 +169,8 @@ mrr = CONFIG.mrr_drop
 refund = CONFIG.refund_spike
 lag = CONFIG.webhook_lag
 silence = CONFIG.webhook_silence
+churn = CONFIG.churn_spike
+trials = CONFIG.trial_conversion_drop
 
 # The series the alerts are computed from (names as rules/billingwatch.rules.yml records them).
 CHARGES_FAILURE_WINDOW = f"livemode_status:billingwatch_charge_outcomes:increase{failure.window}"
@@ -184,6 +188,13 @@ LAG_BUCKETS = f"le_livemode:billingwatch_webhook_delivery_lag_seconds_bucket:rat
 LAG_QUANTILE = f"livemode:billingwatch_webhook_delivery_lag_seconds:{quantile_name(lag.quantile)}_rate{lag.window}"
 LAST_EVENT = "livemode:billingwatch_last_event_received_timestamp_seconds:max"
 EVENT_RATE = f"livemode:billingwatch_events:rate{silence.baseline}"
+NET_NEW_DAY = f"currency_livemode:billingwatch_mrr_movement_amount:net_increase{growth.DAY}"
+NET_NEW_MONTH = f"currency_livemode:billingwatch_mrr_movement_amount:net_increase{growth.MONTH}"
+LOGO_CHURN = f"currency_livemode:billingwatch_customer_movements:churn_ratio{growth.MONTH}"
+REVENUE_CHURN = f"currency_livemode:billingwatch_mrr_movement_amount:churn_ratio{growth.MONTH}"
+ARPU = "currency_livemode:billingwatch_mrr_amount:per_paying_customer"
+CONVERSION = f"livemode:billingwatch_trials_ended:conversion_ratio{trials.window}"
+CONVERSION_USUAL = f"{CONVERSION}_avg{trials.baseline}"
 
 
 def increase(metric: str, matchers: str, window: str) -> str:
@@ -325,6 +336,93 @@ subscriptions_row = [
         "reached canceled or incomplete_expired, over the last hour."), 10, 8),
 ]
 
+# Money panels stacked by kind or plan are repeated per selected currency: a stack across
+# currencies would add them up.
+PER_CURRENCY = Repeat("h", "currency", 2)
+DAY_SECONDS = 86400
+TRIALING = 'status="trialing"'
+
+
+def movements(kinds: str) -> str:
+    """MRR moved per day by the `kinds` (a regex), per kind and currency."""
+    matchers = sel(f'kind=~"{kinds}"', currency=True)
+    return agg("max", f"rate(billingwatch_mrr_movement_amount_total{matchers}[{RATE}])", "kind", "currency") \
+        + f" * {DAY_SECONDS}"
+
+
+growth_row = [
+    (timeseries(
+        "MRR movements per day ($currency)",
+        [
+            target(movements(growth.GAINS), "{{currency}} {{kind}}", "A"),
+            target("-" + movements(growth.LOSSES), "{{currency}} {{kind}}", "B"),
+        ],
+        "short", "MRR gained (new, expansion, reactivation) and lost (contraction and churn, drawn below zero) "
+        "per day, one panel per currency. Each subscription change moves exactly one kind by the change of "
+        "its customer's MRR; replayed history moves none (docs/revenue.md).",
+        stack=True, bars=True, overrides=money_overrides(), repeat=PER_CURRENCY), 12, 8),
+    (timeseries(
+        "Net new MRR",
+        [
+            target(recorded(NET_NEW_DAY, currency=True), "{{currency}} " + f"last {growth.DAY}", "A"),
+            target(f"{recorded(NET_NEW_MONTH, currency=True)} / 30", "{{currency}} daily average over "
+                   + growth.MONTH, "B"),
+        ],
+        "short", f"New + expansion + reactivation - contraction - churn MRR over the last {growth.DAY}, and the "
+        f"average per day over {growth.MONTH}, per currency (never summed across currencies).",
+        overrides=money_overrides()), 12, 8),
+    (timeseries(
+        f"Churn rates ({growth.MONTH})",
+        [
+            target(recorded(LOGO_CHURN, currency=True), "{{currency}} logo churn", "A"),
+            target(recorded(REVENUE_CHURN, currency=True), "{{currency}} revenue churn", "B"),
+        ],
+        "percentunit", f"Logo churn: customers who churned over {growth.MONTH} / paying customers {growth.MONTH} "
+        f"ago. Revenue churn: MRR lost to churn and contraction over {growth.MONTH} / MRR {growth.MONTH} ago. "
+        f"Shown once Prometheus holds {growth.MONTH} of history. BillingChurnSpike fires when churned MRR over "
+        f"{churn.window} exceeds {churn.max_share:.0%} of the MRR at the start of it."), 8, 8),
+    (timeseries(
+        "ARPU and paying customers",
+        [
+            target(recorded(ARPU, currency=True), "{{currency}} ARPU", "A"),
+            target(agg("max", f"billingwatch_paying_customers{sel(currency=True)}", "currency"),
+                   "paying customers ({{currency}})", "B"),
+        ],
+        "short", "Average revenue per paying customer (MRR / customers paying in that currency), per currency, "
+        "and the number of paying customers (right axis).",
+        overrides=[*money_overrides(),
+                   {"matcher": {"id": "byRegexp", "options": "^paying customers.*$"},
+                    "properties": [{"id": "unit", "value": "short"},
+                                   {"id": "custom.axisPlacement", "value": "right"}]}]), 8, 8),
+    (timeseries(
+        "MRR by plan ($currency)",
+        [target(agg("max", f"billingwatch_mrr_by_plan_amount{sel(currency=True)}", "plan", "currency"),
+                "{{currency}} {{plan}}")],
+        "short", "MRR split by plan (BILLINGWATCH_PLANS maps price or product ids to plan names; the rest is "
+        "`other`), stacked: the stack is the currency's MRR. One panel per currency.",
+        stack=True, overrides=money_overrides(), repeat=PER_CURRENCY), 8, 8),
+    (timeseries(
+        "Trials",
+        [
+            target(agg("max", f"billingwatch_subscriptions{sel(TRIALING)}"), "trialing", "A"),
+            target(agg("max", increase("billingwatch_trials_started_total", sel(), "1d")), "started (last 24h)", "B"),
+            target(agg("max", increase("billingwatch_trials_ended_total", sel(), "1d"), "outcome"),
+                   "{{outcome}} (last 24h)", "C"),
+        ],
+        "short", "Subscriptions in trial now, and trials started, converted to paid and expired over the last "
+        "24 hours (all currencies: counts)."), 12, 8),
+    (timeseries(
+        f"Trial conversion ({trials.window})",
+        [
+            target(recorded(CONVERSION), "converted / ended trials", "A"),
+            target(recorded(CONVERSION_USUAL), f"{trials.baseline} average", "B"),
+            target(f"{recorded(CONVERSION_USUAL)} * {1 - trials.drop_ratio:g}", "alert line", "C"),
+        ],
+        "percentunit", f"Share of the trials ended over the last {trials.window} that converted to paid, its "
+        f"average over {trials.baseline}, and the BillingTrialConversionDrop line {trials.drop_ratio:.0%} below "
+        f"it (from {trials.min_ended_trials} ended trials in the window)."), 12, 8),
+]
+
 delivery_row = [
     (timeseries(
         f"Webhook delivery lag ({lag.window})",
@@ -452,7 +550,7 @@ dashboard = Dashboard(
     title="BillingWatch",
     uid="billingwatch",
     description="Stripe billing health: events, charges, revenue per currency, fraud, refunds, "
-    "subscriptions, webhook delivery, anomalies and alerts (https://github.com/billingwatch/billingwatch).",
+    "subscriptions, growth (MRR movements, churn, trials), webhook delivery, anomalies and alerts (https://github.com/billingwatch/billingwatch).",
     tags=["billingwatch", "stripe", "billing"],
     timezone="browser",
     refresh="1m",
@@ -465,6 +563,7 @@ dashboard = Dashboard(
         ("Revenue (per currency)", revenue_row),
         ("Disputes, fraud and refunds", risk_row),
         ("Subscriptions", subscriptions_row),
+        ("Growth", growth_row),
         ("Webhook delivery", delivery_row),
         ("Anomalies", anomalies_row),
         ("Alerts", alerts_row),

@@ -66,8 +66,10 @@ def prometheus(
     alertmanager: str | None = None,
     interval: str = "1s",
     job: str = "billingwatch",
+    args: Sequence[str] = (),
 ) -> Iterator[Prometheus]:
-    """Prometheus scraping `targets` ("127.0.0.1:port") as `job`, evaluating `rule_files`."""
+    """Prometheus scraping `targets` ("127.0.0.1:port") as `job`, evaluating `rule_files`;
+    `args` are extra flags (e.g. a longer retention for backfilled blocks in `directory`/data)."""
     directory.mkdir(parents=True, exist_ok=True)
     config: dict[str, Any] = {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
@@ -81,7 +83,7 @@ def prometheus(
     server = Prometheus(directory, free_port())
     process = subprocess.Popen(
         [binary("prometheus"), f"--config.file={config_file}", f"--storage.tsdb.path={directory / 'data'}",
-         f"--web.listen-address=127.0.0.1:{server.port}", "--log.level=warn"],
+         f"--web.listen-address=127.0.0.1:{server.port}", "--log.level=warn", *args],
         stdout=subprocess.DEVNULL, stderr=(directory / "prometheus.log").open("wb"),
     )
     try:

@@ -238,3 +238,28 @@ def test_baseline_alerts_wait_for_a_whole_baseline_and_count_alerts_read_currenc
     rendered = render_rules(custom)
     revenue = next(str(r["expr"]) for r in alerts(rendered) if r["alert"] == "BillingRevenueDrop")
     assert "offset 12h)" in revenue and "offset 14d12h)" in revenue
+
+
+def test_growth_alerts_wait_for_whole_windows_and_ratios_never_divide_by_zero() -> None:
+    """The gates of rules/tests/growth.yml follow the configured windows; every growth ratio
+    divides by a `> 0` guarded denominator (no 0/0 or x/0 sample reaches a panel or an alert)."""
+    rules = {str(r["alert"]): str(r["expr"]) for r in alerts(RULE_FILE.read_text())}
+    churn = rules["BillingChurnSpike"]
+    assert 'present_over_time(billingwatch_mrr_movement_amount_total{job="billingwatch",kind="churn"}[1h] offset 7d)' \
+        in churn and "billingwatch_mrr_amount{job=\"billingwatch\"} offset 7d) > 0)" in churn
+    assert "present_over_time(billingwatch_trials_ended_total{job=\"billingwatch\"}[1h] offset 35d)" \
+        in rules["BillingTrialConversionDrop"]
+    defaults = load_config()
+    custom = replace(defaults, churn_spike=replace(defaults.churn_spike, window="14d"),
+                     trial_conversion_drop=replace(defaults.trial_conversion_drop, window="14d", baseline="8w"))
+    rendered = {str(r["alert"]): str(r["expr"]) for r in alerts(render_rules(custom))}
+    assert "[1h] offset 14d)" in rendered["BillingChurnSpike"] and "increase14d" in rendered["BillingChurnSpike"]
+    assert "[1h] offset 70d)" in rendered["BillingTrialConversionDrop"]
+    assert "conversion_ratio14d_avg8w" in rendered["BillingTrialConversionDrop"]
+    records = {str(r["record"]): str(r["expr"]) for g in yaml.safe_load(RULE_FILE.read_text())["groups"]
+               for r in g["rules"] if "record" in r}
+    ratios = [name for name in records if "ratio" in name and not name.endswith("_avg28d")]
+    ratios.append("currency_livemode:billingwatch_mrr_amount:per_paying_customer")
+    assert len(ratios) == 4
+    for name in ratios:
+        assert records[name].rstrip().endswith("> 0)"), name

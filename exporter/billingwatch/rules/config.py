@@ -123,12 +123,13 @@ HEADER = """\
 """
 
 BASELINES = """\
-Baseline alerts (early_fraud_warnings, revenue_drop, mrr_drop) compare with an average over
-`baseline` and stay quiet until that average is whole: Prometheus must have scraped the metric
-`window` + `baseline` ago (8 days by default; a new currency waits as long) and within the
-last hour, and at the start of the current window. A fresh install, an outage of Prometheus
-longer than the window, or an exporter no longer scraped cannot fire them from a half-filled
-window or average; a restart (a gap under an hour) keeps them armed."""
+Baseline alerts (early_fraud_warnings, revenue_drop, mrr_drop, trial_conversion_drop) compare
+with an average over `baseline` and stay quiet until that average is whole: Prometheus must
+have scraped the metric `window` + `baseline` ago (8 days by default, 35 for trial conversion;
+a new currency waits as long) and within the last hour, and at the start of the current
+window. churn_spike likewise waits until the churn counter covers its window. A fresh install,
+an outage of Prometheus longer than the window, or an exporter no longer scraped cannot fire
+them from a half-filled window or average; a restart (a gap under an hour) keeps them armed."""
 
 
 def _comment(text: str) -> str:

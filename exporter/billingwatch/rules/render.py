@@ -83,6 +83,37 @@ def charge_amount(r: Rules, window: str) -> str:
     )
 
 
+def mrr_movements(r: Rules, window: str) -> str:
+    """MRR moved over `window` by kind, per currency and mode: positive amounts, churn and
+    contraction counted as the MRR lost (money: never summed across currencies)."""
+    c = r.config
+    return r.record(
+        f"currency_kind_livemode:billingwatch_mrr_movement_amount:increase{window}",
+        f"max by ({r.by('kind', 'currency', 'livemode')}) "
+        f"(increase(billingwatch_mrr_movement_amount_total{c.matchers()}[{window}]))",
+    )
+
+
+def trials_ended(r: Rules, window: str) -> str:
+    """Trials ended over `window` by outcome (converted, expired) and mode (a count; exists from start)."""
+    c = r.config
+    return r.record(
+        f"livemode_outcome:billingwatch_trials_ended:increase{window}",
+        f"max by ({r.by('outcome', 'livemode')}) "
+        f"(increase(billingwatch_trials_ended_total{c.matchers()}[{window}]))",
+    )
+
+
+def trial_conversion(r: Rules, window: str) -> str:
+    """Converted / ended trials over `window` per mode; no sample while no trial ended (no 0/0)."""
+    ended = trials_ended(r, window)
+    mode = r.by("livemode")
+    return r.record(
+        f"livemode:billingwatch_trials_ended:conversion_ratio{window}",
+        f'sum by ({mode}) ({ended}{{outcome="converted"}}) / (sum by ({mode}) ({ended}) > 0)',
+    )
+
+
 def averaged(r: Rules, series: str, baseline: str) -> str:
     """The average of a recorded series over `baseline`: cheap, it reads recorded samples only."""
     return r.record(f"{series}_avg{baseline}", f"avg_over_time({series}[{baseline}])")
@@ -181,11 +212,13 @@ _Dumper.add_representer(str, _str)
 def build(config: "RulesConfig") -> dict[str, Any]:
     """The rule file as data: every registered alert (rules/alerts/) in order, in one group,
     recording rules first so alerts read fresh values."""
+    from billingwatch.rules import growth  # here: it imports this module
     from billingwatch.rules.alerts import ALERTS, section  # here: the alert modules import this one
 
     r = Rules(config, {}, [])
     for module in ALERTS:
         module.render(r, getattr(config, section(module)))
+    growth.render(r)  # the growth figures no alert reads (after the alerts': their names are kept)
     rules: list[dict[str, Any]] = [{"record": name, "expr": expr} for name, expr in r.records.items()]
     return {"groups": [{"name": "billingwatch", "interval": config.interval, "rules": [*rules, *r.alerts]}]}
 

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from billingwatch.rules.alerts import (
     anomaly,
     charge_failure_spike,
+    churn_spike,
     early_fraud_warnings,
     exporter_down,
     fraud_spike,
@@ -27,6 +28,7 @@ from billingwatch.rules.alerts import (
     revenue_drop,
     silent_lapse,
     store_down,
+    trial_conversion_drop,
     webhook_lag,
     webhook_silence,
 )
@@ -50,6 +52,8 @@ ALERTS: tuple[AlertModule, ...] = (
     early_fraud_warnings,
     revenue_drop,
     mrr_drop,
+    churn_spike,
+    trial_conversion_drop,
     silent_lapse,
     webhook_lag,
     webhook_silence,
