@@ -156,6 +156,12 @@ def scenario() -> list[dict[str, Any]]:
         se.event("customer.subscription.created", se.subscription(subscription_id="sub_dash", customer="cus_dash")),
         se.event("customer.subscription.created", se.subscription(
             subscription_id="sub_lapsed", customer="cus_late", unit_amount=1000, period_end=now - 5 * 86400)),
+        se.event("customer.subscription.created", se.subscription(
+            subscription_id="sub_trial", customer="cus_trial", status="trialing", trial_start=now - 3600,
+            trial_end=now + 13 * 86400)),
+        se.event("customer.subscription.updated", se.subscription(
+            subscription_id="sub_converted", customer="cus_converted", trial_start=now - 15 * 86400,
+            trial_end=now - 3600)),  # its trial converted: active, 20 USD a month
         se.event("invoice.paid", se.invoice(customer="cus_dash", subscription="sub_dash")),
         se.event("invoice.payment_failed", se.invoice(
             customer="cus_late", subscription="sub_lapsed", status="open", attempt_count=2)),
@@ -202,7 +208,7 @@ def test_every_panel_query_returns_data(monkeypatch: pytest.MonkeyPatch, stack: 
     # Each query either errors at once (Prometheus.query raises on a PromQL error) or must
     # return data within a few rule evaluations. The Growth row has its own test below (it
     # needs 30 days of history).
-    growth = set(queries(dashboard, row(dashboard, "Growth")))
+    growth = set(queries(dashboard, [p for p in row(dashboard, "Growth") if p["title"] == "Churn rates (30d)"]))
     assert growth
     empty = []
     for name, expr in queries(dashboard):
@@ -220,9 +226,10 @@ def test_every_panel_query_returns_data(monkeypatch: pytest.MonkeyPatch, stack: 
         (expr,) = [e for n, e in queries(dashboard) if n.startswith(title + " [A]")]
         return {json.dumps(s["metric"], sort_keys=True): float(s["value"][1]) for s in prom.query(substitute(expr))}
 
-    assert sorted(value("Subscriptions by status").values()) == [2.0]  # sub_dash and sub_lapsed, active
+    # sub_dash, sub_lapsed and sub_converted active; sub_trial trialing
+    assert sorted(value("Subscriptions by status").values()) == [1.0, 3.0]
     assert list(value("Lapsed subscriptions").values()) == [1.0]
-    assert list(value("MRR per currency").values()) == [30.0]  # 20 + 10 USD a month
+    assert list(value("MRR per currency").values()) == [50.0]  # 20 + 10 + 20 USD a month
     assert list(value("Exporter targets up").values()) == [2.0]
     anomalies = prom.query(substitute(dict(queries(dashboard))["Anomalies in the last 24 hours [A]"]))
     assert {s["metric"]["detector"] for s in anomalies} == {"duplicate_charge"}
