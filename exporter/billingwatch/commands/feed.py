@@ -175,14 +175,35 @@ class StoreSink:
         return deliveries
 
     async def deliver_all(self, items: AsyncIterable[tuple[str, Any]], done: Done) -> None:
-        batch: list[tuple[str, Any]] = []
-        async for item in items:
-            batch.append(item)
-            if len(batch) >= self._batch:
+        # Two batches at a time: the next one is read and planned here while Redis runs the last.
+        slots = asyncio.Semaphore(2)
+        running: set[asyncio.Task[None]] = set()
+
+        async def flush(batch: list[tuple[str, Any]]) -> None:
+            try:
                 await self._flush(batch, done)
-                batch = []
-        if batch:
-            await self._flush(batch, done)
+            finally:
+                slots.release()
+
+        async def start(batch: list[tuple[str, Any]]) -> None:
+            await slots.acquire()
+            task = asyncio.create_task(flush(batch))
+            running.add(task)
+            task.add_done_callback(running.discard)
+
+        try:
+            batch: list[tuple[str, Any]] = []
+            async for item in items:
+                batch.append(item)
+                if len(batch) >= self._batch:
+                    await start(batch)
+                    batch = []
+            if batch:
+                await start(batch)
+            await asyncio.gather(*running)
+        finally:
+            for task in running:  # the input failed: stop what is in flight
+                task.cancel()
 
     async def _flush(self, batch: list[tuple[str, Any]], done: Done) -> None:
         deliveries = await self.deliver_many([document for _, document in batch])
