@@ -45,7 +45,7 @@ def backfill(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         try:
-            tally = await feed(items(), sink, "backfill")
+            tally = await feed(items(), sink, "backfill", show_progress=args.progress)
         except StripeApiError as exc:
             print(f"billingwatch: {exc}", file=sys.stderr)
             return 1

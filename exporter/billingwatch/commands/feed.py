@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
 
-import httpx
 import stripe
 from tqdm import tqdm
 
+from billingwatch.commands.webhook_client import TransportError, WebhookClient
 from billingwatch.config import ConfigError, from_env
 from billingwatch.http.webhook import REPLAY_HEADER
 from billingwatch.recording.recorder import Recorder
@@ -81,8 +81,7 @@ class WebhookSink:
             self._headers[REPLAY_HEADER] = "1"
         if api_token:  # the exporter honours the replay header only with it (or from loopback)
             self._headers["Authorization"] = f"Bearer {api_token}"
-        self._client = httpx.AsyncClient(timeout=30, limits=httpx.Limits(
-            max_connections=concurrency, max_keepalive_connections=concurrency))
+        self._client = WebhookClient(url, concurrency)
 
     async def deliver_all(self, items: AsyncIterable[tuple[str, Any]], done: Done) -> None:
         slots = asyncio.Semaphore(self._concurrency)
@@ -114,28 +113,28 @@ class WebhookSink:
             # Signed again on each attempt, with a fresh timestamp, as Stripe does on its retries.
             header = stripe.WebhookSignature.generate_signature_header(payload, self._secret)
             try:
-                response = await self._client.post(
-                    self.url, content=payload.encode(),
-                    headers={"Stripe-Signature": header, **self._headers},
-                )
-            except httpx.TransportError as exc:
-                reason = f"{type(exc).__name__} posting to {self.url}"
+                status, body = await self._client.post(payload.encode(), {"Stripe-Signature": header, **self._headers})
+            except TransportError as exc:
+                reason = f"{exc} posting to {self.url}"
                 continue
-            if response.status_code >= 500 or response.status_code == 429:
-                reason = f"HTTP {response.status_code}"
+            if status >= 500 or status == 429:
+                reason = f"HTTP {status}"
                 continue
             try:
-                answer = response.json()
+                answer = json.loads(body)
             except ValueError:
+                answer = None
+            if not isinstance(answer, dict):
                 answer = {}
-            if response.status_code != 200:
-                return Delivery("rejected", f"HTTP {response.status_code}: {answer.get('error', response.text[:200])}")
+            if status != 200:
+                error = answer.get("error", body[:200].decode(errors="replace"))
+                return Delivery("rejected", f"HTTP {status}: {error}")
             return Delivery("duplicate" if answer.get("duplicate") else "accepted",
                             anomalies=int(answer.get("anomalies", 0)))
         return Delivery("failed", reason)
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await self._client.close()
 
 
 class StoreSink:
@@ -229,6 +228,8 @@ def add_sink_arguments(parser: argparse.ArgumentParser) -> None:
                         help="retries of one event on 5xx or an unreachable store/exporter (default 5)")
     parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
                         help=f"events in flight at once over HTTP (default {DEFAULT_CONCURRENCY})")
+    parser.add_argument("--progress", action="store_true",
+                        help="show the progress bar on stderr even when it is not a terminal (e.g. in a log)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH,
                         help=f"events per round trip to Redis with --direct (default {DEFAULT_BATCH})")
 
@@ -290,9 +291,11 @@ class Tally:
         return f"{what}: {total} events: {parts}; {self.anomalies} anomalies found"
 
 
-def progress(total: int | None, desc: str) -> "tqdm[Any]":
-    """A progress bar on stderr, shown only when stderr is a terminal."""
-    return tqdm(total=total, desc=desc, unit="event", file=sys.stderr, disable=None, leave=False)
+def progress(total: int | None, desc: str, show: bool = False) -> "tqdm[Any]":
+    """A progress bar on stderr, shown when stderr is a terminal or when `show` (--progress) asks."""
+    # Asked for (a log, not a terminal): the final state stays as the last line.
+    return tqdm(total=total, desc=desc, unit="event", file=sys.stderr, disable=False if show else None, leave=show,
+                mininterval=0.5)
 
 
 def report(label: str, delivery: Delivery) -> None:
@@ -300,10 +303,11 @@ def report(label: str, delivery: Delivery) -> None:
         tqdm.write(f"{label}: {delivery.result}: {delivery.reason}", file=sys.stderr)
 
 
-async def feed(items: AsyncIterable[tuple[str, Any]], sink: Sink, desc: str, total: int | None = None) -> Tally:
+async def feed(items: AsyncIterable[tuple[str, Any]], sink: Sink, desc: str, total: int | None = None,
+               show_progress: bool = False) -> Tally:
     """Deliver (label, event document) pairs; a label names the event in error lines."""
     tally = Tally()
-    with progress(total, desc) as bar:
+    with progress(total, desc, show_progress) as bar:
         def done(label: str, delivery: Delivery) -> None:
             tally.add(delivery)
             report(label, delivery)
