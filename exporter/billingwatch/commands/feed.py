@@ -26,7 +26,7 @@ from billingwatch.store import StoreUnavailable, open_store
 
 DEFAULT_URL = "http://127.0.0.1:9786/webhooks/stripe"
 # Requests in flight over HTTP: the exporter's group commit lets them share round trips to Redis;
-# on one shared 2-core box 4 measured 1.8 x one at a time, 16 no better than 4 (docs/benchmarks.md).
+# on one shared 2-core box 4 and 16 measured about 1.5 x one at a time (docs/benchmarks.md).
 DEFAULT_CONCURRENCY = 4
 DEFAULT_BATCH = 500  # events per pipelined round trip into Redis with --direct
 # httpx logs every request at INFO; thousands of those lines would bury the summary.
