@@ -17,7 +17,7 @@ from billingwatch.recording.events import InvalidEvent
 from billingwatch.recording.recorder import LivemodeRejected, Recorder
 from billingwatch.store import MemoryStore, RedisStore, Store, StoreUnavailable, Unrecordable
 from billingwatch.testing.processes import RedisServer, wait_until
-from tests.conftest import running_exporter
+from tests.conftest import SECRET, running_exporter
 from tests.metrics import (
     Samples,
     anomalies,
@@ -267,3 +267,40 @@ def test_concurrent_replay_over_http_gives_the_figures_of_a_sequential_one(tmp_p
 
         assert involved(concurrent.url) == involved(sequential.url)
         assert len(anomalies(sequential.url)) == 64
+
+
+def test_progress_bar_on_stderr_only_on_a_terminal_or_with_progress(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "events.jsonl", [se.event("charge.succeeded", se.charge()) for _ in range(3)])
+    with running_exporter() as exporter:
+        quiet = billingwatch("replay", str(path), "--url", exporter.url)
+        shown = billingwatch("replay", str(path), "--url", exporter.url, "--progress")
+    assert quiet.returncode == shown.returncode == 0, (quiet.stderr, shown.stderr)
+    assert quiet.stderr == ""  # stderr is a pipe here, not a terminal
+    assert "replay: 100%" in shown.stderr and "3/3" in shown.stderr
+    assert "0 accepted, 3 duplicate" in shown.stdout
+
+
+def test_replay_delivers_after_the_exporter_closed_an_idle_connection(tmp_path: Path) -> None:
+    """A kept-alive connection the exporter has since closed is no lost event: the next delivery
+    goes out on a new connection (or is retried), and is recorded."""
+    import asyncio
+
+    from billingwatch.commands.feed import WebhookSink
+
+    events = [se.event("charge.succeeded", se.charge()) for _ in range(2)]
+
+    async def deliver_apart(url: str) -> list[str]:
+        sink = WebhookSink(url + "/webhooks/stripe", SECRET, retries=2)
+        results = []
+        try:
+            for evt in events:
+                results.append((await sink.deliver(evt)).result)
+                await asyncio.sleep(1.5)  # past the exporter's keep-alive timeout: it closes the connection
+        finally:
+            await sink.close()
+        return results
+
+    with running_exporter(BILLINGWATCH_KEEP_ALIVE_TIMEOUT_SECONDS="1") as exporter:
+        results = asyncio.run(deliver_apart(exporter.url))
+        assert total(scrape(exporter.url), "billingwatch_events_total", type="charge.succeeded", livemode="false") == 2
+    assert results == ["accepted", "accepted"]

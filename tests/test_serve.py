@@ -120,3 +120,47 @@ def test_readme_puts_both_commands_first_and_links_the_metrics_reference() -> No
     assert "bash scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
     # The family-by-family reference is docs/metrics.md, checked against /metrics by tests/test_docs.py.
     assert "(docs/metrics.md)" in readme
+
+
+def worker_processes(pid: int) -> int:
+    """The uvicorn workers a supervisor forked (its children other than multiprocessing's resource tracker)."""
+    count = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(")") + 2:].split()[1]) == pid and b"spawn_main" in cmdline:
+            count += 1
+    return count
+
+
+def test_serve_workers_auto_runs_one_worker_per_usable_core(redis_server: RedisServer, redis_prefix: str) -> None:
+    cores = len(os.sched_getaffinity(0))
+    with running_exporter(REDIS_URL=redis_server.url, BILLINGWATCH_REDIS_PREFIX=redis_prefix) as exporter:
+        exporter.stop()
+        exporter.start("--workers", "auto")
+        assert exporter.process is not None
+        assert worker_processes(exporter.process.pid) == (cores if cores > 1 else 0)  # 1: no supervisor
+        payload = se.body(se.event("charge.succeeded", se.charge()))
+        response = httpx.post(exporter.url + "/webhooks/stripe", content=payload,
+                              headers=se.signed_headers(payload, SECRET))
+        assert response.json()["duplicate"] is False
+
+
+def test_serve_workers_auto_needs_redis_even_on_one_core() -> None:
+    result = run_cli("serve", "--port", "1", "--workers", "auto", env={"STRIPE_WEBHOOK_SECRET": SECRET})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "billingwatch: --workers auto needs REDIS_URL: the in-process store is not shared between workers")
+
+
+@pytest.mark.parametrize("workers", ["0", "two", "257"])
+def test_serve_workers_must_be_a_count_or_auto(workers: str) -> None:
+    result = run_cli("serve", "--port", "1", "--workers", workers, env={"STRIPE_WEBHOOK_SECRET": SECRET})
+    assert result.returncode == 2
+    assert "argument --workers: must be a number from 1 to 256, or auto" in result.stderr
+    assert "Traceback" not in result.stderr

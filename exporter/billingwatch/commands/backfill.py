@@ -112,7 +112,7 @@ def backfill(args: argparse.Namespace) -> int:
                 seeding, seeded = await seed(client, sink)
                 print(seeding.summary(seeded))
                 ok = seeded.ok
-            tally = await feed(items(), sink, "backfill")
+            tally = await feed(items(), sink, "backfill", show_progress=args.progress)
         except StripeApiError as exc:
             print(f"billingwatch: {exc}", file=sys.stderr)
             return 1

@@ -7,7 +7,6 @@ duplicate and rejected mean, retry the same way, and print the same summary.
 import argparse
 import asyncio
 import json
-import logging
 import sys
 from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Callable
@@ -15,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
 import stripe
 from tqdm import tqdm
 
@@ -25,11 +24,10 @@ from billingwatch.recording.recorder import Recorder
 from billingwatch.store import StoreUnavailable, open_store
 
 DEFAULT_URL = "http://127.0.0.1:9786/webhooks/stripe"
-DEFAULT_CONCURRENCY = 1  # requests in flight over HTTP: more helps only when the exporter has idle cores
-# (several workers or replicas); on one shared 2-core box 16 measured slower than 1 (docs/benchmarks.md)
+# Requests in flight over HTTP: the exporter's group commit lets them share round trips to Redis;
+# on one shared 2-core box 4 and 16 measured about 1.5 x one at a time (docs/benchmarks.md).
+DEFAULT_CONCURRENCY = 4
 DEFAULT_BATCH = 500  # events per pipelined round trip into Redis with --direct
-# httpx logs every request at INFO; thousands of those lines would bury the summary.
-logging.getLogger("httpx").setLevel(logging.WARNING)
 Result = Literal["accepted", "duplicate", "rejected", "failed"]
 
 
@@ -57,6 +55,9 @@ class Sink(Protocol):
     async def close(self) -> None: ...
 
 
+REQUEST_TIMEOUT = 30.0  # seconds for one delivery and its answer
+
+
 def backoff(attempt: int) -> float:
     """Seconds before retry `attempt` (1-based): 0.5, 1, 2, 4, 8, capped at 8."""
     return float(min(0.5 * 2 ** (attempt - 1), 8.0))
@@ -81,8 +82,17 @@ class WebhookSink:
             self._headers[REPLAY_HEADER] = "1"
         if api_token:  # the exporter honours the replay header only with it (or from loopback)
             self._headers["Authorization"] = f"Bearer {api_token}"
-        self._client = httpx.AsyncClient(timeout=30, limits=httpx.Limits(
-            max_connections=concurrency, max_keepalive_connections=concurrency))
+        self._session: aiohttp.ClientSession | None = None  # made in the running loop, on first use
+
+    def _client(self) -> aiohttp.ClientSession:
+        # aiohttp, not httpx: httpx spent about 2 ms of CPU per request in its layers
+        # (docs/benchmarks.md). Keep-alive connections, one per request in flight.
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._concurrency),
+                timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT),
+            )
+        return self._session
 
     async def deliver_all(self, items: AsyncIterable[tuple[str, Any]], done: Done) -> None:
         slots = asyncio.Semaphore(self._concurrency)
@@ -114,28 +124,32 @@ class WebhookSink:
             # Signed again on each attempt, with a fresh timestamp, as Stripe does on its retries.
             header = stripe.WebhookSignature.generate_signature_header(payload, self._secret)
             try:
-                response = await self._client.post(
-                    self.url, content=payload.encode(),
-                    headers={"Stripe-Signature": header, **self._headers},
-                )
-            except httpx.TransportError as exc:
+                async with self._client().post(
+                    self.url, data=payload.encode(), headers={"Stripe-Signature": header, **self._headers}
+                ) as response:
+                    status, body = response.status, await response.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 reason = f"{type(exc).__name__} posting to {self.url}"
                 continue
-            if response.status_code >= 500 or response.status_code == 429:
-                reason = f"HTTP {response.status_code}"
+            if status >= 500 or status == 429:
+                reason = f"HTTP {status}"
                 continue
             try:
-                answer = response.json()
+                answer = json.loads(body)
             except ValueError:
+                answer = None
+            if not isinstance(answer, dict):
                 answer = {}
-            if response.status_code != 200:
-                return Delivery("rejected", f"HTTP {response.status_code}: {answer.get('error', response.text[:200])}")
+            if status != 200:
+                error = answer.get("error", body[:200].decode(errors="replace"))
+                return Delivery("rejected", f"HTTP {status}: {error}")
             return Delivery("duplicate" if answer.get("duplicate") else "accepted",
                             anomalies=int(answer.get("anomalies", 0)))
         return Delivery("failed", reason)
 
     async def close(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
 
 class StoreSink:
@@ -175,14 +189,35 @@ class StoreSink:
         return deliveries
 
     async def deliver_all(self, items: AsyncIterable[tuple[str, Any]], done: Done) -> None:
-        batch: list[tuple[str, Any]] = []
-        async for item in items:
-            batch.append(item)
-            if len(batch) >= self._batch:
+        # Two batches at a time: the next one is read and planned here while Redis runs the last.
+        slots = asyncio.Semaphore(2)
+        running: set[asyncio.Task[None]] = set()
+
+        async def flush(batch: list[tuple[str, Any]]) -> None:
+            try:
                 await self._flush(batch, done)
-                batch = []
-        if batch:
-            await self._flush(batch, done)
+            finally:
+                slots.release()
+
+        async def start(batch: list[tuple[str, Any]]) -> None:
+            await slots.acquire()
+            task = asyncio.create_task(flush(batch))
+            running.add(task)
+            task.add_done_callback(running.discard)
+
+        try:
+            batch: list[tuple[str, Any]] = []
+            async for item in items:
+                batch.append(item)
+                if len(batch) >= self._batch:
+                    await start(batch)
+                    batch = []
+            if batch:
+                await start(batch)
+            await asyncio.gather(*running)
+        finally:
+            for task in running:  # the input failed: stop what is in flight
+                task.cancel()
 
     async def _flush(self, batch: list[tuple[str, Any]], done: Done) -> None:
         deliveries = await self.deliver_many([document for _, document in batch])
@@ -208,6 +243,8 @@ def add_sink_arguments(parser: argparse.ArgumentParser) -> None:
                         help="retries of one event on 5xx or an unreachable store/exporter (default 5)")
     parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
                         help=f"events in flight at once over HTTP (default {DEFAULT_CONCURRENCY})")
+    parser.add_argument("--progress", action="store_true",
+                        help="show the progress bar on stderr even when it is not a terminal (e.g. in a log)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH,
                         help=f"events per round trip to Redis with --direct (default {DEFAULT_BATCH})")
 
@@ -269,9 +306,11 @@ class Tally:
         return f"{what}: {total} events: {parts}; {self.anomalies} anomalies found"
 
 
-def progress(total: int | None, desc: str) -> "tqdm[Any]":
-    """A progress bar on stderr, shown only when stderr is a terminal."""
-    return tqdm(total=total, desc=desc, unit="event", file=sys.stderr, disable=None, leave=False)
+def progress(total: int | None, desc: str, show: bool = False) -> "tqdm[Any]":
+    """A progress bar on stderr, shown when stderr is a terminal or when `show` (--progress) asks."""
+    # Asked for (a log, not a terminal): the final state stays as the last line.
+    return tqdm(total=total, desc=desc, unit="event", file=sys.stderr, disable=False if show else None, leave=show,
+                mininterval=0.5)
 
 
 def report(label: str, delivery: Delivery) -> None:
@@ -279,10 +318,11 @@ def report(label: str, delivery: Delivery) -> None:
         tqdm.write(f"{label}: {delivery.result}: {delivery.reason}", file=sys.stderr)
 
 
-async def feed(items: AsyncIterable[tuple[str, Any]], sink: Sink, desc: str, total: int | None = None) -> Tally:
+async def feed(items: AsyncIterable[tuple[str, Any]], sink: Sink, desc: str, total: int | None = None,
+               show_progress: bool = False) -> Tally:
     """Deliver (label, event document) pairs; a label names the event in error lines."""
     tally = Tally()
-    with progress(total, desc) as bar:
+    with progress(total, desc, show_progress) as bar:
         def done(label: str, delivery: Delivery) -> None:
             tally.add(delivery)
             report(label, delivery)

@@ -70,7 +70,7 @@ def replay(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         try:
-            tally = await feed(documents(args.files), sink, "replay", total)
+            tally = await feed(documents(args.files), sink, "replay", total, args.progress)
         finally:
             await sink.close()
         print(tally.summary("replay"))

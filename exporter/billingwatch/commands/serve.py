@@ -12,12 +12,28 @@ def add_serve(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> Non
     parser = sub.add_parser("serve", help="run the exporter (webhook endpoint and /metrics)")
     parser.add_argument("--host", help="listen address (env BILLINGWATCH_HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="listen port (env BILLINGWATCH_PORT, default 9786)")
-    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (needs REDIS_URL)")
+    parser.add_argument(
+        "--workers", type=workers_arg, default=1, metavar="N|auto",
+        help="uvicorn worker processes; auto: one per core this process may use (more than 1 needs REDIS_URL)",
+    )
     parser.add_argument(
         "--insecure-skip-signature", action="store_true",
         help="development only: accept unsigned events (livemode events are still rejected)",
     )
     parser.set_defaults(run=serve)
+
+
+def workers_arg(text: str) -> int | str:
+    if text == "auto":
+        return text
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 256:
+        raise argparse.ArgumentTypeError("must be a number from 1 to 256, or auto")
+    return int(text)
+
+
+def cores() -> int:
+    """The cores this process may run on (its CPU affinity, which containers' cpusets narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -31,18 +47,23 @@ def serve(args: argparse.Namespace) -> int:
         insecure_skip_signature=args.insecure_skip_signature or settings.insecure_skip_signature,
     )
     settings.check()
-    if args.workers > 1 and not settings.redis_url:
+    if args.workers == "auto" and not settings.redis_url:
+        # Refused even on one core: whether it starts must not depend on the machine.
+        raise ConfigError("--workers auto needs REDIS_URL: the in-process store is not shared between workers")
+    workers = cores() if args.workers == "auto" else args.workers
+    if workers > 1 and not settings.redis_url:
         raise ConfigError("--workers > 1 needs REDIS_URL: the in-process store is not shared between workers")
     if args.insecure_skip_signature:
         os.environ["BILLINGWATCH_INSECURE_SKIP_SIGNATURE"] = "1"  # for worker processes
     os.environ["BILLINGWATCH_HOST"] = settings.host  # the app's default Host allowlist follows the bind
-    logging.getLogger("billingwatch").info("listening on http://%s:%d", settings.host, settings.port)
+    logging.getLogger("billingwatch").info("listening on http://%s:%d (%d worker%s)", settings.host, settings.port,
+                                           workers, "" if workers == 1 else "s")
     uvicorn.run(
         "billingwatch.server:app",
         factory=True,
         host=settings.host,
         port=settings.port,
-        workers=args.workers,
+        workers=workers,
         log_level="info",
         access_log=False,
         # The exporter trusts no proxy: the peer address stays the TCP peer's (README "Security").

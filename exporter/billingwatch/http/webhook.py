@@ -20,6 +20,7 @@ from billingwatch.notify.alertmanager import AlertSender
 from billingwatch.recording.events import InvalidEvent
 from billingwatch.recording.recorder import LivemodeRejected, Recorder
 from billingwatch.store import Store, StoreUnavailable, Unrecordable
+from billingwatch.store.group_commit import GroupCommit
 
 log = logging.getLogger("billingwatch.webhook")
 
@@ -100,7 +101,9 @@ class WebhookEndpoint:
         self._sender = sender
         self._detector_errors = detector_errors
         self._recorder = Recorder(store, detectors, settings.dedup_ttl, settings.subscription_ttl, clock,
-                                  max_clock_skew=settings.signature_tolerance, plans=settings.plans)
+                                  max_clock_skew=settings.signature_tolerance, plans=settings.plans,
+                                  # Redis: requests that arrive together share one round trip.
+                                  group_commit=GroupCommit(store.apply_many) if store.kind == "redis" else None)
         self._requests = requests
         self._clock = clock
 

@@ -11,7 +11,7 @@ needs no vocabulary of its own.
 import bisect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from billingwatch.metrics import families as fam
 from billingwatch.metrics import fields
@@ -440,21 +440,32 @@ def as_history(plan: Plan, event: Event, type_label: str) -> Plan:
     """
     mode = livemode_label(event.livemode)
     checks = [
-        replace(
+        check if not check.counters and check.anomaly is None else _evolve(
             check,
             counters={},
-            anomaly=None if check.anomaly is None else replace(check.anomaly, history=True),
+            anomaly=None if check.anomaly is None else _evolve(check.anomaly, history=True),
         )
         for check in plan.checks
     ]
     subscription = plan.subscription and replace(plan.subscription, ended_counter="", moves=False)
-    return replace(
+    return _evolve(
         plan,
         counters={fields.field(fam.HISTORY_EVENTS, type_label, mode): 1},
         maxima={fields.field(fam.LAST_CREATED, mode): event.created},
         checks=checks,
         subscription=subscription,
     )
+
+
+_Frozen = TypeVar("_Frozen", Plan, Check, Anomaly)
+
+
+def _evolve(obj: _Frozen, **changes: Any) -> _Frozen:
+    """dataclasses.replace for these plain frozen dataclasses (no __post_init__, no init=False
+    field) at a fraction of its cost: a replay plans tens of thousands of events a second."""
+    new = object.__new__(type(obj))
+    new.__dict__.update(obj.__dict__, **changes)
+    return new
 
 
 def missed_event_plan(event_id: str, livemode: bool, dedup_ttl: int) -> Plan:

@@ -14,6 +14,7 @@ from billingwatch.detectors import Context, Detector, build_detectors
 from billingwatch.recording.events import Event, InvalidEvent, parse_event
 from billingwatch.recording.plan import Plan, missed_event_plan, plan_event, rejected_entry
 from billingwatch.store import Outcome, Store, StoreUnavailable, Unrecordable
+from billingwatch.store.group_commit import GroupCommit
 
 
 class LivemodeRejected(Exception):
@@ -29,6 +30,8 @@ class Recorder:
     clock: Callable[[], float] = time.time
     max_clock_skew: int = 300  # how far after its receipt an event's created time may lie
     plans: Mapping[str, str] = field(default_factory=dict)  # price or product id → plan name (MRR by plan)
+    # The webhook's Redis store: concurrent record() calls share one round trip (store/group_commit.py).
+    group_commit: GroupCommit | None = None
     context: Context = field(init=False)
 
     def __post_init__(self) -> None:
@@ -54,7 +57,8 @@ class Recorder:
         with nothing written) or StoreUnavailable; a duplicate is no error.
         """
         plan = self._plan(event, self.clock() if received_at is None else received_at, history, live_allowed)
-        return _with_failures(await self.store.apply(plan), plan)
+        apply = self.store.apply if self.group_commit is None else self.group_commit.apply
+        return _with_failures(await apply(plan), plan)
 
     async def record_many(
         self, events: Sequence[Event | Any], *, history: bool = True, live_allowed: bool = True,
