@@ -63,6 +63,17 @@ def backoff(attempt: int) -> float:
     return float(min(0.5 * 2 ** (attempt - 1), 8.0))
 
 
+async def finish(running: set["asyncio.Task[None]"]) -> None:
+    """Wait for the deliveries in flight, also when the input failed (e.g. Stripe's API midway):
+    what was read is recorded before the error is reported. Cancelled (Ctrl-C): cancel them too."""
+    try:
+        await asyncio.gather(*running)
+    except asyncio.CancelledError:
+        for task in running:
+            task.cancel()
+        raise
+
+
 class WebhookSink:
     """POSTs each event to the exporter signed as Stripe signs it; retries 5xx and connection errors.
 
@@ -110,10 +121,8 @@ class WebhookSink:
                 task = asyncio.create_task(one(label, document))
                 running.add(task)
                 task.add_done_callback(running.discard)
-            await asyncio.gather(*running)
         finally:
-            for task in running:  # the input failed (e.g. Stripe's API): stop what is in flight
-                task.cancel()
+            await finish(running)
 
     async def deliver(self, document: Any) -> Delivery:
         payload = json.dumps(document, separators=(",", ":"))
@@ -214,10 +223,8 @@ class StoreSink:
                     batch = []
             if batch:
                 await start(batch)
-            await asyncio.gather(*running)
         finally:
-            for task in running:  # the input failed: stop what is in flight
-                task.cancel()
+            await finish(running)
 
     async def _flush(self, batch: list[tuple[str, Any]], done: Done) -> None:
         deliveries = await self.deliver_many([document for _, document in batch])
