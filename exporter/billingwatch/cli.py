@@ -23,6 +23,9 @@ COMMANDS: list[Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"],
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every request at INFO (the digest's queries, the alert pushes): noise, and a
+    # command's one-line error must stay one line.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     parser = argparse.ArgumentParser(prog="billingwatch", description="Self-hosted monitoring of Stripe billing.")
     parser.add_argument("--version", action="version", version=f"billingwatch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
