@@ -2,7 +2,6 @@
 is right on day one; against a real exporter, a real redis-server and a local Stripe-shaped API."""
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -11,40 +10,24 @@ from billingwatch.cli import main
 from billingwatch.commands.backfill import seed_event
 from billingwatch.fixtures import stripe_events as se
 from billingwatch.testing.processes import Exporter
-from tests.conftest import SECRET, running_exporter
+from tests import test_backfill
 from tests.metrics import gauge_value, increase, live_counts, moved, recorded_figures, scrape
 from tests.replay_helpers import deliver_live
-from tests.stripe_api_server import API_KEY, stripe_events_api
+from tests.stripe_api_server import stripe_events_api
+from tests.test_backfill import run
+
+# The event backfill tests' fixtures: the API key environment and an exporter on it.
+api_env = test_backfill.api_env
+exporter = test_backfill.exporter
 
 NOW = int(time.time())
 DAY = 86400
-
-
-@pytest.fixture
-def api_env(monkeypatch: pytest.MonkeyPatch, redis_url: str, redis_prefix: str) -> dict[str, str]:
-    env = {"STRIPE_WEBHOOK_SECRET": SECRET, "STRIPE_API_KEY": API_KEY, "REDIS_URL": redis_url,
-           "BILLINGWATCH_REDIS_PREFIX": redis_prefix}
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    return env
-
-
-@pytest.fixture
-def exporter(api_env: dict[str, str]) -> Iterator[Exporter]:
-    with running_exporter(**api_env) as running:
-        yield running
 
 
 @pytest.fixture(params=["http", "direct"])
 def sink(request: pytest.FixtureRequest, exporter: Exporter) -> list[str]:
     """How backfill records: signed webhooks with the replay header, or straight into the store."""
     return ["--url", exporter.url] if request.param == "http" else ["--direct"]
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def sub(subscription_id: str, **fields: Any) -> dict[str, Any]:

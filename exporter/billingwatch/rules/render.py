@@ -54,54 +54,38 @@ def kept_labels(config: "RulesConfig") -> list[str]:
 # --- recording rules: each helper registers what it needs and returns the series name ---
 
 
+def increase(r: Rules, family: str, labels: tuple[str, ...], window: str) -> str:
+    """The recorded increase of counter `family` over `window` by `labels` (its level names them
+    sorted); replicas folded with max, since each counts the same events in the shared store."""
+    return r.record(
+        f"{'_'.join(sorted(labels))}:{family}:increase{window}",
+        f"max by ({r.by(*labels)}) (increase({family}_total{r.config.matchers()}[{window}]))",
+    )
+
+
 def charges(r: Rules, window: str) -> str:
     """Charges by status, currency and mode over `window`."""
-    c = r.config
-    return r.record(
-        f"currency_livemode_status:billingwatch_charges:increase{window}",
-        f"max by ({r.by('status', 'currency', 'livemode')}) "
-        f"(increase(billingwatch_charges_total{c.matchers()}[{window}]))",
-    )
+    return increase(r, "billingwatch_charges", ("status", "currency", "livemode"), window)
 
 
 def charge_outcomes(r: Rules, window: str) -> str:
     """Charges by status and mode over `window`, all currencies (a count; exists from start)."""
-    c = r.config
-    return r.record(
-        f"livemode_status:billingwatch_charge_outcomes:increase{window}",
-        f"max by ({r.by('status', 'livemode')}) "
-        f"(increase(billingwatch_charge_outcomes_total{c.matchers()}[{window}]))",
-    )
+    return increase(r, "billingwatch_charge_outcomes", ("status", "livemode"), window)
 
 
 def charge_amount(r: Rules, window: str) -> str:
-    c = r.config
-    return r.record(
-        f"currency_livemode_status:billingwatch_charge_amount:increase{window}",
-        f"max by ({r.by('status', 'currency', 'livemode')}) "
-        f"(increase(billingwatch_charge_amount_total{c.matchers()}[{window}]))",
-    )
+    return increase(r, "billingwatch_charge_amount", ("status", "currency", "livemode"), window)
 
 
 def mrr_movements(r: Rules, window: str) -> str:
     """MRR moved over `window` by kind, per currency and mode: positive amounts, churn and
     contraction counted as the MRR lost (money: never summed across currencies)."""
-    c = r.config
-    return r.record(
-        f"currency_kind_livemode:billingwatch_mrr_movement_amount:increase{window}",
-        f"max by ({r.by('kind', 'currency', 'livemode')}) "
-        f"(increase(billingwatch_mrr_movement_amount_total{c.matchers()}[{window}]))",
-    )
+    return increase(r, "billingwatch_mrr_movement_amount", ("kind", "currency", "livemode"), window)
 
 
 def trials_ended(r: Rules, window: str) -> str:
     """Trials ended over `window` by outcome (converted, expired) and mode (a count; exists from start)."""
-    c = r.config
-    return r.record(
-        f"livemode_outcome:billingwatch_trials_ended:increase{window}",
-        f"max by ({r.by('outcome', 'livemode')}) "
-        f"(increase(billingwatch_trials_ended_total{c.matchers()}[{window}]))",
-    )
+    return increase(r, "billingwatch_trials_ended", ("outcome", "livemode"), window)
 
 
 def trial_conversion(r: Rules, window: str) -> str:
