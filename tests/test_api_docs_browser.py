@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from billingwatch.http import openapi
+from billingwatch.http import openapi_default
 from billingwatch.testing.processes import binary, free_port
 from tests.conftest import running_exporter
 
@@ -72,7 +72,7 @@ def test_docs_renders_every_endpoint_from_this_host_only(outside: Recorder, tmp_
     assert dom.returncode == 0 and shot.returncode == 0, dom.stderr[-2000:] + shot.stderr[-2000:]
     # Swagger UI ran (its script and ours are allowed by the CSP) and drew one row per operation.
     shown = set(re.findall(r'class="opblock-summary-path" data-path="([^"]+)"', dom.stdout))
-    described = set(openapi.default_document()["paths"])
+    described = set(openapi_default.default_document()["paths"])
     assert shown == described, (shown, described)
     assert "Authorize" in dom.stdout  # the bearer scheme is offered
     assert Path(shots / "docs.png").stat().st_size > 10_000

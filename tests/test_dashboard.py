@@ -32,7 +32,7 @@ from grafanalib._gen import loader, write_dashboard
 
 from billingwatch.fixtures import stripe_events as se
 from billingwatch.rules import load_config
-from billingwatch.rules.render import render_rules
+from billingwatch.rules.rulefile import render_rules
 from billingwatch.testing.processes import RedisServer
 from tests.conftest import ROOT, SECRET, running_exporter
 from tests.stack import Prometheus, prometheus

@@ -12,6 +12,7 @@ from starlette.testclient import TestClient
 from billingwatch.config import ConfigError, from_env
 from billingwatch.fixtures import stripe_events as se
 from billingwatch.logsafe import safe
+from billingwatch.startup import check_settings
 from tests.conftest import SECRET
 from tests.metrics import scrape, store_figures, value
 from tests.test_serve import run_cli
@@ -150,7 +151,7 @@ def test_bad_detector_threshold_is_a_start_up_error(raw: str, message: str) -> N
     settings = from_env({"STRIPE_WEBHOOK_SECRET": SECRET,
                          "BILLINGWATCH_DETECTOR_DUPLICATE_CHARGE_WINDOW_SECONDS": raw})
     with pytest.raises(ConfigError, match="BILLINGWATCH_DETECTOR_DUPLICATE_CHARGE_WINDOW_SECONDS must be " + message):
-        settings.check()
+        check_settings(settings)
 
 
 @pytest.mark.parametrize("env", [

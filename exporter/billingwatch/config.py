@@ -187,9 +187,7 @@ class Settings:
         return tuple(sorted({*self.plans.values(), OTHER_PLAN}))
 
     def check(self) -> None:
-        from billingwatch.detectors import build_detectors  # here: the detectors import this module
-
-        build_detectors(self.detector_env)  # thresholds: a bad one is a start-up error, not a traceback later
+        # Detector thresholds are checked by whoever builds the detectors (billingwatch.startup).
         if not self.webhook_secrets and not self.insecure_skip_signature:
             raise ConfigError(
                 "STRIPE_WEBHOOK_SECRET is not set: give the endpoint's signing secret (whsec_...), "

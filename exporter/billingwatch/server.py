@@ -8,6 +8,7 @@ from uvicorn.config import STARTUP_FAILURE, Config
 
 from billingwatch.config import ConfigError, Settings, from_env
 from billingwatch.http.app import create_app
+from billingwatch.startup import check_settings
 
 
 def uvicorn_workers(frame: FrameType | None) -> int:
@@ -26,7 +27,7 @@ def uvicorn_workers(frame: FrameType | None) -> int:
 
 def checked_settings(workers: int) -> Settings:
     settings = from_env()
-    settings.check()
+    check_settings(settings)
     if workers > 1 and not settings.redis_url:
         raise ConfigError(
             f"{workers} worker processes need REDIS_URL: the in-process store is not shared between processes"

@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from billingwatch.rules.config import RulesConfig, load_config
-from billingwatch.rules.render import render_rules
+from billingwatch.rules.rulefile import render_rules
 
 FORMATS = ("rules", "prometheusrule")
 

@@ -6,6 +6,7 @@ import os
 from dataclasses import replace
 
 from billingwatch.config import ConfigError, from_env
+from billingwatch.startup import check_settings
 
 
 def add_serve(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -46,7 +47,7 @@ def serve(args: argparse.Namespace) -> int:
         port=args.port or settings.port,
         insecure_skip_signature=args.insecure_skip_signature or settings.insecure_skip_signature,
     )
-    settings.check()
+    check_settings(settings)
     if args.workers == "auto" and not settings.redis_url:
         # Refused even on one core: whether it starts must not depend on the machine.
         raise ConfigError("--workers auto needs REDIS_URL: the in-process store is not shared between workers")

@@ -2,11 +2,10 @@
 document() for the routes the app actually has, so /openapi.json, /docs and docs/openapi.json
 never describe a route that is not served (tests/test_openapi.py checks both directions).
 
-`python -m billingwatch.http.openapi` prints the document of the default app (docs/openapi.json).
+`python -m billingwatch.http.openapi_default` prints the document of the default app (docs/openapi.json).
 """
 
 import json
-import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -346,18 +345,3 @@ def document(routes: Iterable[BaseRoute], detector_names: Sequence[str] = ()) ->
 
 def render(doc: Json) -> str:
     return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
-
-
-def default_document() -> Json:
-    """The document of an app with the default settings (built-in detectors only): docs/openapi.json."""
-    from billingwatch.config import Settings  # here: the app imports this module
-    from billingwatch.detectors import build_detectors
-    from billingwatch.http.app import create_app
-    from billingwatch.store import MemoryStore
-
-    app = create_app(Settings(webhook_secrets=("whsec_placeholder",)), MemoryStore())
-    return document(app.routes, [d.name for d in build_detectors({})])
-
-
-if __name__ == "__main__":
-    sys.stdout.write(render(default_document()))

@@ -36,7 +36,7 @@ from billingwatch.rules.render import Rules
 
 
 class AlertModule(Protocol):
-    """What config.py and render.py read from an alert module."""
+    """What config.py and rulefile.py read from an alert module."""
 
     __name__: str
     ALERT: str
