@@ -17,7 +17,7 @@ import redis
 
 from bench import traffic
 from billingwatch.fixtures import stripe_events as se
-from billingwatch.testing.processes import RedisClusterServers, running_exporter
+from testkit.processes import RedisClusterServers, running_exporter
 
 SECRET = "whsec_bench_cluster"
 

@@ -1,12 +1,12 @@
 """Processes for the benchmarks: servers on free ports and /proc figures (redis-server, free ports and
-waiting come from billingwatch.testing.processes, shared with the tests)."""
+waiting come from testkit.processes, shared with the tests)."""
 
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from billingwatch.testing.processes import port_open, wait_until
+from testkit.processes import port_open, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "whsec_bench_secret_for_benchmarks_only"  # the benchmarks' own signing secret

@@ -18,7 +18,7 @@ import time
 import httpx
 
 from bench.harness import SECRET
-from billingwatch.testing.processes import free_port, wait_until
+from testkit.processes import free_port, wait_until
 
 
 def peak_kib(pid: int) -> int:

@@ -32,7 +32,7 @@ import httpx
 import redis as sync_redis
 
 from bench import harness, traffic
-from billingwatch.testing.processes import RedisServer, running_exporter
+from testkit.processes import RedisServer, running_exporter
 
 TARGETS = {"direct": 20_000.0, "http": 2_000.0}  # events/s, issue 15
 

@@ -26,7 +26,7 @@ import redis
 
 from bench import harness, traffic
 from billingwatch.fixtures import stripe_events as se
-from billingwatch.testing.processes import RedisServer, free_port
+from testkit.processes import RedisServer, free_port
 
 HERE = Path(__file__).resolve().parent
 

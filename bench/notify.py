@@ -2,7 +2,7 @@
 
     python -m bench.notify [--repeat 5]
 
-The stack of tests/test_e2e_alerting.py, all real processes on loopback: redis-server,
+The stack of tests/test_e2e_alerting.py (testkit/alerting.py), all real processes on loopback: redis-server,
 `billingwatch serve`, Prometheus (scrape and rule evaluation every 1 s, the project's rules with
 an 8 s anomaly window), Alertmanager (the repo's config, group_wait 1 s) and an HTTP receiver.
 Each repetition posts two same-amount charges of a new customer and times the second POST to the
@@ -14,7 +14,6 @@ The bound the issue sets: one scrape + one evaluation + group_wait (3 s) over th
 import argparse
 import logging
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -29,17 +28,9 @@ import yaml
 from bench import harness
 from billingwatch.fixtures import stripe_events as se
 from billingwatch.rules import load_config, render_rules
-from billingwatch.testing.processes import RedisServer, running_exporter, wait_until
-
-sys.path.insert(0, str(harness.ROOT))  # the stack's process helpers live with the tests
-from tests.stack import HttpSink, alertmanager, http_sink, prometheus
-from tests.test_e2e_alerting import (
-    RULES_OVERRIDE,
-    alertmanager_config,
-    authenticating_smtp_sink,
-    firing,
-    resolved,
-)
+from testkit.alerting import RULES_OVERRIDE, alertmanager_config, authenticating_smtp_sink, firing, resolved
+from testkit.processes import RedisServer, running_exporter, wait_until
+from testkit.stack import HttpSink, alertmanager, http_sink, prometheus
 
 SECRET = "whsec_bench_notify"
 BOUND = 3.0  # scrape 1 s + evaluation 1 s + group_wait 1 s

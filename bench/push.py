@@ -26,7 +26,7 @@ import redis
 from bench import harness, traffic
 from bench.ingest import bench_target
 from billingwatch.fixtures import stripe_events as se
-from billingwatch.testing.processes import RedisServer
+from testkit.processes import RedisServer
 
 
 class Receiver:

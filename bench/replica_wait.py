@@ -19,7 +19,7 @@ import redis
 from bench import harness, traffic
 from bench.ingest import Result, bench_target
 from billingwatch.fixtures import stripe_events as se
-from billingwatch.testing.processes import RedisServer, wait_until
+from testkit.processes import RedisServer, wait_until
 
 
 def main() -> None:

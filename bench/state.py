@@ -27,7 +27,7 @@ from billingwatch.fixtures import stripe_events as se
 from billingwatch.recording.plan import Plan
 from billingwatch.recording.recorder import Recorder
 from billingwatch.store import Outcome, RedisStore
-from billingwatch.testing.processes import RedisServer, free_port
+from testkit.processes import RedisServer, free_port
 
 PREFIX = "billingwatch"
 DEDUP_TTL, SUBSCRIPTION_TTL = 35 * 86400, 400 * 86400

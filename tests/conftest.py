@@ -13,8 +13,8 @@ from starlette.testclient import TestClient
 from billingwatch.config import Settings
 from billingwatch.http.app import create_app
 from billingwatch.store import MemoryStore, RedisStore, Store
-from billingwatch.testing import processes
-from billingwatch.testing.processes import Exporter, RedisServer
+from testkit import processes
+from testkit.processes import Exporter, RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "whsec_test_secret_for_tests_only"

@@ -17,13 +17,12 @@ import yaml
 
 from billingwatch.detectors import REGISTRY
 from billingwatch.notify.alertmanager import ALERTNAME as PUSHED
-from billingwatch.testing.processes import binary, wait_until
+from testkit.alerting import RENDER, TEMPLATES, local_config, render, write
+from testkit.processes import binary, wait_until
+from testkit.stack import alertmanager
 from tests.conftest import ROOT
-from tests.stack import alertmanager
 
 CONFIG = ROOT / "alertmanager" / "alertmanager.yml"
-TEMPLATES = ROOT / "alertmanager" / "templates"
-RENDER = ROOT / "alertmanager" / "render.sh"
 RULES = ROOT / "rules" / "billingwatch.rules.yml"
 PLACEHOLDER = "http://billingwatch-webhook-url-not-set.invalid/"
 DISCORD_PLACEHOLDER = "http://billingwatch-discord-webhook-url-not-set.invalid/"
@@ -32,36 +31,6 @@ RECEIVER_FOR = {"critical": "page", "high": "notify", "medium": "notify", "low":
 
 def amtool(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([binary("amtool"), *args], capture_output=True, text=True, timeout=60)
-
-
-def render(directory: Path, webhook_url: str, discord_url: str | None = None) -> Path:
-    """alertmanager/render.sh as a user runs it, with the URLs in secret files (no Discord URL:
-    its placeholder stays)."""
-    url_file = directory / "webhook_url"
-    url_file.write_text(webhook_url + "\n")
-    discord_file = directory / "discord_webhook_url"
-    if discord_url is not None:
-        discord_file.write_text(discord_url + "\n")
-    rendered = directory / "alertmanager.yml"
-    env = {**os.environ, "BILLINGWATCH_WEBHOOK_URL_FILE": str(url_file), "ALERTMANAGER_RENDERED": str(rendered),
-           "BILLINGWATCH_DISCORD_WEBHOOK_URL_FILE": str(discord_file)}
-    env.pop("BILLINGWATCH_DISCORD_WEBHOOK_URL", None)
-    subprocess.run(["sh", str(RENDER)], env=env, check=True, capture_output=True, timeout=30)
-    return rendered
-
-
-def local_config(directory: Path, webhook_url: str, templates: list[str] | None = None,
-                 discord_url: str | None = None) -> dict[str, Any]:
-    """The rendered config with the templates read from this checkout instead of /etc/alertmanager."""
-    config: dict[str, Any] = yaml.safe_load(render(directory, webhook_url, discord_url).read_text())
-    config["templates"] = templates or [str(TEMPLATES / "*.tmpl")]
-    return config
-
-
-def write(directory: Path, config: dict[str, Any]) -> Path:
-    path = directory / "alertmanager.local.yml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
 
 
 def committed_alerts() -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from billingwatch.http import openapi_default
-from billingwatch.testing.processes import binary, free_port
+from testkit.processes import binary, free_port
 from tests.conftest import running_exporter
 
 # Chromium's own services (component updates, sign-in), which it calls with or without a page

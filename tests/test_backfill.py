@@ -8,7 +8,7 @@ import pytest
 
 from billingwatch.cli import main
 from billingwatch.fixtures import stripe_events as se
-from billingwatch.testing.processes import Exporter
+from testkit.processes import Exporter
 from tests.conftest import SECRET, running_exporter
 from tests.metrics import anomalies, live_counts, moved, recorded_figures, scrape, total
 from tests.replay_helpers import deliver_live

@@ -9,7 +9,7 @@ import pytest
 from billingwatch.cli import main
 from billingwatch.commands.backfill import seed_event
 from billingwatch.fixtures import stripe_events as se
-from billingwatch.testing.processes import Exporter
+from testkit.processes import Exporter
 from tests import test_backfill
 from tests.metrics import gauge_value, increase, live_counts, moved, recorded_figures, scrape
 from tests.replay_helpers import deliver_live

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from billingwatch.store import RedisStore
-from billingwatch.testing.processes import binary, free_port, port_open, wait_until
+from testkit.processes import binary, free_port, port_open, wait_until
 from tests.conftest import ROOT
 
 COMPOSE = ROOT / "docker-compose.yml"

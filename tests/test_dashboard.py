@@ -33,9 +33,9 @@ from grafanalib._gen import loader, write_dashboard
 from billingwatch.fixtures import stripe_events as se
 from billingwatch.rules import load_config
 from billingwatch.rules.rulefile import render_rules
-from billingwatch.testing.processes import RedisServer
+from testkit.processes import RedisServer
+from testkit.stack import Prometheus, prometheus
 from tests.conftest import ROOT, SECRET, running_exporter
-from tests.stack import Prometheus, prometheus
 
 SOURCE = ROOT / "dashboards" / "billingwatch.dashboard.py"
 RENDERED = ROOT / "dashboards" / "billingwatch.json"

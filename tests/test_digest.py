@@ -22,10 +22,10 @@ import yaml
 
 from billingwatch.fixtures import stripe_events as se
 from billingwatch.rules import load_config, render_rules
-from billingwatch.testing.processes import Exporter, RedisServer, binary, free_port, wait_until
+from testkit.alerting import SMTP_PASSWORD, SMTP_USER, authenticating_smtp_sink
+from testkit.processes import Exporter, RedisServer, binary, free_port, wait_until
+from testkit.stack import Prometheus, SmtpSink, prometheus
 from tests.conftest import ROOT, SECRET, running_exporter
-from tests.stack import Prometheus, SmtpSink, prometheus
-from tests.test_e2e_alerting import SMTP_PASSWORD, SMTP_USER, authenticating_smtp_sink
 
 TOKEN = "digest-test-token-" + uuid.uuid4().hex
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")

@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.stack import Alertmanager, HttpSink, alertmanager, http_sink
-from tests.test_alertmanager import TEMPLATES, local_config, write
+from testkit.alerting import TEMPLATES, local_config, write
+from testkit.stack import Alertmanager, HttpSink, alertmanager, http_sink
 
 WAIT = 45.0
 RED, GREEN = 0x992D22, 0x2ECC71  # Alertmanager's Discord colours for firing and resolved

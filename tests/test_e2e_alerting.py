@@ -10,39 +10,33 @@ standing in for the outbound webhook and Slack's incoming webhook. All on free l
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from email.message import Message
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import yaml
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from billingwatch.fixtures import stripe_events as se
 from billingwatch.rules import load_config, render_rules
-from billingwatch.testing.processes import Exporter, RedisServer, free_port, wait_until
+from testkit.alerting import (
+    RULES_OVERRIDE,
+    alertmanager_config,
+    authenticating_smtp_sink,
+    firing,
+    resolved,
+)
+from testkit.processes import Exporter, RedisServer, wait_until
+from testkit.stack import HttpSink, Prometheus, SmtpSink, alertmanager, http_sink, prometheus
 from tests.conftest import SECRET, running_exporter
-from tests.stack import HttpSink, Prometheus, SmtpSink, alertmanager, http_sink, prometheus
-from tests.test_alertmanager import TEMPLATES, local_config, write
 
-# The anomaly alert stays active for this long after the last anomaly: short, so it resolves
-# within the test and a (wrongly) recounted redelivery would fire it again.
-ANOMALY_WINDOW = "8s"
 # Longer than scrape + evaluation + group_wait + group_interval with a wide margin for a loaded
 # machine: a redelivery counted again would have been notified within it.
 QUIET_SECONDS = 8.0
 WAIT = 45.0  # generous timeout for each awaited notification
-SMTP_USER, SMTP_PASSWORD = "billingwatch", "smtp-password-from-a-file"
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
-RULES_OVERRIDE = {
-    "interval": "1s",
-    "anomaly": {"window": ANOMALY_WINDOW},
-    "charge_failure_spike": {"window": "20s", "min_charges": 5, "for": "0s"},
-}
 
 
 @dataclass
@@ -68,47 +62,6 @@ class Stack:
         return float(result[0]["value"][1])
 
 
-@contextmanager
-def authenticating_smtp_sink() -> Iterator[SmtpSink]:
-    """tests.stack's SMTP sink, but refusing mail until the client logs in with SMTP_PASSWORD."""
-    sink = SmtpSink(free_port())
-
-    def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
-        ok = isinstance(data, LoginPassword) and (data.login, data.password) == (
-            SMTP_USER.encode(), SMTP_PASSWORD.encode())
-        return AuthResult(success=ok)
-
-    # Loopback needs no TLS; LOGIN is left out because aiosmtpd's challenge ("User Name") is not
-    # the "Username:" Alertmanager expects, so Alertmanager uses PLAIN.
-    controller = Controller(sink, hostname="127.0.0.1", port=sink.port, authenticator=authenticator,
-                            auth_required=True, auth_require_tls=False, auth_exclude_mechanism=["LOGIN"])
-    controller.start()
-    try:
-        yield sink
-    finally:
-        controller.stop()
-
-
-def alertmanager_config(directory: Path, smtp: SmtpSink, http: HttpSink, exporter_url: str) -> Path:
-    """The repo's config through render.sh, secrets in files, receivers on the sinks, short waits."""
-    secrets = directory / "secrets"
-    secrets.mkdir(parents=True)
-    # Alertmanager 0.25 sends the password file's bytes as they are: no trailing newline.
-    (secrets / "smtp_password").write_text(SMTP_PASSWORD)
-    (secrets / "slack_api_url").write_text(http.url + "/slack\n")
-    settings = (TEMPLATES / "settings.tmpl").read_text()
-    assert "http://localhost:9786" in settings
-    (directory / "settings.tmpl").write_text(settings.replace("http://localhost:9786", exporter_url))
-    config = local_config(secrets, http.url + "/webhook",
-                          [str(TEMPLATES / "billingwatch.tmpl"), str(directory / "settings.tmpl")])
-    config["global"].update(smtp_smarthost=f"127.0.0.1:{smtp.port}", smtp_require_tls=False,
-                            smtp_auth_password_file=str(secrets / "smtp_password"),
-                            slack_api_url_file=str(secrets / "slack_api_url"))
-    for route in [config["route"], *config["route"]["routes"]]:
-        route.update(group_wait="1s", group_interval="1s", repeat_interval="1h")
-    return write(directory, config)
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> Iterator[Stack]:
     directory = tmp_path_factory.mktemp("e2e")
@@ -126,17 +79,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -
         prom = stack.enter_context(prometheus(
             directory / "prom", [f"127.0.0.1:{exporter.port}"], [rules], alertmanager=am.address))
         yield Stack(exporter, prom, smtp, http)
-
-
-def firing(detector: str) -> Callable[[Any], bool]:
-    """A webhook body (Alertmanager's JSON) announcing `detector` firing."""
-    return lambda body: isinstance(body, dict) and body.get("status") == "firing" and any(
-        a["status"] == "firing" and a["labels"].get("detector") == detector for a in body["alerts"])
-
-
-def resolved(detector: str) -> Callable[[Any], bool]:
-    return lambda body: isinstance(body, dict) and body.get("status") == "resolved" and any(
-        a["labels"].get("detector") == detector for a in body["alerts"])
 
 
 def slack_firing(detector: str) -> Callable[[Any], bool]:

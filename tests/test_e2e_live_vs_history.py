@@ -22,11 +22,11 @@ import yaml
 
 from billingwatch.fixtures import stripe_events as se
 from billingwatch.rules import default_config_text, load_config, render_rules
-from billingwatch.testing.processes import Exporter, RedisServer, wait_until
+from testkit.alerting import alertmanager_config, authenticating_smtp_sink
+from testkit.processes import Exporter, RedisServer, wait_until
+from testkit.stack import HttpSink, Prometheus, alertmanager, http_sink, prometheus
 from tests.conftest import running_exporter
 from tests.replay_helpers import billingwatch, write_jsonl
-from tests.stack import HttpSink, Prometheus, alertmanager, http_sink, prometheus
-from tests.test_e2e_alerting import alertmanager_config, authenticating_smtp_sink
 
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
 DAY = 86400

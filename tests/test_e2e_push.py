@@ -23,10 +23,9 @@ import yaml
 from billingwatch.fixtures import stripe_events as se
 from billingwatch.http.webhook import REPLAY_HEADER
 from billingwatch.rules import load_config, render_rules
-from billingwatch.testing.processes import Exporter, RedisServer, free_port, wait_until
-from tests import metrics
-from tests.conftest import SECRET, running_exporter
-from tests.stack import (
+from testkit.alerting import RULES_OVERRIDE, alertmanager_config, authenticating_smtp_sink
+from testkit.processes import Exporter, RedisServer, free_port, wait_until
+from testkit.stack import (
     Alertmanager,
     HttpSink,
     Prometheus,
@@ -35,16 +34,10 @@ from tests.stack import (
     http_sink,
     prometheus,
 )
+from tests import metrics
+from tests.conftest import SECRET, running_exporter
 from tests.test_alertmanager import CONFIG
-from tests.test_e2e_alerting import (
-    RULES_OVERRIDE,
-    WAIT,
-    alertmanager_config,
-    authenticating_smtp_sink,
-    email_firing,
-    text_part,
-    wait_scraped_twice,
-)
+from tests.test_e2e_alerting import WAIT, email_firing, text_part, wait_scraped_twice
 from tests.test_e2e_alerting import Stack as RuleStack
 
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")

@@ -13,7 +13,7 @@ from billingwatch.fixtures import stripe_events as se
 from billingwatch.recording.plan import Check, LogEntry, Plan, rejected_entry
 from billingwatch.recording.recorder import Recorder
 from billingwatch.store import MemoryStore, RedisStore, Store, Unrecordable
-from billingwatch.testing.processes import RedisServer
+from testkit.processes import RedisServer
 
 pytestmark = pytest.mark.anyio
 NOW = int(time.time())

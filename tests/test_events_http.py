@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 
 from billingwatch.fixtures import stripe_events as se
 from billingwatch.store import RedisStore
-from billingwatch.testing.processes import free_port
+from testkit.processes import free_port
 from tests.test_access import REMOTE, TOKEN
 from tests.test_webhook_http import post
 

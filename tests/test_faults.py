@@ -18,7 +18,7 @@ import pytest
 
 from billingwatch.fixtures import stripe_events as se
 from billingwatch.store import MemoryStore, RedisStore
-from billingwatch.testing.processes import RedisServer, wait_until
+from testkit.processes import RedisServer, wait_until
 from tests.conftest import SECRET, running_exporter
 from tests.metrics import Figures, scrape, total
 from tests.recording import figures, record

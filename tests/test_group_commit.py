@@ -21,7 +21,7 @@ from billingwatch.recording.plan import Plan
 from billingwatch.recording.recorder import Recorder
 from billingwatch.store import Outcome, RedisStore, StoreUnavailable, Unrecordable
 from billingwatch.store.group_commit import GroupCommit
-from billingwatch.testing.processes import RedisServer
+from testkit.processes import RedisServer
 from tests.conftest import running_exporter
 from tests.metrics import total
 from tests.recording import DEDUP_TTL, SUBSCRIPTION_TTL

@@ -21,7 +21,7 @@ import yaml
 
 from billingwatch.commands.rules import render_prometheus_rule
 from billingwatch.rules import load_config
-from billingwatch.testing.processes import Exporter, RedisServer, free_port
+from testkit.processes import Exporter, RedisServer, free_port
 from tests.conftest import ROOT
 
 BASE = ROOT / "deploy" / "kubernetes"

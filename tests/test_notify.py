@@ -15,9 +15,9 @@ from billingwatch.detectors import REGISTRY
 from billingwatch.money import amount_text
 from billingwatch.notify import alertmanager as am
 from billingwatch.notify.alertmanager import AlertSender, PushSettings, alert
-from billingwatch.testing.processes import free_port, wait_until
+from testkit.processes import free_port, wait_until
+from testkit.stack import http_sink
 from tests import metrics
-from tests.stack import http_sink
 
 PUSH = PushSettings(urls=(), external_url="https://billingwatch.example.com/", runbook_url="https://rb.example/runbooks/",
                     resolve_after=3900)

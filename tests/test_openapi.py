@@ -20,7 +20,7 @@ from billingwatch.fixtures import stripe_events as se
 from billingwatch.http import apidocs, openapi, openapi_default
 from billingwatch.http.app import create_app
 from billingwatch.store import MemoryStore
-from billingwatch.testing.processes import RedisServer
+from testkit.processes import RedisServer
 from tests.conftest import ROOT, SECRET, running_exporter, settings
 from tests.metrics import scrape, value
 

@@ -26,8 +26,8 @@ from billingwatch.detectors import REGISTRY, build_detectors
 from billingwatch.fixtures import stripe_events as se
 from billingwatch.recording.recorder import Recorder
 from billingwatch.store import Store
-from billingwatch.testing import processes
-from billingwatch.testing.processes import Exporter, RedisServer
+from testkit import processes
+from testkit.processes import Exporter, RedisServer
 from tests.conftest import ROOT, SECRET
 from tests.metrics import anomalies, scrape, value
 from tests.recording import DEDUP_TTL, SUBSCRIPTION_TTL, figures

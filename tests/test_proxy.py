@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from billingwatch.fixtures import stripe_events as se
-from billingwatch.testing.processes import Exporter, binary, free_port, wait_until
+from testkit.processes import Exporter, binary, free_port, wait_until
 from tests.conftest import ROOT, SECRET, running_exporter
 from tests.metrics import scrape
 from tests.test_compose import ENV_EXAMPLE, FILLED, compose

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from billingwatch.fixtures import stripe_events as se
-from billingwatch.testing.processes import RedisClusterServers, RedisServer
+from testkit.processes import RedisClusterServers, RedisServer
 from tests.conftest import SECRET, running_exporter
 from tests.metrics import total
 from tests.test_faults import Delivery, mixed_events, redis_state, reference, requests_by_result

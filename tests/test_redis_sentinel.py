@@ -19,7 +19,7 @@ from billingwatch.config import ConfigError, from_env
 from billingwatch.fixtures import stripe_events as se
 from billingwatch.store import RedisStore, StoreUnavailable
 from billingwatch.store.redis_connect import SentinelURL, parse_sentinel_url
-from billingwatch.testing.processes import RedisSentinel, RedisServer, wait_until
+from testkit.processes import RedisSentinel, RedisServer, wait_until
 from tests.conftest import SECRET, running_exporter
 from tests.metrics import TIMING, Figures, scrape, total
 from tests.recording import record

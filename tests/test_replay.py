@@ -16,7 +16,7 @@ from billingwatch.fixtures import stripe_events as se
 from billingwatch.recording.events import InvalidEvent
 from billingwatch.recording.recorder import LivemodeRejected, Recorder
 from billingwatch.store import MemoryStore, RedisStore, Store, StoreUnavailable, Unrecordable
-from billingwatch.testing.processes import RedisServer, wait_until
+from testkit.processes import RedisServer, wait_until
 from tests.conftest import SECRET, running_exporter
 from tests.metrics import (
     Samples,

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import httpx
 
 from billingwatch.fixtures import stripe_events as se
-from billingwatch.testing.processes import free_port, wait_until
+from testkit.processes import free_port, wait_until
 from tests.conftest import ROOT, SECRET, running_exporter
 from tests.metrics import scrape, value
 

@@ -11,7 +11,7 @@ import pytest
 
 from billingwatch.config import ConfigError, from_env
 from billingwatch.fixtures import stripe_events as se
-from billingwatch.testing.processes import RedisServer
+from testkit.processes import RedisServer
 from tests.conftest import ROOT, SECRET, running_exporter
 from tests.metrics import scrape, value
 

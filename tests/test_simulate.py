@@ -12,7 +12,7 @@ from billingwatch.cli import main
 from billingwatch.commands.traffic import INJECTIONS, PRICES, Traffic, stream
 from billingwatch.fixtures import stripe_events as se
 from billingwatch.rules import load_config
-from billingwatch.testing.processes import Exporter
+from testkit.processes import Exporter
 from tests.conftest import SECRET, running_exporter
 from tests.metrics import Samples, increase, scrape
 

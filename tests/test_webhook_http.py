@@ -11,7 +11,7 @@ from starlette.testclient import TestClient
 
 from billingwatch.fixtures import stripe_events as se
 from billingwatch.store import MemoryStore, RedisStore, Store
-from billingwatch.testing.processes import free_port
+from testkit.processes import free_port
 from tests.conftest import SECRET
 from tests.metrics import scrape, store_figures, value, value_or_none
 

@@ -21,7 +21,7 @@ import httpx
 import yaml
 from aiosmtpd.controller import Controller
 
-from billingwatch.testing.processes import binary, free_port, wait_until
+from testkit.processes import binary, free_port, wait_until
 
 
 class Prometheus:

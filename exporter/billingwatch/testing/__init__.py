@@ -1,1 +1,0 @@
-"""Helpers shared by the tests and the benchmarks (never used by the exporter itself)."""
