@@ -1,9 +1,20 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine: installs the Debian packages the tests
 # run for real (redis-server, redis-sentinel, promtool, Alertmanager and amtool, docker-compose, caddy, chromium), the Python
-# package with its test extras in .venv, then runs ruff, mypy and pytest.
+# package with its test extras in .venv, then runs ruff, mypy and pytest on every core (pytest-xdist).
+#   bash scripts/test.sh            everything
+#   bash scripts/test.sh --quick    the in-process tests of every package (the `quick` marker), for the edit-test loop
+# Other arguments go to pytest (a file, -k, -x, ...). Timings: docs/development.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+selection=()
+if [ "${1:-}" = "--quick" ]; then
+  shift
+  selection=(-m quick)
+  # Fewer hypothesis examples per property in the quick loop; the whole suite runs the default.
+  export BILLINGWATCH_FUZZ_EXAMPLES="${BILLINGWATCH_FUZZ_EXAMPLES:-15}"
+fi
 
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
@@ -23,4 +34,6 @@ if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 
 .venv/bin/ruff check .
 .venv/bin/mypy
-.venv/bin/python -m pytest "$@"
+# One worker per core (PYTEST_XDIST_AUTO_NUM_WORKERS overrides); a module whose fixtures start servers once for the module stays on one
+# worker (loadgroup: tests/conftest.py marks them), every other test goes wherever a worker is free.
+.venv/bin/python -m pytest -n logical --dist loadgroup ${selection[@]+"${selection[@]}"} "$@"

@@ -97,3 +97,57 @@ def exporter_factory() -> Callable[..., Any]:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+# scripts/test.sh --quick (`-m quick`): the in-process tests of every package, for the edit-test
+# loop. Every test of these modules is quick except the ones named (they start Prometheus,
+# promtool, exporter processes or a browser, or build a wheel); docs/development.md.
+QUICK: dict[str, tuple[str, ...]] = {
+    "test_access": (),
+    "test_alertmanager": (),
+    "test_data_hardening": (),
+    "test_detector_errors": (),
+    "test_detectors": (),
+    "test_docs": (),
+    "test_event_log": (),
+    "test_events": (),
+    "test_events_http": (),
+    "test_fuzz": (),
+    "test_hardening": (),
+    "test_history": (),
+    "test_import_graph": (),
+    "test_layout": ("test_the_wheel_ships_the_exporter_only",),
+    "test_metrics_golden": (),
+    "test_metrics_reading": (),
+    "test_notify": (),
+    "test_openapi": ("test_schemathesis_finds_nothing_against_a_live_exporter",),
+    "test_plugins": (),
+    "test_revenue_movements": (),
+    "test_rules": ("test_promtool_checks_every_rule_file", "test_promtool_unit_tests",
+                   "test_a_changed_threshold_yields_rules_that_fire_at_the_new_value"),
+    "test_serve": ("test_serve_accepts_a_signed_event_and_shows_it_in_metrics",
+                   "test_serve_on_redis_shares_state_between_two_replicas",
+                   "test_serve_workers_auto_runs_one_worker_per_usable_core",
+                   "test_serve_workers_auto_needs_redis_even_on_one_core",
+                   "test_serve_workers_must_be_a_count_or_auto"),
+    "test_simulate": (),
+    "test_store_contract": (),
+    "test_webhook_http": (),
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.path.stem
+        if module in QUICK and getattr(item, "originalname", item.name) not in QUICK[module]:
+            item.add_marker(pytest.mark.quick)
+        # A module whose fixtures start servers once for the whole module runs on one xdist
+        # worker (--dist loadgroup), so they start once; other tests spread one by one.
+        if isinstance(item, pytest.Function) and _has_module_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(module))
+
+
+def _has_module_fixture(item: pytest.Function) -> bool:
+    info = item._fixtureinfo
+    return any(defs[-1].scope == "module" for defs in info.name2fixturedefs.values() if defs)
