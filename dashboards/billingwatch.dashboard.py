@@ -33,7 +33,8 @@ from grafanalib.core import (
 )
 
 from billingwatch.rules import growth, load_config, seconds
-from billingwatch.rules.render import build, kept_labels, quantile_name
+from billingwatch.rules.render import kept_labels, quantile_name
+from billingwatch.rules.rulefile import build
 
 CONFIG = load_config(os.environ.get("BILLINGWATCH_RULES_CONFIG") or None)
 

@@ -62,7 +62,7 @@ def write(directory: Path, config: dict[str, Any]) -> Path:
 
 @contextmanager
 def authenticating_smtp_sink() -> Iterator[SmtpSink]:
-    """tests.stack's SMTP sink, but refusing mail until the client logs in with SMTP_PASSWORD."""
+    """testkit.stack's SMTP sink, but refusing mail until the client logs in with SMTP_PASSWORD."""
     sink = SmtpSink(free_port())
 
     def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
