@@ -238,7 +238,9 @@ class Exporter:
     def start(self, *extra: str) -> None:
         args = [sys.executable, "-m", "billingwatch", "serve", "--port", str(self.port), *extra]
         self.process = subprocess.Popen(args, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        wait_until(lambda: httpx.get(self.url + "/health", timeout=1).status_code == 200,
+        # Generous: with the suite on every core, a start can wait its turn for a CPU; a healthy
+        # start returns as soon as /health answers.
+        wait_until(lambda: httpx.get(self.url + "/health", timeout=1).status_code == 200, timeout=60,
                    what=f"billingwatch serve on {self.port}")
 
     def stop(self, sig: int | None = None) -> None:
