@@ -71,7 +71,8 @@ def scenario(t0: int) -> list[dict[str, Any]]:
     events: list[dict[str, Any]] = []
     clock = iter(range(t0, t0 + 1000))
     for i in range(6):
-        events.append(sub_event("customer.subscription.created", next(clock), f"sub_{i}", f"cus_{i % 4}", 1000 * (i + 1)))
+        events.append(sub_event("customer.subscription.created", next(clock), f"sub_{i}", f"cus_{i % 4}",
+                                1000 * (i + 1)))
     for i in range(4):
         at = next(clock)
         events.append(se.event("charge.succeeded", se.charge(amount=5000, customer=f"cus_{i % 2}", created=at),

@@ -1,7 +1,8 @@
 """The Redis store: one EVALSHA per event, shared by any number of exporter replicas.
 
 Every key carries the hash tag {<prefix>}, so the keys one script touches share a slot and
-the design works on Redis Cluster. Every key is bounded by a TTL or a size cap.
+the design works on Redis Cluster. Every key is bounded by a TTL or a size cap, but the state
+that holds money (store/layout.py, layout 2): it lives as long as its subscription.
 """
 
 import json
