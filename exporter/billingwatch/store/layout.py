@@ -230,6 +230,8 @@ class Migration:
 
     async def _each_key(self, step: Step, dry: bool, report: Report, token: str = "") -> None:
         script = self._scripts[step.name]
+        # Loaded first, then called as EVALSHA in pipelines (a cluster pipeline runs no Script object).
+        await self._redis.script_load(step.script)
         for pattern in step.patterns:
             batch: list[bytes] = []
             async for key in self._redis.scan_iter(match=f"{self._tag}:{pattern}", count=SCAN_COUNT):
@@ -246,7 +248,7 @@ class Migration:
             await self._refresh(keys=[self._lock_key], args=[token, LOCK_TTL_MS])
         async with self._redis.pipeline(transaction=False) as pipe:
             for key in keys:
-                await script(keys=[key], args=["dry" if dry else "do"], client=pipe)
+                pipe.execute_command("EVALSHA", script.sha, 1, key, "dry" if dry else "do")
             replies = await pipe.execute()
         for key, reply in zip(keys, replies, strict=True):
             code = int(reply[0]) if isinstance(reply, list) else int(reply)
