@@ -3,6 +3,7 @@
 The release at 886d805 (layout 1, no version) is installed from this repository's history and
 run as a real exporter beside the current one on one real redis-server."""
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -115,6 +116,7 @@ def test_a_rolling_update_from_886d805_counts_as_one_release_does(
     new one alone with the old one still up: /metrics of both equals a clean run of the new release."""
     rolling, clean = prefixes
     events = scenario(int(time.time()) - 3600)
+    last = sub_event("customer.subscription.updated", int(time.time()) - 60, "sub_1", "cus_1", 2000, quantity=3)
     third = len(events) // 3
     old = old_exporter(previous, redis_server.url, rolling)
     new: Exporter | None = None
@@ -131,6 +133,8 @@ def test_a_rolling_update_from_886d805_counts_as_one_release_does(
         for i, evt in enumerate(events[2 * third:]):
             duplicates.append(deliver(new, evt))
             duplicates.append(deliver(replicas[i % 2], events[third + i]))
+        # The old replica still writes after the migration (in its shape: a TTL on a held subscription).
+        duplicates.append(deliver(old, last))
         both = families(old) & families(new)
         rolled_old, rolled_new = figures(old, both), figures(new, both)
     finally:
@@ -144,6 +148,7 @@ def test_a_rolling_update_from_886d805_counts_as_one_release_does(
             clean_duplicates += [deliver(single, evt), deliver(single, events[i])]
         for i, evt in enumerate(events[2 * third:]):
             clean_duplicates += [deliver(single, evt), deliver(single, events[third + i])]
+        clean_duplicates.append(deliver(single, last))
         expected = figures(single, both)
     finally:
         single.stop()
@@ -154,8 +159,24 @@ def test_a_rolling_update_from_886d805_counts_as_one_release_does(
     client: redis.Redis[bytes] = redis.Redis.from_url(redis_server.url)
     try:
         assert client.get(f"{{{rolling}}}:layout") == str(LAYOUT_VERSION).encode()
+        # The old replica gave the hashes it wrote last a TTL; serve's background upkeep takes it off.
+        held = [key for key in client.scan_iter(f"{{{rolling}}}:s:*")
+                if any(f.startswith(b"g:") for f in client.hkeys(key))]
+        assert len(held) == 3 and any(client.ttl(key) > 0 for key in held)
+        corrected = asyncio.run(upkeep(redis_server.url, rolling))
+        assert corrected > 0 and all(client.ttl(key) == -1 for key in held)
     finally:
         client.close()
+
+
+async def upkeep(redis_url: str, prefix: str) -> int:
+    store = RedisStore(redis_url, prefix=prefix)
+    try:
+        result = await store.upkeep_layout()
+    finally:
+        await store.close()
+    assert isinstance(result, int)
+    return result
 
 
 def migrate(redis_url: str, prefix: str, *args: str) -> subprocess.CompletedProcess[str]:
