@@ -255,6 +255,8 @@ def test_a_newer_layout_is_refused_and_never_written(redis_server: RedisServer, 
         ready = app.get("/ready")
         assert ready.status_code == 503 and reason in ready.json()["reason"]
         assert app.get("/api/events").status_code == 503
+        bad = se.body(sub_event("customer.subscription.created", int(time.time()), "sub_b", "cus_b", 10**15))
+        assert app.post("/webhooks/stripe", content=bad, headers=se.signed_headers(bad, SECRET)).status_code == 400
         assert sorted(client.scan_iter(f"{{{prefix}}}:*")) == [f"{{{prefix}}}:layout".encode()]  # nothing written
         refused = migrate(redis_server.url, prefix)
         assert refused.returncode == 2 and reason in refused.stderr and len(refused.stderr.splitlines()) == 1

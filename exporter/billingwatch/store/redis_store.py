@@ -300,6 +300,7 @@ class RedisStore:
     async def log_rejected(self, entry: LogEntry) -> None:
         line = json.dumps({**entry.as_dict(), "result": "rejected", "anomalies": []})
         try:
+            _check_layout(await self._redis.get(self.layout_key))  # no write into a newer layout
             async with self._redis.pipeline(transaction=True) as pipe:  # MULTI: never an uncapped list
                 pipe.lpush(self.events_key, line)
                 pipe.ltrim(self.events_key, 0, self._event_log_size - 1)
@@ -326,6 +327,7 @@ class RedisStore:
 
     async def increment(self, counters: dict[str, int]) -> None:
         try:
+            _check_layout(await self._redis.get(self.layout_key))  # no write into a newer layout
             async with self._redis.pipeline(transaction=True) as pipe:
                 for name, value in counters.items():
                     pipe.hincrby(self.counters_key, name, value)
