@@ -296,3 +296,57 @@ def test_a_subscription_hash_of_2820652_is_migrated(redis_server: RedisServer, t
         assert gauge_value(samples, "billingwatch_mrr_amount", currency="usd", livemode="false") == 0
     finally:
         new.stop()
+
+
+MIGRATE_WITH_SHORT_LOCK = """
+import asyncio, sys
+from billingwatch.store import RedisStore
+from billingwatch.store.layout import Migration
+
+async def main(url: str, prefix: str) -> None:
+    store = RedisStore(url, prefix=prefix)
+    await Migration(store._redis, "{" + prefix + "}", lock_ttl_ms=1000).run()
+    await store.close()
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+def test_a_migration_killed_half_way_is_finished_by_the_next(redis_server: RedisServer) -> None:
+    """SIGKILL mid-way (after its first step, during the second): the next run takes over once the
+    dead one's lock lapses, skips the step done, finishes the other; every key ends migrated."""
+    prefix = "t" + uuid.uuid4().hex[:12]
+    count = 25_000
+    client: redis.Redis[bytes] = redis.Redis.from_url(redis_server.url)
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            for i in range(count):  # subscription hashes as the release at 886d805 writes them
+                key = f"{{{prefix}}}:s:false:sub_{i}"
+                pipe.hset(key, mapping={"at": 1, "rk": 0, "cur": "usd", "cm": 1000, "end": 2,
+                                        "g:subscriptions|active|false": 1, "g:mrr|usd|false": 1000})
+                pipe.expire(key, 400 * DAY)
+                if len(pipe) >= 10_000:
+                    pipe.execute()
+            pipe.execute()
+        run = subprocess.Popen([sys.executable, "-c", MIGRATE_WITH_SHORT_LOCK, redis_server.url, prefix],
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while client.hget(f"{{{prefix}}}:layout:steps", "fields") != b"done" and run.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.002)
+        run.kill()
+        run.wait(10)
+        assert client.get(f"{{{prefix}}}:layout") is None, "the kill came after the migration finished"
+        assert client.exists(f"{{{prefix}}}:layout:lock")  # the dead replica's
+        rerun = migrate(redis_server.url, prefix)
+        assert rerun.returncode == 0, rerun.stderr
+        assert "fields: 0 keys" in rerun.stdout  # marked done: not run again
+        assert client.get(f"{{{prefix}}}:layout") == b"2"
+        keys = list(client.scan_iter(f"{{{prefix}}}:s:*", count=10_000))
+        assert len(keys) == count
+        with client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.ttl(key)
+            assert set(pipe.execute()) == {-1}
+    finally:
+        client.close()

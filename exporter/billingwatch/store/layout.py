@@ -152,8 +152,9 @@ class Migration:
     """Migrates one Redis store (its keys under the hash tag `tag`) to LAYOUT_VERSION."""
 
     def __init__(self, redis: Any, tag: str, wait_seconds: float = 300.0,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, lock_ttl_ms: int = LOCK_TTL_MS) -> None:
         self._redis = redis
+        self._lock_ttl_ms = lock_ttl_ms  # how soon another replica takes over from one that died
         self._tag = tag
         self._wait = wait_seconds
         self._sleep = sleep
@@ -192,7 +193,7 @@ class Migration:
         report.stale = 0
         token = secrets.token_hex(8)
         deadline = time.monotonic() + self._wait
-        while not await self._redis.set(self._lock_key, token, nx=True, px=LOCK_TTL_MS):
+        while not await self._redis.set(self._lock_key, token, nx=True, px=self._lock_ttl_ms):
             # Another replica migrates: wait for its version (or for its lock to lapse: it died).
             if await self.found() == LAYOUT_VERSION:
                 report.version = LAYOUT_VERSION
@@ -219,7 +220,7 @@ class Migration:
     async def correct_overlap(self) -> int:
         """Step persist again, at this layout, unless another replica is at it (its lock held)."""
         token = secrets.token_hex(8)
-        if not await self._redis.set(self._lock_key, token, nx=True, px=LOCK_TTL_MS):
+        if not await self._redis.set(self._lock_key, token, nx=True, px=self._lock_ttl_ms):
             return 0
         report = Report(found=LAYOUT_VERSION, dry_run=False)
         try:
@@ -245,7 +246,7 @@ class Migration:
         if not keys:
             return
         if token:
-            await self._refresh(keys=[self._lock_key], args=[token, LOCK_TTL_MS])
+            await self._refresh(keys=[self._lock_key], args=[token, self._lock_ttl_ms])
         async with self._redis.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.execute_command("EVALSHA", script.sha, 1, key, "dry" if dry else "do")
