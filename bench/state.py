@@ -171,8 +171,11 @@ def bounded_report(rds: redis.Redis) -> None:
     print("|---|---:|---:|")
     for kind, ttls in sorted(kinds.items()):
         print(f"| {kind} | {len(ttls)} | {max(ttls) / 86400:.1f} |")
-    print("keys without a TTL (each must be one of the fixed keys):")
-    for key in sorted(no_ttl):
+    # Layout 2 (docs/redis.md): live subscriptions and customers holding MRR never expire.
+    money = [key for key in no_ttl if key_kind(key) in ("s", "cu")]
+    print(f"keys without a TTL that hold money (live subscriptions, customers with MRR): {len(money)}")
+    print("other keys without a TTL (each must be one of the fixed keys):")
+    for key in sorted(set(no_ttl) - set(money)):
         kind = rds.type(key).decode()
         size = {"hash": rds.hlen, "zset": rds.zcard, "list": rds.llen}[kind](key)
         print(f"  {key} ({kind}, {size} entries)")

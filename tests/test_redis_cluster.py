@@ -128,3 +128,34 @@ def test_slot_migration_during_traffic_counts_exact(cluster: RedisClusterServers
     assert total(expected, "billingwatch_anomalies_total") > 0
     assert total(state, "billingwatch_events_total") == len(events)
     assert state == expected
+
+
+def test_the_layout_migration_runs_on_a_cluster(cluster: RedisClusterServers, redis_prefix: str) -> None:
+    """store/layout.py on Redis Cluster: SCAN over the nodes, per-key scripts pipelined to the owner."""
+    import asyncio
+    import time
+
+    from billingwatch.store import RedisStore
+    from tests.recording import record
+
+    async def run() -> tuple[list[str], list[int], bytes | None]:
+        store = RedisStore(cluster.url(cluster.ports[0]), prefix=redis_prefix)
+        try:
+            now = int(time.time()) - 60
+            for i in range(3):
+                obj = se.subscription(subscription_id=f"sub_{i}", customer=f"cus_{i}", created=now)
+                await record(store, se.event("customer.subscription.created", obj, created=now))
+            # A store as the release at 886d805 leaves it: no version, a TTL on every subscription hash.
+            client = store._redis
+            await client.delete(store.layout_key)
+            for i in range(3):
+                await client.expire(store.key(f"s:false:sub_{i}"), 86400)
+            lines = (await store.migration().run()).lines()
+            ttls = [await client.ttl(store.key(f"s:false:sub_{i}")) for i in range(3)]
+            return lines, ttls, await client.get(store.layout_key)
+        finally:
+            await store.close()
+
+    lines, ttls, version = asyncio.run(run())
+    assert "  persist: 3 keys (did: subscription and customer hashes holding money kept without a TTL)" in lines
+    assert ttls == [-1, -1, -1] and version == b"2"

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from billingwatch import __version__
 from billingwatch.commands.backfill import add_backfill
 from billingwatch.commands.digest import add_digest
+from billingwatch.commands.migrate import add_migrate
 from billingwatch.commands.reconcile import add_reconcile
 from billingwatch.commands.replay import add_replay
 from billingwatch.commands.rules import add_rules
@@ -17,7 +18,7 @@ from billingwatch.config import ConfigError
 
 # Each entry adds one subcommand, defined in its own module under commands/.
 COMMANDS: list[Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]] = [
-    add_serve, add_rules, add_replay, add_backfill, add_reconcile, add_simulate, add_digest,
+    add_serve, add_rules, add_replay, add_backfill, add_reconcile, add_simulate, add_digest, add_migrate,
 ]
 
 

@@ -54,6 +54,13 @@ def serve(args: argparse.Namespace) -> int:
     workers = cores() if args.workers == "auto" else args.workers
     if workers > 1 and not settings.redis_url:
         raise ConfigError("--workers > 1 needs REDIS_URL: the in-process store is not shared between workers")
+    if settings.redis_url:
+        # The store's layout first (docs/deployment.md#upgrades): migrated in place, or a refusal.
+        import asyncio
+
+        from billingwatch.store.layout_upkeep import at_start
+
+        asyncio.run(at_start(settings.redis_url, settings.redis_prefix))
     if args.insecure_skip_signature:
         os.environ["BILLINGWATCH_INSECURE_SKIP_SIGNATURE"] = "1"  # for worker processes
     os.environ["BILLINGWATCH_HOST"] = settings.host  # the app's default Host allowlist follows the bind

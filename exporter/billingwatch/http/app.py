@@ -1,5 +1,6 @@
 """The Starlette application: the route table, its middleware and lifespan."""
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -21,7 +22,7 @@ from billingwatch.http.pages import Pages
 from billingwatch.http.webhook import WebhookEndpoint
 from billingwatch.metrics.families import new_detector_errors_counter, new_requests_counter
 from billingwatch.notify.alertmanager import AlertSender, push_settings, redacted
-from billingwatch.store import Store, open_store
+from billingwatch.store import Store, layout_upkeep, open_store
 
 log = logging.getLogger("billingwatch")
 
@@ -57,7 +58,9 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
             log.info("pushing live anomalies to Alertmanager at %s",
                      ", ".join(redacted(url) for url in settings.alertmanager_urls))
         await sender.start()
+        upkeep = asyncio.create_task(layout_upkeep.in_background(store))  # store/layout_upkeep.py
         yield {}
+        upkeep.cancel()
         await sender.stop()
         await store.close()
 

@@ -20,6 +20,7 @@ from billingwatch.notify.alertmanager import AlertSender
 from billingwatch.recording.events import InvalidEvent
 from billingwatch.recording.recorder import LivemodeRejected, Recorder
 from billingwatch.store import Store, StoreUnavailable, Unrecordable
+from billingwatch.store.contract import LayoutRefused
 from billingwatch.store.group_commit import GroupCommit
 
 log = logging.getLogger("billingwatch.webhook")
@@ -179,7 +180,9 @@ class WebhookEndpoint:
             return self._reject("livemode_rejected", 400, reason)
         except StoreUnavailable as exc:
             log.warning("store unavailable, answering 503 so Stripe retries %s: %s", safe(event_id), safe(exc))
-            return self._reject("store_unavailable", 503, "store unavailable; retry later")
+            # A newer store layout is no passing outage: say so (store/layout.py).
+            detail = f"store unavailable: {exc}" if isinstance(exc, LayoutRefused) else "store unavailable; retry later"
+            return self._reject("store_unavailable", 503, detail)
         except Unrecordable as exc:
             # Not 503: a retry of this event meets the same refusal. Nothing was written.
             log.error("event %s refused by the store, nothing recorded: %s", safe(event_id), safe(exc))

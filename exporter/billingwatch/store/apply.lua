@@ -5,13 +5,15 @@
 -- KEYS[1] event dedup key       KEYS[2] counters hash   KEYS[3] gauges hash
 -- KEYS[4] anomaly log list      KEYS[5] subscription hash (or an unused name)
 -- KEYS[6] lapse watch zset      KEYS[7] recent-events log list
--- KEYS[8] the subscription's customer hash (or an unused name)   KEYS[8 + i] the key of check i
+-- KEYS[8] the subscription's customer hash (or an unused name)   KEYS[9] the layout version
+-- KEYS[9 + i] the key of check i
 -- ARGV[1] the plan as JSON (every number a string, so Lua never rounds it)
 -- ARGV[2] how many anomaly records the log keeps
 -- ARGV[3] the event's log line, a JSON object without its closing brace ('' for none): the
 --         script appends its result and the detectors that hit, so Python's numbers pass as written
 -- ARGV[4] how many lines the recent-events log keeps
 -- ARGV[1] 'probe' instead: returns {3} and touches nothing (the readiness probe).
+-- Returns {9, version} for a store whose layout is newer than this script's (nothing written).
 -- Returns {1} for an event recorded before (only its log line written), {2, reason} for one it
 -- refuses (nothing written), else {0, anomaly record JSON...}.
 --
@@ -39,11 +41,19 @@ local MAX_TTL = 1e10 -- seconds (store/contract.py MAX_TTL)
 local MAX_CHECKS = 1000 -- store/contract.py MAX_CHECKS
 -- The readiness probe (RedisStore.can_record): that this script runs here is the answer.
 if ARGV[1] == 'probe' then return { 3 } end
+-- The store's layout (store/layout.py, docs/redis.md): none is 1 (the release at 886d805, which
+-- this script reads and corrects as it goes); a newer one is another release's shape, and this
+-- script writes nothing into it.
+local LAYOUT = 2
+local layout = redis.call('GET', KEYS[9])
+if layout and not (tostring(layout):match('^%d+$') and tonumber(layout) <= LAYOUT) then
+  return { 9, layout }
+end
 local MAX_AMOUNT, MAX_SUM = 1e12, 1e15 -- store/contract.py: a sum check's amount and threshold
 -- store/contract.py MAX_SUBSCRIPTION_MRR, MAX_CUSTOMER_MRR: below 2^53, so exact in Lua's doubles
 local MAX_SUBSCRIPTION_MRR, MAX_CUSTOMER_MRR = 1e15, 9e15
 local plan = cjson.decode(ARGV[1])
-local CHECK_KEYS = 8 -- the checks' keys follow the fixed ones
+local CHECK_KEYS = 9 -- the checks' keys follow the fixed ones
 
 -- The movement rule (recording/plan.py movement()): kind and positive amount, or nil.
 local function movement(before, after, paid_before)
@@ -315,6 +325,20 @@ for i, check in ipairs(plan.checks) do
   end
 end
 
+-- Whether a subscription hash is held in the gauges ('g:' fields) or a customer hash holds MRR
+-- ('m:<currency>' > 0): then it has no TTL (layout 2), else `ttl` from now.
+local function holds_money(key)
+  local raw = redis.call('HGETALL', key)
+  for i = 1, #raw, 2 do
+    local prefix = raw[i]:sub(1, 2)
+    if (prefix == 'g:' or prefix == 'm:') and (tonumber(raw[i + 1]) or 0) > 0 then return true end
+  end
+  return false
+end
+local function keep(key, ttl)
+  if holds_money(key) then redis.call('PERSIST', key) else redis.call('EXPIRE', key, ttl) end
+end
+
 local sub = plan.subscription
 if sub and sub_change then -- nil: an older snapshot never overwrites a newer one
   for _, g in ipairs(sub_change.gauges) do
@@ -326,7 +350,10 @@ if sub and sub_change then -- nil: an older snapshot never overwrites a newer on
   for _, c in ipairs(sub_change.customer) do
     redis.call('HSET', KEYS[8], c[1], string.format('%d', c[2]))
   end
-  redis.call('EXPIRE', KEYS[8], sub.ctl) -- kept as long as its subscriptions, from its last change
+  -- Layout 2: state that holds money never expires (a 3-year plan sends no event for 3 years);
+  -- the rest is kept from its last change. Applied on every write, so a key an 886d805 replica
+  -- gave a TTL during a rolling update is corrected when this release next touches it.
+  keep(KEYS[8], sub.ctl)
   -- The gauge fields it holds, one hash field each ('g:<field>'): short values keep the hash a
   -- compact listpack.
   if #sub_change.drop > 0 then redis.call('HDEL', KEYS[5], unpack(sub_change.drop)) end
@@ -338,7 +365,7 @@ if sub and sub_change then -- nil: an older snapshot never overwrites a newer on
     end
   end
   redis.call('HSET', KEYS[5], unpack(fields))
-  redis.call('EXPIRE', KEYS[5], sub.ttl)
+  keep(KEYS[5], sub.ttl)
   local paid = tonumber(redis.call('HGET', KEYS[5], 'paid')) or 0
   local period_end = tonumber(sub['end'])
   if sub.watch and period_end > 0 and paid < period_end then
@@ -353,7 +380,9 @@ if pay then
   local paid = tonumber(redis.call('HGET', KEYS[5], 'paid'))
   if not paid or tonumber(pay.at) > paid then
     redis.call('HSET', KEYS[5], 'paid', pay.at)
-    if redis.call('TTL', KEYS[5]) < tonumber(pay.ttl) then
+    if holds_money(KEYS[5]) then
+      redis.call('PERSIST', KEYS[5])
+    elseif redis.call('TTL', KEYS[5]) < tonumber(pay.ttl) then
       redis.call('EXPIRE', KEYS[5], pay.ttl)
     end
     local watched = tonumber(redis.call('ZSCORE', KEYS[6], pay.id))

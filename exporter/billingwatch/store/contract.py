@@ -28,6 +28,11 @@ class StoreUnavailable(Exception):
     """The store could not be reached or did not answer; nothing may be acknowledged."""
 
 
+class LayoutRefused(StoreUnavailable):
+    """The store holds a layout newer than this release knows (store/layout.py): it writes nothing
+    there and answers 503 with this reason until it is upgraded."""
+
+
 class Unrecordable(Exception):
     """The store refused the event before writing anything (a total would leave its range):
     retrying the same event cannot help, so it is not StoreUnavailable."""

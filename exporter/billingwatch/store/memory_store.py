@@ -6,6 +6,7 @@ an await, so on the event loop it is as atomic as the Redis script.
 """
 
 import itertools
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -28,8 +29,16 @@ from billingwatch.store.contract import (
     StoreUnavailable,
     Unrecordable,
 )
+from billingwatch.store.layout import LAYOUT_VERSION
 
 _SWEEP_EVERY = 1024
+_NEVER = math.inf  # the expiry of state that holds money (layout 2, store/layout.py)
+
+
+def _holds_money(state: dict[str, Any]) -> bool:
+    """A subscription held in the gauges, or a customer holding MRR (apply.lua holds_money)."""
+    return any(v > 0 for v in state.get("g", {}).values()) or any(
+        v > 0 for k, v in state.items() if k.startswith("m:") and isinstance(v, int))
 
 
 @dataclass
@@ -95,6 +104,7 @@ class MemoryStore:
         self._log: deque[dict[str, Any]] = deque(maxlen=anomaly_log_size)
         self._events: deque[dict[str, Any]] = deque(maxlen=event_log_size)  # newest last
         self._applied = 0
+        self.layout = LAYOUT_VERSION  # a new process holds the layout it writes: nothing to migrate
 
     # -- keys with a TTL: "e:<livemode>:<event>", "c:<check>", "s:<livemode>:<subscription>",
     #    "u:<livemode>:<customer>"
@@ -306,19 +316,23 @@ class MemoryStore:
         if customer:  # kept as long as its subscriptions, from its last change
             customer_key = f"u:{sub.livemode}:{sub.customer_key}"
             self._customers[customer_key] = customer
-            self._expiry[customer_key] = self._clock() + (sub.customer_ttl or sub.ttl)
+            self._expiry[customer_key] = self._keep(customer, sub.customer_ttl or sub.ttl)
         # What it added, to take back later without knowing how the fields are named.
         state.update(
             at=sub.at, rk=sub.rank, g=dict(sub.gauges), cur=sub.mrr_currency, cm=sub.contribution,
             end=sub.period_end,
         )
         self._subs[key] = state
-        self._expiry[key] = self._clock() + sub.ttl
+        self._expiry[key] = self._keep(state, sub.ttl)
         watch = self._lapse[sub.livemode]
         if sub.lapse_watched and sub.period_end > 0 and state.get("paid", 0) < sub.period_end:
             watch[sub.id] = sub.period_end
         else:
             watch.pop(sub.id, None)
+
+    def _keep(self, state: dict[str, Any], ttl: int) -> float:
+        """When state expires: never while it holds money (layout 2), else `ttl` from now."""
+        return _NEVER if _holds_money(state) else self._clock() + ttl
 
     def _payment(self, pay: SubscriptionPayment) -> None:
         key = f"s:{pay.livemode}:{pay.id}"
@@ -329,7 +343,8 @@ class MemoryStore:
         if "paid" in state and pay.at <= state["paid"]:
             return
         state["paid"] = pay.at
-        self._expiry[key] = max(self._expiry[key], self._clock() + pay.ttl)
+        self._expiry[key] = self._keep(state, pay.ttl) if _holds_money(state) else max(
+            self._expiry[key], self._clock() + pay.ttl)
         watch = self._lapse[pay.livemode]
         if pay.id in watch and watch[pay.id] <= pay.at:
             del watch[pay.id]

@@ -1,7 +1,8 @@
 """The Redis store: one EVALSHA per event, shared by any number of exporter replicas.
 
 Every key carries the hash tag {<prefix>}, so the keys one script touches share a slot and
-the design works on Redis Cluster. Every key is bounded by a TTL or a size cap.
+the design works on Redis Cluster. Every key is bounded by a TTL or a size cap, but the state
+that holds money (store/layout.py, layout 2): it lives as long as its subscription.
 """
 
 import json
@@ -13,7 +14,8 @@ from redis.exceptions import AskError, MovedError, NoScriptError, RedisError, Re
 
 from billingwatch.metrics.labels import LIVEMODES
 from billingwatch.recording.plan import Check, LogEntry, Plan
-from billingwatch.store.contract import LAPSE_HORIZON, Outcome, Snapshot, StoreUnavailable, Unrecordable
+from billingwatch.store.contract import LAPSE_HORIZON, LayoutRefused, Outcome, Snapshot, StoreUnavailable, Unrecordable
+from billingwatch.store.layout import LAYOUT_VERSION, Migration, Report, newer_reason, parse_version, upkeep
 from billingwatch.store.redis_connect import connect
 
 _SCRIPT = resources.files("billingwatch.store").joinpath("apply.lua").read_text()
@@ -71,6 +73,17 @@ def _why_not(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+# apply.lua's reply for a store whose layout is newer than the script's (store/layout.py).
+_NEWER_LAYOUT = 9
+
+
+def _check_layout(raw: bytes | str | None) -> None:
+    """Readers refuse a newer layout too: its fields may mean something else."""
+    version = parse_version(raw)
+    if version is None or version > LAYOUT_VERSION:
+        raise LayoutRefused(newer_reason(raw.decode() if isinstance(raw, bytes) else str(raw)))
+
+
 class RedisStore:
     kind = "redis"
 
@@ -88,6 +101,7 @@ class RedisStore:
         self.gauges_key = self.key("gauges")
         self.anomalies_key = self.key("anomalies")
         self.events_key = self.key("events")
+        self.layout_key = self.key("layout")  # store/layout.py
 
     def key(self, name: str) -> str:
         return f"{self._tag}:{name}"
@@ -115,6 +129,7 @@ class RedisStore:
             self._lapse_key(mode),
             self.events_key,
             self.key(f"cu:{mode}:{customer}"),
+            self.layout_key,
             *(self.key("c:" + check.key) for check in plan.checks),
         ]
         body: dict[str, Any] = {
@@ -152,6 +167,8 @@ class RedisStore:
             return Outcome(duplicate=True)
         if int(reply[0]) == 2:
             raise Unrecordable(reply[1].decode())
+        if int(reply[0]) == _NEWER_LAYOUT:
+            raise LayoutRefused(newer_reason(reply[1].decode()))
         return Outcome(duplicate=False, anomalies=[_record(r) for r in reply[1:]])
 
     async def apply_many(self, plans: Sequence[Plan]) -> list[Outcome | Unrecordable | StoreUnavailable]:
@@ -177,6 +194,8 @@ class RedisStore:
                     results[i] = StoreUnavailable(type(reply).__name__)
                 elif int(reply[0]) == 2:
                     results[i] = Unrecordable(reply[1].decode())
+                elif int(reply[0]) == _NEWER_LAYOUT:
+                    results[i] = LayoutRefused(newer_reason(reply[1].decode()))
                 elif confirmed < self._wait_replicas:
                     results[i] = StoreUnavailable(
                         f"{confirmed} of {self._wait_replicas} replicas confirmed the write in time")
@@ -239,7 +258,7 @@ class RedisStore:
             # WAIT failed). A PUBLISH (no subscriber, no key) replicates after that write: once
             # replicas confirm it, they hold the event, on any version.
             _, confirmed = await self._waited(("PUBLISH", self.key("wait"), "1"))
-        if int(reply[0]) != 2 and confirmed < self._wait_replicas:
+        if int(reply[0]) not in (2, _NEWER_LAYOUT) and confirmed < self._wait_replicas:
             raise StoreUnavailable(f"{confirmed} of {self._wait_replicas} replicas confirmed the write in time")
         return reply
 
@@ -247,13 +266,15 @@ class RedisStore:
         cutoff, oldest = now - lapse_grace, now - lapse_horizon
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.get(self.layout_key)
                 pipe.hgetall(self.counters_key)
                 pipe.hgetall(self.gauges_key)
                 for mode in LIVEMODES:
                     pipe.zcount(self._lapse_key(mode), oldest, cutoff)
-                counters, gauges, *lapsed = await pipe.execute()
+                layout, counters, gauges, *lapsed = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
+        _check_layout(layout)
         return Snapshot(
             counters={k.decode(): int(v) for k, v in counters.items()},
             gauges={k.decode(): int(v) for k, v in gauges.items()},
@@ -262,27 +283,38 @@ class RedisStore:
 
     async def anomalies(self, limit: int) -> list[dict[str, Any]]:
         try:
-            raw = await self._redis.lrange(self.anomalies_key, 0, max(limit, 1) - 1)
+            layout, raw = await self._read(self.anomalies_key, limit)
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
+        _check_layout(layout)
         return [_record(r) for r in raw]
 
     async def events(self, limit: int) -> list[dict[str, Any]]:
         try:
-            raw = await self._redis.lrange(self.events_key, 0, max(limit, 1) - 1)
+            layout, raw = await self._read(self.events_key, limit)
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
+        _check_layout(layout)
         return [json.loads(r) for r in raw]
 
     async def log_rejected(self, entry: LogEntry) -> None:
         line = json.dumps({**entry.as_dict(), "result": "rejected", "anomalies": []})
         try:
+            _check_layout(await self._redis.get(self.layout_key))  # no write into a newer layout
             async with self._redis.pipeline(transaction=True) as pipe:  # MULTI: never an uncapped list
                 pipe.lpush(self.events_key, line)
                 pipe.ltrim(self.events_key, 0, self._event_log_size - 1)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
+
+    async def _read(self, key: str, limit: int) -> tuple[Any, Any]:
+        """The layout version and the newest `limit` entries of a log list, in one round trip."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.get(self.layout_key)
+            pipe.lrange(key, 0, max(limit, 1) - 1)
+            layout, raw = await pipe.execute()
+        return layout, raw
 
     async def recorded(self, events: Sequence[tuple[str, str]]) -> list[bool]:
         try:
@@ -295,6 +327,7 @@ class RedisStore:
 
     async def increment(self, counters: dict[str, int]) -> None:
         try:
+            _check_layout(await self._redis.get(self.layout_key))  # no write into a newer layout
             async with self._redis.pipeline(transaction=True) as pipe:
                 for name, value in counters.items():
                     pipe.hincrby(self.counters_key, name, value)
@@ -313,6 +346,12 @@ class RedisStore:
             return _why_not(exc)
         if int(reply[0]) != 3:
             return f"unexpected probe reply {reply!r:.80}"
+        try:
+            _check_layout(await self._redis.get(self.layout_key))
+        except LayoutRefused as exc:
+            return str(exc)
+        except (RedisError, OSError) as exc:
+            return _why_not(exc)
         if online < self._wait_replicas:
             # The webhook would answer 503: WAIT cannot get the replicas it needs.
             return (f"{online} of the {self._wait_replicas} Redis replicas BILLINGWATCH_REDIS_WAIT_REPLICAS "
@@ -324,6 +363,14 @@ class RedisStore:
         info = await self._redis.info("replication")
         return sum(1 for key, value in info.items()
                    if key.startswith("slave") and isinstance(value, dict) and value.get("state") == "online")
+
+    def migration(self) -> Migration:
+        """The in-place migration of this store to the layout this release writes (store/layout.py)."""
+        return Migration(self._redis, self._tag)
+
+    async def upkeep_layout(self) -> Report | int:
+        """store/layout.py upkeep(): migrate, or correct what a layout-1 replica wrote."""
+        return await upkeep(self._redis, self._tag)
 
     async def ping(self) -> bool:
         try:
