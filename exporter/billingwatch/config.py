@@ -137,6 +137,15 @@ def _redis_url(environ: Mapping[str, str]) -> str:
     return url
 
 
+def _redis_prefix(environ: Mapping[str, str]) -> str:
+    prefix = environ.get("BILLINGWATCH_REDIS_PREFIX", "billingwatch")
+    if not prefix or "{" in prefix or "}" in prefix:
+        # An empty tag {} does not tag: an event's keys would span Redis Cluster slots (CROSSSLOT).
+        raise ConfigError("BILLINGWATCH_REDIS_PREFIX must be non-empty and hold no braces ({ or }): it becomes "
+                          "the hash tag {prefix} that keeps every key of an event in one Redis Cluster slot")
+    return prefix
+
+
 def _flag(environ: Mapping[str, str], name: str) -> bool:
     return environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -151,6 +160,8 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     redis_url: str = ""
     redis_prefix: str = "billingwatch"
+    # BILLINGWATCH_REDIS_ALLOW_EVICTION: a maxmemory-policy other than noeviction is a warning, not a refusal.
+    redis_allow_eviction: bool = False
     # WAIT for this many replicas after each recorded event before 2xx (0: no wait; docs/redis.md).
     redis_wait_replicas: int = 0
     redis_wait_timeout_ms: int = 1000
@@ -215,7 +226,8 @@ def from_env(environ: Mapping[str, str] = os.environ) -> Settings:
         signature_tolerance=env_int(environ, "BILLINGWATCH_SIGNATURE_TOLERANCE_SECONDS", 300, 1, 3600),
         max_body_bytes=env_int(environ, "BILLINGWATCH_MAX_BODY_BYTES", 1024 * 1024, 1024, 64 * 1024 * 1024),
         redis_url=redis_url,
-        redis_prefix=environ.get("BILLINGWATCH_REDIS_PREFIX", "billingwatch"),
+        redis_prefix=_redis_prefix(environ),
+        redis_allow_eviction=_flag(environ, "BILLINGWATCH_REDIS_ALLOW_EVICTION"),
         redis_wait_replicas=wait_replicas,
         # Below the client's 2 s socket timeout, so a WAIT that times out is answered, not cut off.
         redis_wait_timeout_ms=env_int(environ, "BILLINGWATCH_REDIS_WAIT_TIMEOUT_MS", 1000, 1, 1500),
