@@ -31,6 +31,9 @@ from billingwatch.store.write_gate import WRITE, WriteGate
 log = logging.getLogger("billingwatch.store")
 
 _SCRIPT = resources.files("billingwatch.store").joinpath("apply.lua").read_text()
+# The readiness probe's own write while writes are refused: larger than an event's script call,
+# so a Redis too full for an event (its query buffer counts against maxmemory) refuses it too.
+PROBE_BYTES = 64 * 1024
 # What a call to Redis can raise: a cluster client refuses keys of several slots (CROSSSLOT)
 # with RedisClusterException, which is no RedisError.
 _ERRORS = (RedisError, OSError, RedisClusterException)
@@ -380,20 +383,16 @@ class RedisStore:
     async def can_record(self) -> str | None:
         """None when an event can be recorded now, else why not. Runs the apply script in its probe
         mode (writes nothing) with an event's keys, so a Redis that refuses scripts, a node that
-        does not serve the slot or keys that span slots (CROSSSLOT) is not ready; then writes a
-        key of its own (a full or read-only Redis refuses it: the write gate stays closed until
-        it goes through); then checks the eviction policy."""
+        does not serve the slot or keys that span slots (CROSSSLOT) is not ready; while writes
+        are refused (the write gate), writes and deletes a key of its own, and opens the gate
+        when that goes through; then checks the eviction policy."""
         probe_keys = self._script_keys("probe", "false", "false", "-", "-", ["probe"])
         try:
             reply = await self._script(keys=probe_keys, args=["probe"])
         except _ERRORS as exc:
             return _why_not(exc)
-        try:
-            await self._redis.set(self.key("probe"), "1", px=60_000)
-        except _ERRORS as exc:
-            self.gate.refuse(WRITE, _why_not(exc))
-        else:
-            self.gate.allow(WRITE)
+        if self.gate.refusing(WRITE):
+            await self._probe_write()
         if self.gate.reason is not None:
             return self.gate.reason
         try:
@@ -410,6 +409,21 @@ class RedisStore:
             return (f"{online} of the {self._wait_replicas} Redis replicas BILLINGWATCH_REDIS_WAIT_REPLICAS "
                     "asks for are online")
         return None
+
+    async def _probe_write(self) -> None:
+        """Whether Redis takes writes again (a full Redis freed, a replica promoted): only while
+        the gate is closed, since each probe replicates and lands in the AOF."""
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.set(self.key("probe"), b"\0" * PROBE_BYTES, px=10_000)
+                pipe.delete(self.key("probe"))
+                refused = [r for r in await pipe.execute(raise_on_error=False) if isinstance(r, Exception)]
+            if refused:
+                raise refused[0]  # Redis's own words, not the pipeline's wrapping
+        except _ERRORS as exc:
+            self.gate.refuse(WRITE, _why_not(exc))
+        else:
+            self.gate.allow(WRITE)
 
     async def eviction_refusal(self) -> str | None:
         """Why Redis's eviction policy is refused (start-up and /ready), else None. What could not be

@@ -22,6 +22,9 @@ class WriteGate:
         """`source` no longer finds a reason to refuse."""
         self._reasons.pop(source, None)
 
+    def refusing(self, source: str) -> bool:
+        return source in self._reasons
+
     @property
     def reason(self) -> str | None:
         """None when nothing refuses writes, else "store not writable: <reasons>"."""
