@@ -106,6 +106,7 @@ def test_a_refused_webhook_alone_closes_the_gate_and_the_next_write_opens_it(
     client = make_client(store=RedisStore(small_redis.url, redis_prefix))
     fill_up(small_redis.port)
     evt, accepted = post_until_refused(client, "gate")
+    assert value(scrape(client), "billingwatch_store_up") == 0
     with redis.Redis(port=small_redis.port) as admin:
         admin.config_set("maxmemory", "0")  # no limit
     assert post(client, evt).status_code == 200
