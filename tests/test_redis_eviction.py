@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,7 +28,7 @@ from billingwatch.fixtures import stripe_events as se
 from billingwatch.recording.recorder import Recorder
 from billingwatch.store import Outcome, RedisStore
 from billingwatch.store.redis_startup import refuse_evicting_redis
-from billingwatch.testing.processes import Exporter, RedisClusterServers, RedisServer, free_port
+from billingwatch.testing.processes import Exporter, RedisClusterServers, RedisSentinel, RedisServer, free_port
 from tests.conftest import ROOT, SECRET
 from tests.metrics import scrape, value
 from tests.recording import DEDUP_TTL, SUBSCRIPTION_TTL
@@ -204,3 +205,28 @@ def test_a_cluster_is_checked_on_the_node_that_holds_the_store(redis_prefix: str
         assert memory is not None and memory.max_bytes == 100 * 1024 * 1024
     finally:
         cluster.close()
+
+
+def test_through_sentinel_the_master_is_checked(tmp_path: Path, redis_prefix: str) -> None:
+    master = RedisServer(extra=("--maxmemory", "8mb", "--maxmemory-policy", "volatile-lru"))
+    master.start()
+    sentinel = RedisSentinel(tmp_path, master.port, quorum=1)
+    try:
+        sentinel.start()
+        url = f"redis+sentinel://127.0.0.1:{sentinel.port}/mymaster/0"
+        with pytest.raises(ConfigError) as refused:
+            refuse_evicting_redis(Settings(redis_url=url, redis_prefix=redis_prefix))
+        assert "maxmemory-policy is volatile-lru" in str(refused.value)
+
+        async def memory() -> Any:
+            store = RedisStore(url, redis_prefix)
+            try:
+                return (await store.snapshot(time.time(), 0)).memory
+            finally:
+                await store.close()
+
+        found = asyncio.run(memory())
+        assert found is not None and found.max_bytes == 8 * 1024 * 1024
+    finally:
+        sentinel.stop()
+        master.close()
