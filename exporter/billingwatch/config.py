@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 from billingwatch.http.access import host_pattern
 from billingwatch.metrics.labels import OTHER_PLAN
 from billingwatch.money import is_currency
-from billingwatch.store.redis_connect import SENTINEL_SCHEME, parse_sentinel_url
+from billingwatch.store.redis_connect import SENTINEL_SCHEME, check_prefix, parse_sentinel_url
 
 DEFAULT_PORT = 9786
 DAY = 86400
@@ -139,10 +139,10 @@ def _redis_url(environ: Mapping[str, str]) -> str:
 
 def _redis_prefix(environ: Mapping[str, str]) -> str:
     prefix = environ.get("BILLINGWATCH_REDIS_PREFIX", "billingwatch")
-    if not prefix or "{" in prefix or "}" in prefix:
-        # An empty tag {} does not tag: an event's keys would span Redis Cluster slots (CROSSSLOT).
-        raise ConfigError("BILLINGWATCH_REDIS_PREFIX must be non-empty and hold no braces ({ or }): it becomes "
-                          "the hash tag {prefix} that keeps every key of an event in one Redis Cluster slot")
+    try:
+        check_prefix(prefix)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return prefix
 
 

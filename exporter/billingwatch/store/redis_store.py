@@ -24,7 +24,7 @@ from redis.exceptions import (
 from billingwatch.metrics.labels import LIVEMODES
 from billingwatch.recording.plan import Check, LogEntry, Plan
 from billingwatch.store.contract import LAPSE_HORIZON, Outcome, Snapshot, StoreUnavailable, Unrecordable
-from billingwatch.store.redis_connect import connect
+from billingwatch.store.redis_connect import check_prefix, connect
 from billingwatch.store.redis_memory import ALLOW_EVICTION, NOEVICTION, eviction_refusal, read_memory, read_policy
 from billingwatch.store.write_gate import WRITE, WriteGate
 
@@ -89,13 +89,6 @@ def _why_not(exc: BaseException) -> str:
     if isinstance(exc, ResponseError | RedisClusterException) and not isinstance(exc, TryAgainError):
         return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}" if str(exc) else type(exc).__name__
     return type(exc).__name__
-
-
-def check_prefix(prefix: str) -> None:
-    """ValueError unless the prefix can be the hash tag {prefix} that keeps an event's keys in one slot."""
-    if not prefix or "{" in prefix or "}" in prefix:
-        raise ValueError("BILLINGWATCH_REDIS_PREFIX must be non-empty and hold no braces: it becomes the hash tag "
-                         "{prefix} that keeps every key of an event in one Redis Cluster slot")
 
 
 class RedisStore:
