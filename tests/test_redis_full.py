@@ -16,7 +16,7 @@ from starlette.testclient import TestClient
 
 from billingwatch.fixtures import stripe_events as se
 from billingwatch.store import RedisStore
-from billingwatch.testing.processes import RedisServer
+from billingwatch.testing.processes import RedisServer, wait_until
 from tests.conftest import SECRET
 from tests.metrics import scrape, value
 
@@ -133,6 +133,7 @@ def test_a_read_only_replica_is_not_ready_until_promoted(
     assert client.get("/ready").status_code == 200
     with redis.Redis(port=node.port) as admin:
         admin.execute_command("REPLICAOF", "127.0.0.1", str(master.port))  # as a failover leaves an old master
+        wait_until(lambda: master.replicas_online() == 1, what="the node in sync as a replica")
         evt = se.event("charge.succeeded", se.charge(charge_id="ch_ro", customer="cus_ro"))
         assert post(client, evt).status_code == 503
         assert value(scrape(client), "billingwatch_store_up") == 0
