@@ -154,8 +154,10 @@ def state_figures(samples: Figures) -> Figures:
 
 
 def moved(before: Figures, after: Figures) -> Figures:
-    """The samples whose value differs (a series born at 0 has not moved)."""
-    return {k: after.get(k, 0.0) for k in before.keys() | after.keys() if after.get(k, 0.0) != before.get(k, 0.0)}
+    """The samples whose value differs (a series born at 0 has not moved); the Redis server's own
+    figures (SERVER) are left out: they move with whatever else the server does."""
+    return {k: after.get(k, 0.0) for k in before.keys() | after.keys()
+            if after.get(k, 0.0) != before.get(k, 0.0) and not k[0].startswith(SERVER)}
 
 
 def renamed(samples: Figures, old: str, new: str) -> Figures:
