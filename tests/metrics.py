@@ -12,10 +12,13 @@ from starlette.testclient import TestClient
 
 Labels = frozenset[tuple[str, str]]
 Figures = dict[tuple[str, Labels], float]
+# The Redis server's own figures: they move with whatever else the server holds.
+SERVER = ("billingwatch_store_used_memory_bytes", "billingwatch_store_max_memory_bytes",
+          "billingwatch_store_evicted_keys")
 # Per-replica or timing-dependent families: they differ between two deliveries of the same events.
 TIMING = ("billingwatch_webhook_requests", "billingwatch_alert_notifications", "billingwatch_detector_errors",
           "billingwatch_webhook_delivery_lag",
-          "billingwatch_build_info", "billingwatch_last_event_received", "billingwatch_store_up")
+          "billingwatch_build_info", "billingwatch_last_event_received", "billingwatch_store_up", *SERVER)
 SUFFIXES = ("", "_total", "_count", "_sum", "_bucket", "_created", "_info")  # sample names of a family
 
 
@@ -111,8 +114,9 @@ def _matching(samples: Figures, name: str, labels: dict[str, str]) -> list[float
 
 
 def store_figures(samples: Figures) -> Figures:
-    """What an event may change: every BillingWatch sample but the per-request counter."""
-    return {k: v for k, v in samples.items() if not k[0].startswith("billingwatch_webhook_requests")}
+    """What an event may change: every BillingWatch sample but the per-request counter (and the Redis
+    server's own figures)."""
+    return {k: v for k, v in samples.items() if not k[0].startswith(("billingwatch_webhook_requests", *SERVER))}
 
 
 def recorded_figures(source: TestClient | str) -> Figures:
@@ -150,8 +154,10 @@ def state_figures(samples: Figures) -> Figures:
 
 
 def moved(before: Figures, after: Figures) -> Figures:
-    """The samples whose value differs (a series born at 0 has not moved)."""
-    return {k: after.get(k, 0.0) for k in before.keys() | after.keys() if after.get(k, 0.0) != before.get(k, 0.0)}
+    """The samples whose value differs (a series born at 0 has not moved); the Redis server's own
+    figures (SERVER) are left out: they move with whatever else the server does."""
+    return {k: after.get(k, 0.0) for k in before.keys() | after.keys()
+            if after.get(k, 0.0) != before.get(k, 0.0) and not k[0].startswith(SERVER)}
 
 
 def renamed(samples: Figures, old: str, new: str) -> Figures:

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 from billingwatch.http.access import host_pattern
 from billingwatch.metrics.labels import OTHER_PLAN
 from billingwatch.money import is_currency
-from billingwatch.store.redis_connect import SENTINEL_SCHEME, parse_sentinel_url
+from billingwatch.store.redis_connect import SENTINEL_SCHEME, check_prefix, parse_sentinel_url
 
 DEFAULT_PORT = 9786
 DAY = 86400
@@ -137,6 +137,15 @@ def _redis_url(environ: Mapping[str, str]) -> str:
     return url
 
 
+def _redis_prefix(environ: Mapping[str, str]) -> str:
+    prefix = environ.get("BILLINGWATCH_REDIS_PREFIX", "billingwatch")
+    try:
+        check_prefix(prefix)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return prefix
+
+
 def _flag(environ: Mapping[str, str], name: str) -> bool:
     return environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -151,6 +160,8 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     redis_url: str = ""
     redis_prefix: str = "billingwatch"
+    # BILLINGWATCH_REDIS_ALLOW_EVICTION: a maxmemory-policy other than noeviction is a warning, not a refusal.
+    redis_allow_eviction: bool = False
     # WAIT for this many replicas after each recorded event before 2xx (0: no wait; docs/redis.md).
     redis_wait_replicas: int = 0
     redis_wait_timeout_ms: int = 1000
@@ -213,7 +224,8 @@ def from_env(environ: Mapping[str, str] = os.environ) -> Settings:
         signature_tolerance=env_int(environ, "BILLINGWATCH_SIGNATURE_TOLERANCE_SECONDS", 300, 1, 3600),
         max_body_bytes=env_int(environ, "BILLINGWATCH_MAX_BODY_BYTES", 1024 * 1024, 1024, 64 * 1024 * 1024),
         redis_url=redis_url,
-        redis_prefix=environ.get("BILLINGWATCH_REDIS_PREFIX", "billingwatch"),
+        redis_prefix=_redis_prefix(environ),
+        redis_allow_eviction=_flag(environ, "BILLINGWATCH_REDIS_ALLOW_EVICTION"),
         redis_wait_replicas=wait_replicas,
         # Below the client's 2 s socket timeout, so a WAIT that times out is answered, not cut off.
         redis_wait_timeout_ms=env_int(environ, "BILLINGWATCH_REDIS_WAIT_TIMEOUT_MS", 1000, 1, 1500),

@@ -9,6 +9,7 @@ from uvicorn.config import STARTUP_FAILURE, Config
 from billingwatch.config import ConfigError, Settings, from_env
 from billingwatch.http.app import create_app
 from billingwatch.startup import check_settings
+from billingwatch.store.redis_startup import refuse_evicting_redis
 
 
 def uvicorn_workers(frame: FrameType | None) -> int:
@@ -38,6 +39,7 @@ def checked_settings(workers: int) -> Settings:
 def app() -> Starlette:
     try:
         settings = checked_settings(uvicorn_workers(sys._getframe(1)))
+        refuse_evicting_redis(settings)
     except ConfigError as exc:
         # One line, no traceback; uvicorn's supervisor stops every worker on this exit code.
         print(f"billingwatch: {exc}", file=sys.stderr)

@@ -70,10 +70,14 @@ class Pages:
             snapshot = await self._store.snapshot(self._clock(), settings.lapse_grace, settings.subscription_ttl)
         except StoreUnavailable:
             snapshot = None
+        if snapshot is not None and self._store.gate.reason is not None:
+            # Redis answers but refused a write: try one again (the gate opens once one goes through).
+            await self._store.can_record()
         registry = CollectorRegistry(auto_describe=False)
         pushed = tuple(c for c in (self._notifications, self._detector_errors) if c is not None)
         for collector in (self._requests, *pushed, self._build_info,
-                          SnapshotCollector(snapshot, self._detectors, settings.currencies, settings.plan_names),
+                          SnapshotCollector(snapshot, self._detectors, settings.currencies, settings.plan_names,
+                                            writable=self._store.gate.reason is None),
                           PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             registry.register(collector)
         try:

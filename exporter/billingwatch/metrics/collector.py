@@ -22,6 +22,7 @@ from billingwatch.metrics.labels import (
 )
 from billingwatch.money import to_major
 from billingwatch.store import Snapshot
+from billingwatch.store.contract import StoreMemory
 
 
 def _value(family: fam.Family, labels: list[str], raw: int) -> float:
@@ -126,21 +127,35 @@ def store_metrics(snapshot: Snapshot, detectors: Iterable[Detector], currencies:
     return [*built.values(), _lag_histograms(snapshot.counters), lapsed]
 
 
+def memory_metrics(memory: StoreMemory | None) -> list[Metric]:
+    """Redis's memory figures; each family without a series when there are none (in-process store)."""
+    built: list[Metric] = []
+    for family, attribute in ((fam.STORE_USED_MEMORY, "used_bytes"), (fam.STORE_MAX_MEMORY, "max_bytes"),
+                              (fam.STORE_EVICTED_KEYS, "evicted_keys")):
+        gauge = GaugeMetricFamily(family.name, family.help)
+        if memory is not None:
+            gauge.add_metric([], float(getattr(memory, attribute)))
+        built.append(gauge)
+    return built
+
+
 class SnapshotCollector(Collector):
     """Exposes one snapshot: a fresh registry is built per scrape around it."""
 
     def __init__(
         self, snapshot: Snapshot | None, detectors: Iterable[Detector], currencies: Iterable[str] = (),
-        plans: Iterable[str] = (),
+        plans: Iterable[str] = (), writable: bool = True,
     ) -> None:
         self._snapshot = snapshot
+        self._writable = writable  # False while the store's write gate is closed (store/write_gate.py)
         self._detectors = list(detectors)
         self._currencies = tuple(currencies)
         self._plans = tuple(plans)
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily(fam.STORE_UP.name, fam.STORE_UP.help)
-        up.add_metric([], 0.0 if self._snapshot is None else 1.0)
+        up.add_metric([], 1.0 if self._snapshot is not None and self._writable else 0.0)
         yield up
+        yield from memory_metrics(self._snapshot.memory if self._snapshot is not None else None)
         if self._snapshot is not None:
             yield from store_metrics(self._snapshot, self._detectors, self._currencies, self._plans)

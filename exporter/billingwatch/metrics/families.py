@@ -188,7 +188,24 @@ LAG_SUM = _counter("lags", LAG_NAME, LAG_HELP, "livemode")  # milliseconds
 LAG_COUNT = _counter("lagc", LAG_NAME, LAG_HELP, "livemode")
 
 # Built at scrape time, not held in the store.
-STORE_UP = _gauge("", "billingwatch_store_up", "1 when the store answered this scrape, else 0.")
+STORE_UP = _gauge(
+    "", "billingwatch_store_up",
+    "1 when the store answered this scrape and takes writes, else 0 (/ready says why: unreachable, full, "
+    "read-only, ...).",
+)
+# Redis's own figures (INFO memory and stats), read at scrape time; no series with the in-process store.
+STORE_USED_MEMORY = _gauge(
+    "", "billingwatch_store_used_memory_bytes", "Memory the Redis server uses (INFO memory used_memory), in bytes.",
+)
+STORE_MAX_MEMORY = _gauge(
+    "", "billingwatch_store_max_memory_bytes",
+    "The Redis server's maxmemory, in bytes: above it Redis refuses writes (webhooks get 503); 0: no limit.",
+)
+STORE_EVICTED_KEYS = _gauge(
+    "", "billingwatch_store_evicted_keys",
+    "Keys the Redis server has evicted since it started (INFO stats evicted_keys); above 0, a redelivered "
+    "event may have counted twice (maxmemory-policy must be noeviction).",
+)
 SUBSCRIPTIONS_LAPSED = _gauge(
     "", "billingwatch_subscriptions_lapsed",
     "Active subscriptions whose period ended more than the grace period ago with no paid invoice since.",
@@ -220,7 +237,8 @@ DETECTOR_ERRORS = _counter(
 )
 
 CATALOGUE = (
-    STORE_UP, WEBHOOK_REQUESTS, ALERT_NOTIFICATIONS, DETECTOR_ERRORS, BUILD_INFO, *REDIS_FAMILIES, LAG,
+    STORE_UP, STORE_USED_MEMORY, STORE_MAX_MEMORY, STORE_EVICTED_KEYS, WEBHOOK_REQUESTS, ALERT_NOTIFICATIONS,
+    DETECTOR_ERRORS, BUILD_INFO, *REDIS_FAMILIES, LAG,
     SUBSCRIPTIONS_LAPSED,
 )
 

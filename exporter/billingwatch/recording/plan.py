@@ -33,6 +33,7 @@ from billingwatch.metrics.labels import (
     livemode_label,
 )
 from billingwatch.money import monthly_amount
+from billingwatch.recording.detector_output import checked
 from billingwatch.recording.events import (
     Event,
     InvalidEvent,
@@ -382,7 +383,7 @@ def plan_event(
     for detector in detectors:
         if event.type in detector.event_types:
             try:
-                checks.extend(detector.checks(event, context))
+                checks.extend(checked(detector.checks(event, context)))  # a bad output fails here
             except InvalidEvent:
                 raise  # the event itself is malformed: nothing records it
             except Exception:  # a detector's bug (often a plugin's) must not cost the event: a refusal

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from billingwatch.recording.plan import LogEntry, Plan
+from billingwatch.store.write_gate import WriteGate
 
 LAPSE_HORIZON = 400 * 86400  # the default subscription memory (BILLINGWATCH_SUBSCRIPTION_TTL_SECONDS)
 # What a store refuses up front rather than fail half-way (apply.lua has the same numbers).
@@ -48,16 +49,29 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class StoreMemory:
+    """What Redis reports of its memory (INFO memory and stats), for the store's gauges."""
+
+    used_bytes: int
+    max_bytes: int  # maxmemory; 0: no limit
+    evicted_keys: int  # since the Redis server started
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """The store-held figures at scrape time."""
 
     counters: dict[str, int] = field(default_factory=dict)
     gauges: dict[str, int] = field(default_factory=dict)
     lapsed: dict[str, int] = field(default_factory=dict)  # livemode label → count
+    # Redis only, when INFO is allowed. The server's figures, not the store's state: two snapshots
+    # of the same state compare equal whatever else the server holds.
+    memory: StoreMemory | None = field(default=None, compare=False)
 
 
 class Store(Protocol):
     kind: str
+    gate: WriteGate  # why writes are refused now (store/write_gate.py): /ready and billingwatch_store_up read it
 
     async def apply(self, plan: Plan) -> Outcome:
         """Record one event atomically: nothing but its log line (result duplicate) if its id was
@@ -92,8 +106,9 @@ class Store(Protocol):
         """Add to store-held counters outside an event (e.g. missed events found by reconcile)."""
 
     async def can_record(self) -> str | None:
-        """None when an event can be recorded now, else the reason it cannot (for /ready).
-        Writes nothing."""
+        """None when an event can be recorded now, else the reason it cannot (for /ready): the
+        gate's reason first. Redis tries a small write of its own (never an event's) and opens
+        the gate's "write" source when it succeeds."""
 
     async def ping(self) -> bool: ...
 

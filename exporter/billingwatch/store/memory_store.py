@@ -6,6 +6,7 @@ an await, so on the event loop it is as atomic as the Redis script.
 """
 
 import itertools
+import json
 import math
 import time
 from collections import deque
@@ -30,6 +31,7 @@ from billingwatch.store.contract import (
     Unrecordable,
 )
 from billingwatch.store.layout import LAYOUT_VERSION
+from billingwatch.store.write_gate import WriteGate
 
 _SWEEP_EVERY = 1024
 _NEVER = math.inf  # the expiry of state that holds money (layout 2, store/layout.py)
@@ -39,6 +41,14 @@ def _holds_money(state: dict[str, Any]) -> bool:
     """A subscription held in the gauges, or a customer holding MRR (apply.lua holds_money)."""
     return any(v > 0 for v in state.get("g", {}).values()) or any(
         v > 0 for k, v in state.items() if k.startswith("m:") and isinstance(v, int))
+
+
+def _unencodable(record: dict[str, Any]) -> bool:
+    try:
+        json.dumps(record, allow_nan=False)
+    except (TypeError, ValueError):
+        return True
+    return False
 
 
 @dataclass
@@ -94,6 +104,7 @@ class MemoryStore:
     def __init__(self, anomaly_log_size: int = 1000, clock: Callable[[], float] = time.time,
                  event_log_size: int = 5000) -> None:
         self._clock = clock
+        self.gate = WriteGate()  # never closed by this store itself; other checks may close it
         self._expiry: dict[str, float] = {}  # key → unix time it expires
         self._sets: dict[str, dict[str, int]] = {}  # window/distinct sets: member → score
         self._subs: dict[str, dict[str, Any]] = {}
@@ -186,6 +197,9 @@ class MemoryStore:
             return "a subscription's mrr is out of range"
         if len(plan.checks) > MAX_CHECKS:
             return "too many checks in one event"
+        if any(_unencodable(c.anomaly.as_dict()) for c in plan.checks if c.anomaly is not None):
+            # Kept, it would make every /api/anomalies answer fail until it left the log.
+            return "an anomaly record is not JSON"
         ttls = [plan.dedup_ttl, *(c.ttl for c in plan.checks)]
         ttls += [x.ttl for x in (plan.subscription, plan.payment) if x is not None]
         ttls += [plan.subscription.customer_ttl] if plan.subscription and plan.subscription.customer_ttl else []
@@ -260,7 +274,8 @@ class MemoryStore:
             self._counters[name] = self._counters.get(name, 0) + value
         if check.anomaly is None:
             return None
-        record = check.anomaly.as_dict()
+        # A JSON copy, as the Redis store keeps it: what /api/anomalies serves is plain JSON.
+        record: dict[str, Any] = json.loads(json.dumps(check.anomaly.as_dict()))
         if related is not None:
             record["related"] = related
         self._log.appendleft(record)
@@ -375,7 +390,7 @@ class MemoryStore:
             self._counters[name] = self._counters.get(name, 0) + value
 
     async def can_record(self) -> str | None:
-        return None
+        return self.gate.reason
 
     async def ping(self) -> bool:
         return True

@@ -74,6 +74,14 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     )
 
 
+def check_prefix(prefix: str) -> None:
+    """ValueError unless the prefix can be the hash tag {prefix} that keeps an event's keys in one
+    slot: an empty tag {} tags nothing, so an event's keys would span slots (CROSSSLOT)."""
+    if not prefix or "{" in prefix or "}" in prefix:
+        raise ValueError("BILLINGWATCH_REDIS_PREFIX must be non-empty and hold no braces ({ or }): it becomes "
+                         "the hash tag {prefix} that keeps every key of an event in one Redis Cluster slot")
+
+
 def is_cluster(url: str) -> bool:
     scheme, sep, _ = url.partition("://")
     return bool(sep) and scheme.lower() in CLUSTER_SCHEMES

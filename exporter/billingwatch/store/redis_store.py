@@ -6,19 +6,39 @@ that holds money (store/layout.py, layout 2): it lives as long as its subscripti
 """
 
 import json
+import logging
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
-from redis.exceptions import AskError, MovedError, NoScriptError, RedisError, ResponseError, TryAgainError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import (
+    AskError,
+    MovedError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 
 from billingwatch.metrics.labels import LIVEMODES
 from billingwatch.recording.plan import Check, LogEntry, Plan
 from billingwatch.store.contract import LAPSE_HORIZON, LayoutRefused, Outcome, Snapshot, StoreUnavailable, Unrecordable
 from billingwatch.store.layout import LAYOUT_VERSION, Migration, Report, newer_reason, parse_version, upkeep
-from billingwatch.store.redis_connect import connect
+from billingwatch.store.redis_connect import check_prefix, connect
+from billingwatch.store.redis_memory import ALLOW_EVICTION, NOEVICTION, eviction_refusal, read_memory, read_policy
+from billingwatch.store.write_gate import WRITE, WriteGate
+
+log = logging.getLogger("billingwatch.store")
 
 _SCRIPT = resources.files("billingwatch.store").joinpath("apply.lua").read_text()
+# The readiness probe's own write while writes are refused: larger than an event's script call,
+# so a Redis too full for an event (its query buffer counts against maxmemory) refuses it too.
+PROBE_BYTES = 64 * 1024
+# What a call to Redis can raise: a cluster client refuses keys of several slots (CROSSSLOT)
+# with RedisClusterException, which is no RedisError.
+_ERRORS = (RedisError, OSError, RedisClusterException)
 
 
 # cjson keeps 14 significant digits of a number: integers cross Lua as strings, and come back
@@ -28,8 +48,8 @@ _INT_FIELDS = ("amount", "event_created")
 
 def _stringify(record: dict[str, Any]) -> dict[str, Any]:
     # details crosses Lua as one JSON string: cjson would round its numbers and turn {} into [].
-    return {k: str(v) if k in _INT_FIELDS and isinstance(v, int) else json.dumps(v) if k == "details" else v
-            for k, v in record.items()}
+    return {k: str(v) if k in _INT_FIELDS and isinstance(v, int)
+            else json.dumps(v, allow_nan=False) if k == "details" else v for k, v in record.items()}
 
 
 def _record(raw: bytes | str) -> dict[str, Any]:
@@ -68,7 +88,7 @@ def _why_not(exc: BaseException) -> str:
     if isinstance(exc, MovedError | AskError):
         return (f"{type(exc).__name__}: this Redis node does not serve the slot of the store's keys; "
                 "REDIS_URL names a Redis Cluster node: use redis+cluster://")
-    if isinstance(exc, ResponseError) and not isinstance(exc, TryAgainError):
+    if isinstance(exc, ResponseError | RedisClusterException) and not isinstance(exc, TryAgainError):
         return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}" if str(exc) else type(exc).__name__
     return type(exc).__name__
 
@@ -88,7 +108,12 @@ class RedisStore:
     kind = "redis"
 
     def __init__(self, url: str, prefix: str = "billingwatch", anomaly_log_size: int = 1000,
-                 wait_replicas: int = 0, wait_timeout_ms: int = 1000, event_log_size: int = 5000) -> None:
+                 wait_replicas: int = 0, wait_timeout_ms: int = 1000, event_log_size: int = 5000,
+                 allow_eviction: bool = False) -> None:
+        check_prefix(prefix)
+        self.gate = WriteGate()
+        self._allow_eviction = allow_eviction  # BILLINGWATCH_REDIS_ALLOW_EVICTION: a warning, not a refusal
+        self._logged: set[str] = set()  # eviction-policy lines already logged (/ready asks often)
         self._redis, self._sentinel = connect(url)
         self._script = self._redis.register_script(_SCRIPT)
         # WAIT <replicas> <timeout> after each event that wrote: 2xx only once replicas hold it.
@@ -112,16 +137,11 @@ class RedisStore:
     def _lapse_key(self, livemode: str) -> str:
         return self.key("lapse:" + livemode)
 
-    def script_call(self, plan: Plan) -> tuple[list[str], list[Any]]:
-        """The KEYS and ARGV of the apply script for this plan (bench/state.py replays them in bulk)."""
-        sub_id, mode, customer = "-", plan.livemode, "-"
-        if plan.subscription is not None:
-            sub_id, mode = plan.subscription.id, plan.subscription.livemode
-            customer = plan.subscription.customer_key
-        elif plan.payment is not None:
-            sub_id, mode = plan.payment.id, plan.payment.livemode
-        keys = [
-            self._event_key(plan.event_id, plan.livemode),
+    def _script_keys(self, event_id: str, livemode: str, mode: str, sub_id: str, customer: str,
+                     check_keys: Sequence[str]) -> list[str]:
+        """The apply script's KEYS: an event's, or the readiness probe's (the same shape)."""
+        return [
+            self._event_key(event_id, livemode),
             self.counters_key,
             self.gauges_key,
             self.anomalies_key,
@@ -130,8 +150,19 @@ class RedisStore:
             self.events_key,
             self.key(f"cu:{mode}:{customer}"),
             self.layout_key,
-            *(self.key("c:" + check.key) for check in plan.checks),
+            *(self.key("c:" + key) for key in check_keys),
         ]
+
+    def script_call(self, plan: Plan) -> tuple[list[str], list[Any]]:
+        """The KEYS and ARGV of the apply script for this plan (bench/state.py replays them in bulk)."""
+        sub_id, mode, customer = "-", plan.livemode, "-"
+        if plan.subscription is not None:
+            sub_id, mode = plan.subscription.id, plan.subscription.livemode
+            customer = plan.subscription.customer_key
+        elif plan.payment is not None:
+            sub_id, mode = plan.payment.id, plan.payment.livemode
+        keys = self._script_keys(plan.event_id, plan.livemode, mode, sub_id, customer,
+                                 [check.key for check in plan.checks])
         body: dict[str, Any] = {
             "ttl": str(plan.dedup_ttl),
             "counters": {k: str(v) for k, v in plan.counters.items()},
@@ -152,17 +183,26 @@ class RedisStore:
             p = plan.payment
             body["payment"] = {"id": p.id, "at": str(p.at), "ttl": str(p.ttl)}
         line = "" if plan.log is None else json.dumps(plan.log.as_dict())[:-1]  # the script closes it
-        return keys, [json.dumps(body), self._log_size, line, self._event_log_size]
+        return keys, [json.dumps(body, allow_nan=False), self._log_size, line, self._event_log_size]
 
     async def apply(self, plan: Plan) -> Outcome:
-        keys, args = self.script_call(plan)
+        try:
+            keys, args = self.script_call(plan)
+        except (TypeError, ValueError) as exc:
+            raise Unrecordable(f"the event cannot be encoded for the store ({type(exc).__name__})") from None
         try:
             if self._wait_replicas:
                 reply = await self._apply_and_wait(keys, args)
             else:
                 reply = await self._script(keys=keys, args=args)
-        except (RedisError, OSError) as exc:
+        except _ERRORS as exc:
+            self.gate.refuse(WRITE, _why_not(exc))
             raise StoreUnavailable(type(exc).__name__) from exc
+        except StoreUnavailable as exc:  # replicas did not confirm the write
+            self.gate.refuse(WRITE, str(exc))
+            raise
+        if int(reply[0]) not in (2, _NEWER_LAYOUT):  # it wrote (a duplicate its log line): writes go through
+            self.gate.allow(WRITE)
         if int(reply[0]) == 1:
             return Outcome(duplicate=True)
         if int(reply[0]) == 2:
@@ -176,13 +216,22 @@ class RedisStore:
         call with its own reply, in order. An entry is StoreUnavailable when its call got no reply
         (or, with WAIT, when replicas did not confirm the batch): retrying it is safe, since an
         event that did run comes back a duplicate."""
-        calls = [self.script_call(plan) for plan in plans]
         results: list[Outcome | Unrecordable | StoreUnavailable] = [StoreUnavailable("no reply")] * len(plans)
-        todo = list(range(len(plans)))
+        # Each plan encoded on its own: one that cannot be fails alone, before the pipeline.
+        calls: dict[int, tuple[list[str], list[Any]]] = {}
+        for i, plan in enumerate(plans):
+            try:
+                calls[i] = self.script_call(plan)
+            except (TypeError, ValueError) as exc:
+                results[i] = Unrecordable(f"the event cannot be encoded for the store ({type(exc).__name__})")
+        todo = list(calls)
         for attempt in range(2):  # the second only after NOSCRIPT: a restarted or new master
+            if not todo:
+                break
             try:
                 replies, confirmed = await self._pipelined([calls[i] for i in todo])
-            except (RedisError, OSError) as exc:
+            except _ERRORS as exc:
+                self.gate.refuse(WRITE, _why_not(exc))
                 for i in todo:
                     results[i] = StoreUnavailable(type(exc).__name__)
                 return results
@@ -190,29 +239,42 @@ class RedisStore:
             for i, reply in zip(todo, replies, strict=True):
                 if isinstance(reply, NoScriptError) and not attempt:
                     missing.append(i)
-                elif isinstance(reply, Exception):
-                    results[i] = StoreUnavailable(type(reply).__name__)
-                elif int(reply[0]) == 2:
-                    results[i] = Unrecordable(reply[1].decode())
-                elif int(reply[0]) == _NEWER_LAYOUT:
-                    results[i] = LayoutRefused(newer_reason(reply[1].decode()))
-                elif confirmed < self._wait_replicas:
-                    results[i] = StoreUnavailable(
-                        f"{confirmed} of {self._wait_replicas} replicas confirmed the write in time")
-                elif int(reply[0]) == 1:
-                    results[i] = Outcome(duplicate=True)
                 else:
-                    results[i] = Outcome(duplicate=False, anomalies=[_record(r) for r in reply[1:]])
+                    results[i] = self._result(reply, confirmed)
             if not missing:
                 break
             try:
                 await self._redis.script_load(_SCRIPT)
-            except (RedisError, OSError) as exc:
+            except _ERRORS as exc:
+                self.gate.refuse(WRITE, _why_not(exc))
                 for i in missing:
                     results[i] = StoreUnavailable(type(exc).__name__)
                 return results
             todo = missing
         return results
+
+    def _result(self, reply: Any, confirmed: int) -> Outcome | Unrecordable | StoreUnavailable:
+        """One plan's entry of apply_many from its own reply: a bad reply fails its plan only. Keeps
+        the write gate: a refused write closes it, a write that went through opens it."""
+        if isinstance(reply, Exception):
+            self.gate.refuse(WRITE, _why_not(reply))
+            return StoreUnavailable(type(reply).__name__)
+        try:
+            if int(reply[0]) == 2:
+                return Unrecordable(reply[1].decode())
+            if int(reply[0]) == _NEWER_LAYOUT:
+                return LayoutRefused(newer_reason(reply[1].decode()))
+            if confirmed < self._wait_replicas:
+                refusal = StoreUnavailable(f"{confirmed} of {self._wait_replicas} replicas confirmed the write in time")
+                self.gate.refuse(WRITE, str(refusal))
+                return refusal
+            self.gate.allow(WRITE)
+            if int(reply[0]) == 1:
+                return Outcome(duplicate=True)
+            return Outcome(duplicate=False, anomalies=[_record(r) for r in reply[1:]])
+        except (TypeError, ValueError, IndexError, AttributeError) as exc:
+            log.error("unreadable reply of the apply script (%s): the event is answered 503", type(exc).__name__)
+            return StoreUnavailable(f"unreadable reply ({type(exc).__name__})")
 
     async def _pipelined(self, calls: list[tuple[list[str], list[Any]]]) -> tuple[list[Any], int]:
         """EVALSHA of each call in one round trip (replies in order, errors as values), and with WAIT
@@ -272,14 +334,23 @@ class RedisStore:
                 for mode in LIVEMODES:
                     pipe.zcount(self._lapse_key(mode), oldest, cutoff)
                 layout, counters, gauges, *lapsed = await pipe.execute()
-        except (RedisError, OSError) as exc:
+            memory = await read_memory(self._redis, **await self._node())
+        except _ERRORS as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
         _check_layout(layout)
         return Snapshot(
             counters={k.decode(): int(v) for k, v in counters.items()},
             gauges={k.decode(): int(v) for k, v in gauges.items()},
             lapsed=dict(zip(LIVEMODES, (int(n) for n in lapsed), strict=True)),
+            memory=memory,
         )
+
+    async def _node(self) -> dict[str, Any]:
+        """For a node-wide command (INFO, CONFIG GET): the cluster node that holds the store's slot."""
+        if not isinstance(self._redis, RedisCluster):
+            return {}
+        await self._redis.initialize()  # a no-op once the slot map is known
+        return {"target_nodes": self._redis.get_node_from_key(self.counters_key)}
 
     async def anomalies(self, limit: int) -> list[dict[str, Any]]:
         try:
@@ -336,14 +407,27 @@ class RedisStore:
             raise StoreUnavailable(type(exc).__name__) from exc
 
     async def can_record(self) -> str | None:
-        """None when an event can be recorded now, else why not: runs the apply script in its
-        probe mode (writes nothing) on the node that owns the store's slot, so a reachable Redis
-        that refuses scripts or does not serve the slot is not ready."""
+        """None when an event can be recorded now, else why not. Runs the apply script in its probe
+        mode (writes nothing) with an event's keys, so a Redis that refuses scripts, a node that
+        does not serve the slot or keys that span slots (CROSSSLOT) is not ready; while writes
+        are refused (the write gate), writes and deletes a key of its own, and opens the gate
+        when that goes through; then checks the eviction policy."""
+        probe_keys = self._script_keys("probe", "false", "false", "-", "-", ["probe"])
         try:
-            reply = await self._script(keys=[self.counters_key], args=["probe"])
-            online = await self._replicas_online() if self._wait_replicas else 0
-        except (RedisError, OSError) as exc:
+            reply = await self._script(keys=probe_keys, args=["probe"])
+        except _ERRORS as exc:
             return _why_not(exc)
+        if self.gate.refusing(WRITE):
+            await self._probe_write()
+        if self.gate.reason is not None:
+            return self.gate.reason
+        try:
+            eviction = await self.eviction_refusal()
+            online = await self._replicas_online() if self._wait_replicas else 0
+        except _ERRORS as exc:
+            return _why_not(exc)
+        if eviction is not None:
+            return eviction
         if int(reply[0]) != 3:
             return f"unexpected probe reply {reply!r:.80}"
         try:
@@ -357,6 +441,41 @@ class RedisStore:
             return (f"{online} of the {self._wait_replicas} Redis replicas BILLINGWATCH_REDIS_WAIT_REPLICAS "
                     "asks for are online")
         return None
+
+    async def _probe_write(self) -> None:
+        """Whether Redis takes writes again (a full Redis freed, a replica promoted): only while
+        the gate is closed, since each probe replicates and lands in the AOF."""
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.set(self.key("probe"), b"\0" * PROBE_BYTES, px=10_000)
+                pipe.delete(self.key("probe"))
+                refused = [r for r in await pipe.execute(raise_on_error=False) if isinstance(r, Exception)]
+            if refused:
+                raise refused[0]  # Redis's own words, not the pipeline's wrapping
+        except _ERRORS as exc:
+            self.gate.refuse(WRITE, _why_not(exc))
+        else:
+            self.gate.allow(WRITE)
+
+    async def eviction_refusal(self) -> str | None:
+        """Why Redis's eviction policy is refused (start-up and /ready), else None. What could not be
+        checked, and a policy let through by BILLINGWATCH_REDIS_ALLOW_EVICTION, are logged once
+        each as warnings. Raises what the connection raises."""
+        reading = await read_policy(self._redis, **await self._node())
+        if reading.unchecked is not None:
+            self._warn_once(reading.unchecked)
+        if reading.policy is None or reading.policy == NOEVICTION:
+            return None
+        if self._allow_eviction:
+            self._warn_once(f"{eviction_refusal(reading.policy).partition(';')[0]}; running anyway because "
+                            f"{ALLOW_EVICTION}=1")
+            return None
+        return eviction_refusal(reading.policy)
+
+    def _warn_once(self, line: str) -> None:
+        if line not in self._logged:
+            self._logged.add(line)
+            log.warning("%s", line)
 
     async def _replicas_online(self) -> int:
         """Replicas of the master that stream its writes (INFO replication: slaveN:...,state=online)."""

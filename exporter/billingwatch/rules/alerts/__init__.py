@@ -28,6 +28,7 @@ from billingwatch.rules.alerts import (
     revenue_drop,
     silent_lapse,
     store_down,
+    store_nearly_full,
     trial_conversion_drop,
     webhook_lag,
     webhook_silence,
@@ -61,6 +62,7 @@ ALERTS: tuple[AlertModule, ...] = (
     anomaly,
     exporter_down,
     store_down,
+    store_nearly_full,
 )
 
 
