@@ -30,7 +30,7 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
     """Build the app. Tests pass their own store and clock; `serve` lets it open the configured store."""
     store = store or open_store(settings.redis_url, settings.redis_prefix, settings.anomaly_log_size,
                                 settings.redis_wait_replicas, settings.redis_wait_timeout_ms,
-                                event_log_size=settings.event_log_size)
+                                event_log_size=settings.event_log_size, quarantine_size=settings.quarantine_size)
     detectors: list[Detector] = build_detectors(settings.detector_env)
     requests = new_requests_counter()
     sender = AlertSender(push_settings(settings))

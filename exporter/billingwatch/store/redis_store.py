@@ -13,10 +13,12 @@ from redis.exceptions import AskError, MovedError, NoScriptError, RedisError, Re
 
 from billingwatch.metrics.labels import LIVEMODES
 from billingwatch.recording.plan import Check, LogEntry, Plan
+from billingwatch.recording.quarantine import DROPPED_SCHEME, ENTRIES_SCHEME, Quarantine, encoded, member
 from billingwatch.store.contract import LAPSE_HORIZON, Outcome, Snapshot, StoreUnavailable, Unrecordable
 from billingwatch.store.redis_connect import connect
 
 _SCRIPT = resources.files("billingwatch.store").joinpath("apply.lua").read_text()
+_QUARANTINE_SCRIPT = resources.files("billingwatch.store").joinpath("quarantine.lua").read_text()
 
 
 # cjson keeps 14 significant digits of a number: integers cross Lua as strings, and come back
@@ -75,9 +77,12 @@ class RedisStore:
     kind = "redis"
 
     def __init__(self, url: str, prefix: str = "billingwatch", anomaly_log_size: int = 1000,
-                 wait_replicas: int = 0, wait_timeout_ms: int = 1000, event_log_size: int = 5000) -> None:
+                 wait_replicas: int = 0, wait_timeout_ms: int = 1000, event_log_size: int = 5000,
+                 quarantine_size: int = 1000) -> None:
         self._redis, self._sentinel = connect(url)
         self._script = self._redis.register_script(_SCRIPT)
+        self._quarantine_script = self._redis.register_script(_QUARANTINE_SCRIPT)
+        self._quarantine_size = quarantine_size
         # WAIT <replicas> <timeout> after each event that wrote: 2xx only once replicas hold it.
         self._wait_replicas = wait_replicas
         self._wait_timeout_ms = wait_timeout_ms
@@ -88,6 +93,8 @@ class RedisStore:
         self.gauges_key = self.key("gauges")
         self.anomalies_key = self.key("anomalies")
         self.events_key = self.key("events")
+        self.quarantine_key = self.key("quarantine")
+        self.quarantine_order_key = self.key("quarantine:order")
 
     def key(self, name: str) -> str:
         return f"{self._tag}:{name}"
@@ -123,6 +130,8 @@ class RedisStore:
             "maxima": {k: str(v) for k, v in plan.maxima.items()},
             "checks": [_check_args(c) for c in plan.checks],
         }
+        if plan.requeue:
+            body["rq"] = True
         if plan.subscription is not None:
             s = plan.subscription
             body["subscription"] = {
@@ -281,6 +290,53 @@ class RedisStore:
                 pipe.lpush(self.events_key, line)
                 pipe.ltrim(self.events_key, 0, self._event_log_size - 1)
                 await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(type(exc).__name__) from exc
+
+    def _quarantine_keys(self, event_id: str, livemode: str) -> list[str]:
+        return [self._event_key(event_id, livemode), self.counters_key, self.gauges_key, self.quarantine_key,
+                self.quarantine_order_key, self.events_key]
+
+    async def quarantine(self, record: Quarantine) -> bool:
+        line = json.dumps(record.log.as_dict())[:-1]  # the script closes it
+        args: list[str | int] = ["add", record.member, ENTRIES_SCHEME, record.dedup_ttl, encoded(record.entry),
+                int(record.entry["received"] * 1000), self._quarantine_size, record.counter, DROPPED_SCHEME, line,
+                self._event_log_size]
+        try:
+            keys = self._quarantine_keys(record.event_id, record.livemode)
+            if self._wait_replicas:  # as apply(): 2xx only once the replicas hold it
+                reply, confirmed = await self._waited(
+                    ("EVALSHA", self._quarantine_script.sha, len(keys), *keys, *args))
+                if isinstance(reply, NoScriptError):
+                    await self._redis.script_load(_QUARANTINE_SCRIPT)
+                    reply, confirmed = await self._waited(
+                        ("EVALSHA", self._quarantine_script.sha, len(keys), *keys, *args))
+                if isinstance(reply, Exception):
+                    raise reply
+                if confirmed < self._wait_replicas:
+                    raise StoreUnavailable(
+                        f"{confirmed} of {self._wait_replicas} replicas confirmed the write in time")
+            else:
+                reply = await self._quarantine_script(keys=keys, args=args)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(type(exc).__name__) from exc
+        if int(reply[0]) == 2:
+            raise Unrecordable(reply[1].decode())
+        return int(reply[0]) == 1
+
+    async def quarantined(self, limit: int) -> list[dict[str, Any]]:
+        try:
+            members = [m for m in await self._redis.zrange(self.quarantine_order_key, 0, max(limit, 1) - 1)
+                       if isinstance(m, bytes | str)]
+            raw = await self._redis.hmget(self.quarantine_key, members) if members else []
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(type(exc).__name__) from exc
+        return [json.loads(r) for r in raw if r is not None]  # one released in between: gone
+
+    async def release(self, livemode: str, event_id: str) -> None:
+        try:
+            await self._quarantine_script(keys=self._quarantine_keys(event_id, livemode),
+                                          args=["release", member(livemode, event_id), ENTRIES_SCHEME])
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
 
