@@ -18,6 +18,7 @@ from billingwatch.http.apidocs import ApiDocs
 from billingwatch.http.explorer import Explorer
 from billingwatch.http.limits import RequestLimits
 from billingwatch.http.pages import Pages
+from billingwatch.http.quarantine_api import QuarantineApi
 from billingwatch.http.webhook import WebhookEndpoint
 from billingwatch.metrics.families import new_detector_errors_counter, new_requests_counter
 from billingwatch.notify.alertmanager import AlertSender, push_settings, redacted
@@ -38,6 +39,7 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
     webhook = WebhookEndpoint(settings, store, detectors, requests, clock, sender, detector_errors)
     pages = Pages(settings, store, detectors, requests, clock, sender.counter, detector_errors)
     api = Api(settings, store, detectors)
+    quarantine = QuarantineApi(settings, webhook.recorder)
     explorer = Explorer(settings, store)
     docs = ApiDocs([d.name for d in detectors])
     allowed_hosts = settings.allowed_hosts or default_hosts(settings.host)
@@ -70,6 +72,8 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
         Route("/api/detectors", api.detectors),
         Route("/api/anomalies", api.anomalies),
         Route("/api/events", api.events),
+        Route("/api/quarantine", quarantine.entries),
+        Route("/api/quarantine/requeue", quarantine.requeue, methods=["POST"]),
         Route("/events", explorer.page),
         # Each route has its entry in http/openapi.py (tests/test_openapi.py checks).
         Route("/openapi.json", docs.openapi),

@@ -108,6 +108,11 @@ class WebhookEndpoint:
         self._requests = requests
         self._clock = clock
 
+    @property
+    def recorder(self) -> Recorder:
+        """The one Recorder of this app (POST /api/quarantine/requeue records through it too)."""
+        return self._recorder
+
     def _reject(self, result: str, status: int, reason: str) -> JSONResponse:
         self._requests.labels(result).inc()
         return JSONResponse({"error": reason}, status_code=status)
