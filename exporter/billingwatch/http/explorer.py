@@ -10,7 +10,7 @@ import base64
 import hashlib
 import html
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -219,7 +219,7 @@ def form_html(query: EventQuery | None) -> str:
 QUARANTINE_SHOWN = 100
 
 
-def quarantine_html(entries: list[Mapping[str, Any]]) -> str:
+def quarantine_html(entries: Sequence[Mapping[str, Any]]) -> str:
     """The quarantine's entries, oldest first (none: nothing shown)."""
     if not entries:
         return ""

@@ -215,7 +215,8 @@ def webhook() -> Json:
             "200": json_body("Recorded (or already recorded), or a signed event this version cannot record "
                              "kept in the quarantine", {"anyOf": [ref("WebhookReceived"), ref("WebhookQuarantined")]}),
             "400": error("Signature missing, malformed, wrong or too old; body not UTF-8 or JSON; no Stripe "
-                         "event envelope (one that is signed but this version cannot record is quarantined: 200); a livemode event with a placeholder secret; or a Host not allowed"),
+                         "event envelope (a signed one this version cannot record is quarantined: 200); a "
+                         "livemode event with a placeholder secret; or a Host not allowed"),
             "403": error("BillingWatch-Replay without the bearer token"),
             "408": error("Body not received in time"),
             "413": error("Body larger than BILLINGWATCH_MAX_BODY_BYTES"),
