@@ -316,8 +316,8 @@ def operations(detector_names: Sequence[str]) -> dict[tuple[str, str], Json]:
             "description": "What `billingwatch requeue` calls after an upgrade. Recorded ones leave the "
                            "quarantine; those still unrecordable stay and are listed in `kept`.",
             "tags": ["api"], "security": BEARER,
-            "parameters": [{**LIMIT, "description": "How many entries at most in this call",
-                            "schema": {"type": "integer", "minimum": 1, "maximum": 999_999_999, "default": 500}}],
+            "parameters": [{**LIMIT, "description": "How many entries at most, oldest first (default: all)",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 999_999_999}}],
             "requestBody": {"required": False, "content": {"application/json": {"schema": {"type": "object"}}}},
             "responses": {"200": json_body("What became of them", ref("RequeueResult")),
                           "400": error("A bad parameter (or a Host not allowed)"), "401": UNAUTHORISED,

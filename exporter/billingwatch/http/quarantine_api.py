@@ -14,8 +14,6 @@ from billingwatch.recording.recorder import Recorder
 from billingwatch.recording.requeue import requeue
 from billingwatch.store import StoreUnavailable
 
-REQUEUE_BATCH = 500  # entries per POST: one request stays short; `billingwatch requeue` repeats it
-
 
 def _limit(request: Request, default: int, cap: int) -> int | None:
     raw = request.query_params.get("limit", str(default))
@@ -53,7 +51,7 @@ class QuarantineApi:
         # A web page can POST text/plain cross-site without a preflight, never application/json.
         if request.headers.get("content-type", "").split(";", 1)[0].strip().lower() != "application/json":
             return JSONResponse({"error": "Content-Type must be application/json"}, status_code=415)
-        limit = _limit(request, REQUEUE_BATCH, REQUEUE_BATCH)
+        limit = _limit(request, settings.quarantine_size, settings.quarantine_size)  # default: all
         if limit is None:
             return JSONResponse({"error": "limit must be a positive integer"}, status_code=400)
         try:
