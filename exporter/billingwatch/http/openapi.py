@@ -64,14 +64,18 @@ SCHEMAS: dict[str, Json] = {
     },
     "StripeEvent": {
         "type": "object",
-        "description": "A Stripe event as Stripe signs and sends it (any API version); see Stripe's API reference",
-        "required": ["id", "type", "created", "livemode", "data"],
+        "description": "A Stripe event as Stripe signs and sends it (any API version); see Stripe's API reference. "
+                       "Its envelope (these fields) is checked; a signed event whose data this version cannot "
+                       "record is kept in the quarantine (200) for `billingwatch requeue`",
+        "required": ["object", "id", "type", "created", "livemode"],
         "properties": {
-            "id": {"type": "string", "examples": ["evt_1PqXYZ"]},
-            "type": {"type": "string", "examples": ["charge.succeeded"]},
-            "created": {"type": "integer", "description": "unix seconds"},
+            "object": {"const": "event"},
+            "id": {"type": "string", "minLength": 1, "maxLength": 255, "examples": ["evt_1PqXYZ"]},
+            "type": {"type": "string", "maxLength": 80, "pattern": "^[a-z0-9_]+(\\.[a-z0-9_]+){1,4}$",
+                     "examples": ["charge.succeeded"]},
+            "created": {"type": "integer", "minimum": 1, "maximum": 10**15, "description": "unix seconds"},
             "livemode": {"type": "boolean"},
-            "data": {"type": "object", "required": ["object"], "properties": {"object": {"type": "object"}}},
+            "data": {"description": "The object the event is about (data.object) and what changed"},
         },
     },
     "WebhookReceived": {
@@ -318,7 +322,8 @@ def operations(detector_names: Sequence[str]) -> dict[tuple[str, str], Json]:
             "tags": ["api"], "security": BEARER,
             "parameters": [{**LIMIT, "description": "How many entries at most, oldest first (default: all)",
                             "schema": {"type": "integer", "minimum": 1, "maximum": 999_999_999}}],
-            "requestBody": {"required": False, "content": {"application/json": {"schema": {"type": "object"}}}},
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "maxProperties": 0, "description": "{}: the parameters are in the query"}}}},
             "responses": {"200": json_body("What became of them", ref("RequeueResult")),
                           "400": error("A bad parameter (or a Host not allowed)"), "401": UNAUTHORISED,
                           "415": error("Content-Type is not application/json"), "503": STORE_DOWN},
