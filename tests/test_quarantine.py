@@ -15,11 +15,15 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
+from billingwatch.detectors import build_detectors
 from billingwatch.fixtures import stripe_events as se
+from billingwatch.recording.quarantine import Quarantine, envelope, quarantine
+from billingwatch.recording.recorder import Recorder
 from billingwatch.store import MemoryStore, RedisStore, Store
 from billingwatch.testing.processes import Exporter
 from tests.conftest import SECRET, running_exporter
 from tests.metrics import Figures, scrape, store_figures, total, value
+from tests.recording import DEDUP_TTL, SUBSCRIPTION_TTL, figures
 from tests.replay_helpers import billingwatch
 
 Client = Callable[..., TestClient]
@@ -53,9 +57,9 @@ def post(client: TestClient, evt: dict[str, Any], **headers: str) -> httpx.Respo
     return client.post(URL, content=payload, headers={**se.signed_headers(payload, SECRET), **headers})
 
 
-def others(figures: Figures) -> Figures:
+def others(samples: Figures) -> Figures:
     """Every store-held figure but the quarantine's own."""
-    return {k: v for k, v in store_figures(figures).items() if not k[0].startswith(QUARANTINE_FAMILIES)}
+    return {k: v for k, v in store_figures(samples).items() if not k[0].startswith(QUARANTINE_FAMILIES)}
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -144,10 +148,10 @@ def test_the_cap_drops_the_oldest_and_counts_them(request: pytest.FixtureRequest
     events = [se.event("charge.succeeded", se.charge(amount=-1), created=1_700_000_000 + i) for i in range(5)]
     for evt in events:
         assert post(client, evt).json()["quarantined"] is True
-    figures = scrape(client)
-    assert value(figures, "billingwatch_events_quarantine_entries", livemode="false") == 3
-    assert value(figures, "billingwatch_events_quarantine_dropped_total", livemode="false") == 2
-    assert value(figures, "billingwatch_events_quarantined_total", type="charge.succeeded", livemode="false") == 5
+    samples = scrape(client)
+    assert value(samples, "billingwatch_events_quarantine_entries", livemode="false") == 3
+    assert value(samples, "billingwatch_events_quarantine_dropped_total", livemode="false") == 2
+    assert value(samples, "billingwatch_events_quarantined_total", type="charge.succeeded", livemode="false") == 5
     listed = client.get("/api/quarantine").json()["quarantine"]
     assert [e["id"] for e in listed] == [e["id"] for e in events[2:]]  # oldest first, the two oldest gone
     # A dropped event's dedup key stays: its redelivery is a duplicate, not a new entry.
@@ -214,9 +218,9 @@ def test_requeue_records_a_quarantined_event_exactly_once_after_the_change(expor
     eleventh = big_subscription(10, created)
     answer = deliver(exporter, eleventh)
     assert answer["quarantined"] is True and "customer's mrr" in answer["reason"], answer
-    figures = scrape(exporter.url)
-    assert value(figures, MRR, currency="usd", livemode="false") == 10 * BIG_UNIT * BIG_QUANTITY / 100
-    assert value(figures, "billingwatch_events_total", type="customer.subscription.created", livemode="false") == 10
+    samples = scrape(exporter.url)
+    assert value(samples, MRR, currency="usd", livemode="false") == 10 * BIG_UNIT * BIG_QUANTITY / 100
+    assert value(samples, "billingwatch_events_total", type="customer.subscription.created", livemode="false") == 10
 
     # Before the change: requeue keeps it, says why, and exits 1.
     kept = billingwatch("requeue", "--url", exporter.url)
@@ -261,3 +265,64 @@ def test_requeue_sends_the_token_and_fails_in_one_line() -> None:
         assert allowed.returncode == 0, allowed.stderr
     gone = billingwatch("requeue", "--url", exporter.url)
     assert gone.returncode == 1 and gone.stderr.count("\n") == 1 and "Traceback" not in gone.stderr
+
+
+def test_requeue_after_a_setting_widens_acceptance_records_it_once(request: pytest.FixtureRequest) -> None:
+    """The "upgrade": the exporter is restarted on the same Redis with a setting that accepts what
+    the old one refused. An event created 10 minutes after it was received (beyond the default
+    300 s signature tolerance, the allowed clock skew) is quarantined; with a tolerance of an
+    hour it is Stripe's, and requeue records it once, live, as received then."""
+    env = {"REDIS_URL": request.getfixturevalue("redis_url"),
+           "BILLINGWATCH_REDIS_PREFIX": request.getfixturevalue("redis_prefix")}
+    evt = se.event("charge.succeeded", se.charge(amount=1234), created=int(time.time()) + 600)
+    with running_exporter(**env) as before:
+        answer = deliver(before, evt)
+        assert answer["quarantined"] is True and "in the future" in answer["reason"], answer
+        kept = billingwatch("requeue", "--url", before.url)
+        assert kept.returncode == 1 and "1 still quarantined" in kept.stdout
+    with running_exporter(BILLINGWATCH_SIGNATURE_TOLERANCE_SECONDS="3600", **env) as after:
+        assert deliver(after, evt)["duplicate"] is True  # only requeue records a quarantined event
+        done = billingwatch("requeue", "--url", after.url)
+        assert done.returncode == 0 and "1 recorded (0 anomalies)" in done.stdout, done.stdout + done.stderr
+        samples = scrape(after.url)
+        charged = value(samples, "billingwatch_charge_amount_total", status="succeeded", currency="usd",
+                        livemode="false")
+        assert charged == 12.34
+        assert value(samples, "billingwatch_events_total", type="charge.succeeded", livemode="false") == 1
+        assert value(samples, "billingwatch_history_events_total", type="charge.succeeded", livemode="false") == 0
+        assert billingwatch("requeue", "--url", after.url).returncode == 0
+        assert deliver(after, evt)["duplicate"] is True
+        assert store_figures(scrape(after.url)) == store_figures(samples)
+
+
+# ------------------------------------------------------------------ the store contract, both stores
+
+
+def quarantine_record(store_evt: dict[str, Any], reason: str = "because") -> Quarantine:
+    event = envelope(store_evt)
+    assert event is not None
+    return quarantine(event, store_evt, json.dumps(store_evt), reason, received_at=time.time(), history=False,
+                      dedup_ttl=3600, detector_event_types=[])
+
+
+@pytest.mark.anyio
+async def test_the_quarantine_mark_is_a_duplicate_but_for_requeue(store: Store) -> None:
+    evt = se.event("charge.succeeded", se.charge(amount=700))
+    assert await store.quarantine(quarantine_record(evt)) is False
+    assert await store.quarantine(quarantine_record(evt)) is True  # a redelivery
+    assert [e["id"] for e in await store.quarantined(10)] == [evt["id"]]
+    recorder = Recorder(store, build_detectors({}), DEDUP_TTL, SUBSCRIPTION_TTL)
+    assert (await recorder.record(evt)).duplicate is True  # an ordinary delivery: the mark holds
+    assert (await recorder.record(evt, requeue=True)).duplicate is False  # requeue records it
+    assert (await recorder.record(evt, requeue=True)).duplicate is True  # once
+    await store.release("false", evt["id"])
+    await store.release("false", evt["id"])  # twice: still one entry fewer, never negative
+    assert await store.quarantined(10) == []
+    samples = await figures(store)
+    assert value(samples, "billingwatch_events_quarantine_entries", livemode="false") == 0
+    assert value(samples, "billingwatch_events_quarantined_total", type="charge.succeeded", livemode="false") == 1
+    assert value(samples, "billingwatch_charge_amount_total", status="succeeded", currency="usd",
+                 livemode="false") == 7
+    # A recorded event is never quarantined after all.
+    assert await store.quarantine(quarantine_record(evt)) is True
+    assert await store.quarantined(10) == []
