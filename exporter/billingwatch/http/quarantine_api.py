@@ -11,7 +11,6 @@ from billingwatch.config import Settings
 from billingwatch.http.access import authorised
 from billingwatch.http.api import refused
 from billingwatch.http.webhook import TooLarge, read_body
-from billingwatch.recording.quarantine import summary
 from billingwatch.recording.recorder import Recorder
 from billingwatch.recording.requeue import requeue
 from billingwatch.store import StoreUnavailable
@@ -43,10 +42,10 @@ class QuarantineApi:
         if body not in ("true", "false"):
             return JSONResponse({"error": "body must be true or false"}, status_code=400)
         try:
-            entries = await self._recorder.store.quarantined(limit)
+            entries = await self._recorder.store.quarantined(limit, bodies=body == "true")
         except StoreUnavailable:
             return JSONResponse({"error": "store unavailable"}, status_code=503)
-        return JSONResponse({"quarantine": entries if body == "true" else [summary(e) for e in entries]})
+        return JSONResponse({"quarantine": entries})
 
     async def requeue(self, request: Request) -> Response:
         settings = self._settings

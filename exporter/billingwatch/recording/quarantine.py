@@ -46,7 +46,8 @@ class Quarantine:
     event_id: str
     livemode: str  # "true"/"false", as in Plan: the same dedup key a recorded event has
     dedup_ttl: int
-    entry: dict[str, Any]  # what /api/quarantine shows, and requeue re-records (the raw body too)
+    entry: dict[str, Any]  # what /api/quarantine and the explorer show
+    body: str  # the body as signed, kept apart from the entry: requeue re-records it
     counter: str  # the billingwatch_events_quarantined_total field it moves
     log: LogEntry  # its recent-events log line (result "quarantined")
 
@@ -87,18 +88,13 @@ def quarantine(event: Envelope, document: Any, payload: str, reason: str, *, rec
     type_label = event_type_label(event.type, detector_event_types)
     entry = {
         "id": event.id, "type": event.type, "created": event.created, "livemode": event.livemode,
-        "received": received_at, "history": history, "reason": reason[:300], "body": payload,
+        "received": received_at, "history": history, "reason": reason[:300],
     }
     return Quarantine(
-        event_id=event.id, livemode=mode, dedup_ttl=dedup_ttl, entry=entry,
+        event_id=event.id, livemode=mode, dedup_ttl=dedup_ttl, entry=entry, body=payload,
         counter=fields.field(fam.QUARANTINED, type_label, mode),
         log=rejected_entry(document, reason, received_at, history),
     )
-
-
-def summary(entry: Mapping[str, Any]) -> dict[str, Any]:
-    """An entry without its body (the explorer's row; /api/quarantine without ?body=true)."""
-    return {k: v for k, v in entry.items() if k != "body"}
 
 
 def encoded(entry: Mapping[str, Any]) -> str:

@@ -33,7 +33,7 @@ async def requeue(recorder: Recorder, limit: int) -> RequeueResult:
     """Re-record up to `limit` quarantined events, oldest first. Raises StoreUnavailable (what
     was done stands: a rerun goes on from there)."""
     result = RequeueResult()
-    for entry in await recorder.store.quarantined(limit):
+    for entry in await recorder.store.quarantined(limit, bodies=True):
         reason = await _record(recorder, entry, result)
         if reason is None:
             await recorder.store.release("true" if entry["livemode"] else "false", entry["id"])

@@ -87,8 +87,9 @@ class Store(Protocol):
         but its log line written) when the id was recorded or quarantined before. Raises
         Unrecordable (nothing written) or StoreUnavailable."""
 
-    async def quarantined(self, limit: int) -> list[dict[str, Any]]:
-        """The quarantine's entries (recording/quarantine.py), oldest first, at most `limit`."""
+    async def quarantined(self, limit: int, bodies: bool = False) -> list[dict[str, Any]]:
+        """The quarantine's entries (recording/quarantine.py), oldest first, at most `limit`; with
+        `bodies`, each with its `body` (the bodies are kept apart: listing never reads them)."""
 
     async def release(self, livemode: str, event_id: str) -> None:
         """Remove an entry that was recorded since (by requeue); its dedup key stays."""

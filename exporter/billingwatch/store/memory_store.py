@@ -87,6 +87,7 @@ class MemoryStore:
                  event_log_size: int = 5000, quarantine_size: int = 1000) -> None:
         self._clock = clock
         self._quarantine: dict[str, dict[str, Any]] = {}  # member → entry, oldest first
+        self._quarantine_bodies: dict[str, str] = {}  # member → body
         self._quarantine_size = quarantine_size
         self._marked: set[str] = set()  # event keys a quarantine wrote (Redis: the value 'q')
         self._expiry: dict[str, float] = {}  # key → unix time it expires
@@ -180,11 +181,12 @@ class MemoryStore:
         self._expiry[event_key] = self._clock() + record.dedup_ttl
         self._marked.add(event_key)
         self._quarantine[record.member] = dict(record.entry)
+        self._quarantine_bodies[record.member] = record.body
         self._gauge_add(ENTRIES_SCHEME.replace(LIVEMODE_SLOT, record.livemode), 1)
         self._counters[record.counter] = self._counters.get(record.counter, 0) + 1
         while len(self._quarantine) > self._quarantine_size:
             oldest = next(iter(self._quarantine))
-            del self._quarantine[oldest]
+            del self._quarantine[oldest], self._quarantine_bodies[oldest]
             mode = oldest.split(":", 1)[0]
             self._gauge_add(ENTRIES_SCHEME.replace(LIVEMODE_SLOT, mode), -1)
             dropped = DROPPED_SCHEME.replace(LIVEMODE_SLOT, mode)
@@ -192,10 +194,12 @@ class MemoryStore:
         self._log_line(record.log, "quarantined", [])
         return False
 
-    async def quarantined(self, limit: int) -> list[dict[str, Any]]:
-        return [dict(entry) for entry in itertools.islice(self._quarantine.values(), max(limit, 1))]
+    async def quarantined(self, limit: int, bodies: bool = False) -> list[dict[str, Any]]:
+        return [{**entry, "body": self._quarantine_bodies[name]} if bodies else dict(entry)
+                for name, entry in itertools.islice(self._quarantine.items(), max(limit, 1))]
 
     async def release(self, livemode: str, event_id: str) -> None:
+        self._quarantine_bodies.pop(member(livemode, event_id), None)
         if self._quarantine.pop(member(livemode, event_id), None) is not None:
             self._gauge_add(ENTRIES_SCHEME.replace(LIVEMODE_SLOT, livemode), -1)
 

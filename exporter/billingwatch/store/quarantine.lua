@@ -2,8 +2,9 @@
 -- dedup key, in one atomic step; or release one that requeue recorded. memory_store.py does the same.
 --
 -- KEYS[1] event dedup key   KEYS[2] counters hash   KEYS[3] gauges hash
--- KEYS[4] quarantine hash (member -> entry JSON)    KEYS[5] quarantine order zset (member -> received ms)
--- KEYS[6] recent-events log list
+-- KEYS[4] quarantine hash (member -> entry JSON, without its body)
+-- KEYS[5] quarantine order zset (member -> received ms)   KEYS[6] recent-events log list
+-- KEYS[7] bodies hash (member -> the body as signed: apart, so listing entries never reads them)
 -- ARGV[1] 'add' or 'release'   ARGV[2] the member ('<livemode>:<event id>')
 -- ARGV[3] the gauge field scheme of the entries ({livemode} to fill)
 -- add: ARGV[4] dedup TTL   ARGV[5] entry JSON   ARGV[6] received ms (the order)   ARGV[7] cap
@@ -20,6 +21,7 @@ local function fill(scheme, member) return (scheme:gsub('{livemode}', mode_of(me
 
 if ARGV[1] == 'release' then
   local removed = redis.call('HDEL', KEYS[4], ARGV[2])
+  redis.call('HDEL', KEYS[7], ARGV[2])
   redis.call('ZREM', KEYS[5], ARGV[2])
   if removed == 1 then redis.call('HINCRBY', KEYS[3], fill(ARGV[3], ARGV[2]), -1) end
   return { 0, removed }
@@ -48,6 +50,7 @@ end
 -- ---------------------------------------------------------------- writes
 redis.call('SET', KEYS[1], 'q', 'EX', ttl)
 redis.call('HSET', KEYS[4], ARGV[2], ARGV[5])
+redis.call('HSET', KEYS[7], ARGV[2], ARGV[12])
 redis.call('ZADD', KEYS[5], order, ARGV[2])
 redis.call('HINCRBY', KEYS[3], fill(ARGV[3], ARGV[2]), 1)
 redis.call('HINCRBY', KEYS[2], ARGV[8], 1)
@@ -58,6 +61,7 @@ if size > cap then
   local oldest = redis.call('ZPOPMIN', KEYS[5], size - cap)
   for i = 1, #oldest, 2 do
     redis.call('HDEL', KEYS[4], oldest[i])
+    redis.call('HDEL', KEYS[7], oldest[i])
     redis.call('HINCRBY', KEYS[3], fill(ARGV[3], oldest[i]), -1)
     redis.call('HINCRBY', KEYS[2], fill(ARGV[9], oldest[i]), 1)
     dropped = dropped + 1

@@ -95,6 +95,7 @@ class RedisStore:
         self.events_key = self.key("events")
         self.quarantine_key = self.key("quarantine")
         self.quarantine_order_key = self.key("quarantine:order")
+        self.quarantine_bodies_key = self.key("quarantine:bodies")
 
     def key(self, name: str) -> str:
         return f"{self._tag}:{name}"
@@ -295,13 +296,13 @@ class RedisStore:
 
     def _quarantine_keys(self, event_id: str, livemode: str) -> list[str]:
         return [self._event_key(event_id, livemode), self.counters_key, self.gauges_key, self.quarantine_key,
-                self.quarantine_order_key, self.events_key]
+                self.quarantine_order_key, self.events_key, self.quarantine_bodies_key]
 
     async def quarantine(self, record: Quarantine) -> bool:
         line = json.dumps(record.log.as_dict())[:-1]  # the script closes it
         args: list[str | int] = ["add", record.member, ENTRIES_SCHEME, record.dedup_ttl, encoded(record.entry),
                 int(record.entry["received"] * 1000), self._quarantine_size, record.counter, DROPPED_SCHEME, line,
-                self._event_log_size]
+                self._event_log_size, record.body]
         try:
             keys = self._quarantine_keys(record.event_id, record.livemode)
             if self._wait_replicas:  # as apply(): 2xx only once the replicas hold it
@@ -324,14 +325,27 @@ class RedisStore:
             raise Unrecordable(reply[1].decode())
         return int(reply[0]) == 1
 
-    async def quarantined(self, limit: int) -> list[dict[str, Any]]:
+    async def quarantined(self, limit: int, bodies: bool = False) -> list[dict[str, Any]]:
         try:
             members = [m for m in await self._redis.zrange(self.quarantine_order_key, 0, max(limit, 1) - 1)
                        if isinstance(m, bytes | str)]
-            raw = await self._redis.hmget(self.quarantine_key, members) if members else []
+            if not members:
+                return []
+            async with self._redis.pipeline(transaction=True) as pipe:  # entries and bodies as of one moment
+                pipe.hmget(self.quarantine_key, members)
+                if bodies:
+                    pipe.hmget(self.quarantine_bodies_key, members)
+                replies = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
-        return [json.loads(r) for r in raw if r is not None]  # one released in between: gone
+        entries = []
+        for i, raw in enumerate(replies[0]):
+            if raw is None:
+                continue  # released in between: gone
+            entries.append(json.loads(raw))
+            if bodies:
+                entries[-1]["body"] = (replies[1][i] or b"").decode()
+        return entries
 
     async def release(self, livemode: str, event_id: str) -> None:
         try:
