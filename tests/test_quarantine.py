@@ -20,7 +20,7 @@ from billingwatch.fixtures import stripe_events as se
 from billingwatch.recording.quarantine import Quarantine, envelope, quarantine
 from billingwatch.recording.recorder import Recorder
 from billingwatch.store import MemoryStore, RedisStore, Store
-from billingwatch.testing.processes import Exporter
+from billingwatch.testing.processes import Exporter, RedisClusterServers
 from tests.conftest import SECRET, running_exporter
 from tests.metrics import Figures, scrape, store_figures, total, value
 from tests.recording import DEDUP_TTL, SUBSCRIPTION_TTL, figures
@@ -267,13 +267,32 @@ def test_requeue_sends_the_token_and_fails_in_one_line() -> None:
     assert gone.returncode == 1 and gone.stderr.count("\n") == 1 and "Traceback" not in gone.stderr
 
 
-def test_requeue_after_a_setting_widens_acceptance_records_it_once(request: pytest.FixtureRequest) -> None:
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisClusterServers]:
+    servers = RedisClusterServers(masters=3)
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.close()
+
+
+@pytest.mark.parametrize("redis", ["redis-server", "redis-cluster"])
+def test_requeue_after_a_setting_widens_acceptance_records_it_once(request: pytest.FixtureRequest,
+                                                                   redis: str) -> None:
     """The "upgrade": the exporter is restarted on the same Redis with a setting that accepts what
     the old one refused. An event created 10 minutes after it was received (beyond the default
     300 s signature tolerance, the allowed clock skew) is quarantined; with a tolerance of an
-    hour it is Stripe's, and requeue records it once, live, as received then."""
-    env = {"REDIS_URL": request.getfixturevalue("redis_url"),
-           "BILLINGWATCH_REDIS_PREFIX": request.getfixturevalue("redis_prefix")}
+    hour it is Stripe's, and requeue records it once, live, as received then. On a Redis
+    Cluster too, through a node that does not own the store's slot."""
+    prefix = request.getfixturevalue("redis_prefix")
+    if redis == "redis-cluster":
+        servers: RedisClusterServers = request.getfixturevalue("cluster")
+        owner = servers.owner(int(servers.cli(servers.ports[0], "cluster", "keyslot", "{" + prefix + "}")))
+        url = servers.url(next(p for p in servers.ports if p != owner))
+    else:
+        url = request.getfixturevalue("redis_url")
+    env = {"REDIS_URL": url, "BILLINGWATCH_REDIS_PREFIX": prefix}
     evt = se.event("charge.succeeded", se.charge(amount=1234), created=int(time.time()) + 600)
     with running_exporter(**env) as before:
         answer = deliver(before, evt)
