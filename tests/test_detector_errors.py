@@ -68,11 +68,12 @@ def test_a_raising_detector_costs_nothing_but_its_own_checks(
 
 
 def test_a_detector_saying_the_event_is_malformed_still_refuses_it(client: TestClient) -> None:
+    """Refused means not recorded: the signed event is kept in the quarantine (tests/test_quarantine.py)."""
     charge = se.charge()
     charge["description"] = "malformed"
     answer = post(client, se.event("charge.succeeded", charge))
-    assert answer.status_code == 400 and "malformed" in answer.json()["error"]
+    assert answer.status_code == 200 and "malformed" in answer.json()["reason"]
     figures = parse(client.get("/metrics").text)
     assert value(figures, "billingwatch_charge_outcomes_total", status="succeeded", livemode="false") == 0
-    assert value(figures, "billingwatch_webhook_requests_total", result="invalid_event") == 1
+    assert value(figures, "billingwatch_webhook_requests_total", result="quarantined") == 1
     assert value(figures, "billingwatch_detector_errors_total", detector="broken_check") == 0

@@ -79,7 +79,8 @@ def test_document_states_auth_headers_and_error_bodies() -> None:
     assert set(webhook["responses"]) >= {"200", "400", "403", "408", "413", "415", "422", "503"}
     assert webhook["requestBody"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/StripeEvent"}
-    assert doc["components"]["schemas"]["StripeEvent"]["required"] == ["id", "type", "created", "livemode", "data"]
+    # The envelope: a signed one whose data this version cannot record is quarantined (200), not refused.
+    assert doc["components"]["schemas"]["StripeEvent"]["required"] == ["object", "id", "type", "created", "livemode"]
     anomalies = doc["paths"]["/api/anomalies"]["get"]
     assert {p["name"] for p in anomalies["parameters"]} == {"limit", "detector", "history"}
     detector = next(p for p in anomalies["parameters"] if p["name"] == "detector")
@@ -186,3 +187,6 @@ def test_schemathesis_finds_nothing_against_a_live_exporter(kind: str, request: 
         assert value(samples, "billingwatch_webhook_requests_total", result="accepted") >= 2
         assert value(samples, "billingwatch_webhook_requests_total", result="missing_signature") > 0
         assert value(samples, "billingwatch_webhook_requests_total", result="invalid_event") > 0  # signed, refused
+        # Signed envelopes this version cannot record: kept, and listed.
+        assert value(samples, "billingwatch_webhook_requests_total", result="quarantined") > 0
+        assert httpx.get(exporter.url + "/api/quarantine", headers=auth, timeout=10).json()["quarantine"]

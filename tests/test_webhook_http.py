@@ -96,14 +96,9 @@ def test_bad_input_gets_a_clear_error_a_counter_and_changes_nothing(client: Test
         (lambda e: e.update(created="yesterday"), "event.created must be an integer"),
         (lambda e: e.update(livemode="no"), "event.livemode must be a boolean"),
         (lambda e: e.update(type="Charge Succeeded!"), "event.type"),
-        (lambda e: e["data"]["object"].update(amount="20.00"), "charge.amount must be an integer"),
-        (lambda e: e["data"]["object"].update(amount=True), "charge.amount must be an integer"),
-        (lambda e: e["data"]["object"].update(currency="dollars"), "charge.currency"),
-        (lambda e: e["data"]["object"].update(amount=10**16), "out of range"),
-        (lambda e: e["data"].update(object=[]), "event.data.object must be an object"),
     ],
 )
-def test_signed_but_malformed_events_are_rejected_untouched(
+def test_signed_bodies_without_an_event_envelope_are_rejected_untouched(
     client: TestClient, mutate: Callable[[dict[str, Any]], Any], reason: str
 ) -> None:
     evt = se.event("charge.succeeded", se.charge())
@@ -114,6 +109,33 @@ def test_signed_but_malformed_events_are_rejected_untouched(
     assert reason in response.json()["error"]
     assert store_figures(scrape(client)) == before
     assert value(scrape(client), "billingwatch_webhook_requests_total", result="invalid_event") == 1
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (lambda e: e["data"]["object"].update(amount="20.00"), "charge.amount must be an integer"),
+        (lambda e: e["data"]["object"].update(amount=True), "charge.amount must be an integer"),
+        (lambda e: e["data"]["object"].update(currency="dollars"), "charge.currency"),
+        (lambda e: e["data"]["object"].update(amount=10**16), "out of range"),
+        (lambda e: e["data"].update(object=[]), "event.data.object must be an object"),
+    ],
+)
+def test_signed_events_we_cannot_parse_are_quarantined_and_move_nothing_else(
+    client: TestClient, mutate: Callable[[dict[str, Any]], Any], reason: str
+) -> None:
+    """A signed event envelope is Stripe's word: kept (tests/test_quarantine.py), never refused."""
+    evt = se.event("charge.succeeded", se.charge())
+    mutate(evt)
+    before = store_figures(scrape(client))
+    response = post(client, evt)
+    assert response.status_code == 200
+    assert response.json()["quarantined"] is True and reason in response.json()["reason"]
+    after = store_figures(scrape(client))
+    assert {k: v for k, v in after.items() if "quarantine" not in k[0]} == {
+        k: v for k, v in before.items() if "quarantine" not in k[0]}
+    assert value(scrape(client), "billingwatch_webhook_requests_total", result="quarantined") == 1
+    assert value(scrape(client), "billingwatch_webhook_requests_total", result="invalid_event") == 0
 
 
 def test_body_over_the_limit_is_413(make_client: Client) -> None:

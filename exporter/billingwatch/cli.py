@@ -11,6 +11,7 @@ from billingwatch.commands.digest import add_digest
 from billingwatch.commands.migrate import add_migrate
 from billingwatch.commands.reconcile import add_reconcile
 from billingwatch.commands.replay import add_replay
+from billingwatch.commands.requeue import add_requeue
 from billingwatch.commands.rules import add_rules
 from billingwatch.commands.serve import add_serve
 from billingwatch.commands.simulate import add_simulate
@@ -18,7 +19,7 @@ from billingwatch.config import ConfigError
 
 # Each entry adds one subcommand, defined in its own module under commands/.
 COMMANDS: list[Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]] = [
-    add_serve, add_rules, add_replay, add_backfill, add_reconcile, add_simulate, add_digest, add_migrate,
+    add_serve, add_rules, add_replay, add_backfill, add_reconcile, add_simulate, add_digest, add_migrate, add_requeue,
 ]
 
 

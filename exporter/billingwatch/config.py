@@ -170,6 +170,7 @@ class Settings:
     lapse_grace: int = 2 * DAY
     anomaly_log_size: int = 1000
     event_log_size: int = 5000  # lines of the recent-events log (/api/events, /events)
+    quarantine_size: int = 1000  # events the quarantine keeps (recording/quarantine.py), the oldest dropped first
     api_token: str = ""
     currencies: tuple[str, ...] = ()  # exposed at 0 from start in every per-currency family
     # BILLINGWATCH_PLANS: price or product id → plan name, for MRR by plan (unmapped: other).
@@ -235,6 +236,7 @@ def from_env(environ: Mapping[str, str] = os.environ) -> Settings:
         lapse_grace=env_int(environ, "BILLINGWATCH_LAPSE_GRACE_SECONDS", 2 * DAY, 0, 365 * DAY),
         anomaly_log_size=env_int(environ, "BILLINGWATCH_ANOMALY_LOG_SIZE", 1000, 1, 100_000),
         event_log_size=env_int(environ, "BILLINGWATCH_EVENT_LOG_SIZE", 5000, 1, 100_000),
+        quarantine_size=env_int(environ, "BILLINGWATCH_QUARANTINE_SIZE", 1000, 1, 100_000),
         api_token=_secret(environ, "BILLINGWATCH_API_TOKEN"),
         currencies=_currencies(environ, "BILLINGWATCH_CURRENCIES"),
         plans=_plans(environ, "BILLINGWATCH_PLANS"),

@@ -28,7 +28,8 @@ DEFAULT_URL = "http://127.0.0.1:9786/webhooks/stripe"
 # on one shared 2-core box 4 and 16 measured about 1.5 x one at a time (docs/benchmarks.md).
 DEFAULT_CONCURRENCY = 4
 DEFAULT_BATCH = 500  # events per pipelined round trip into Redis with --direct
-Result = Literal["accepted", "duplicate", "rejected", "failed"]
+# quarantined: signed, kept by the exporter unrecorded for `billingwatch requeue` (recording/quarantine.py)
+Result = Literal["accepted", "duplicate", "rejected", "failed", "quarantined"]
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,8 @@ class WebhookSink:
             if status != 200:
                 error = answer.get("error", body[:200].decode(errors="replace"))
                 return Delivery("rejected", f"HTTP {status}: {error}")
+            if answer.get("quarantined") is True:
+                return Delivery("quarantined", str(answer.get("reason", ""))[:300])
             return Delivery("duplicate" if answer.get("duplicate") else "accepted",
                             anomalies=int(answer.get("anomalies", 0)))
         return Delivery("failed", reason)
@@ -310,6 +313,8 @@ class Tally:
     def summary(self, what: str) -> str:
         total = sum(self.counts.values())
         parts = ", ".join(f"{self.counts[r]} {r}" for r in ("accepted", "duplicate", "rejected", "failed"))
+        if self.counts["quarantined"]:  # kept by the exporter: `billingwatch requeue` records them later
+            parts += f", {self.counts['quarantined']} quarantined"
         return f"{what}: {total} events: {parts}; {self.anomalies} anomalies found"
 
 
@@ -321,7 +326,7 @@ def progress(total: int | None, desc: str, show: bool = False) -> "tqdm[Any]":
 
 
 def report(label: str, delivery: Delivery) -> None:
-    if delivery.result in ("rejected", "failed"):
+    if delivery.result in ("rejected", "failed", "quarantined"):
         tqdm.write(f"{label}: {delivery.result}: {delivery.reason}", file=sys.stderr)
 
 

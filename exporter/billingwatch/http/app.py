@@ -19,6 +19,7 @@ from billingwatch.http.apidocs import ApiDocs
 from billingwatch.http.explorer import Explorer
 from billingwatch.http.limits import RequestLimits
 from billingwatch.http.pages import Pages
+from billingwatch.http.quarantine_api import QuarantineApi
 from billingwatch.http.webhook import WebhookEndpoint
 from billingwatch.metrics.families import new_detector_errors_counter, new_requests_counter
 from billingwatch.notify.alertmanager import AlertSender, push_settings, redacted
@@ -31,7 +32,7 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
     """Build the app. Tests pass their own store and clock; `serve` lets it open the configured store."""
     store = store or open_store(settings.redis_url, settings.redis_prefix, settings.anomaly_log_size,
                                 settings.redis_wait_replicas, settings.redis_wait_timeout_ms,
-                                event_log_size=settings.event_log_size,
+                                event_log_size=settings.event_log_size, quarantine_size=settings.quarantine_size,
                                 allow_eviction=settings.redis_allow_eviction)
     detectors: list[Detector] = build_detectors(settings.detector_env)
     requests = new_requests_counter()
@@ -40,6 +41,7 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
     webhook = WebhookEndpoint(settings, store, detectors, requests, clock, sender, detector_errors)
     pages = Pages(settings, store, detectors, requests, clock, sender.counter, detector_errors)
     api = Api(settings, store, detectors)
+    quarantine = QuarantineApi(settings, webhook.recorder)
     explorer = Explorer(settings, store)
     docs = ApiDocs([d.name for d in detectors])
     allowed_hosts = settings.allowed_hosts or default_hosts(settings.host)
@@ -74,6 +76,8 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
         Route("/api/detectors", api.detectors),
         Route("/api/anomalies", api.anomalies),
         Route("/api/events", api.events),
+        Route("/api/quarantine", quarantine.entries),
+        Route("/api/quarantine/requeue", quarantine.requeue, methods=["POST"]),
         Route("/events", explorer.page),
         # Each route has its entry in http/openapi.py (tests/test_openapi.py checks).
         Route("/openapi.json", docs.openapi),

@@ -10,7 +10,7 @@ import base64
 import hashlib
 import html
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -111,7 +111,7 @@ tr.flagged{background:#fff5f5}
 .anomaly{border-left:3px solid #b00020;padding-left:.4rem;margin:.1rem 0}
 .sev-high{border-color:#e65100}.sev-medium{border-color:#f9a825}.sev-low{border-color:#607d8b}
 .tag{font-size:.75rem;padding:0 .3rem;border-radius:3px;background:#eceff1;margin-left:.25rem}
-.rejected{color:#b00020}.duplicate{color:#666}
+.rejected{color:#b00020}.duplicate{color:#666}.quarantined{color:#e65100}
 .error{color:#b00020}
 a{color:#0b57d0;text-decoration:none}a:hover{text-decoration:underline}
 """
@@ -216,6 +216,24 @@ def form_html(query: EventQuery | None) -> str:
            '<a href="/events">Clear</a></form>'
 
 
+QUARANTINE_SHOWN = 100
+
+
+def quarantine_html(entries: Sequence[Mapping[str, Any]]) -> str:
+    """The quarantine's entries, oldest first (none: nothing shown)."""
+    if not entries:
+        return ""
+    rows = "\n".join(
+        f'<tr><td class="when">{when(int(e.get("received") or 0))}</td><td>{esc(e.get("type"))}</td>'
+        f'<td><code>{esc(e.get("id"))}</code></td><td class="quarantined">{esc(e.get("reason"))}</td></tr>'
+        for e in entries)
+    more = f" (the oldest {QUARANTINE_SHOWN}; all at /api/quarantine)" if len(entries) >= QUARANTINE_SHOWN else ""
+    return (f'<h2>Quarantine</h2><p class="meta">{len(entries)} signed event(s) this version could not record, '
+            f"kept unrecorded{more}: after an upgrade, <code>billingwatch requeue</code> records them.</p>"
+            "<table><thead><tr><th>Received (UTC)</th><th>Type</th><th>Event</th><th>Reason</th></tr></thead>"
+            f"<tbody>\n{rows}\n</tbody></table>")
+
+
 class Explorer:
     def __init__(self, settings: Settings, store: Store) -> None:
         self._settings = settings
@@ -235,6 +253,7 @@ class Explorer:
         try:
             lines = await select(self._store, query, settings.event_log_size)
             anomalies = AnomalyIndex(await self._store.anomalies(settings.anomaly_log_size))
+            quarantined = await self._store.quarantined(QUARANTINE_SHOWN)
         except StoreUnavailable:
             return page("BillingWatch events", '<h1>Recent events</h1><p class="error">store unavailable; '
                         "retry later</p>", 503)
@@ -245,6 +264,6 @@ class Explorer:
                 "<th>Amount</th><th>Result</th><th>Anomalies</th></tr></thead>")
         rows = "\n".join(row_html(line, anomalies) for line in lines) or \
             '<tr><td colspan="8">No events match.</td></tr>'
-        body = (f"<h1>Recent events</h1><p class=\"meta\">{meta}</p>{form_html(query)}"
-                f"<table>{head}<tbody>\n{rows}\n</tbody></table>")
+        body = (f"<h1>Recent events</h1><p class=\"meta\">{meta}</p>{quarantine_html(quarantined)}"
+                f"{form_html(query)}<table>{head}<tbody>\n{rows}\n</tbody></table>")
         return page("BillingWatch events", body)

@@ -63,14 +63,18 @@ SCHEMAS: dict[str, Json] = {
     },
     "StripeEvent": {
         "type": "object",
-        "description": "A Stripe event as Stripe signs and sends it (any API version); see Stripe's API reference",
-        "required": ["id", "type", "created", "livemode", "data"],
+        "description": "A Stripe event as Stripe signs and sends it (any API version); see Stripe's API reference. "
+                       "Its envelope (these fields) is checked; a signed event whose data this version cannot "
+                       "record is kept in the quarantine (200) for `billingwatch requeue`",
+        "required": ["object", "id", "type", "created", "livemode"],
         "properties": {
-            "id": {"type": "string", "examples": ["evt_1PqXYZ"]},
-            "type": {"type": "string", "examples": ["charge.succeeded"]},
-            "created": {"type": "integer", "description": "unix seconds"},
+            "object": {"const": "event"},
+            "id": {"type": "string", "minLength": 1, "maxLength": 255, "examples": ["evt_1PqXYZ"]},
+            "type": {"type": "string", "maxLength": 80, "pattern": "^[a-z0-9_]+(\\.[a-z0-9_]+){1,4}$",
+                     "examples": ["charge.succeeded"]},
+            "created": {"type": "integer", "minimum": 1, "maximum": 10**15, "description": "unix seconds"},
             "livemode": {"type": "boolean"},
-            "data": {"type": "object", "required": ["object"], "properties": {"object": {"type": "object"}}},
+            "data": {"description": "The object the event is about (data.object) and what changed"},
         },
     },
     "WebhookReceived": {
@@ -79,6 +83,37 @@ SCHEMAS: dict[str, Json] = {
             "received": {"type": "boolean", "const": True},
             "duplicate": {"type": "boolean", "description": "already recorded: nothing counted again"},
             "anomalies": {"type": "integer", "minimum": 0, "description": "anomalies this event raised"},
+        },
+    },
+    "WebhookQuarantined": {
+        "type": "object", "required": ["received", "quarantined", "reason"],
+        "description": "A signed Stripe event this version cannot record, kept in the quarantine for "
+                       "`billingwatch requeue`; nothing else counted",
+        "properties": {
+            "received": {"type": "boolean", "const": True},
+            "quarantined": {"type": "boolean", "const": True},
+            "reason": {"type": "string", "description": "why it could not be recorded"},
+        },
+    },
+    "QuarantineEntry": {
+        "type": "object", "required": ["id", "type", "created", "livemode", "received", "history", "reason"],
+        "properties": {
+            "id": {"type": "string"}, "type": {"type": "string"}, "created": {"type": "integer"},
+            "livemode": {"type": "boolean"}, "received": {"type": "number", "description": "unix seconds"},
+            "history": {"type": "boolean", "description": "it came as replayed history, not a live delivery"},
+            "reason": {"type": "string"},
+            "body": {"type": "string", "description": "the signed body as received (with ?body=true)"},
+        },
+    },
+    "RequeueResult": {
+        "type": "object", "required": ["recorded", "duplicates", "anomalies", "kept"],
+        "properties": {
+            "recorded": {"type": "integer", "minimum": 0, "description": "recorded now, and released"},
+            "duplicates": {"type": "integer", "minimum": 0, "description": "recorded before, released"},
+            "anomalies": {"type": "integer", "minimum": 0},
+            "kept": {"type": "array", "description": "still unrecordable: left in the quarantine", "items": {
+                "type": "object", "required": ["id", "type", "reason"],
+                "properties": {"id": {"type": "string"}, "type": {"type": "string"}, "reason": {"type": "string"}}}},
         },
     },
     "Health": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
@@ -180,14 +215,17 @@ def webhook() -> Json:
         "requestBody": {"required": True, "content": {"application/json": {
             "schema": ref("StripeEvent"), "examples": {"charge.succeeded": {"value": EXAMPLE_EVENT}}}}},
         "responses": {
-            "200": json_body("Recorded (or already recorded)", ref("WebhookReceived")),
-            "400": error("Signature missing, malformed, wrong or too old; body not UTF-8 or JSON; an invalid "
-                         "event; a livemode event with a placeholder secret; or a Host not allowed"),
+            "200": json_body("Recorded (or already recorded), or a signed event this version cannot record "
+                             "kept in the quarantine", {"anyOf": [ref("WebhookReceived"), ref("WebhookQuarantined")]}),
+            "400": error("Signature missing, malformed, wrong or too old; body not UTF-8 or JSON; no Stripe "
+                         "event envelope (a signed one this version cannot record is quarantined: 200); a "
+                         "livemode event with a placeholder secret; or a Host not allowed"),
             "403": error("BillingWatch-Replay without the bearer token"),
             "408": error("Body not received in time"),
             "413": error("Body larger than BILLINGWATCH_MAX_BODY_BYTES"),
             "415": error("Content-Type is not application/json (only while signature verification is off)"),
-            "422": error("A signed event the store cannot record; a retry meets the same refusal"),
+            "422": error("A signed body that is no Stripe event envelope the store cannot record (a signed "
+                         "event envelope is quarantined instead)"),
             "503": error("Store unavailable, or too many requests in flight: Stripe retries"),
         },
     }
@@ -262,6 +300,32 @@ def operations(detector_names: Sequence[str]) -> dict[tuple[str, str], Json]:
                 "type": "object", "required": ["events"],
                 "properties": {"events": {"type": "array", "items": ref("Event")}}}),
                 "400": error("A bad parameter (or a Host not allowed)"), "401": UNAUTHORISED, "503": STORE_DOWN},
+        },
+        ("/api/quarantine", "get"): {
+            "summary": "The quarantine: signed events this version could not record, oldest first", "tags": ["api"],
+            "security": BEARER,
+            "parameters": [
+                {**LIMIT, "description": "How many entries at most (capped by BILLINGWATCH_QUARANTINE_SIZE)"},
+                query("body", "true: each entry with the signed body as received",
+                      {"type": "string", "enum": ["true", "false"]}),
+            ],
+            "responses": {"200": json_body("The entries", {
+                "type": "object", "required": ["quarantine"],
+                "properties": {"quarantine": {"type": "array", "items": ref("QuarantineEntry")}}}),
+                "400": error("A bad parameter (or a Host not allowed)"), "401": UNAUTHORISED, "503": STORE_DOWN},
+        },
+        ("/api/quarantine/requeue", "post"): {
+            "summary": "Re-record quarantined events (oldest first) through the normal path, each once",
+            "description": "What `billingwatch requeue` calls after an upgrade. Recorded ones leave the "
+                           "quarantine; those still unrecordable stay and are listed in `kept`.",
+            "tags": ["api"], "security": BEARER,
+            "parameters": [{**LIMIT, "description": "How many entries at most, oldest first (default: all)",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 999_999_999}}],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "maxProperties": 0, "description": "{}: the parameters are in the query"}}}},
+            "responses": {"200": json_body("What became of them", ref("RequeueResult")),
+                          "400": error("A bad parameter (or a Host not allowed)"), "401": UNAUTHORISED,
+                          "415": error("Content-Type is not application/json"), "503": STORE_DOWN},
         },
         ("/events", "get"): {
             "summary": "Event explorer: the recent events with their anomalies (HTML)", "tags": ["pages"],

@@ -18,6 +18,7 @@ from billingwatch.http.access import authorised
 from billingwatch.logsafe import safe
 from billingwatch.notify.alertmanager import AlertSender
 from billingwatch.recording.events import InvalidEvent
+from billingwatch.recording.quarantine import envelope, quarantine
 from billingwatch.recording.recorder import LivemodeRejected, Recorder
 from billingwatch.store import Store, StoreUnavailable, Unrecordable
 from billingwatch.store.contract import LayoutRefused
@@ -108,6 +109,11 @@ class WebhookEndpoint:
         self._requests = requests
         self._clock = clock
 
+    @property
+    def recorder(self) -> Recorder:
+        """The one Recorder of this app (POST /api/quarantine/requeue records through it too)."""
+        return self._recorder
+
     def _reject(self, result: str, status: int, reason: str) -> JSONResponse:
         self._requests.labels(result).inc()
         return JSONResponse({"error": reason}, status_code=status)
@@ -120,6 +126,32 @@ class WebhookEndpoint:
         except Exception as exc:
             log.warning("could not log the rejected event %s: %s", safe(document.get("id") if isinstance(
                 document, dict) else None), safe(type(exc).__name__))
+
+    async def _quarantine(self, document: Any, payload: str, reason: str, received_at: float, history: bool,
+                          live_allowed: bool) -> JSONResponse | None:
+        """Keep a trusted event we cannot record (recording/quarantine.py) and answer 2xx; None when
+        the body is no Stripe event envelope or a livemode one where only test mode is allowed
+        (then it is refused as before)."""
+        event = envelope(document)
+        if event is None or (event.livemode and not live_allowed):
+            return None
+        record = quarantine(event, document, payload, reason, received_at=received_at, history=history,
+                            dedup_ttl=self._settings.dedup_ttl,
+                            detector_event_types=[d.event_types for d in self._recorder.detectors])
+        try:
+            duplicate = await self._recorder.store.quarantine(record)
+        except StoreUnavailable as exc:
+            log.warning("store unavailable, answering 503 so Stripe retries %s: %s", safe(event.id), safe(exc))
+            return self._reject("store_unavailable", 503, "store unavailable; retry later")
+        except Unrecordable as exc:
+            log.error("event %s could not be quarantined: %s", safe(event.id), safe(exc))
+            return None
+        if duplicate:
+            self._requests.labels("duplicate").inc()
+            return JSONResponse({"received": True, "duplicate": True, "anomalies": 0})
+        log.warning("event %s (%s) quarantined, not recorded: %s", safe(event.id), safe(event.type), safe(reason))
+        self._requests.labels("quarantined").inc()
+        return JSONResponse({"received": True, "quarantined": True, "reason": reason[:300]})
 
     async def handle(self, request: Request) -> JSONResponse:
         settings = self._settings
@@ -172,6 +204,9 @@ class WebhookEndpoint:
                 document, received_at=received_at, history=history, live_allowed=live_allowed,
             )
         except InvalidEvent as exc:
+            kept = await self._quarantine(document, payload, str(exc), received_at, history, live_allowed)
+            if kept is not None:
+                return kept
             await self._log_rejected(document, str(exc), received_at, history)
             return self._reject("invalid_event", 400, str(exc))
         except LivemodeRejected:
@@ -184,7 +219,11 @@ class WebhookEndpoint:
             detail = f"store unavailable: {exc}" if isinstance(exc, LayoutRefused) else "store unavailable; retry later"
             return self._reject("store_unavailable", 503, detail)
         except Unrecordable as exc:
-            # Not 503: a retry of this event meets the same refusal. Nothing was written.
+            # Not 503: a retry of this event meets the same refusal. Nothing was written: kept instead.
+            kept = await self._quarantine(document, payload, f"event cannot be recorded: {exc}", received_at,
+                                          history, live_allowed)
+            if kept is not None:
+                return kept
             log.error("event %s refused by the store, nothing recorded: %s", safe(event_id), safe(exc))
             await self._log_rejected(document, f"event cannot be recorded: {exc}", received_at, history)
             return self._reject("unrecordable", 422, f"event cannot be recorded: {exc}")

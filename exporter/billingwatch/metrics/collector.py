@@ -64,6 +64,9 @@ def _zeros(snapshot: Snapshot, detectors: Iterable[Detector], currencies: Iterab
         (fam.MISSED_EVENTS, [()]),
         (fam.TRIALS_STARTED, [()]),
         (fam.TRIALS_ENDED, [(o,) for o in TRIAL_OUTCOMES]),
+        (fam.QUARANTINED, [(t,) for t in types]),
+        (fam.QUARANTINE_DROPPED, [()]),
+        (fam.QUARANTINE_ENTRIES, [()]),
     ]
     zeros: dict[str, int] = {}
     for mode in LIVEMODES:

@@ -167,6 +167,20 @@ TRIALS_ENDED = _counter(
     "canceled, incomplete_expired or paused).",
     "outcome", "livemode",
 )
+QUARANTINED = _counter(
+    "qe", "billingwatch_events_quarantined",
+    "Signed Stripe events this version could not record, kept in the quarantine (/api/quarantine) "
+    "for `billingwatch requeue`, by type.",
+    "type", "livemode",
+)
+QUARANTINE_DROPPED = _counter(
+    "qd", "billingwatch_events_quarantine_dropped",
+    "Quarantined events dropped, oldest first, to keep the quarantine within BILLINGWATCH_QUARANTINE_SIZE.",
+    "livemode",
+)
+QUARANTINE_ENTRIES = _gauge(
+    "qn", "billingwatch_events_quarantine_entries", "Events waiting in the quarantine.", "livemode",
+)
 
 REDIS_FAMILIES = (
     EVENTS, HISTORY_EVENTS, CHARGES, CHARGE_OUTCOMES, CHARGE_AMOUNT, CHARGE_FAILURES, REFUNDS, REFUND_AMOUNT,
@@ -174,7 +188,7 @@ REDIS_FAMILIES = (
     DISPUTES, DISPUTE_AMOUNT, EARLY_FRAUD_WARNINGS, INVOICES_PAID, INVOICE_PAID_AMOUNT,
     INVOICE_PAYMENT_FAILURES, SUBSCRIPTIONS_ENDED, ANOMALIES, HISTORY_ANOMALIES, MISSED_EVENTS,
     LAST_RECEIVED, LAST_CREATED, SUBSCRIPTIONS, MRR, MRR_MOVEMENT_AMOUNT, CUSTOMER_MOVEMENTS, PAYING_CUSTOMERS,
-    MRR_BY_PLAN, TRIALS_STARTED, TRIALS_ENDED,
+    MRR_BY_PLAN, TRIALS_STARTED, TRIALS_ENDED, QUARANTINED, QUARANTINE_DROPPED, QUARANTINE_ENTRIES,
 )
 # Held in thousandths of a minor unit, so monthly amounts of yearly prices stay exact integers.
 MILLI_FAMILIES = (MRR, MRR_MOVEMENT_AMOUNT, MRR_BY_PLAN)

@@ -110,5 +110,5 @@ NOTIFICATION_RESULTS = ("sent", "failed", "dropped")
 RESULTS = (
     "accepted", "duplicate", "missing_signature", "invalid_signature", "too_large", "invalid_json",
     "invalid_event", "livemode_rejected", "store_unavailable", "unrecordable", "replay_unauthorized",
-    "body_timeout", "unsupported_media_type",
+    "body_timeout", "unsupported_media_type", "quarantined",
 )

@@ -279,6 +279,9 @@ class Plan:
     payment: SubscriptionPayment | None = None
     failed_detectors: tuple[str, ...] = ()  # detectors whose checks raised: recorded without them
     log: LogEntry | None = None  # its recent-events log line; None for a plan that is no received event
+    # Re-recording a quarantined event (billingwatch requeue): the mark its quarantine left on the
+    # dedup key is no duplicate; a recorded one still is (recording/quarantine.py).
+    requeue: bool = False
 
 
 _MAX_MONTHLY_MINOR = 10**12  # held x1000 in a signed 64-bit store integer, summed over subscriptions

@@ -49,14 +49,18 @@ class Recorder:
         received_at: float | None = None,
         history: bool = False,
         live_allowed: bool = True,
+        requeue: bool = False,
     ) -> Outcome:
         """Record one Stripe event: an Event, or a decoded document to parse first.
 
         `history`: a replayed event (state, no live counter; see plan_event). `live_allowed`
-        False refuses a livemode event. Raises InvalidEvent, LivemodeRejected, Unrecordable (all
-        with nothing written) or StoreUnavailable; a duplicate is no error.
+        False refuses a livemode event. `requeue`: a quarantined event, recorded now (its
+        quarantine mark is no duplicate). Raises InvalidEvent, LivemodeRejected, Unrecordable
+        (all with nothing written) or StoreUnavailable; a duplicate is no error.
         """
         plan = self._plan(event, self.clock() if received_at is None else received_at, history, live_allowed)
+        if requeue:
+            plan = replace(plan, requeue=True)
         apply = self.store.apply if self.group_commit is None else self.group_commit.apply
         return _with_failures(await apply(plan), plan)
 

@@ -11,9 +11,10 @@ __all__ = [
 
 def open_store(redis_url: str | None, prefix: str = "billingwatch", anomaly_log_size: int = 1000,
                wait_replicas: int = 0, wait_timeout_ms: int = 1000, event_log_size: int = 5000,
-               allow_eviction: bool = False) -> Store:
+               allow_eviction: bool = False, quarantine_size: int = 1000) -> Store:
     if redis_url:
         return RedisStore(redis_url, prefix=prefix, anomaly_log_size=anomaly_log_size,
                           wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms, event_log_size=event_log_size,
-                          allow_eviction=allow_eviction)
-    return MemoryStore(anomaly_log_size=anomaly_log_size, event_log_size=event_log_size)
+                          allow_eviction=allow_eviction, quarantine_size=quarantine_size)
+    return MemoryStore(anomaly_log_size=anomaly_log_size, event_log_size=event_log_size,
+                       quarantine_size=quarantine_size)

@@ -214,8 +214,10 @@ local function log_line(result, detectors)
 end
 
 -- A redelivery of a recorded event stays a duplicate, whatever the totals are now: it changes
--- nothing but the recent-events log.
-if redis.call('EXISTS', KEYS[1]) == 1 then
+-- nothing but the recent-events log. A quarantined event's key holds 'q' (quarantine.lua): only
+-- its requeue (plan.rq) records it, once, and the SET below makes it '1'.
+local seen = redis.call('GET', KEYS[1])
+if seen and not (seen == 'q' and plan.rq) then
   log_line('duplicate', {})
   return { 1 }
 end

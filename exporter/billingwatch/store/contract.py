@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from billingwatch.recording.plan import LogEntry, Plan
+from billingwatch.recording.quarantine import Quarantine
 from billingwatch.store.write_gate import WriteGate
 
 LAPSE_HORIZON = 400 * 86400  # the default subscription memory (BILLINGWATCH_SUBSCRIPTION_TTL_SECONDS)
@@ -98,6 +99,19 @@ class Store(Protocol):
     async def log_rejected(self, entry: LogEntry) -> None:
         """Add the log line of an event refused before the store (result rejected). Touches nothing
         else; raises StoreUnavailable."""
+
+    async def quarantine(self, record: Quarantine) -> bool:
+        """Keep a signed event that could not be recorded, and its dedup key (marked quarantined),
+        in one atomic step; drop the oldest entries beyond the cap, counting them. True (nothing
+        but its log line written) when the id was recorded or quarantined before. Raises
+        Unrecordable (nothing written) or StoreUnavailable."""
+
+    async def quarantined(self, limit: int, bodies: bool = False) -> list[dict[str, Any]]:
+        """The quarantine's entries (recording/quarantine.py), oldest first, at most `limit`; with
+        `bodies`, each with its `body` (the bodies are kept apart: listing never reads them)."""
+
+    async def release(self, livemode: str, event_id: str) -> None:
+        """Remove an entry that was recorded since (by requeue); its dedup key stays."""
 
     async def recorded(self, events: Sequence[tuple[str, str]]) -> list[bool]:
         """Whether each (event id, livemode label) has been recorded (within the dedup retention)."""

@@ -16,6 +16,7 @@ from typing import Any
 
 from billingwatch.metrics.labels import LIVEMODES
 from billingwatch.recording.plan import Check, LogEntry, Plan, SubscriptionPayment, SubscriptionState, fill, movement
+from billingwatch.recording.quarantine import DROPPED_SCHEME, ENTRIES_SCHEME, LIVEMODE_SLOT, Quarantine, member
 from billingwatch.store.contract import (
     COUNTER_LIMIT,
     LAPSE_HORIZON,
@@ -102,9 +103,13 @@ class MemoryStore:
     kind = "memory"
 
     def __init__(self, anomaly_log_size: int = 1000, clock: Callable[[], float] = time.time,
-                 event_log_size: int = 5000) -> None:
+                 event_log_size: int = 5000, quarantine_size: int = 1000) -> None:
         self._clock = clock
         self.gate = WriteGate()  # never closed by this store itself; other checks may close it
+        self._quarantine: dict[str, dict[str, Any]] = {}  # member → entry, oldest first
+        self._quarantine_bodies: dict[str, str] = {}  # member → body
+        self._quarantine_size = quarantine_size
+        self._marked: set[str] = set()  # event keys a quarantine wrote (Redis: the value 'q')
         self._expiry: dict[str, float] = {}  # key → unix time it expires
         self._sets: dict[str, dict[str, int]] = {}  # window/distinct sets: member → score
         self._subs: dict[str, dict[str, Any]] = {}
@@ -131,6 +136,7 @@ class MemoryStore:
 
     def _drop(self, key: str) -> None:
         self._expiry.pop(key, None)
+        self._marked.discard(key)
         self._sets.pop(key, None)
         if key.startswith("s:"):
             self._subs.pop(key, None)
@@ -164,13 +170,14 @@ class MemoryStore:
         if self._applied % _SWEEP_EVERY == 0:
             self._sweep()
         event_key = f"e:{plan.livemode}:{plan.event_id}"
-        if self._alive(event_key):
+        if self._alive(event_key) and not (plan.requeue and event_key in self._marked):
             self._log_line(plan.log, "duplicate", [])
             return Outcome(duplicate=True)
         refusal = self._refusal(plan)
         if refusal is not None:
             raise Unrecordable(refusal)
-        self._set_once(event_key, plan.dedup_ttl)
+        self._marked.discard(event_key)
+        self._expiry[event_key] = self._clock() + plan.dedup_ttl
         for name, value in plan.counters.items():
             self._counters[name] = self._counters.get(name, 0) + value
         for name, value in plan.maxima.items():
@@ -183,6 +190,39 @@ class MemoryStore:
             self._payment(plan.payment)
         self._log_line(plan.log, "accepted", [str(record["detector"]) for record in fired])
         return Outcome(duplicate=False, anomalies=fired)
+
+    async def quarantine(self, record: Quarantine) -> bool:
+        """As quarantine.lua: the dedup key (marked) and the entry, the oldest beyond the cap dropped."""
+        event_key = f"e:{record.livemode}:{record.event_id}"
+        if self._alive(event_key) or record.member in self._quarantine:
+            self._log_line(record.log, "duplicate", [])
+            return True
+        if not 1 <= record.dedup_ttl <= MAX_TTL:
+            raise Unrecordable("a retention (TTL) is out of range")
+        self._expiry[event_key] = self._clock() + record.dedup_ttl
+        self._marked.add(event_key)
+        self._quarantine[record.member] = dict(record.entry)
+        self._quarantine_bodies[record.member] = record.body
+        self._gauge_add(ENTRIES_SCHEME.replace(LIVEMODE_SLOT, record.livemode), 1)
+        self._counters[record.counter] = self._counters.get(record.counter, 0) + 1
+        while len(self._quarantine) > self._quarantine_size:
+            oldest = next(iter(self._quarantine))
+            del self._quarantine[oldest], self._quarantine_bodies[oldest]
+            mode = oldest.split(":", 1)[0]
+            self._gauge_add(ENTRIES_SCHEME.replace(LIVEMODE_SLOT, mode), -1)
+            dropped = DROPPED_SCHEME.replace(LIVEMODE_SLOT, mode)
+            self._counters[dropped] = self._counters.get(dropped, 0) + 1
+        self._log_line(record.log, "quarantined", [])
+        return False
+
+    async def quarantined(self, limit: int, bodies: bool = False) -> list[dict[str, Any]]:
+        return [{**entry, "body": self._quarantine_bodies[name]} if bodies else dict(entry)
+                for name, entry in itertools.islice(self._quarantine.items(), max(limit, 1))]
+
+    async def release(self, livemode: str, event_id: str) -> None:
+        self._quarantine_bodies.pop(member(livemode, event_id), None)
+        if self._quarantine.pop(member(livemode, event_id), None) is not None:
+            self._gauge_add(ENTRIES_SCHEME.replace(LIVEMODE_SLOT, livemode), -1)
 
     def _log_line(self, entry: LogEntry | None, result: str, anomalies: list[str]) -> None:
         if entry is not None:

@@ -24,6 +24,7 @@ from redis.exceptions import (
 
 from billingwatch.metrics.labels import LIVEMODES
 from billingwatch.recording.plan import Check, LogEntry, Plan
+from billingwatch.recording.quarantine import DROPPED_SCHEME, ENTRIES_SCHEME, Quarantine, encoded, member
 from billingwatch.store.contract import LAPSE_HORIZON, LayoutRefused, Outcome, Snapshot, StoreUnavailable, Unrecordable
 from billingwatch.store.layout import LAYOUT_VERSION, Migration, Report, newer_reason, parse_version, upkeep
 from billingwatch.store.redis_connect import check_prefix, connect
@@ -33,6 +34,7 @@ from billingwatch.store.write_gate import WRITE, WriteGate
 log = logging.getLogger("billingwatch.store")
 
 _SCRIPT = resources.files("billingwatch.store").joinpath("apply.lua").read_text()
+_QUARANTINE_SCRIPT = resources.files("billingwatch.store").joinpath("quarantine.lua").read_text()
 # The readiness probe's own write while writes are refused: larger than an event's script call,
 # so a Redis too full for an event (its query buffer counts against maxmemory) refuses it too.
 PROBE_BYTES = 64 * 1024
@@ -109,13 +111,15 @@ class RedisStore:
 
     def __init__(self, url: str, prefix: str = "billingwatch", anomaly_log_size: int = 1000,
                  wait_replicas: int = 0, wait_timeout_ms: int = 1000, event_log_size: int = 5000,
-                 allow_eviction: bool = False) -> None:
+                 allow_eviction: bool = False, quarantine_size: int = 1000) -> None:
         check_prefix(prefix)
         self.gate = WriteGate()
         self._allow_eviction = allow_eviction  # BILLINGWATCH_REDIS_ALLOW_EVICTION: a warning, not a refusal
         self._logged: set[str] = set()  # eviction-policy lines already logged (/ready asks often)
         self._redis, self._sentinel = connect(url)
         self._script = self._redis.register_script(_SCRIPT)
+        self._quarantine_script = self._redis.register_script(_QUARANTINE_SCRIPT)
+        self._quarantine_size = quarantine_size
         # WAIT <replicas> <timeout> after each event that wrote: 2xx only once replicas hold it.
         self._wait_replicas = wait_replicas
         self._wait_timeout_ms = wait_timeout_ms
@@ -127,6 +131,9 @@ class RedisStore:
         self.anomalies_key = self.key("anomalies")
         self.events_key = self.key("events")
         self.layout_key = self.key("layout")  # store/layout.py
+        self.quarantine_key = self.key("quarantine")
+        self.quarantine_order_key = self.key("quarantine:order")
+        self.quarantine_bodies_key = self.key("quarantine:bodies")
 
     def key(self, name: str) -> str:
         return f"{self._tag}:{name}"
@@ -169,6 +176,8 @@ class RedisStore:
             "maxima": {k: str(v) for k, v in plan.maxima.items()},
             "checks": [_check_args(c) for c in plan.checks],
         }
+        if plan.requeue:
+            body["rq"] = True
         if plan.subscription is not None:
             s = plan.subscription
             body["subscription"] = {
@@ -386,6 +395,72 @@ class RedisStore:
             pipe.lrange(key, 0, max(limit, 1) - 1)
             layout, raw = await pipe.execute()
         return layout, raw
+
+    def _quarantine_keys(self, event_id: str, livemode: str) -> list[str]:
+        return [self._event_key(event_id, livemode), self.counters_key, self.gauges_key, self.quarantine_key,
+                self.quarantine_order_key, self.events_key, self.quarantine_bodies_key, self.layout_key]
+
+    async def quarantine(self, record: Quarantine) -> bool:
+        line = json.dumps(record.log.as_dict())[:-1]  # the script closes it
+        args: list[str | int] = ["add", record.member, ENTRIES_SCHEME, record.dedup_ttl, encoded(record.entry),
+                int(record.entry["received"] * 1000), self._quarantine_size, record.counter, DROPPED_SCHEME, line,
+                self._event_log_size, record.body]
+        try:
+            keys = self._quarantine_keys(record.event_id, record.livemode)
+            if self._wait_replicas:  # as apply(): 2xx only once the replicas hold it
+                reply, confirmed = await self._waited(
+                    ("EVALSHA", self._quarantine_script.sha, len(keys), *keys, *args))
+                if isinstance(reply, NoScriptError):
+                    await self._redis.script_load(_QUARANTINE_SCRIPT)
+                    reply, confirmed = await self._waited(
+                        ("EVALSHA", self._quarantine_script.sha, len(keys), *keys, *args))
+                if isinstance(reply, Exception):
+                    raise reply
+                if confirmed < self._wait_replicas:
+                    raise StoreUnavailable(
+                        f"{confirmed} of {self._wait_replicas} replicas confirmed the write in time")
+            else:
+                reply = await self._quarantine_script(keys=keys, args=args)
+        except _ERRORS as exc:
+            self.gate.refuse(WRITE, _why_not(exc))
+            raise StoreUnavailable(type(exc).__name__) from exc
+        if int(reply[0]) == _NEWER_LAYOUT:
+            raise LayoutRefused(newer_reason(reply[1].decode()))
+        if int(reply[0]) == 2:
+            raise Unrecordable(reply[1].decode())
+        self.gate.allow(WRITE)
+        return int(reply[0]) == 1
+
+    async def quarantined(self, limit: int, bodies: bool = False) -> list[dict[str, Any]]:
+        try:
+            members = [m for m in await self._redis.zrange(self.quarantine_order_key, 0, max(limit, 1) - 1)
+                       if isinstance(m, bytes | str)]
+            if not members:
+                return []
+            async with self._redis.pipeline(transaction=True) as pipe:  # entries and bodies as of one moment
+                pipe.hmget(self.quarantine_key, members)
+                if bodies:
+                    pipe.hmget(self.quarantine_bodies_key, members)
+                replies = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(type(exc).__name__) from exc
+        entries = []
+        for i, raw in enumerate(replies[0]):
+            if raw is None:
+                continue  # released in between: gone
+            entries.append(json.loads(raw))
+            if bodies:
+                entries[-1]["body"] = (replies[1][i] or b"").decode()
+        return entries
+
+    async def release(self, livemode: str, event_id: str) -> None:
+        try:
+            reply = await self._quarantine_script(keys=self._quarantine_keys(event_id, livemode),
+                                                  args=["release", member(livemode, event_id), ENTRIES_SCHEME])
+        except _ERRORS as exc:
+            raise StoreUnavailable(type(exc).__name__) from exc
+        if int(reply[0]) == _NEWER_LAYOUT:
+            raise LayoutRefused(newer_reason(reply[1].decode()))
 
     async def recorded(self, events: Sequence[tuple[str, str]]) -> list[bool]:
         try:

@@ -21,6 +21,7 @@ from billingwatch.rules.alerts import (
     charge_failure_spike,
     churn_spike,
     early_fraud_warnings,
+    events_quarantined,
     exporter_down,
     fraud_spike,
     mrr_drop,
@@ -63,6 +64,7 @@ ALERTS: tuple[AlertModule, ...] = (
     exporter_down,
     store_down,
     store_nearly_full,
+    events_quarantined,
 )
 
 
