@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
-from pathlib import Path
 
 import httpx
 
@@ -30,7 +29,7 @@ from billingwatch.commands.digest_figures import (
     collect,
     parse_period,
 )
-from billingwatch.config import ConfigError
+from billingwatch.config import ConfigError, file_setting
 
 log = logging.getLogger("billingwatch.digest")
 PREFIX = "BILLINGWATCH_DIGEST_"
@@ -127,14 +126,9 @@ def end_time(raw: str | None) -> float:
 
 
 def secret(environ: Mapping[str, str], name: str) -> str:
-    """NAME, or the content of the file NAME_FILE names."""
-    path = environ.get(name + "_FILE", "")
-    if not path:
-        return environ.get(name, "")
-    try:
-        return Path(path).read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
+    """NAME, or the content of the file NAME_FILE names (an empty file is a ConfigError)."""
+    value = file_setting(environ, name)
+    return environ.get(name, "") if value is None else value
 
 
 def mail_settings(environ: Mapping[str, str]) -> Mail:
