@@ -9,6 +9,7 @@ needs no vocabulary of its own.
 """
 
 import bisect
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -56,6 +57,7 @@ if TYPE_CHECKING:  # the detectors build Checks: importing them here at run time
     from billingwatch.detectors import Context, Detector
 
 CheckOp = Literal["once", "window", "distinct", "sum"]
+_DETAIL_KEY = re.compile(r"[a-z][a-z0-9_]{0,47}")
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,8 @@ class Check:
                 below `threshold` to at least it (those members are the related ids). A member
                 is its id and amount: a redelivered one adds nothing.
     Sets keep at most `cap` members (the oldest go first) and expire `ttl` seconds after their
-    last change.
+    last change. `gap_detail` (window): the key of the anomaly's details that gets the seconds
+    between `at` and the nearest related member, which only the store knows.
     """
 
     op: CheckOp
@@ -110,8 +113,14 @@ class Check:
     cap: int = 64
     amount: int = 0  # sum: 0..MAX_AMOUNT
     threshold: int = 0  # sum
+    gap_detail: str = ""  # window: a lower-case JSON key, or "" for none
     counters: dict[str, int] = field(default_factory=dict)
     anomaly: Anomaly | None = None
+
+    def __post_init__(self) -> None:
+        # The stores write it into the record's JSON as it is (apply.lua splices text).
+        if self.gap_detail and not _DETAIL_KEY.fullmatch(self.gap_detail):
+            raise ValueError(f"Check.gap_detail must match {_DETAIL_KEY.pattern}")
 
     @property
     def anomaly_counter(self) -> str:

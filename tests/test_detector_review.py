@@ -1,0 +1,59 @@
+"""Issue 23 f and g, against both stores: currency_mismatch reads invoice payments too (once per
+payment), and double_invoice's record carries the gap between the two invoices."""
+
+import pytest
+
+from billingwatch.fixtures import stripe_events as se
+from billingwatch.recording.plan import Anomaly, Check, Plan
+from billingwatch.store import Store
+from tests.recording import anomaly_count, record
+
+pytestmark = pytest.mark.anyio
+T0 = 1_790_000_000  # a fixed event time in the past: the tests never read the clock
+
+
+# ------------------------------------------------------------------ double_invoice: the gap
+
+
+async def test_double_invoice_details_carry_the_gap_between_the_invoices(store: Store) -> None:
+    first = se.invoice(invoice_id="in_gap1", subscription="sub_gap", created=T0)
+    second = se.invoice(invoice_id="in_gap2", subscription="sub_gap", created=T0 + 3 * 3600 + 7)
+    await record(store, se.event("invoice.created", first, created=T0))
+    outcome = await record(store, se.event("invoice.finalized", second, created=T0 + 4 * 3600))
+    (found,) = outcome.anomalies
+    assert found["detector"] == "double_invoice" and found["related"] == ["in_gap1"]
+    assert found["details"] == {"gap_seconds": 3 * 3600 + 7}  # invoice time, not event time
+    assert (await store.anomalies(1))[0]["details"] == {"gap_seconds": 3 * 3600 + 7}
+
+
+async def test_double_invoice_gap_is_to_the_nearest_invoice_in_either_order(store: Store) -> None:
+    for invoice_id, offset in (("in_n1", 0), ("in_n3", 20 * 3600)):
+        inv = se.invoice(invoice_id=invoice_id, subscription="sub_near", created=T0 + offset)
+        await record(store, se.event("invoice.created", inv, created=T0 + offset))
+    # Delivered late, created between the two: 2 h after the first, 18 h before the other.
+    middle = se.invoice(invoice_id="in_n2", subscription="sub_near", created=T0 + 2 * 3600)
+    outcome = await record(store, se.event("invoice.created", middle, created=T0 + 2 * 3600))
+    found = [a for a in outcome.anomalies if a["detector"] == "double_invoice"]
+    assert [a["details"] for a in found] == [{"gap_seconds": 2 * 3600}]
+    assert await anomaly_count(store, "double_invoice") == 2  # the pair (in_n1, in_n3) fired first
+
+
+@pytest.mark.parametrize("details", [None, {}, {"big": 2**60 + 1, "nested": {}, "list": [1.5, "a"]}])
+async def test_a_window_gap_joins_the_details_the_detector_gave(store: Store, details: dict[str, object] | None) -> None:
+    def plan(event_id: str, member: str, at: int) -> Plan:
+        found = Anomaly(detector="double_invoice", severity="high", livemode=False, event_id=event_id,
+                        event_type="invoice.created", event_created=at, summary="s", details=details)
+        return Plan(event_id=event_id, dedup_ttl=3600, checks=[Check(
+            op="window", key="gaptest", member=member, at=at, window=100, ttl=3600, gap_detail="gap_seconds",
+            anomaly=found)])
+
+    assert (await store.apply(plan("evt_g1", "m1", T0))).anomalies == []
+    (found,) = (await store.apply(plan("evt_g2", "m2", T0 - 42))).anomalies
+    # Numbers beyond a double's precision and empty objects come back exactly (cjson never sees them).
+    assert found["details"] == {**(details or {}), "gap_seconds": 42}
+    assert (await store.anomalies(1))[0]["details"] == found["details"]
+
+
+def test_a_gap_detail_that_is_no_plain_key_is_refused() -> None:
+    with pytest.raises(ValueError, match="gap_detail"):
+        Check(op="window", key="k", ttl=1, gap_detail='a"b')
