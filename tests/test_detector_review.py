@@ -1,8 +1,13 @@
 """Issue 23 f and g, against both stores: currency_mismatch reads invoice payments too (once per
 payment), and double_invoice's record carries the gap between the two invoices."""
 
+import itertools
+import re
+from pathlib import Path
+
 import pytest
 
+from billingwatch.detectors import REGISTRY
 from billingwatch.fixtures import stripe_events as se
 from billingwatch.recording.plan import Anomaly, Check, Plan
 from billingwatch.store import Store
@@ -57,3 +62,53 @@ async def test_a_window_gap_joins_the_details_the_detector_gave(store: Store, de
 def test_a_gap_detail_that_is_no_plain_key_is_refused() -> None:
     with pytest.raises(ValueError, match="gap_detail"):
         Check(op="window", key="k", ttl=1, gap_detail='a"b')
+
+
+# ------------------------------------------------------------------ currency_mismatch: invoices
+
+
+def paid_invoice(event_type: str, created: int, **kw: object) -> dict[str, object]:
+    kw = {"subscription": None, "billing_reason": "manual", **kw}  # no double_invoice
+    inv = se.invoice(created=created, **kw)  # type: ignore[arg-type]
+    return se.event(event_type, inv, created=created)
+
+
+@pytest.mark.parametrize("event_type", ["invoice.paid", "invoice.payment_succeeded"])
+async def test_invoice_payments_alone_are_checked(store: Store, event_type: str) -> None:
+    await record(store, paid_invoice(event_type, T0, customer="cus_inv", currency="usd", invoice_id="in_usd"))
+    outcome = await record(store, paid_invoice(event_type, T0 + 86400, customer="cus_inv", currency="eur",
+                                               invoice_id="in_eur", total=1234))
+    (found,) = outcome.anomalies
+    assert found["detector"] == "currency_mismatch" and found["related"] == ["usd"]
+    assert (found["customer"], found["invoice"], found["currency"], found["amount"]) == (
+        "cus_inv", "in_eur", "eur", 1234)
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(["charge", "invoice.paid", "invoice.payment_succeeded"])))
+async def test_one_payment_reported_by_its_charge_and_its_invoice_counts_once(store: Store,
+                                                                              order: tuple[str, ...]) -> None:
+    await record(store, se.event("charge.succeeded", se.charge(customer="cus_both", currency="usd"), created=T0))
+    events = {
+        "charge": se.event("charge.succeeded", se.charge(customer="cus_both", currency="gbp", charge_id="ch_gbp"),
+                           created=T0 + 100),
+        "invoice.paid": paid_invoice("invoice.paid", T0 + 101, customer="cus_both", currency="gbp",
+                                     invoice_id="in_gbp"),
+        "invoice.payment_succeeded": paid_invoice("invoice.payment_succeeded", T0 + 101, customer="cus_both",
+                                                  currency="gbp", invoice_id="in_gbp"),
+    }
+    for name in order:
+        await record(store, events[name])
+    assert await anomaly_count(store, "currency_mismatch") == 1
+
+
+async def test_an_invoice_settled_without_payment_is_no_currency_of_the_customer(store: Store) -> None:
+    await record(store, paid_invoice("invoice.paid", T0, customer="cus_zero", currency="usd"))
+    await record(store, paid_invoice("invoice.paid", T0 + 5, customer="cus_zero", currency="eur", total=0))
+    assert await anomaly_count(store, "currency_mismatch") == 0
+
+
+def test_docs_name_the_events_each_detector_reads() -> None:
+    page = (Path(__file__).resolve().parent.parent / "docs" / "detectors.md").read_text()
+    rows = dict(re.findall(r"^\| `([a-z_]+)` \| (.+?) \|$", page, re.M))
+    for detector in REGISTRY:
+        assert set(re.findall(r"`([a-z_.]+)`", rows.get(detector.name, ""))) == detector.event_types, detector.name
