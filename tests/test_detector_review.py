@@ -44,7 +44,8 @@ async def test_double_invoice_gap_is_to_the_nearest_invoice_in_either_order(stor
 
 
 @pytest.mark.parametrize("details", [None, {}, {"big": 2**60 + 1, "nested": {}, "list": [1.5, "a"]}])
-async def test_a_window_gap_joins_the_details_the_detector_gave(store: Store, details: dict[str, object] | None) -> None:
+async def test_a_window_gap_joins_the_details_the_detector_gave(store: Store,
+                                                              details: dict[str, object] | None) -> None:
     def plan(event_id: str, member: str, at: int) -> Plan:
         found = Anomaly(detector="double_invoice", severity="high", livemode=False, event_id=event_id,
                         event_type="invoice.created", event_created=at, summary="s", details=details)

@@ -32,11 +32,11 @@ class CurrencyMismatch:
             if invoice.amount_paid <= 0:  # settled by credit or a discount: no payment in that currency
                 return []
             customer, currency, amount = invoice.customer, invoice.currency, invoice.amount_paid
-            ids: dict[str, str | None] = {"invoice": invoice.id, "charge": invoice.charge}
+            invoice_id, charge_id = invoice.id, invoice.charge
         elif event.object_kind == "charge":
             charge = charge_of(event.object)
             customer, currency, amount = charge.customer, charge.currency, charge.amount
-            ids = {"charge": charge.id}
+            invoice_id, charge_id = None, charge.id
         else:
             return []
         if not customer:
@@ -57,7 +57,8 @@ class CurrencyMismatch:
                     customer=customer,
                     amount=amount,
                     currency=currency,
-                    **ids,
+                    charge=charge_id,
+                    invoice=invoice_id,
                 ),
             )
         ]
