@@ -109,9 +109,21 @@ def digest(args: argparse.Namespace) -> int:
     return 0
 
 
+# --at's range: what datetime (the report's dates) and Prometheus' queries can both express.
+LATEST_AT = 253402300799  # 9999-12-31T23:59:59Z
+
+
 def end_time(raw: str | None) -> float:
     if raw is None:
         return time.time()
+    seconds = _unix_seconds(raw)
+    # float() also reads nan, inf and 1e300: each would fail later, deep in date formatting.
+    if not 0 <= seconds <= LATEST_AT:  # False for nan too
+        raise ConfigError(f"--at must be a time between 1970 and 9999, got {raw[:40]!r}")
+    return seconds
+
+
+def _unix_seconds(raw: str) -> float:
     try:
         return float(raw)
     except ValueError:
