@@ -97,3 +97,11 @@ def exporter_factory() -> Callable[..., Any]:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture
+def now() -> int:
+    """The test's clock, read when the test starts. Never a module-level NOW: on a loaded machine a
+    module imported minutes before its test runs holds a stale one, and events built with the
+    real clock then are "in the future" of it."""
+    return int(time.time())

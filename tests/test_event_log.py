@@ -19,13 +19,6 @@ pytestmark = pytest.mark.anyio
 DAY = 86400
 
 
-@pytest.fixture
-def now() -> int:
-    """The test's own clock, taken when it starts: a module-level one goes stale on a loaded machine
-    (events built with the real clock minutes later were "in the future" of it)."""
-    return int(time.time())
-
-
 def open_log_store(kind: str, request: pytest.FixtureRequest, size: int) -> Store:
     if kind == "memory":
         return MemoryStore(event_log_size=size)
