@@ -66,3 +66,17 @@ def test_serve_port_out_of_range_is_a_one_line_usage_error(port: str) -> None:
     assert result.returncode == 2, result.stderr
     assert "argument --port: must be a port number from 1 to 65535" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    ("[" * 100_000, "nested too deeply"),  # PyYAML recursed into a RecursionError traceback
+    ("a: " * 3000 + "1", "mapping values are not allowed here (line 1, column 5)"),  # was 4 lines
+    ("a: [1, 2\n", "(line 2, column 1)"),
+])
+def test_rules_config_that_is_no_yaml_is_a_one_line_error(tmp_path: Path, text: str, reason: str) -> None:
+    config = tmp_path / "rules.yml"
+    config.write_text(text)
+    result = billingwatch("rules", "--config", str(config))
+    assert result.returncode == 2, result.stderr[-500:]
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"billingwatch: {config}: not valid YAML: ")
+    assert reason in result.stderr
