@@ -5,21 +5,24 @@ import itertools
 import re
 from pathlib import Path
 
+import httpx
 import pytest
 
 from billingwatch.detectors import REGISTRY
 from billingwatch.fixtures import stripe_events as se
 from billingwatch.recording.plan import Anomaly, Check, Plan
 from billingwatch.store import Store
+from tests.conftest import SECRET, running_exporter
 from tests.recording import anomaly_count, record
 
-pytestmark = pytest.mark.anyio
 T0 = 1_790_000_000  # a fixed event time in the past: the tests never read the clock
+anyio = pytest.mark.anyio
 
 
 # ------------------------------------------------------------------ double_invoice: the gap
 
 
+@anyio
 async def test_double_invoice_details_carry_the_gap_between_the_invoices(store: Store) -> None:
     first = se.invoice(invoice_id="in_gap1", subscription="sub_gap", created=T0)
     second = se.invoice(invoice_id="in_gap2", subscription="sub_gap", created=T0 + 3 * 3600 + 7)
@@ -31,6 +34,7 @@ async def test_double_invoice_details_carry_the_gap_between_the_invoices(store: 
     assert (await store.anomalies(1))[0]["details"] == {"gap_seconds": 3 * 3600 + 7}
 
 
+@anyio
 async def test_double_invoice_gap_is_to_the_nearest_invoice_in_either_order(store: Store) -> None:
     for invoice_id, offset in (("in_n1", 0), ("in_n3", 20 * 3600)):
         inv = se.invoice(invoice_id=invoice_id, subscription="sub_near", created=T0 + offset)
@@ -43,6 +47,7 @@ async def test_double_invoice_gap_is_to_the_nearest_invoice_in_either_order(stor
     assert await anomaly_count(store, "double_invoice") == 2  # the pair (in_n1, in_n3) fired first
 
 
+@anyio
 @pytest.mark.parametrize("details", [None, {}, {"big": 2**60 + 1, "nested": {}, "list": [1.5, "a"]}])
 async def test_a_window_gap_joins_the_details_the_detector_gave(store: Store,
                                                               details: dict[str, object] | None) -> None:
@@ -74,6 +79,7 @@ def paid_invoice(event_type: str, created: int, **kw: object) -> dict[str, objec
     return se.event(event_type, inv, created=created)
 
 
+@anyio
 @pytest.mark.parametrize("event_type", ["invoice.paid", "invoice.payment_succeeded"])
 async def test_invoice_payments_alone_are_checked(store: Store, event_type: str) -> None:
     await record(store, paid_invoice(event_type, T0, customer="cus_inv", currency="usd", invoice_id="in_usd"))
@@ -85,6 +91,7 @@ async def test_invoice_payments_alone_are_checked(store: Store, event_type: str)
         "cus_inv", "in_eur", "eur", 1234)
 
 
+@anyio
 @pytest.mark.parametrize("order", list(itertools.permutations(["charge", "invoice.paid", "invoice.payment_succeeded"])))
 async def test_one_payment_reported_by_its_charge_and_its_invoice_counts_once(store: Store,
                                                                               order: tuple[str, ...]) -> None:
@@ -102,6 +109,7 @@ async def test_one_payment_reported_by_its_charge_and_its_invoice_counts_once(st
     assert await anomaly_count(store, "currency_mismatch") == 1
 
 
+@anyio
 async def test_an_invoice_settled_without_payment_is_no_currency_of_the_customer(store: Store) -> None:
     await record(store, paid_invoice("invoice.paid", T0, customer="cus_zero", currency="usd"))
     await record(store, paid_invoice("invoice.paid", T0 + 5, customer="cus_zero", currency="eur", total=0))
@@ -113,3 +121,24 @@ def test_docs_name_the_events_each_detector_reads() -> None:
     rows = dict(re.findall(r"^\| `([a-z_]+)` \| (.+?) \|$", page, re.M))
     for detector in REGISTRY:
         assert set(re.findall(r"`([a-z_.]+)`", rows.get(detector.name, ""))) == detector.event_types, detector.name
+
+
+def test_through_a_real_exporter_on_redis(redis_url: str, redis_prefix: str, now: int) -> None:
+    """Both findings as /api/anomalies shows them, from `billingwatch serve` on a real redis-server."""
+    events = [
+        paid_invoice("invoice.paid", now - 300, customer="cus_e2e", currency="usd"),
+        paid_invoice("invoice.payment_succeeded", now - 200, customer="cus_e2e", currency="gbp", invoice_id="in_e2e"),
+        se.event("invoice.created", se.invoice(subscription="sub_e2e", created=now - 100), created=now - 100),
+        se.event("invoice.created", se.invoice(subscription="sub_e2e", created=now - 40), created=now - 40),
+    ]
+    with running_exporter(REDIS_URL=redis_url, BILLINGWATCH_REDIS_PREFIX=redis_prefix) as exporter:
+        for evt in events:
+            payload = se.body(evt)
+            response = httpx.post(exporter.url + "/webhooks/stripe", content=payload, timeout=10,
+                                  headers=se.signed_headers(payload, SECRET))
+            assert response.status_code == 200, response.text
+        records = httpx.get(exporter.url + "/api/anomalies", timeout=10).json()["anomalies"]
+    found = {r["detector"]: r for r in records}
+    assert set(found) == {"currency_mismatch", "double_invoice"}
+    assert (found["currency_mismatch"]["invoice"], found["currency_mismatch"]["currency"]) == ("in_e2e", "gbp")
+    assert found["double_invoice"]["details"] == {"gap_seconds": 60}
