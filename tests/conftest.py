@@ -151,3 +151,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def _has_module_fixture(item: pytest.Function) -> bool:
     info = item._fixtureinfo
     return any(defs[-1].scope == "module" for defs in info.name2fixturedefs.values() if defs)
+
+
+@pytest.fixture
+def now() -> int:
+    """The test's clock, read when the test starts. Never a module-level NOW: on a loaded machine a
+    module imported minutes before its test runs holds a stale one, and events built with the
+    real clock then are "in the future" of it."""
+    return int(time.time())

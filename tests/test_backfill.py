@@ -14,21 +14,20 @@ from tests.metrics import anomalies, live_counts, moved, recorded_figures, scrap
 from tests.replay_helpers import deliver_live
 from tests.stripe_api_server import API_KEY, stripe_events_api
 
-NOW = int(time.time())
 DAY = 86400
 
 
-def history() -> list[dict[str, Any]]:
+def history(now: int) -> list[dict[str, Any]]:
     """Two weeks of events (one pair is a duplicate charge), and one from 40 days ago."""
     events = [
-        se.event("charge.succeeded", se.charge(customer=f"cus_bf{i}", amount=1000 + i), created=NOW - i * DAY)
+        se.event("charge.succeeded", se.charge(customer=f"cus_bf{i}", amount=1000 + i), created=now - i * DAY)
         for i in range(1, 15)
     ]
     events += [
-        se.event("charge.succeeded", se.charge(customer="cus_twice", charge_id="ch_bf_a"), created=NOW - 2 * DAY),
-        se.event("charge.succeeded", se.charge(customer="cus_twice", charge_id="ch_bf_b"), created=NOW - 2 * DAY + 30),
-        se.event("customer.created", {"id": "cus_new", "object": "customer"}, created=NOW - DAY),  # not subscribed
-        se.event("charge.succeeded", se.charge(customer="cus_old"), created=NOW - 40 * DAY),  # past retention
+        se.event("charge.succeeded", se.charge(customer="cus_twice", charge_id="ch_bf_a"), created=now - 2 * DAY),
+        se.event("charge.succeeded", se.charge(customer="cus_twice", charge_id="ch_bf_b"), created=now - 2 * DAY + 30),
+        se.event("customer.created", {"id": "cus_new", "object": "customer"}, created=now - DAY),  # not subscribed
+        se.event("charge.succeeded", se.charge(customer="cus_old"), created=now - 40 * DAY),  # past retention
     ]
     return events
 
@@ -55,10 +54,10 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 
 
 def test_backfill_pages_through_the_api_retries_a_429_and_records_each_event_once(
-    exporter: Exporter, capsys: pytest.CaptureFixture[str]
+    exporter: Exporter, capsys: pytest.CaptureFixture[str], now: int
 ) -> None:
     before = scrape(exporter.url)
-    with stripe_events_api(history(), page_size=4) as api:
+    with stripe_events_api(history(now), page_size=4) as api:
         code, out, err = run(capsys, "backfill", "--since", "30d", "--api-base", api.url, "--url", exporter.url,
                              "--no-subscriptions")
         assert code == 0, err
@@ -79,7 +78,7 @@ def test_backfill_pages_through_the_api_retries_a_429_and_records_each_event_onc
         [record] = anomalies(exporter.url)
         assert (record["detector"], record["history"]) == ("duplicate_charge", True)
         assert {record["charge"], *record["related"]} == {"ch_bf_a", "ch_bf_b"}  # type: ignore[misc]
-        assert record["event_created"] in (NOW - 2 * DAY, NOW - 2 * DAY + 30)  # event time, 2 days back
+        assert record["event_created"] in (now - 2 * DAY, now - 2 * DAY + 30)  # event time, 2 days back
 
         code, out, _ = run(capsys, "backfill", "--since", "30d", "--api-base", api.url, "--direct")
         assert code == 0 and "16 events: 0 accepted, 16 duplicate" in out
@@ -103,23 +102,24 @@ def test_backfill_help_says_stripe_keeps_30_days(capsys: pytest.CaptureFixture[s
 def test_a_missing_secret_or_refused_key_is_a_one_line_error(
     key: str, message: str, api_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    now: int,
 ) -> None:
     monkeypatch.setenv("STRIPE_API_KEY", key)
-    with stripe_events_api(history(), fail_first=False) as api:
+    with stripe_events_api(history(now), fail_first=False) as api:
         code, _, err = run(capsys, "backfill", "--api-base", api.url, "--direct")
     assert code == 2 and message in err and "Traceback" not in err
 
 
 def test_reconcile_finds_counts_once_and_replays_the_missed_events(
-    exporter: Exporter, capsys: pytest.CaptureFixture[str]
+    exporter: Exporter, capsys: pytest.CaptureFixture[str], now: int
 ) -> None:
     def charge(customer: str, created: int) -> dict[str, Any]:
         return se.event("charge.succeeded", se.charge(customer=customer), created=created)
 
-    delivered = [charge(f"cus_rc{i}", NOW - 1800 - i * DAY) for i in range(5)]
-    missed = [charge("cus_lost1", NOW - 3600), charge("cus_lost2", NOW - 3 * DAY), charge("cus_lost3", NOW - 5 * DAY)]
+    delivered = [charge(f"cus_rc{i}", now - 1800 - i * DAY) for i in range(5)]
+    missed = [charge("cus_lost1", now - 3600), charge("cus_lost2", now - 3 * DAY), charge("cus_lost3", now - 5 * DAY)]
     events = delivered + missed
-    in_flight = charge("cus_in_flight", NOW - 60)  # not delivered yet, and younger than the grace
+    in_flight = charge("cus_in_flight", now - 60)  # not delivered yet, and younger than the grace
     deliver_live(exporter.url, delivered)
     with stripe_events_api([*events, in_flight]) as api:
         code, out, err = run(capsys, "reconcile", "--since", "24h", "--api-base", api.url)
@@ -155,12 +155,13 @@ def test_reconcile_needs_the_shared_store(monkeypatch: pytest.MonkeyPatch, api_e
 
 
 def test_backfill_direct_in_small_batches_records_what_http_does(
-    exporter: Exporter, api_env: dict[str, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    exporter: Exporter, api_env: dict[str, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    now: int,
 ) -> None:
     """Pipelined batches (3 events each, so the duplicate-charge pair spans two) give the figures
     and anomalies that one request per event gives."""
     direct_env = {**api_env, "BILLINGWATCH_REDIS_PREFIX": api_env["BILLINGWATCH_REDIS_PREFIX"] + "_direct"}
-    with stripe_events_api(history(), fail_first=False) as api, running_exporter(**direct_env) as direct:
+    with stripe_events_api(history(now), fail_first=False) as api, running_exporter(**direct_env) as direct:
         code, out, err = run(capsys, "backfill", "--api-base", api.url, "--url", exporter.url, "--concurrency", "1")
         assert code == 0 and "16 events: 16 accepted" in out, err
         monkeypatch.setenv("BILLINGWATCH_REDIS_PREFIX", direct_env["BILLINGWATCH_REDIS_PREFIX"])

@@ -20,7 +20,6 @@ from tests.test_backfill import run
 api_env = test_backfill.api_env
 exporter = test_backfill.exporter
 
-NOW = int(time.time())
 DAY = 86400
 
 
@@ -33,7 +32,7 @@ def sink(request: pytest.FixtureRequest, exporter: Exporter) -> list[str]:
 def sub(subscription_id: str, **fields: Any) -> dict[str, Any]:
     """A subscription as the Subscriptions API lists it, created 200 days ago unless told."""
     return se.subscription(subscription_id=subscription_id, customer="cus_" + subscription_id[4:],
-                           **{"created": NOW - 200 * DAY, **fields})
+                           **{"created": int(time.time()) - 200 * DAY, **fields})
 
 
 def mrr(samples: Any, currency: str) -> float:
@@ -45,21 +44,21 @@ def held(samples: Any, status: str) -> float:
 
 
 def test_backfill_seeds_subscriptions_with_no_recent_event_as_history(
-    exporter: Exporter, sink: list[str], capsys: pytest.CaptureFixture[str]
+    exporter: Exporter, sink: list[str], capsys: pytest.CaptureFixture[str], now: int
 ) -> None:
     # The store holds an active snapshot from an event 90 days old; Stripe has since ended it.
     deliver_live(exporter.url, [se.event("customer.subscription.created", sub("sub_gone", unit_amount=3000),
-                                         created=NOW - 90 * DAY)])
+                                         created=now - 90 * DAY)])
     listed = [
         sub("sub_quiet", unit_amount=10000),  # 100.00 usd a month; no event for 200 days
         sub("sub_yearly", unit_amount=120000, currency="eur", interval="year"),  # 100.00 eur a month
         sub("sub_trial", status="trialing", unit_amount=5000),  # holds no MRR
         sub("sub_seats", unit_amount=2000, quantity=3),  # 60.00 usd today ...
-        sub("sub_gone", status="canceled", unit_amount=3000, created=NOW - 60 * DAY),
+        sub("sub_gone", status="canceled", unit_amount=3000, created=now - 60 * DAY),
     ]
     # ... but its newest event in the Events API (10 days old) still says 1 seat: the listing is newer.
     events = [se.event("customer.subscription.updated", sub("sub_seats", unit_amount=2000, quantity=1),
-                       created=NOW - 10 * DAY)]
+                       created=now - 10 * DAY)]
     before = scrape(exporter.url)
     assert (mrr(before, "usd"), held(before, "active")) == (30.0, 1.0)
     with stripe_events_api(events, subscriptions=listed, page_size=2) as api:
@@ -125,9 +124,9 @@ def test_the_seed_is_stamped_on_stripes_clock_when_ours_runs_ahead(
 
 
 def test_a_key_without_subscriptions_read_is_a_one_line_error_before_anything_is_recorded(
-    exporter: Exporter, api_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+    exporter: Exporter, api_env: dict[str, str], capsys: pytest.CaptureFixture[str], now: int
 ) -> None:
-    events = [se.event("charge.succeeded", se.charge(customer="cus_ev"), created=NOW - DAY)]
+    events = [se.event("charge.succeeded", se.charge(customer="cus_ev"), created=now - DAY)]
     before = recorded_figures(exporter.url)
     with stripe_events_api(events, subscriptions=[sub("sub_x")], forbidden=("/v1/subscriptions",),
                            fail_first=False) as api:
@@ -144,9 +143,9 @@ def test_a_key_without_subscriptions_read_is_a_one_line_error_before_anything_is
 
 
 def test_a_listing_that_fails_midway_leaves_correct_snapshots_and_a_second_run_finishes(
-    exporter: Exporter, api_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+    exporter: Exporter, api_env: dict[str, str], capsys: pytest.CaptureFixture[str], now: int
 ) -> None:
-    listed = [sub(f"sub_page{i}", unit_amount=1000, created=NOW - i * DAY) for i in range(1, 5)]  # 2 pages
+    listed = [sub(f"sub_page{i}", unit_amount=1000, created=now - i * DAY) for i in range(1, 5)]  # 2 pages
     with stripe_events_api([], subscriptions=listed, page_size=2, fail_first=False, broken_after=1) as api:
         # One event per store round trip, so the first page is recorded before the second is asked for.
         code, out, err = run(capsys, "backfill", "--api-base", api.url, "--direct", "--max-network-retries", "0",
@@ -162,14 +161,14 @@ def test_a_listing_that_fails_midway_leaves_correct_snapshots_and_a_second_run_f
         assert mrr(scrape(exporter.url), "usd") == 40.0
 
 
-def test_a_seed_is_a_marked_synthetic_event_named_by_its_content() -> None:
+def test_a_seed_is_a_marked_synthetic_event_named_by_its_content(now: int) -> None:
     subscription = sub("sub_seed", unit_amount=10000)
-    seeded = seed_event(subscription, NOW)
+    seeded = seed_event(subscription, now)
     assert seeded["id"].startswith("seed_sub_seed_") and not seeded["id"].startswith("evt_")
-    assert (seeded["type"], seeded["created"], seeded["livemode"]) == ("customer.subscription.updated", NOW, False)
+    assert (seeded["type"], seeded["created"], seeded["livemode"]) == ("customer.subscription.updated", now, False)
     assert seeded["data"] == {"object": subscription}
-    assert seed_event(subscription, NOW + 100)["id"] == seeded["id"]  # unchanged: the same seed
-    assert seed_event({**subscription, "status": "past_due"}, NOW)["id"] != seeded["id"]
+    assert seed_event(subscription, now + 100)["id"] == seeded["id"]  # unchanged: the same seed
+    assert seed_event({**subscription, "status": "past_due"}, now)["id"] != seeded["id"]
 
 
 def test_backfill_help_names_the_key_permissions(capsys: pytest.CaptureFixture[str]) -> None:

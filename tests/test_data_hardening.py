@@ -24,7 +24,6 @@ from tests.test_webhook_http import post
 
 Client = Callable[..., TestClient]
 URL = "/webhooks/stripe"
-NOW = int(time.time())
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -60,17 +59,17 @@ def rejected(client: TestClient, evt: dict[str, Any], before: dict[Any, float]) 
 
 
 @pytest.mark.anyio
-async def test_7_a_test_mode_update_cannot_touch_a_live_subscription(store: Store) -> None:
+async def test_7_a_test_mode_update_cannot_touch_a_live_subscription(store: Store, now: int) -> None:
     live = se.subscription(subscription_id="sub_shared", unit_amount=5000)
-    await record(store, se.event("customer.subscription.created", live, created=NOW - 300, livemode=True))
+    await record(store, se.event("customer.subscription.created", live, created=now - 300, livemode=True))
     forged = se.subscription(subscription_id="sub_shared", status="canceled")
-    await record(store, se.event("customer.subscription.updated", forged, created=NOW - 100))
+    await record(store, se.event("customer.subscription.updated", forged, created=now - 100))
     metrics = await figures(store)
     assert value(metrics, "billingwatch_subscriptions", status="active", livemode="true") == 1
     assert value(metrics, "billingwatch_mrr_amount", currency="usd", livemode="true") == pytest.approx(50.00)
     # A genuine live update older than the test-mode one still applies.
     later = se.subscription(subscription_id="sub_shared", unit_amount=7000)
-    await record(store, se.event("customer.subscription.updated", later, created=NOW - 200, livemode=True))
+    await record(store, se.event("customer.subscription.updated", later, created=now - 200, livemode=True))
     metrics = await figures(store)
     assert value(metrics, "billingwatch_mrr_amount", currency="usd", livemode="true") == pytest.approx(70.00)
 
@@ -208,13 +207,13 @@ async def test_8_the_limit_is_exact_on_both_stores(store: Store) -> None:
 
 
 @pytest.mark.anyio
-async def test_8_decrements_gauges_and_retentions_are_checked_too(store: Store) -> None:
+async def test_8_decrements_gauges_and_retentions_are_checked_too(store: Store, now: int) -> None:
     await store.increment({"x|low": -COUNTER_LIMIT + 5})
     low = Plan(event_id="evt_low", dedup_ttl=60,
                checks=[Check(op="once", key="low", ttl=60, counters={"x|low": -10})])
     with pytest.raises(Unrecordable):
         await store.apply(low)
-    sub = SubscriptionState(id="sub_big", livemode="false", at=NOW, status="active", mrr_currency="usd",
+    sub = SubscriptionState(id="sub_big", livemode="false", at=now, status="active", mrr_currency="usd",
                             mrr_milli=10**15, period_end=0, ttl=60, customer="cus_big")
     # A customer's MRR is computed exactly (Lua doubles) up to MAX_CUSTOMER_MRR: 9 subscriptions fill it.
     for n in range(9):
@@ -356,10 +355,11 @@ def test_11_a_negative_invoice_total_is_still_recorded_and_detected(pair: tuple[
 
 def old_shape_intent(charge_ok: str, charge_declined: str) -> dict[str, Any]:
     intent = se.payment_intent(charge_id=charge_ok)
+    now = int(time.time())
     intent["latest_charge"] = None
     intent["charges"] = {"object": "list", "has_more": False, "data": [  # Stripe lists newest first
-        {**se.charge(charge_id=charge_ok), "created": NOW - 10},
-        {**se.charge(charge_id=charge_declined, status="failed"), "created": NOW - 60},
+        {**se.charge(charge_id=charge_ok), "created": now - 10},
+        {**se.charge(charge_id=charge_declined, status="failed"), "created": now - 60},
     ]}
     return intent
 
@@ -369,10 +369,10 @@ def test_12_latest_charge_is_the_newest_listed_not_the_last() -> None:
 
 
 @pytest.mark.anyio
-async def test_12_a_retried_payment_is_no_duplicate_charge(store: Store) -> None:
-    await record(store, se.event("charge.succeeded", se.charge(charge_id="ch_paid"), created=NOW - 10))
+async def test_12_a_retried_payment_is_no_duplicate_charge(store: Store, now: int) -> None:
+    await record(store, se.event("charge.succeeded", se.charge(charge_id="ch_paid"), created=now - 10))
     intent = old_shape_intent("ch_paid", "ch_first_try")
-    await record(store, se.event("payment_intent.succeeded", intent, created=NOW - 9))
+    await record(store, se.event("payment_intent.succeeded", intent, created=now - 9))
     assert await anomaly_count(store, "duplicate_charge") == 0
 
 
@@ -396,15 +396,15 @@ def test_14_the_largest_amount_round_trips_exactly_through_the_anomaly_log(pair:
 
 
 @pytest.mark.anyio
-async def test_14_the_store_keeps_any_integer_of_an_anomaly_record_exactly(store: Store) -> None:
+async def test_14_the_store_keeps_any_integer_of_an_anomaly_record_exactly(store: Store, now: int) -> None:
     """cjson writes numbers with 14 significant digits: 123456789012345 came back 123456789012340.0."""
     record = Anomaly(detector="negative_invoice", severity="medium", livemode=False, event_id="evt_exact",
-                     event_type="invoice.finalized", event_created=NOW, summary="exact", amount=123456789012345)
+                     event_type="invoice.finalized", event_created=now, summary="exact", amount=123456789012345)
     check = Check(op="once", key="exact", ttl=60, anomaly=record)
     (fired,) = (await store.apply(Plan(event_id="evt_exact", dedup_ttl=60, checks=[check]))).anomalies
     (logged,) = await store.anomalies(10)
     for shown in (fired, logged):
-        assert (shown["amount"], shown["event_created"]) == (123456789012345, NOW)
+        assert (shown["amount"], shown["event_created"]) == (123456789012345, now)
         assert type(shown["amount"]) is int
 
 

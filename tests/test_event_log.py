@@ -16,7 +16,6 @@ from billingwatch.store import MemoryStore, RedisStore, Store, Unrecordable
 from testkit.processes import RedisServer
 
 pytestmark = pytest.mark.anyio
-NOW = int(time.time())
 DAY = 86400
 
 
@@ -38,25 +37,25 @@ def big(request: pytest.FixtureRequest) -> Iterator[Store]:
     yield open_log_store(request.param, request, 100)
 
 
-async def record(store: Store, evt: dict[str, Any], received_at: float = NOW, history: bool = False) -> None:
+async def record(store: Store, evt: dict[str, Any], received_at: float | None = None, history: bool = False) -> None:
     recorder = Recorder(store, build_detectors({}), 35 * DAY, 400 * DAY)
     await recorder.record(evt, received_at=received_at, history=history)
 
 
-def duplicate_pair(customer: str) -> list[dict[str, Any]]:
+def duplicate_pair(customer: str, now: int) -> list[dict[str, Any]]:
     return [se.event("charge.succeeded", se.charge(customer=customer, charge_id=f"ch_{customer}_{n}", amount=4999),
-                     event_id=f"evt_{customer}_{n}", created=NOW - 60 + n) for n in (1, 2)]
+                     event_id=f"evt_{customer}_{n}", created=now - 60 + n) for n in (1, 2)]
 
 
-async def test_a_line_carries_the_events_facts(big: Store) -> None:
+async def test_a_line_carries_the_events_facts(big: Store, now: int) -> None:
     charge = se.charge(customer="cus_facts", charge_id="ch_facts", amount=10**12 - 1, currency="jpy")
-    await record(big, se.event("charge.succeeded", charge, event_id="evt_facts", created=NOW - 5), NOW + 0.9)
+    await record(big, se.event("charge.succeeded", charge, event_id="evt_facts", created=now - 5), now + 0.9)
     (line,) = await big.events(10)
     # Every key on every line; the amount exact (Lua's doubles would round 13 digits).
     assert line == {
-        "id": "evt_facts", "type": "charge.succeeded", "created": NOW - 5, "received": NOW, "livemode": False,
+        "id": "evt_facts", "type": "charge.succeeded", "created": now - 5, "received": now, "livemode": False,
         "customer": "cus_facts", "object": "ch_facts", "amount": 10**12 - 1, "currency": "jpy",
-        "history": False, "reason": None, "result": "accepted", "anomalies": [],
+        "history": False, "reason": None, "account": None, "result": "accepted", "anomalies": [],
     }
 
 
@@ -79,8 +78,8 @@ async def test_log_is_capped_newest_first(small: Store) -> None:
     assert [line["id"] for line in await small.events(2)] == ["evt_cap4", "evt_cap3"]
 
 
-async def test_the_anomaly_is_on_the_line_of_the_event_that_raised_it(big: Store) -> None:
-    first, second = duplicate_pair("cus_dup")
+async def test_the_anomaly_is_on_the_line_of_the_event_that_raised_it(big: Store, now: int) -> None:
+    first, second = duplicate_pair("cus_dup", now)
     await record(big, first)
     await record(big, second)
     newest, oldest = await big.events(10)
@@ -88,60 +87,60 @@ async def test_the_anomaly_is_on_the_line_of_the_event_that_raised_it(big: Store
     assert (oldest["id"], oldest["anomalies"]) == (first["id"], [])
 
 
-async def test_a_redelivery_is_logged_as_duplicate_and_changes_no_count(big: Store) -> None:
-    first, second = duplicate_pair("cus_redeliver")
+async def test_a_redelivery_is_logged_as_duplicate_and_changes_no_count(big: Store, now: int) -> None:
+    first, second = duplicate_pair("cus_redeliver", now)
     await record(big, first)
     await record(big, second)
     before = await big.snapshot(time.time(), 0)
-    await record(big, second, received_at=NOW + 30)
+    await record(big, second, received_at=now + 30)
     assert await big.snapshot(time.time(), 0) == before
     again = (await big.events(1))[0]
     assert (again["id"], again["result"], again["anomalies"], again["received"]) == (
-        second["id"], "duplicate", [], NOW + 30)
+        second["id"], "duplicate", [], now + 30)
     assert len(await big.anomalies(10)) == 1
 
 
-async def test_history_is_flagged_with_its_anomalies(big: Store) -> None:
-    for evt in duplicate_pair("cus_hist"):
+async def test_history_is_flagged_with_its_anomalies(big: Store, now: int) -> None:
+    for evt in duplicate_pair("cus_hist", now):
         await record(big, evt, history=True)
     newest = (await big.events(1))[0]
     assert (newest["history"], newest["result"], newest["anomalies"]) == (True, "accepted", ["duplicate_charge"])
 
 
-async def test_a_rejected_event_is_logged_with_its_reason(small: Store) -> None:
+async def test_a_rejected_event_is_logged_with_its_reason(small: Store, now: int) -> None:
     document = se.event("charge.succeeded", se.charge(customer="cus_rej", charge_id="ch_rej"), event_id="evt_rej")
-    await small.log_rejected(rejected_entry(document, "charge.amount must be an integer", NOW, False))
-    await small.log_rejected(rejected_entry(["not", "an", "event"], "body must be a JSON object", NOW, True))
+    await small.log_rejected(rejected_entry(document, "charge.amount must be an integer", now, False))
+    await small.log_rejected(rejected_entry(["not", "an", "event"], "body must be a JSON object", now, True))
     odd, line = await small.events(10)
     assert (line["id"], line["result"], line["reason"], line["customer"], line["object"], line["anomalies"]) == (
         "evt_rej", "rejected", "charge.amount must be an integer", "cus_rej", "ch_rej", [])
     assert (odd["id"], odd["type"], odd["created"], odd["livemode"], odd["history"]) == (None, None, None, None, True)
     for n in range(4):  # capped too
-        await small.log_rejected(rejected_entry({"id": f"evt_r{n}"}, "x", NOW, False))
+        await small.log_rejected(rejected_entry({"id": f"evt_r{n}"}, "x", now, False))
     assert [x["id"] for x in await small.events(10)] == ["evt_r3", "evt_r2", "evt_r1"]
 
 
-async def test_an_event_the_store_refuses_leaves_no_line(big: Store) -> None:
+async def test_an_event_the_store_refuses_leaves_no_line(big: Store, now: int) -> None:
     """The checks before the first write still come first: a refused event writes no log line."""
-    entry = LogEntry(id="evt_refused", type="x.y", created=NOW, received=NOW, livemode=False)
+    entry = LogEntry(id="evt_refused", type="x.y", created=now, received=now, livemode=False)
     plan = Plan(event_id="evt_refused", dedup_ttl=60, counters={"x|a": 1}, log=entry,
-                checks=[Check(op="sum", key="s", ttl=60, member="m", at=NOW, window=60, amount=10**13, threshold=1)])
+                checks=[Check(op="sum", key="s", ttl=60, member="m", at=now, window=60, amount=10**13, threshold=1)])
     with pytest.raises(Unrecordable):
         await big.apply(plan)
     assert await big.events(10) == []
     assert await big.recorded([("evt_refused", "false")]) == [False]
 
 
-async def test_both_stores_write_the_same_lines(redis_server: RedisServer) -> None:
+async def test_both_stores_write_the_same_lines(redis_server: RedisServer, now: int) -> None:
     memory = MemoryStore()
     redis = RedisStore(redis_server.url, prefix="t" + uuid.uuid4().hex[:12])
-    first, second = duplicate_pair("cus_same")
+    first, second = duplicate_pair("cus_same", now)
     odd = se.charge(customer="cus_é\u2603", charge_id="ch_odd", amount=123_456_789_012, currency="kwd")
     scenario = [first, second, second, se.event("charge.succeeded", odd, event_id="evt_odd")]
     for store in (memory, redis):
         for n, evt in enumerate(scenario):
-            await record(store, evt, received_at=NOW + n)
-        await store.log_rejected(rejected_entry({"id": "evt_bad"}, "event.type is missing", NOW + 9, False))
+            await record(store, evt, received_at=now + n)
+        await store.log_rejected(rejected_entry({"id": "evt_bad"}, "event.type is missing", now + 9, False))
     lines = await memory.events(100)
     assert lines == await redis.events(100)
     assert [(x["id"], x["result"]) for x in lines] == [

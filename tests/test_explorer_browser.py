@@ -7,7 +7,6 @@ The screenshots are kept under pytest's tmp_path (CI keeps them as artefacts), n
 import shutil
 import struct
 import subprocess
-import time
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ from tests.conftest import SECRET, running_exporter
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian package chromium is not installed "
                                                          "(scripts/test.sh installs it)")
-NOW = int(time.time())
 
 
 def chromium(profile: Path, *args: str) -> str:
@@ -79,27 +77,27 @@ def charge(customer: str, charge_id: str, created: int, amount: int = 4999) -> d
                     event_id=f"evt_{charge_id}", created=created)
 
 
-def scenario(url: str) -> None:
+def scenario(url: str, now: int) -> None:
     """Alice is charged twice for the same amount (a duplicate pair); Bob and Carol pay normally;
     Bob's invoice is paid and Stripe redelivers his charge."""
     events = [
-        charge("cus_carol", "ch_c1", NOW - 300, 1200),
-        charge("cus_alice", "ch_a1", NOW - 120),
-        charge("cus_bob", "ch_b1", NOW - 100, 1500),
-        charge("cus_alice", "ch_a2", NOW - 90),
+        charge("cus_carol", "ch_c1", now - 300, 1200),
+        charge("cus_alice", "ch_a1", now - 120),
+        charge("cus_bob", "ch_b1", now - 100, 1500),
+        charge("cus_alice", "ch_a2", now - 90),
         se.event("invoice.paid", se.invoice(customer="cus_bob", invoice_id="in_b1"), event_id="evt_in_b1"),
-        charge("cus_bob", "ch_b1", NOW - 100, 1500),
+        charge("cus_bob", "ch_b1", now - 100, 1500),
     ]
     for evt in events:
         assert post(url, evt).status_code == 200
 
 
 @pytest.mark.parametrize("store", ["memory", "redis"])
-def test_explorer_in_a_real_browser(store: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+def test_explorer_in_a_real_browser(store: str, tmp_path: Path, request: pytest.FixtureRequest, now: int) -> None:
     env = {"REDIS_URL": request.getfixturevalue("redis_server").url,
-           "BILLINGWATCH_REDIS_PREFIX": f"browser{NOW}"} if store == "redis" else {}
+           "BILLINGWATCH_REDIS_PREFIX": f"browser{now}"} if store == "redis" else {}
     with running_exporter(**env) as exporter:
-        scenario(exporter.url)
+        scenario(exporter.url, now)
         page = exporter.url + "/events"
         screenshot = tmp_path / "events.png"
         chromium(tmp_path / "profile", f"--screenshot={screenshot}", "--window-size=1280,900", page)

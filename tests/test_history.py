@@ -4,7 +4,6 @@ Both stores, through the real app: history moves no counter a rule reads, and ev
 rule reads exists at 0 before its first event.
 """
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +20,6 @@ from tests.metrics import LIVE, live_counts, moved, scrape, total, value_or_none
 
 Client = Callable[..., TestClient]
 URL = "/webhooks/stripe"
-NOW = int(time.time())
 DAY = 86400
 MODES = ("true", "false")
 
@@ -48,9 +46,9 @@ def post(client: TestClient, evt: dict[str, Any], history: bool = False) -> dict
     return answer
 
 
-def history_events() -> list[dict[str, Any]]:
+def history_events(now: int) -> list[dict[str, Any]]:
     """A month of history: every kind of event the ledger counts, and a duplicate charge 20 days back."""
-    ev, old = se.event, NOW - 20 * DAY
+    ev, old = se.event, now - 20 * DAY
     refund = se.refund(refund_id="re_hist", currency="eur")
     charge_refunded = se.charge(charge_id="ch_refunded", currency="eur")
     charge_refunded["refunds"] = {"object": "list", "data": [refund], "has_more": False}
@@ -74,10 +72,10 @@ def history_events() -> list[dict[str, Any]]:
     ]
 
 
-def test_history_moves_no_live_counter_but_updates_state_and_lists_its_anomalies(make: Client) -> None:
+def test_history_moves_no_live_counter_but_updates_state_and_lists_its_anomalies(make: Client, now: int) -> None:
     client = make()
     before = scrape(client)
-    events = history_events()
+    events = history_events(now)
     answers = [post(client, evt, history=True) for evt in events]
     assert sum(a["anomalies"] for a in answers) == 1  # the response still reports it
     after = scrape(client)
@@ -88,13 +86,13 @@ def test_history_moves_no_live_counter_but_updates_state_and_lists_its_anomalies
     assert total(after, "billingwatch_history_events_total", type="charge.succeeded", livemode="false") == 2
     assert total(after, "billingwatch_subscriptions", status="active", livemode="false") == 1
     assert total(after, "billingwatch_mrr_amount", currency="usd", livemode="false") == 50.0
-    assert total(after, "billingwatch_last_event_created_timestamp_seconds", livemode="false") == NOW - 20 * DAY + 200
+    assert total(after, "billingwatch_last_event_created_timestamp_seconds", livemode="false") == now - 20 * DAY + 200
     assert total(after, "billingwatch_history_anomalies_total", detector="duplicate_charge") == 1
     assert total(after, "billingwatch_anomalies_total") == 0
 
     [record] = client.get("/api/anomalies").json()["anomalies"]
     assert (record["detector"], record["history"], record["charge"]) == ("duplicate_charge", True, "ch_h2")
-    assert record["event_created"] == NOW - 20 * DAY + 60 and record["related"] == ["ch_h1"]
+    assert record["event_created"] == now - 20 * DAY + 60 and record["related"] == ["ch_h1"]
     assert client.get("/api/anomalies?history=true").json()["anomalies"] == [record]
     assert client.get("/api/anomalies?history=false").json()["anomalies"] == []
     bad = client.get("/api/anomalies?history=yes")
@@ -111,12 +109,12 @@ def test_history_moves_no_live_counter_but_updates_state_and_lists_its_anomalies
     assert total(final, "billingwatch_events_total") == 2  # the two new events themselves, live
 
 
-def test_a_live_event_pairing_with_history_is_a_live_anomaly(make: Client) -> None:
+def test_a_live_event_pairing_with_history_is_a_live_anomaly(make: Client, now: int) -> None:
     client = make()
-    post(client, se.event("charge.succeeded", se.charge(charge_id="ch_p1", customer="cus_p"), created=NOW - 100),
+    post(client, se.event("charge.succeeded", se.charge(charge_id="ch_p1", customer="cus_p"), created=now - 100),
          history=True)
     answer = post(client, se.event("charge.succeeded", se.charge(charge_id="ch_p2", customer="cus_p"),
-                                   created=NOW - 40))
+                                   created=now - 40))
     assert answer["anomalies"] == 1
     after = scrape(client)
     assert total(after, "billingwatch_anomalies_total", detector="duplicate_charge") == 1
@@ -125,20 +123,20 @@ def test_a_live_event_pairing_with_history_is_a_live_anomaly(make: Client) -> No
     assert (record["charge"], record["related"], record["history"]) == ("ch_p2", ["ch_p1"], False)
 
 
-def test_a_history_subscription_end_is_not_counted_but_ends_it(make: Client) -> None:
+def test_a_history_subscription_end_is_not_counted_but_ends_it(make: Client, now: int) -> None:
     client = make()
     post(client, se.event("customer.subscription.created", se.subscription(subscription_id="sub_e"),
-                          created=NOW - 50), history=True)
+                          created=now - 50), history=True)
     post(client, se.event("customer.subscription.deleted", se.subscription(subscription_id="sub_e",
-                          status="canceled"), created=NOW - 40), history=True)
+                          status="canceled"), created=now - 40), history=True)
     assert total(scrape(client), "billingwatch_subscriptions_ended_total") == 0
     active = value_or_none(scrape(client), "billingwatch_subscriptions", status="active", livemode="false")
     assert active in (None, 0)  # no active subscription left (the gauge shows only statuses held)
     # Live: counted once, as before.
     post(client, se.event("customer.subscription.created", se.subscription(subscription_id="sub_f"),
-                          created=NOW - 30))
+                          created=now - 30))
     post(client, se.event("customer.subscription.deleted", se.subscription(subscription_id="sub_f",
-                          status="canceled"), created=NOW - 20))
+                          status="canceled"), created=now - 20))
     assert total(scrape(client), "billingwatch_subscriptions_ended_total", livemode="false") == 1
 
 

@@ -31,30 +31,34 @@ from tests.metrics import (
 from tests.recording import DEDUP_TTL, SUBSCRIPTION_TTL, figures
 from tests.replay_helpers import billingwatch, billingwatch_process, deliver_live, summary_counts, write_jsonl
 
-T0 = int(time.time()) - 3600
+
+@pytest.fixture
+def t0(now: int) -> int:
+    """An hour before the test started."""
+    return now - 3600
 
 
-def scenario() -> list[dict[str, Any]]:
+def scenario(t0: int) -> list[dict[str, Any]]:
     """Normal traffic plus one case for each stateful detector, and one redelivered event."""
     ev = se.event
-    first = ev("charge.succeeded", se.charge(charge_id="ch_r1", customer="cus_dup", amount=2000), created=T0)
+    first = ev("charge.succeeded", se.charge(charge_id="ch_r1", customer="cus_dup", amount=2000), created=t0)
     events = [
         first,
-        ev("charge.succeeded", se.charge(charge_id="ch_r2", customer="cus_dup", amount=2000), created=T0 + 60),
+        ev("charge.succeeded", se.charge(charge_id="ch_r2", customer="cus_dup", amount=2000), created=t0 + 60),
         ev("invoice.finalized", se.invoice(total=-500, customer="cus_neg", subscription="sub_neg",
-                                           billing_reason="subscription_update"), created=T0 + 70),
-        ev("charge.succeeded", se.charge(charge_id="ch_r3", customer="cus_cur", currency="usd"), created=T0 + 80),
-        ev("charge.succeeded", se.charge(charge_id="ch_r4", customer="cus_cur", currency="eur"), created=T0 + 90),
-        ev("invoice.created", se.invoice(invoice_id="in_r1", subscription="sub_dbl", created=T0), created=T0 + 100),
-        ev("invoice.created", se.invoice(invoice_id="in_r2", subscription="sub_dbl", created=T0 + 3600),
-           created=T0 + 110),
+                                           billing_reason="subscription_update"), created=t0 + 70),
+        ev("charge.succeeded", se.charge(charge_id="ch_r3", customer="cus_cur", currency="usd"), created=t0 + 80),
+        ev("charge.succeeded", se.charge(charge_id="ch_r4", customer="cus_cur", currency="eur"), created=t0 + 90),
+        ev("invoice.created", se.invoice(invoice_id="in_r1", subscription="sub_dbl", created=t0), created=t0 + 100),
+        ev("invoice.created", se.invoice(invoice_id="in_r2", subscription="sub_dbl", created=t0 + 3600),
+           created=t0 + 110),
         ev("customer.subscription.created", se.subscription(subscription_id="sub_ok", customer="cus_ok"),
-           created=T0 + 120),
+           created=t0 + 120),
         ev("charge.failed", se.charge(status="failed", reason="insufficient_funds", customer="cus_ok"),
-           created=T0 + 130),
-        ev("refund.created", se.refund(charge_id="ch_r3"), created=T0 + 140),
-        ev("charge.dispute.created", se.dispute(charge_id="ch_r3"), created=T0 + 150),
-        ev("radar.early_fraud_warning.created", se.early_fraud_warning(charge_id="ch_r3"), created=T0 + 160),
+           created=t0 + 130),
+        ev("refund.created", se.refund(charge_id="ch_r3"), created=t0 + 140),
+        ev("charge.dispute.created", se.dispute(charge_id="ch_r3"), created=t0 + 150),
+        ev("radar.early_fraud_warning.created", se.early_fraud_warning(charge_id="ch_r3"), created=t0 + 160),
     ]
     return [*events, first]  # Stripe redelivers the first event
 
@@ -73,8 +77,8 @@ def assert_history_of(replayed_url: str, live_url: str) -> Samples:
     return replayed
 
 
-def test_replay_over_http_records_the_live_state_as_history_and_twice_changes_nothing(tmp_path: Path) -> None:
-    events = scenario()
+def test_replay_over_http_records_the_live_state_as_history_and_twice_changes_nothing(tmp_path: Path, t0: int) -> None:
+    events = scenario(t0)
     path = write_jsonl(tmp_path / "scenario.jsonl", events)
     with running_exporter() as live, running_exporter() as replayed:
         deliver_live(live.url, events)
@@ -98,8 +102,9 @@ def test_replay_over_http_records_the_live_state_as_history_and_twice_changes_no
         assert len(anomalies(replayed.url)) == 4
 
 
-def test_replay_direct_into_redis_matches_http_delivery(tmp_path: Path, redis_url: str, redis_prefix: str) -> None:
-    events = scenario()
+def test_replay_direct_into_redis_matches_http_delivery(tmp_path: Path, redis_url: str, redis_prefix: str,
+                                                        t0: int) -> None:
+    events = scenario(t0)
     path = write_jsonl(tmp_path / "scenario.jsonl", events)
     env = {"REDIS_URL": redis_url, "BILLINGWATCH_REDIS_PREFIX": redis_prefix}
     with running_exporter() as live, running_exporter(**env) as shared:
@@ -179,14 +184,14 @@ def make_store(kind: str, redis_server: RedisServer) -> Store:
 @pytest.mark.parametrize("kind", ["memory", "redis"])
 @pytest.mark.parametrize("batch", [1, 5, 100])
 async def test_pipelined_batches_record_what_one_by_one_does_and_twice_changes_nothing(
-    kind: str, batch: int, redis_server: RedisServer
+    kind: str, batch: int, redis_server: RedisServer, t0: int
 ) -> None:
     """record_many (replay --direct, backfill --direct) against record(), one event at a time:
     the same figures and anomalies; a redelivery in the same batch or a later one is a duplicate;
     a bad event in a batch is refused alone; the whole replay again changes nothing."""
-    events = [*scenario(), {"object": "event", "id": "evt_bad"}]
+    events = [*scenario(t0), {"object": "event", "id": "evt_bad"}]
     one_by_one, pipelined = make_store(kind, redis_server), make_store(kind, redis_server)
-    clock = lambda: float(T0 + 3600)  # noqa: E731 -- one receipt time for both: anomalies carry none, but plans may
+    clock = lambda: float(t0 + 3600)  # noqa: E731 -- one receipt time for both: anomalies carry none, but plans may
     single = Recorder(one_by_one, build_detectors({}), DEDUP_TTL, SUBSCRIPTION_TTL, clock)
     many = Recorder(pipelined, build_detectors({}), DEDUP_TTL, SUBSCRIPTION_TTL, clock)
     expected: list[str] = []
@@ -214,14 +219,14 @@ async def test_pipelined_batches_record_what_one_by_one_does_and_twice_changes_n
 
 
 def test_direct_replay_across_a_redis_restart_mid_batch_counts_every_event_once(
-    tmp_path: Path, redis_prefix: str
+    tmp_path: Path, redis_prefix: str, t0: int
 ) -> None:
     """Redis stopped while `replay --direct` sends its batches, then started again: the retried
     batches' events that had run come back duplicates, the others are recorded; each counts once."""
     redis = RedisServer(tmp_path / "redis", appendonly=True)  # keeps what it acknowledged across the restart
     (tmp_path / "redis").mkdir()
     redis.start()
-    events = [se.event("charge.succeeded", se.charge(customer=f"cus_mid{i}", amount=1000 + i), created=T0 + i)
+    events = [se.event("charge.succeeded", se.charge(customer=f"cus_mid{i}", amount=1000 + i), created=t0 + i)
               for i in range(3000)]
     path = write_jsonl(tmp_path / "many.jsonl", events)
     env = {"REDIS_URL": redis.url, "BILLINGWATCH_REDIS_PREFIX": redis_prefix}
@@ -246,11 +251,11 @@ def test_direct_replay_across_a_redis_restart_mid_batch_counts_every_event_once(
         redis.close()
 
 
-def test_concurrent_replay_over_http_gives_the_figures_of_a_sequential_one(tmp_path: Path) -> None:
-    events = scenario()
+def test_concurrent_replay_over_http_gives_the_figures_of_a_sequential_one(tmp_path: Path, t0: int) -> None:
+    events = scenario(t0)
     # 60 pairs of a customer's same-amount charges: 60 more duplicate_charge anomalies, in any order.
     events += [se.event("charge.succeeded", se.charge(customer=f"cus_c{i // 2}", amount=500 + i // 2),
-                        created=T0 + 200 + i) for i in range(120)]
+                        created=t0 + 200 + i) for i in range(120)]
     path = write_jsonl(tmp_path / "scenario.jsonl", events)
     with running_exporter() as sequential, running_exporter() as concurrent:
         first = billingwatch("replay", str(path), "--url", sequential.url, "--concurrency", "1")

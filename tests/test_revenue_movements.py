@@ -25,7 +25,6 @@ from tests.metrics import Samples, gauge_value, scrape, value
 from tests.recording import DEDUP_TTL, SUBSCRIPTION_TTL, figures
 
 DAY = 86400
-NOW = int(time.time())
 KINDS = ("new", "expansion", "contraction", "churn", "reactivation")
 # Families that hold revenue state or movements; a scenario's result is all of them.
 REVENUE = ("billingwatch_mrr_movement_amount_total", "billingwatch_customer_movements_total",
@@ -89,7 +88,7 @@ def fresh_store(store: Store, request: pytest.FixtureRequest) -> Iterator[Callab
 def scenario() -> list[dict[str, Any]]:
     """A customer subscribes at 100.00/month, adds seats to 150.00, drops to 120.00, cancels, and a
     month later takes a new subscription at 80.00."""
-    t0 = NOW - 40 * DAY
+    t0 = int(time.time()) - 40 * DAY  # read when the test builds it
     return [
         sub_event("customer.subscription.created", t0, sub="sub_one", unit=5000, quantity=2),
         sub_event("customer.subscription.updated", t0 + DAY, sub="sub_one", unit=5000, quantity=3),
@@ -144,7 +143,7 @@ def random_traffic(rng: random.Random) -> tuple[list[dict[str, Any]], dict[str, 
     per currency (major units) from each subscription's newest snapshot."""
     events: list[dict[str, Any]] = []
     newest: dict[str, tuple[int, str, str, float]] = {}  # sub → (at, customer, currency, mrr)
-    clock = NOW - 300 * DAY
+    clock = int(time.time()) - 300 * DAY
     for c in range(8):
         customer = f"cus_inv{c}"
         for s in range(rng.randint(1, 3)):
@@ -193,8 +192,8 @@ async def test_movements_always_sum_to_the_mrr_change_under_reordering_and_redel
 
 
 @pytest.mark.anyio
-async def test_unpaid_is_churn_and_paying_again_is_reactivation(store: Store) -> None:
-    t0 = NOW - 10 * DAY
+async def test_unpaid_is_churn_and_paying_again_is_reactivation(store: Store, now: int) -> None:
+    t0 = now - 10 * DAY
     for n, status in enumerate(("active", "unpaid", "active")):
         await record(store, sub_event("customer.subscription.updated", t0 + n * DAY, sub="sub_u", status=status))
     got = await figures(store)
@@ -203,8 +202,8 @@ async def test_unpaid_is_churn_and_paying_again_is_reactivation(store: Store) ->
 
 
 @pytest.mark.anyio
-async def test_each_currency_is_its_own_customer_mrr(store: Store) -> None:
-    t0 = NOW - 10 * DAY
+async def test_each_currency_is_its_own_customer_mrr(store: Store, now: int) -> None:
+    t0 = now - 10 * DAY
     await record(store, sub_event("customer.subscription.created", t0, sub="sub_usd", currency="usd"))
     await record(store, sub_event("customer.subscription.created", t0 + DAY, sub="sub_eur", currency="eur",
                                   unit=5000))
@@ -217,8 +216,8 @@ async def test_each_currency_is_its_own_customer_mrr(store: Store) -> None:
 
 
 @pytest.mark.anyio
-async def test_a_snapshot_that_moves_currency_takes_its_mrr_out_of_the_old_one(store: Store) -> None:
-    t0 = NOW - 10 * DAY
+async def test_a_snapshot_that_moves_currency_takes_its_mrr_out_of_the_old_one(store: Store, now: int) -> None:
+    t0 = now - 10 * DAY
     await record(store, sub_event("customer.subscription.created", t0, sub="sub_cur", currency="usd"))
     await record(store, sub_event("customer.subscription.updated", t0 + DAY, sub="sub_cur", currency="eur",
                                   unit=5000))
@@ -228,8 +227,8 @@ async def test_a_snapshot_that_moves_currency_takes_its_mrr_out_of_the_old_one(s
 
 
 @pytest.mark.anyio
-async def test_a_subscription_without_customer_is_its_own_customer(store: Store) -> None:
-    t0 = NOW - 10 * DAY
+async def test_a_subscription_without_customer_is_its_own_customer(store: Store, now: int) -> None:
+    t0 = now - 10 * DAY
     await record(store, sub_event("customer.subscription.created", t0, sub="sub_anon_a", customer=None))
     await record(store, sub_event("customer.subscription.created", t0, sub="sub_anon_b", customer=None, unit=3000))
     got = await figures(store)
@@ -246,8 +245,8 @@ async def test_a_subscription_without_customer_is_its_own_customer(store: Store)
     (("customer.subscription.updated", 15000), ("customer.subscription.updated", 10000), 100.0),
 ])
 async def test_equal_time_snapshots_are_ranked_created_updated_deleted(
-        store: Store, first: tuple[str, int], second: tuple[str, int], kept_mrr: float) -> None:
-    at = NOW - DAY
+        store: Store, first: tuple[str, int], second: tuple[str, int], kept_mrr: float, now: int) -> None:
+    at = now - DAY
     await record(store, sub_event("customer.subscription.created", at - DAY, sub="sub_tie", unit=10000))
     for event_type, unit in (first, second):
         await record(store, sub_event(event_type, at, sub="sub_tie", unit=unit))
@@ -274,8 +273,8 @@ async def trials(store: Store) -> tuple[float, float, float]:
 
 
 @pytest.mark.anyio
-async def test_trials_start_convert_and_expire_once_each(store: Store) -> None:
-    start = NOW - 20 * DAY
+async def test_trials_start_convert_and_expire_once_each(store: Store, now: int) -> None:
+    start = now - 20 * DAY
     end = start + 14 * DAY
     started = trial_event("customer.subscription.created", start, "sub_t1", "trialing", start, end)
     converted = trial_event("customer.subscription.updated", end, "sub_t1", "active", start, end)
@@ -296,17 +295,17 @@ async def test_trials_start_convert_and_expire_once_each(store: Store) -> None:
     assert await trials(store) == (3, 1, 2)
 
     # A trial that ended long before the subscription is first seen counts neither way.
-    old_start, old_end = NOW - 100 * DAY, NOW - 86 * DAY
-    await record(store, trial_event("customer.subscription.updated", NOW - DAY, "sub_t4", "active", old_start,
+    old_start, old_end = now - 100 * DAY, now - 86 * DAY
+    await record(store, trial_event("customer.subscription.updated", now - DAY, "sub_t4", "active", old_start,
                                     old_end))
-    await record(store, trial_event("customer.subscription.deleted", NOW - 3600, "sub_t5", "canceled", old_start,
+    await record(store, trial_event("customer.subscription.deleted", now - 3600, "sub_t5", "canceled", old_start,
                                     old_end))
     assert await trials(store) == (3, 1, 2)
 
 
 @pytest.mark.anyio
-async def test_trials_from_history_claim_their_keys_but_count_nothing(store: Store) -> None:
-    start = NOW - 20 * DAY
+async def test_trials_from_history_claim_their_keys_but_count_nothing(store: Store, now: int) -> None:
+    start = now - 20 * DAY
     end = start + 14 * DAY
     await record(store, trial_event("customer.subscription.created", start, "sub_h", "trialing", start, end),
                  history=True)
@@ -333,7 +332,7 @@ def items(*specs: tuple[str, str, int, int, str]) -> list[dict[str, Any]]:
             for price, product, unit, quantity, interval in specs]
 
 
-def test_mrr_by_plan_splits_mrr_by_the_configured_mapping(store: Store, make_client: Any) -> None:
+def test_mrr_by_plan_splits_mrr_by_the_configured_mapping(store: Store, make_client: Any, now: int) -> None:
     client = make_client(store=store, plans=PLANS, currencies=("usd",))
 
     def deliver(evt: dict[str, Any]) -> None:  # on the app's event loop: the store's connections live there
@@ -344,11 +343,11 @@ def test_mrr_by_plan_splits_mrr_by_the_configured_mapping(store: Store, make_cli
         assert value(at_start, "billingwatch_mrr_by_plan_amount", plan=plan, currency="usd", livemode="false") == 0
     assert paying(at_start) == 0 and moved(at_start, "churn") == (0.0, 0.0)
 
-    obj = se.subscription(subscription_id="sub_plans", customer="cus_plans", created=NOW - 2 * DAY)
+    obj = se.subscription(subscription_id="sub_plans", customer="cus_plans", created=now - 2 * DAY)
     obj["items"]["data"] = items(("price_pro", "prod_pro", 5000, 1, "month"),  # price id: pro
                                  ("price_seat", "prod_team", 3000, 2, "month"),  # product id: team
                                  ("price_misc", "prod_misc", 12000, 1, "year"))  # unmapped: other, 10/month
-    deliver(se.event("customer.subscription.created", obj, created=NOW - 2 * DAY))
+    deliver(se.event("customer.subscription.created", obj, created=now - 2 * DAY))
     got = scrape(client)
 
     def by_plan(samples: Samples) -> dict[str, float]:
@@ -358,7 +357,7 @@ def test_mrr_by_plan_splits_mrr_by_the_configured_mapping(store: Store, make_cli
     assert by_plan(got) == {"pro": 50.0, "team": 60.0, "other": 10.0}
     assert sum(by_plan(got).values()) == mrr(got) == 120.0
     obj["items"]["data"] = obj["items"]["data"][1:]  # drops pro
-    deliver(se.event("customer.subscription.updated", obj, created=NOW - DAY))
+    deliver(se.event("customer.subscription.updated", obj, created=now - DAY))
     got = scrape(client)
     assert by_plan(got) == {"pro": 0.0, "team": 60.0, "other": 10.0}
     assert sum(by_plan(got).values()) == mrr(got) == 70.0
@@ -366,8 +365,8 @@ def test_mrr_by_plan_splits_mrr_by_the_configured_mapping(store: Store, make_cli
 
 
 @pytest.mark.anyio
-async def test_without_plans_every_item_is_other(store: Store) -> None:
-    await record(store, sub_event("customer.subscription.created", NOW - DAY, sub="sub_np", unit=4200))
+async def test_without_plans_every_item_is_other(store: Store, now: int) -> None:
+    await record(store, sub_event("customer.subscription.created", now - DAY, sub="sub_np", unit=4200))
     got = await figures(store)
     assert value(got, "billingwatch_mrr_by_plan_amount", plan="other", currency="usd", livemode="false") == 42.0
 
@@ -403,11 +402,11 @@ def test_plans_setting_parses_and_serve_refuses_a_bad_one_in_one_line() -> None:
 
 
 @pytest.mark.anyio
-async def test_a_movement_total_out_of_range_is_refused_with_nothing_written(store: Store) -> None:
+async def test_a_movement_total_out_of_range_is_refused_with_nothing_written(store: Store, now: int) -> None:
     near = fields.field(fam.MRR_MOVEMENT_AMOUNT, "new", "usd", "false")
     await store.increment({near: COUNTER_LIMIT - 5})
     before = await store.snapshot(time.time(), 0)
-    evt = sub_event("customer.subscription.created", NOW - DAY, sub="sub_over", customer="cus_over")
+    evt = sub_event("customer.subscription.created", now - DAY, sub="sub_over", customer="cus_over")
     with pytest.raises(Unrecordable, match="would leave the range"):
         await record(store, evt)
     assert await store.snapshot(time.time(), 0) == before

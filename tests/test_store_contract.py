@@ -14,7 +14,6 @@ from tests.recording import figures, record
 
 pytestmark = pytest.mark.anyio
 DAY = 86400
-NOW = int(time.time())
 
 
 def sub_event(event_type: str, created: int, **kw: object) -> dict[str, object]:
@@ -32,7 +31,7 @@ async def test_dedup_makes_a_redelivery_change_nothing(store: Store) -> None:
         True, False, False]
 
 
-async def test_subscription_gauges_follow_the_newest_snapshot(store: Store) -> None:
+async def test_subscription_gauges_follow_the_newest_snapshot(store: Store, now: int) -> None:
     async def held(status: str) -> float:
         return gauge_value(await figures(store), "billingwatch_subscriptions", status=status, livemode="false")
 
@@ -42,72 +41,72 @@ async def test_subscription_gauges_follow_the_newest_snapshot(store: Store) -> N
     async def ended() -> float:
         return value(await figures(store), "billingwatch_subscriptions_ended_total", livemode="false")
 
-    await record(store, sub_event("customer.subscription.created", NOW - 300, status="trialing"))
+    await record(store, sub_event("customer.subscription.created", now - 300, status="trialing"))
     assert await held("trialing") == 1
-    await record(store, sub_event("customer.subscription.updated", NOW - 200, status="active", unit_amount=1200,
+    await record(store, sub_event("customer.subscription.updated", now - 200, status="active", unit_amount=1200,
                                   quantity=2))
     assert await held("trialing") == 0
     assert await held("active") == 1
     assert await mrr() == pytest.approx(24.00)
     # An older snapshot delivered late changes nothing.
-    await record(store, sub_event("customer.subscription.updated", NOW - 250, status="past_due"))
+    await record(store, sub_event("customer.subscription.updated", now - 250, status="past_due"))
     assert await held("active") == 1 and await held("past_due") == 0
-    await record(store, sub_event("customer.subscription.deleted", NOW - 100, status="canceled"))
+    await record(store, sub_event("customer.subscription.deleted", now - 100, status="canceled"))
     assert await held("active") == 0
     assert await mrr() == 0
     assert await ended() == 1
     # A stale update after the deletion does not resurrect it.
-    await record(store, sub_event("customer.subscription.updated", NOW - 150, status="active"))
+    await record(store, sub_event("customer.subscription.updated", now - 150, status="active"))
     assert await held("active") == 0 and await ended() == 1
 
 
-async def test_mrr_normalises_intervals_per_currency(store: Store) -> None:
-    await record(store, sub_event("customer.subscription.created", NOW, subscription_id="sub_y", unit_amount=12000,
+async def test_mrr_normalises_intervals_per_currency(store: Store, now: int) -> None:
+    await record(store, sub_event("customer.subscription.created", now, subscription_id="sub_y", unit_amount=12000,
                                   interval="year", currency="usd"))
-    await record(store, sub_event("customer.subscription.created", NOW, subscription_id="sub_q", unit_amount=3000,
+    await record(store, sub_event("customer.subscription.created", now, subscription_id="sub_q", unit_amount=3000,
                                   interval="month", interval_count=3, currency="usd"))
-    await record(store, sub_event("customer.subscription.created", NOW, subscription_id="sub_j", unit_amount=500,
+    await record(store, sub_event("customer.subscription.created", now, subscription_id="sub_j", unit_amount=500,
                                   currency="jpy", old_shape=True))
     metrics = await figures(store)
     assert value(metrics, "billingwatch_mrr_amount", currency="usd", livemode="false") == pytest.approx(20.00)
     assert value(metrics, "billingwatch_mrr_amount", currency="jpy", livemode="false") == pytest.approx(500)  # no minor
 
 
-async def test_lapsed_subscription_counts_after_grace_and_clears_when_paid(store: Store) -> None:
-    period_end = NOW - 3 * DAY
-    await record(store, sub_event("customer.subscription.updated", NOW - 40 * DAY, subscription_id="sub_lapse",
+async def test_lapsed_subscription_counts_after_grace_and_clears_when_paid(store: Store, now: int) -> None:
+    period_end = now - 3 * DAY
+    await record(store, sub_event("customer.subscription.updated", now - 40 * DAY, subscription_id="sub_lapse",
                                   period_end=period_end))
-    assert (await store.snapshot(NOW, 2 * DAY)).lapsed["false"] == 1
-    assert (await store.snapshot(NOW, 4 * DAY)).lapsed["false"] == 0  # still within a longer grace
+    assert (await store.snapshot(now, 2 * DAY)).lapsed["false"] == 1
+    assert (await store.snapshot(now, 4 * DAY)).lapsed["false"] == 0  # still within a longer grace
     paid = se.invoice(subscription="sub_lapse", invoice_id="in_renewal")
     await record(store, se.event("invoice.paid", paid, created=period_end + 3600))
-    assert (await store.snapshot(NOW, 2 * DAY)).lapsed["false"] == 0
+    assert (await store.snapshot(now, 2 * DAY)).lapsed["false"] == 0
 
 
-async def test_renewal_moves_the_watch_to_the_next_period(store: Store) -> None:
-    old_end = NOW - 5 * DAY
-    await record(store, sub_event("customer.subscription.updated", NOW - 35 * DAY, subscription_id="sub_r",
+async def test_renewal_moves_the_watch_to_the_next_period(store: Store, now: int) -> None:
+    old_end = now - 5 * DAY
+    await record(store, sub_event("customer.subscription.updated", now - 35 * DAY, subscription_id="sub_r",
                                   period_end=old_end))
     paid = se.invoice(subscription="sub_r", old_shape=True)
     await record(store, se.event("invoice.paid", paid, created=old_end + 60))
     new_end = old_end + 30 * DAY
     await record(store, sub_event("customer.subscription.updated", old_end + 61, subscription_id="sub_r",
                                   period_end=new_end))
-    assert (await store.snapshot(NOW, DAY)).lapsed["false"] == 0
+    assert (await store.snapshot(now, DAY)).lapsed["false"] == 0
     assert (await store.snapshot(new_end + 2 * DAY, DAY)).lapsed["false"] == 1
 
 
-async def test_a_forgotten_subscription_stops_counting_as_lapsed(store: Store) -> None:
-    await record(store, sub_event("customer.subscription.updated", NOW - 40 * DAY, subscription_id="sub_gone",
-                                  period_end=NOW - 10 * DAY))
-    assert (await store.snapshot(NOW, DAY, lapse_horizon=20 * DAY)).lapsed["false"] == 1
-    assert (await store.snapshot(NOW, DAY, lapse_horizon=5 * DAY)).lapsed["false"] == 0
+async def test_a_forgotten_subscription_stops_counting_as_lapsed(store: Store, now: int) -> None:
+    await record(store, sub_event("customer.subscription.updated", now - 40 * DAY, subscription_id="sub_gone",
+                                  period_end=now - 10 * DAY))
+    assert (await store.snapshot(now, DAY, lapse_horizon=20 * DAY)).lapsed["false"] == 1
+    assert (await store.snapshot(now, DAY, lapse_horizon=5 * DAY)).lapsed["false"] == 0
 
 
-async def test_only_active_subscriptions_can_lapse(store: Store) -> None:
-    await record(store, sub_event("customer.subscription.updated", NOW - 40 * DAY, subscription_id="sub_pd",
-                                  status="past_due", period_end=NOW - 10 * DAY))
-    assert (await store.snapshot(NOW, DAY)).lapsed["false"] == 0
+async def test_only_active_subscriptions_can_lapse(store: Store, now: int) -> None:
+    await record(store, sub_event("customer.subscription.updated", now - 40 * DAY, subscription_id="sub_pd",
+                                  status="past_due", period_end=now - 10 * DAY))
+    assert (await store.snapshot(now, DAY)).lapsed["false"] == 0
 
 
 async def test_refunds_count_once_whichever_events_report_them(store: Store) -> None:
@@ -150,20 +149,20 @@ async def test_disputes_and_fraud_warnings_with_bounded_labels(store: Store) -> 
                  livemode="false") == 1
 
 
-async def test_lag_histogram_and_last_event_times(store: Store) -> None:
-    created = NOW - 700
-    await record(store, se.event("charge.succeeded", se.charge(), created=created), received_at=NOW)
-    metrics = await figures(store, NOW)
+async def test_lag_histogram_and_last_event_times(store: Store, now: int) -> None:
+    created = now - 700
+    await record(store, se.event("charge.succeeded", se.charge(), created=created), received_at=now)
+    metrics = await figures(store, now)
     lag = "billingwatch_webhook_delivery_lag_seconds"
     assert value(metrics, lag + "_bucket", le="600.0", livemode="false") == 0
     assert value(metrics, lag + "_bucket", le="1800.0", livemode="false") == 1
     assert value(metrics, lag + "_count", livemode="false") == 1
     assert value(metrics, lag + "_sum", livemode="false") == pytest.approx(700)
-    assert value(metrics, "billingwatch_last_event_received_timestamp_seconds", livemode="false") == NOW
+    assert value(metrics, "billingwatch_last_event_received_timestamp_seconds", livemode="false") == now
     assert value(metrics, "billingwatch_last_event_created_timestamp_seconds", livemode="false") == created
     # An older event does not move the last-created time back.
-    await record(store, se.event("charge.succeeded", se.charge(amount=1), created=created - 50), received_at=NOW)
-    assert value(await figures(store, NOW), "billingwatch_last_event_created_timestamp_seconds",
+    await record(store, se.event("charge.succeeded", se.charge(amount=1), created=created - 50), received_at=now)
+    assert value(await figures(store, now), "billingwatch_last_event_created_timestamp_seconds",
                  livemode="false") == created
 
 

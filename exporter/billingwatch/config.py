@@ -20,16 +20,28 @@ class ConfigError(ValueError):
     """A setting is missing or malformed; the message names it, never its secret value."""
 
 
-def _secret(environ: Mapping[str, str], name: str) -> str:
-    """A secret from NAME, or from the file NAME_FILE names (Docker/Kubernetes secrets)."""
-    value = environ.get(name, "")
+def file_setting(environ: Mapping[str, str], name: str) -> str | None:
+    """The content of the file NAME_FILE names (Docker/Kubernetes secrets), stripped; None when
+    NAME_FILE is unset. An empty or blank file is a ConfigError: it is a secret that was never
+    written (an empty token would mean "no token", serving customer data to loopback)."""
     path = environ.get(name + "_FILE", "")
-    if path:
-        try:
-            value = Path(path).read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
+    if not path:
+        return None
+    try:
+        value = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{name}_FILE: {path} is not UTF-8 text") from None
+    if not value:
+        raise ConfigError(f"{name}_FILE: {path} is empty; write the setting into it, or unset {name}_FILE")
     return value
+
+
+def _secret(environ: Mapping[str, str], name: str) -> str:
+    """A secret from NAME, or from the file NAME_FILE names."""
+    value = file_setting(environ, name)
+    return environ.get(name, "") if value is None else value
 
 
 def env_int(environ: Mapping[str, str], name: str, default: int, minimum: int = 0, maximum: int = 10**9) -> int:

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
-from pathlib import Path
 
 import httpx
 
@@ -30,7 +29,7 @@ from billingwatch.commands.digest_figures import (
     collect,
     parse_period,
 )
-from billingwatch.config import ConfigError
+from billingwatch.config import ConfigError, file_setting
 
 log = logging.getLogger("billingwatch.digest")
 PREFIX = "BILLINGWATCH_DIGEST_"
@@ -110,9 +109,21 @@ def digest(args: argparse.Namespace) -> int:
     return 0
 
 
+# --at's range: what datetime (the report's dates) and Prometheus' queries can both express.
+LATEST_AT = 253402300799  # 9999-12-31T23:59:59Z
+
+
 def end_time(raw: str | None) -> float:
     if raw is None:
         return time.time()
+    seconds = _unix_seconds(raw)
+    # float() also reads nan, inf and 1e300: each would fail later, deep in date formatting.
+    if not 0 <= seconds <= LATEST_AT:  # False for nan too
+        raise ConfigError(f"--at must be a time between 1970 and 9999, got {raw[:40]!r}")
+    return seconds
+
+
+def _unix_seconds(raw: str) -> float:
     try:
         return float(raw)
     except ValueError:
@@ -127,14 +138,9 @@ def end_time(raw: str | None) -> float:
 
 
 def secret(environ: Mapping[str, str], name: str) -> str:
-    """NAME, or the content of the file NAME_FILE names."""
-    path = environ.get(name + "_FILE", "")
-    if not path:
-        return environ.get(name, "")
-    try:
-        return Path(path).read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
+    """NAME, or the content of the file NAME_FILE names (an empty file is a ConfigError)."""
+    value = file_setting(environ, name)
+    return environ.get(name, "") if value is None else value
 
 
 def mail_settings(environ: Mapping[str, str]) -> Mail:

@@ -52,9 +52,12 @@ async def documents(names: list[str]) -> AsyncIterator[tuple[str, Any]]:
     for name in names:
         for label, line in lines(name):
             try:
-                yield label, json.loads(line)
+                document = json.loads(line)
             except ValueError:
-                yield label, Unreadable("not JSON")
+                document = Unreadable("not JSON")
+            except RecursionError:  # nesting deeper than the parser's stack: reported, never a traceback
+                document = Unreadable("JSON nested too deeply")
+            yield label, document
 
 
 def count_lines(names: list[str]) -> int | None:

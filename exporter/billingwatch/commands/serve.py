@@ -12,7 +12,7 @@ from billingwatch.startup import check_settings
 def add_serve(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     parser = sub.add_parser("serve", help="run the exporter (webhook endpoint and /metrics)")
     parser.add_argument("--host", help="listen address (env BILLINGWATCH_HOST, default 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="listen port (env BILLINGWATCH_PORT, default 9786)")
+    parser.add_argument("--port", type=port_arg, help="listen port (env BILLINGWATCH_PORT, default 9786)")
     parser.add_argument(
         "--workers", type=workers_arg, default=1, metavar="N|auto",
         help="uvicorn worker processes; auto: one per core this process may use (more than 1 needs REDIS_URL)",
@@ -22,6 +22,13 @@ def add_serve(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> Non
         help="development only: accept unsigned events (livemode events are still rejected)",
     )
     parser.set_defaults(run=serve)
+
+
+def port_arg(text: str) -> int:
+    """1..65535, as BILLINGWATCH_PORT: uvicorn would take 70000 as port 4464, and 0 meant the default."""
+    if not text.isascii() or not text.isdigit() or len(text) > 5 or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError("must be a port number from 1 to 65535")
+    return int(text)
 
 
 def workers_arg(text: str) -> int | str:

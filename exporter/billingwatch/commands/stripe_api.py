@@ -12,7 +12,7 @@ from typing import Any
 import stripe
 from stripe.params import EventListParams, SubscriptionListParams
 
-from billingwatch.config import ConfigError
+from billingwatch.config import ConfigError, file_setting
 
 # Stripe keeps events for 30 days; nothing older can be listed.
 RETENTION_SECONDS = 30 * 86400
@@ -57,14 +57,7 @@ def add_api_arguments(parser: argparse.ArgumentParser) -> None:
 def client_from(args: argparse.Namespace) -> stripe.StripeClient:
     """A client on the key in STRIPE_API_KEY (or STRIPE_API_KEY_FILE): a restricted key with Events and
     Subscriptions read only (reconcile reads Events only; backfill seeds subscriptions too)."""
-    key = os.environ.get("STRIPE_API_KEY", "")
-    path = os.environ.get("STRIPE_API_KEY_FILE", "")
-    if path:
-        try:
-            with open(path) as handle:
-                key = handle.read().strip()
-        except OSError as exc:
-            raise ConfigError(f"STRIPE_API_KEY_FILE: cannot read {path}: {exc.strerror}") from None
+    key = file_setting(os.environ, "STRIPE_API_KEY") or os.environ.get("STRIPE_API_KEY", "")
     if not key:
         raise ConfigError(
             "STRIPE_API_KEY is not set: create a restricted key with read access to Events and Subscriptions only "

@@ -39,6 +39,7 @@ class DoubleInvoice:
                 at=invoice.created,
                 window=self.window_seconds,
                 ttl=max(context.state_ttl, 2 * self.window_seconds),
+                gap_detail="gap_seconds",  # between the two invoices' created times
                 anomaly=anomaly(
                     self,
                     event,

@@ -156,6 +156,7 @@ SCHEMAS: dict[str, Json] = {
             "amount": {"type": "integer", "description": "minor units of `currency`"},
             "currency": {"type": "string"},
             "history": {"type": "boolean", "description": "found in imported history, not live traffic"},
+            "account": {"type": "string", "description": "the Stripe Connect account; absent for the platform's own"},
             "related": {"type": "array", "items": {"type": "string"}, "description": "the other ids involved"},
             "details": {"type": "object", "description": "what else the detector reports"},
             "explorer": {"type": "string", "description": "the /events page filtered on this anomaly's customer"},
@@ -180,6 +181,8 @@ SCHEMAS: dict[str, Json] = {
             "reason": {"type": ["string", "null"], "description": "why a rejected event was refused"},
             "anomalies": {"type": "array", "items": {"type": "string"}, "description": "detectors it raised"},
             "history": {"type": "boolean"},
+            "account": {"type": ["string", "null"],
+                        "description": "the Stripe Connect account; null for the platform's own events"},
         },
     },
 }

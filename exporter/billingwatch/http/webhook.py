@@ -55,15 +55,24 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
 
 
 def signature_timestamp(header: str) -> int | None:
-    """The header's t=, or None when the header is not printable ASCII of sane length or has no integer t."""
+    """The header's t= exactly as the SDK reads it (items split on ",", each on its first "=",
+    keys compared as they are), or None when the header is not printable ASCII of sane length,
+    names t more than once, has a blank in a key, or has no t of plain digits.
+
+    One reading only: with `t =<now>,t=<future>` a lenient parser and the SDK's would read
+    different timestamps, so the future one would pass the check below while the SDK verified it.
+    """
     if len(header) > MAX_SIGNATURE_HEADER or not header.isascii() or not header.isprintable():
         return None
-    for item in header.split(","):
-        key, _, value = item.partition("=")
-        if key.strip() == "t":
-            value = value.strip()
-            return int(value) if value.isdigit() and len(value) <= 12 else None
-    return None
+    items = [item.split("=", 2) for item in header.split(",")]
+    if any(part != "".join(part.split()) for part, *_ in items):  # a blank in a key
+        return None
+    stamps = [rest[0] for key, *rest in items if key == "t" and rest]
+    if len(stamps) != 1 or sum(key == "t" for key, *_ in items) != 1:
+        return None
+    value = stamps[0]
+    # Plain digits only: the SDK's int() would also take "+1", "1_0" or blanks around them.
+    return int(value) if value.isascii() and value.isdigit() and len(value) <= 12 else None
 
 
 def signing_secret(payload: str, header: str, secrets: Sequence[str], tolerance: int, now: float) -> str | None:

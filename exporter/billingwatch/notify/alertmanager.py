@@ -88,6 +88,8 @@ def alert(record: dict[str, Any], settings: PushSettings, now: float) -> dict[st
     facts: dict[str, str] = {}
     if record.get("customer"):
         facts["customer"] = str(record["customer"])
+    if record.get("account"):  # Stripe Connect: whose customer, charge or invoice this is
+        facts["account"] = str(record["account"])
     objects = objects_text(record)
     if objects:
         facts["objects"] = objects
@@ -99,8 +101,9 @@ def alert(record: dict[str, Any], settings: PushSettings, now: float) -> dict[st
     summary = f"{record.get('summary', detector + ' anomaly')}" + (f" ({who})" if who else "")
     annotations = {
         "summary": summary,
-        "description": f"{detector}: {summary}. Event {record.get('event_id')} ({record.get('event_type')}), "
-                       f"livemode={livemode}.",
+        "description": f"{detector}: {summary}. Event {record.get('event_id')} ({record.get('event_type')})"
+                       + (f" of connected account {facts['account']}" if "account" in facts else "")
+                       + f", livemode={livemode}.",
         **facts,
         "event_id": str(record.get("event_id", "")),
         "event_type": str(record.get("event_type", "")),

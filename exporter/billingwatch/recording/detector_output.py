@@ -48,15 +48,14 @@ def _anomaly(anomaly: "Anomaly") -> "Anomaly":
     return replace(anomaly, details=details)
 
 
-def checked(output: object) -> list["Check"]:
-    """The detector's checks, each anomaly's details made plain JSON; BadDetectorOutput otherwise."""
-    from billingwatch.recording.plan import Anomaly, Check  # here: plan.py imports this module
-
+def checked(output: object, check_type: type["Check"], anomaly_type: type["Anomaly"]) -> list["Check"]:
+    """The detector's checks, each anomaly's details made plain JSON; BadDetectorOutput otherwise.
+    plan.py passes its Check and Anomaly types: it imports this module, so this one cannot import it."""
     if not isinstance(output, list | tuple):
         raise BadDetectorOutput(f"checks() must return a list, not {type(output).__name__}")
     result = []
     for check in output:
-        if not isinstance(check, Check):
+        if not isinstance(check, check_type):
             raise BadDetectorOutput(f"checks() must return Check objects, not {type(check).__name__}")
         if check.op not in OPS or not isinstance(check.key, str) or not check.key or not isinstance(check.member, str):
             raise BadDetectorOutput("a check needs an op among " + ", ".join(OPS) + ", a key and a text member")
@@ -66,7 +65,7 @@ def checked(output: object) -> list["Check"]:
                 isinstance(k, str) and _is_int(v) for k, v in check.counters.items()):
             raise BadDetectorOutput("a check's counters must map field names to integers")
         if check.anomaly is not None:
-            if not isinstance(check.anomaly, Anomaly):
+            if not isinstance(check.anomaly, anomaly_type):
                 raise BadDetectorOutput(f"a check's anomaly must be an Anomaly, not {type(check.anomaly).__name__}")
             check = replace(check, anomaly=_anomaly(check.anomaly))
         result.append(check)

@@ -9,9 +9,11 @@ needs no vocabulary of its own.
 """
 
 import bisect
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from urllib.parse import quote
 
 from billingwatch.metrics import families as fam
 from billingwatch.metrics import fields
@@ -57,6 +59,7 @@ if TYPE_CHECKING:  # the detectors build Checks: importing them here at run time
     from billingwatch.detectors import Context, Detector
 
 CheckOp = Literal["once", "window", "distinct", "sum"]
+_DETAIL_KEY = re.compile(r"[a-z][a-z0-9_]{0,47}")
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,8 @@ class Anomaly:
     amount: int | None = None  # minor units
     currency: str | None = None
     history: bool = False  # found by an imported (replayed) event, not by live traffic
+    # The Stripe Connect account the event is about (event.account); None for the platform's own.
+    account: str | None = None
     # What else the detector reports (e.g. prices and quantities before and after): JSON values,
     # kept exactly by both stores (the Redis one carries it as one JSON string).
     details: dict[str, Any] | None = None
@@ -99,7 +104,8 @@ class Check:
                 below `threshold` to at least it (those members are the related ids). A member
                 is its id and amount: a redelivered one adds nothing.
     Sets keep at most `cap` members (the oldest go first) and expire `ttl` seconds after their
-    last change.
+    last change. `gap_detail` (window): the key of the anomaly's details that gets the seconds
+    between `at` and the nearest related member, which only the store knows.
     """
 
     op: CheckOp
@@ -111,8 +117,14 @@ class Check:
     cap: int = 64
     amount: int = 0  # sum: 0..MAX_AMOUNT
     threshold: int = 0  # sum
+    gap_detail: str = ""  # window: a lower-case JSON key, or "" for none
     counters: dict[str, int] = field(default_factory=dict)
     anomaly: Anomaly | None = None
+
+    def __post_init__(self) -> None:
+        # The stores write it into the record's JSON as it is (apply.lua splices text).
+        if self.gap_detail and not _DETAIL_KEY.fullmatch(self.gap_detail):
+            raise ValueError(f"Check.gap_detail must match {_DETAIL_KEY.pattern}")
 
     @property
     def anomaly_counter(self) -> str:
@@ -261,6 +273,7 @@ class LogEntry:
     currency: str | None = None
     history: bool = False
     reason: str | None = None  # why a rejected event was refused
+    account: str | None = None  # the Stripe Connect account (event.account); None: the platform's own
 
     def as_dict(self) -> dict[str, Any]:
         """Every field, None too: each log line has the same keys."""
@@ -386,7 +399,8 @@ def plan_event(
     for detector in detectors:
         if event.type in detector.event_types:
             try:
-                checks.extend(checked(detector.checks(event, context)))  # a bad output fails here
+                found = checked(detector.checks(event, context), Check, Anomaly)  # a bad output fails here
+                checks.extend(found if event.account is None else [for_account(c, event.account) for c in found])
             except InvalidEvent:
                 raise  # the event itself is malformed: nothing records it
             except Exception:  # a detector's bug (often a plugin's) must not cost the event: a refusal
@@ -407,13 +421,24 @@ def plan_event(
     return as_history(plan, event, type_label) if history else plan
 
 
+def for_account(check: Check, account: str) -> Check:
+    """A detector's check on a Stripe Connect account's event: its key scoped by the account, so
+    connected accounts never share detector memory (card fingerprints of platform-created cards
+    are shared across them), and its record naming the account. The platform's own events keep
+    their keys exactly as they are. Quoted: an account id holding ':' cannot reach another's keys."""
+    anomaly = check.anomaly
+    if anomaly is not None and anomaly.account is None:
+        anomaly = _evolve(anomaly, account=account)
+    return _evolve(check, key=f"acct:{quote(account, safe='')}:{check.key}", anomaly=anomaly)
+
+
 def log_entry(event: Event, received_at: float, history: bool) -> LogEntry:
     """The event's log line: who, which object, how much, read the same way for every type."""
     obj = event.object
     return LogEntry(
         id=event.id, type=event.type, created=event.created, received=int(received_at), livemode=event.livemode,
         customer=customer_id(obj), object=object_id(obj), amount=amount_of(obj), currency=currency_of(obj),
-        history=history,
+        history=history, account=event.account,
     )
 
 
@@ -431,7 +456,7 @@ def rejected_entry(document: Any, reason: str, received_at: float, history: bool
         else None,
         received=int(received_at), livemode=livemode if isinstance(livemode, bool) else None,
         customer=customer_id(obj), object=object_id(obj), amount=amount_of(obj), currency=currency_of(obj),
-        history=history, reason=reason[:300],
+        history=history, reason=reason[:300], account=short_text(doc.get("account")),
     )
 
 

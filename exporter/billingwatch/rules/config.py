@@ -219,6 +219,14 @@ def _merge(defaults: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error on one line: what is wrong and where (its own text quotes the line below)."""
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or type(exc).__name__
+    mark = getattr(exc, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return " ".join(str(problem).split())[:200] + where
+
+
 def load_config(path: str | None = None) -> RulesConfig:
     """The defaults, with the keys of the YAML file at `path` laid over them.
 
@@ -233,7 +241,9 @@ def load_config(path: str | None = None) -> RulesConfig:
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+            raise ConfigError(f"{path}: not valid YAML: {yaml_problem(exc)}") from None
+        except RecursionError:  # PyYAML composes nested nodes recursively
+            raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
         if override is None:
             override = {}
         if not isinstance(override, dict):

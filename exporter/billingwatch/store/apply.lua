@@ -287,7 +287,7 @@ local result = { 0 }
 local fired = {} -- the detectors that hit, for the log line
 for i, check in ipairs(plan.checks) do
   local key = KEYS[CHECK_KEYS + i]
-  local hit, related = false, nil
+  local hit, related, gap = false, nil, nil
   if check.op == 'once' then
     hit = redis.call('SET', key, '1', 'NX', 'EX', check.ttl) and true or false
   elseif check.op == 'sum' then
@@ -296,7 +296,13 @@ for i, check in ipairs(plan.checks) do
     local score = redis.call('ZSCORE', key, check.member)
     if not score then
       if check.op == 'window' then
-        related = redis.call('ZRANGEBYSCORE', key, check.lo, check.hi)
+        local near = redis.call('ZRANGEBYSCORE', key, check.lo, check.hi, 'WITHSCORES')
+        related = {}
+        for j = 1, #near, 2 do
+          table.insert(related, near[j])
+          local apart = math.abs(tonumber(check.at) - tonumber(near[j + 1]))
+          if not gap or apart < gap then gap = apart end
+        end
       else
         related = redis.call('ZRANGE', key, 0, -1)
       end
@@ -317,6 +323,17 @@ for i, check in ipairs(plan.checks) do
     end
     if check.anomaly then
       check.anomaly.related = related
+      if gap and check.gap_detail ~= '' then
+        -- details crosses Lua as a JSON object's text (redis_store._stringify): the gap joins it
+        -- as text too, so cjson never rounds the detector's numbers. Times are below 2^53: exact.
+        local gap_text = '"' .. check.gap_detail .. '":' .. string.format('%d', gap)
+        local details = check.anomaly.details
+        if type(details) ~= 'string' or details == 'null' or details == '{}' then
+          check.anomaly.details = '{' .. gap_text .. '}'
+        else
+          check.anomaly.details = '{' .. gap_text .. ',' .. details:sub(2)
+        end
+      end
       local record = cjson.encode(check.anomaly)
       redis.call('LPUSH', KEYS[4], record)
       redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[2]) - 1)

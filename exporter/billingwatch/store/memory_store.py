@@ -283,6 +283,7 @@ class MemoryStore:
         """Run one check; return its anomaly record when it hits with one."""
         key = "c:" + check.key
         related: list[str] | None = None
+        gap: int | None = None
         if check.op == "once":
             hit = self._set_once(key, check.ttl)
         elif check.op == "sum":
@@ -296,6 +297,7 @@ class MemoryStore:
                     lo, hi = check.at - check.window, check.at + check.window
                     near = sorted((s, m) for m, s in members.items() if lo <= s <= hi)
                     related = [m for _, m in near]
+                    gap = min((abs(check.at - s) for s, _ in near), default=None)
                 else:
                     related = [m for _, m in sorted((s, m) for m, s in members.items())]
                 hit = bool(related)
@@ -318,6 +320,8 @@ class MemoryStore:
         record: dict[str, Any] = json.loads(json.dumps(check.anomaly.as_dict()))
         if related is not None:
             record["related"] = related
+        if check.gap_detail and gap is not None:
+            record["details"] = {**(record.get("details") or {}), check.gap_detail: gap}
         self._log.appendleft(record)
         counter = check.anomaly_counter
         self._counters[counter] = self._counters.get(counter, 0) + 1

@@ -76,6 +76,7 @@ def _check_args(check: Check) -> dict[str, Any]:
         "window": str(check.window),
         "amount": str(check.amount),
         "threshold": str(check.threshold),
+        "gap_detail": check.gap_detail,
         "counters": {k: str(v) for k, v in check.counters.items()},
     }
     if check.anomaly is not None:
