@@ -8,6 +8,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from billingwatch.http.access import host_pattern
+from billingwatch.http.web_config import WebConfig, WebConfigError
+from billingwatch.http.web_config import load as load_web_config
 from billingwatch.metrics.labels import OTHER_PLAN
 from billingwatch.money import is_currency
 from billingwatch.store.redis_connect import SENTINEL_SCHEME, parse_sentinel_url
@@ -137,6 +139,16 @@ def _redis_url(environ: Mapping[str, str]) -> str:
     return url
 
 
+def _web_config(environ: Mapping[str, str]) -> WebConfig | None:
+    path = environ.get("BILLINGWATCH_WEB_CONFIG_FILE", "").strip()
+    if not path:
+        return None
+    try:
+        return load_web_config(path)
+    except WebConfigError as exc:
+        raise ConfigError(f"BILLINGWATCH_WEB_CONFIG_FILE: {exc}") from None
+
+
 def _flag(environ: Mapping[str, str], name: str) -> bool:
     return environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -177,6 +189,8 @@ class Settings:
     runbook_url: str = ""  # "" is the rules config's default runbook base
     # The rules' anomaly window (1h) plus 5 min: the pushed alert outlasts the rule's alert it inhibits.
     alert_resolve_seconds: int = 3900
+    # BILLINGWATCH_WEB_CONFIG_FILE (http/web_config.py): sign-in users and HTTPS; None: neither.
+    web_config: WebConfig | None = None
 
     def __repr__(self) -> str:  # never print secrets
         return f"Settings(host={self.host!r}, port={self.port}, store={'redis' if self.redis_url else 'memory'})"
@@ -240,4 +254,5 @@ def from_env(environ: Mapping[str, str] = os.environ) -> Settings:
         runbook_url=_url("BILLINGWATCH_RUNBOOK_URL", environ["BILLINGWATCH_RUNBOOK_URL"].strip())
         if environ.get("BILLINGWATCH_RUNBOOK_URL", "").strip() else "",
         alert_resolve_seconds=env_int(environ, "BILLINGWATCH_ALERT_RESOLVE_SECONDS", 3900, 60, 30 * DAY),
+        web_config=_web_config(environ),
     )
