@@ -48,7 +48,7 @@ UNAUTHORISED: Json = {
     "content": {"application/json": {"schema": ref("Error")}},
 }
 STORE_DOWN = error("The store is unreachable, or too many requests are in flight; retry later")
-BEARER: list[Json] = [{"bearer": []}, {"basic": []}]
+BEARER: list[Json] = [{"bearer": []}]
 LIMIT = query("limit", "How many records at most (capped by the log size)",
               {"type": "integer", "minimum": 1, "maximum": 999_999_999, "default": 100})
 FORMAT = query("format", "csv: the same rows as an RFC 4180 download (one column per key; docs/sign-in.md#csv)",
@@ -353,9 +353,7 @@ def document(routes: Iterable[BaseRoute], detector_names: Sequence[str] = ()) ->
         "components": {
             "schemas": SCHEMAS,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                           "description": "BILLINGWATCH_API_TOKEN"},
-                                "basic": {"type": "http", "scheme": "basic",
-                                          "description": "a user of BILLINGWATCH_WEB_CONFIG_FILE (docs/sign-in.md)"}},
+                                           "description": "BILLINGWATCH_API_TOKEN"}},
         },
     }
 
