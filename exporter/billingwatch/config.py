@@ -34,6 +34,9 @@ def _secret(environ: Mapping[str, str], name: str) -> str:
     return value
 
 
+secret = _secret  # for commands reading a secret the same way (commands/web_config.py)
+
+
 def env_int(environ: Mapping[str, str], name: str, default: int, minimum: int = 0, maximum: int = 10**9) -> int:
     raw = environ.get(name)
     if raw is None or raw == "":

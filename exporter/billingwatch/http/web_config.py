@@ -60,12 +60,19 @@ def _refuse_unknown(section: dict[str, Any], known: tuple[str, ...], where: str)
                              f"{', '.join(where + k for k in known)}; docs/sign-in.md)")
 
 
+def check_user_name(name: str) -> None:
+    # A Basic credential is "user:password": a colon in the name could never match.
+    if not name or ":" in name or not name.isprintable():
+        raise WebConfigError(f"user name {name[:40]!r} must be printable and without ':'")
+
+
 def _users(section: dict[str, Any]) -> dict[str, bytes]:
     users: dict[str, bytes] = {}
     for name, hashed in section.items():
-        # A Basic credential is "user:password": a colon in the name could never match.
-        if not name or ":" in name or not name.isprintable():
-            raise WebConfigError(f"basic_auth_users: user name {name[:40]!r} must be printable and without ':'")
+        try:
+            check_user_name(name)
+        except WebConfigError as exc:
+            raise WebConfigError(f"basic_auth_users: {exc}") from None
         if not isinstance(hashed, str) or not BCRYPT_HASH.fullmatch(hashed):
             raise WebConfigError(f"basic_auth_users: the password of {name[:40]!r} is not a bcrypt hash "
                                  "(make one with `htpasswd -nBC 10 \"\" | tr -d ':\\n'`)")
