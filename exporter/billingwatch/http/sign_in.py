@@ -4,7 +4,9 @@ route but Stripe's webhook and the probes; the bearer token keeps working for sc
 bcrypt is slow by design (~50-100 ms at cost 10), so a verified credential is remembered for a
 minute, keyed by a keyed hash of user and password (as exporter-toolkit caches): a browser
 sends the credential with every request, and Prometheus with every scrape. Verification runs
-in a worker thread, so a burst of sign-ins does not stall the event loop the webhook shares.
+in a worker thread, so a burst of sign-ins does not stall the event loop the webhook shares,
+and at most BCRYPT_AT_ONCE at a time, so a flood of wrong passwords costs at most that many
+cores (the rest wait, within the connection limit).
 """
 
 import base64
@@ -16,6 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+import anyio
 import bcrypt
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
@@ -27,6 +30,7 @@ from billingwatch.http.access import SIGN_IN_REQUIRED, SIGNED_IN_USER, bearer_to
 REALM = "BillingWatch"
 CACHE_SECONDS = 60.0
 CACHE_SIZE = 256
+BCRYPT_AT_ONCE = 2
 # Compared against when the user is unknown, so a wrong name costs what a wrong password does.
 _DUMMY_HASH = bcrypt.hashpw(b"billingwatch", bcrypt.gensalt(rounds=10))
 
@@ -56,6 +60,7 @@ class Verifier:
         self._clock = clock
         self._key = os.urandom(32)  # the cache holds no password, nor anything to test guesses on offline
         self._verified: OrderedDict[bytes, float] = OrderedDict()
+        self._checks: anyio.Semaphore | None = None  # made in the event loop that uses it
 
     def _cache_key(self, user: str, password: str) -> bytes:
         return hmac.new(self._key, user.encode() + b"\0" + password.encode(), hashlib.sha256).digest()
@@ -73,8 +78,11 @@ class Verifier:
         expiry = self._verified.get(key)
         if expiry is not None and expiry > now:
             return True
-        if not await run_in_threadpool(self._check, user, password):
-            return False
+        if self._checks is None:
+            self._checks = anyio.Semaphore(BCRYPT_AT_ONCE)
+        async with self._checks:
+            if not await run_in_threadpool(self._check, user, password):
+                return False
         self._verified[key] = now + CACHE_SECONDS
         self._verified.move_to_end(key)
         while len(self._verified) > CACHE_SIZE:
