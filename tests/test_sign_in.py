@@ -19,6 +19,7 @@ import yaml
 
 from billingwatch.fixtures import stripe_events as se
 from billingwatch.http.sign_in import CACHE_SECONDS, Verifier
+from billingwatch.http.web_config import load as load_web_config
 from billingwatch.testing.processes import Exporter, binary, free_port, wait_until
 from tests.conftest import ROOT, SECRET, running_exporter
 from tests.stack import prometheus
@@ -153,7 +154,7 @@ def test_https_with_a_self_signed_certificate(tmp_path: Path) -> None:
 def start_up_error(env: dict[str, str], *command: str) -> str:
     """The exporter refuses to start: a non-zero exit and one line on stderr, no traceback."""
     done = subprocess.run(command or [sys.executable, "-m", "billingwatch", "serve", "--port", str(free_port())],
-                          env=env, capture_output=True, text=True, timeout=60)
+                          env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
@@ -211,3 +212,26 @@ def test_http2_preference_is_accepted_with_a_warning(tmp_path: Path) -> None:
         assert process is not None and process.stderr is not None
         exporter.stop()
         assert "http_server_config.http2 is ignored" in process.stderr.read().decode()
+
+
+def test_web_config_command_writes_a_file_the_exporter_accepts(tmp_path: Path) -> None:
+    env = serve_env(BILLINGWATCH_WEB_PASSWORD=PASSWORD)
+    made = subprocess.run([sys.executable, "-m", "billingwatch", "web-config", "--user", "bob"], env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    assert PASSWORD not in made.stdout
+    path = tmp_path / "web-config.yml"
+    path.write_text(made.stdout)
+    config = load_web_config(str(path))
+    assert list(config.users) == ["bob"] and not config.tls
+    assert bcrypt.checkpw(PASSWORD.encode(), config.users["bob"])
+    assert config.users["bob"].startswith(b"$2b$10$")  # exporter-toolkit's documented cost
+
+
+@pytest.mark.parametrize(("password", "reason"), [("", "BILLINGWATCH_WEB_PASSWORD_FILE"),
+                                                  ("short", "at least 12 characters"),
+                                                  ("x" * 73, "72 bytes")])
+def test_web_config_command_refuses_a_weak_or_missing_password(password: str, reason: str) -> None:
+    line = start_up_error(serve_env(BILLINGWATCH_WEB_PASSWORD=password), sys.executable, "-m", "billingwatch",
+                          "web-config")
+    assert reason in line
