@@ -49,14 +49,15 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
             log.warning("no REDIS_URL: using the in-process store; its state is neither shared nor durable")
         if settings.insecure_skip_signature:
             log.warning("signature verification is OFF (development mode); livemode events are rejected")
+        users = settings.web_config.users if settings.web_config else {}
         log.info("answering Host names %s; /api/* %s", ", ".join(allowed_hosts),
-                 "needs the bearer token" if settings.api_token else "served to direct loopback requests only")
+                 "needs sign-in (BILLINGWATCH_WEB_CONFIG_FILE) or the bearer token" if users
+                 else "needs the bearer token" if settings.api_token else "served to direct loopback requests only")
         for warning in settings.web_config.warnings if settings.web_config else ():
             log.warning("BILLINGWATCH_WEB_CONFIG_FILE: %s", warning)
-        if settings.web_config and settings.web_config.users:
-            log.info("sign-in required (BILLINGWATCH_WEB_CONFIG_FILE, %d user%s) but on POST /webhooks/stripe, "
-                     "/health and /ready", len(settings.web_config.users),
-                     "" if len(settings.web_config.users) == 1 else "s")
+        if users:
+            log.info("sign-in required for %d user%s on everything but POST /webhooks/stripe, /health and /ready",
+                     len(users), "" if len(users) == 1 else "s")
         if any(is_placeholder(secret) for secret in settings.webhook_secrets):
             log.warning("STRIPE_WEBHOOK_SECRET holds a placeholder, not a Stripe signing secret: test mode only, "
                         "livemode events are rejected")
