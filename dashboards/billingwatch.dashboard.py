@@ -18,7 +18,9 @@ import os
 import re
 from typing import Any
 
+import attr
 from grafanalib.core import (
+    Annotations,
     Dashboard,
     GridPos,
     Repeat,
@@ -110,7 +112,7 @@ def money_overrides() -> list[dict[str, Any]]:
 def timeseries(title: str, targets: list[Target], unit: str, description: str, *,
                thresholds: list[dict[str, Any]] | None = None, bars: bool = False,
                overrides: list[dict[str, Any]] | None = None, stack: bool = False,
-               repeat: Repeat | None = None) -> TimeSeries:
+               repeat: Repeat | None = None, links: list[dict[str, Any]] | None = None) -> TimeSeries:
     return TimeSeries(
         title=title, description=description, dataSource=DATASOURCE, targets=targets, unit=unit,
         thresholds=thresholds or steps(), thresholdsStyleMode="dashed" if thresholds else "off",
@@ -118,6 +120,7 @@ def timeseries(title: str, targets: list[Target], unit: str, description: str, *
         stacking={"mode": "normal", "group": "A"} if stack else {},
         overrides=overrides or [], legendDisplayMode="table", legendCalcs=["lastNotNull", "max"],
         tooltipMode="multi", maxDataPoints=500, repeat=repeat or Repeat(),
+        extraJson={"fieldConfig": {"defaults": {"links": links}}} if links else None,
     )
 
 
@@ -130,13 +133,33 @@ def stat(title: str, targets: list[Target], unit: str, description: str, *,
     )
 
 
-def table(title: str, targets: list[Target], description: str, hidden: list[str], unit: str = "none") -> Table:
+def table(title: str, targets: list[Target], description: str, hidden: list[str], unit: str = "none",
+          links: list[dict[str, Any]] | None = None) -> Table:
     return Table(
         title=title, description=description, dataSource=DATASOURCE, targets=targets, unit=unit,
         transformations=[
             {"id": "organize", "options": {"excludeByName": {name: True for name in hidden}}},
         ],
+        extraJson={"fieldConfig": {"defaults": {"links": links}}} if links else None,
     )
+
+
+# The BillingWatch pages (docs/sign-in.md#grafana): a data link opens the anomalies a point or a
+# row counts. ${billingwatch_url} is the dashboard variable below; the query follows the pages'
+# URL contract (detector, severity, livemode, and range= or from=/to= in ISO 8601).
+BILLINGWATCH_URL = "http://localhost:9786"
+ANOMALIES_PAGE = "${billingwatch_url:raw}/anomalies?detector=%s&severity=%s&livemode=${livemode}"
+
+
+def anomaly_links(detector: str, severity: str, window: str) -> list[dict[str, Any]]:
+    """One data link to the /anomalies page, filtered like the clicked series or row; `window`
+    is the time part of the query."""
+    return [{"title": "Open these anomalies in BillingWatch", "targetBlank": True,
+             "url": ANOMALIES_PAGE % (detector, severity) + window}]
+
+
+DASHBOARD_TIME = "&from=${__from:date:iso}&to=${__to:date:iso}"
+SERIES_LINKS = anomaly_links("${__field.labels.detector}", "${__field.labels.severity}", DASHBOARD_TIME)
 
 
 def layout(rows: list[tuple[str, list[tuple[Any, int, int]]]]) -> list[Any]:
@@ -458,22 +481,24 @@ anomalies_row = [
         [target(agg("max", increase("billingwatch_anomalies_total", sel(), RATE), "detector", "severity"),
                 "{{detector}} ({{severity}})")],
         "short", "Anomalies found by the exporter's stateful detectors (duplicate_charge, negative_invoice, "
-        "currency_mismatch, double_invoice, ...). The details, with customer and charge ids, are at the "
-        "exporter's /api/anomalies.",
-        bars=True, stack=True), 16, 8),
+        "currency_mismatch, double_invoice, ...). Click a bar for the anomalies themselves, with customer and "
+        "charge ids, on BillingWatch's /anomalies page (the billingwatch_url variable says where it is).",
+        bars=True, stack=True, links=SERIES_LINKS), 16, 8),
     (table(
         "Anomalies in the last 24 hours",
         [target(agg("max", increase("billingwatch_anomalies_total", sel(), "24h"), "detector", "severity") + " > 0",
                 instant=True, fmt="table")],
-        "Detectors that found anything in the last 24 hours, with the count.", hidden=["Time"], unit="short"), 8, 8),
+        "Detectors that found anything in the last 24 hours, with the count; click a row for its anomalies.",
+        hidden=["Time"], unit="short",
+        links=anomaly_links("${__data.fields.detector}", "${__data.fields.severity}", "&range=24h")), 8, 8),
     (timeseries(
         "Anomalies found in imported history",
         [target(agg("max", increase("billingwatch_history_anomalies_total", sel(), RATE), "detector", "severity"),
                 "{{detector}} ({{severity}})")],
         "short", "Anomalies found in replayed history (backfill, replay, reconcile --replay): past events, news "
         "worth reading but not a page, so they never fire BillingAnomalyDetected. Listed at the exporter's "
-        "/api/anomalies with \"history\": true and their event time.",
-        bars=True, stack=True), 12, 8),
+        "/api/anomalies with \"history\": true and their event time; click a bar for them.",
+        bars=True, stack=True, links=SERIES_LINKS), 12, 8),
     (timeseries(
         "History imported by type",
         [target(agg("max", increase("billingwatch_history_events_total", sel(), RATE), "type"), "{{type}}")],
@@ -544,7 +569,32 @@ def variables() -> list[Template]:
             query=f"label_values(billingwatch_events_total{CONFIG.matchers(livemode=False)}, livemode)",
         ),
         currency,
+        # Where the data links open BillingWatch's pages, as browsers reach the exporter.
+        Template(name="billingwatch_url", label="BillingWatch URL", type="textbox", query=BILLINGWATCH_URL,
+                 default=BILLINGWATCH_URL),
     ]
+
+
+# Anomalies as annotations on the money panels: a mark wherever the anomaly counter rose.
+MONEY_PANELS = ("Charged volume per currency", "MRR per currency", "Refund ratio per currency",
+                "Refunded amount per currency", "Net new MRR", "ARPU and paying customers")
+ANOMALY_MARKS = agg("max", increase("billingwatch_anomalies_total", sel(), RATE), "detector", "severity") + " > 0"
+
+
+def anomaly_annotation(panel_ids: list[int]) -> dict[str, Any]:
+    return {
+        "name": "Anomalies", "enable": True, "hide": False, "iconColor": "red", "datasource": DATASOURCE,
+        "expr": ANOMALY_MARKS, "step": "1m", "useValueForTime": False,
+        "titleFormat": "{{detector}} ({{severity}})", "textFormat": "anomaly found: see BillingWatch's /anomalies",
+        "tagKeys": "detector,severity", "filter": {"exclude": False, "ids": panel_ids},
+    }
+
+
+def with_annotations(board: Dashboard) -> Dashboard:
+    ids = [p.id for p in board.panels if isinstance(p, TimeSeries) and p.title.startswith(MONEY_PANELS)]
+    if len(ids) != len(MONEY_PANELS):
+        raise LookupError("a money panel to annotate was renamed: update MONEY_PANELS")
+    return attr.evolve(board, annotations=Annotations(list=[anomaly_annotation(ids)]))
 
 
 dashboard = Dashboard(
@@ -571,3 +621,4 @@ dashboard = Dashboard(
         ("Exporter and Redis health", health_row),
     ]),
 ).auto_panel_ids()
+dashboard = with_annotations(dashboard)

@@ -9,7 +9,7 @@ import json
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from email import message_from_bytes
 from email.message import Message
@@ -67,14 +67,16 @@ def prometheus(
     interval: str = "1s",
     job: str = "billingwatch",
     args: Sequence[str] = (),
+    scrape: Mapping[str, Any] | None = None,
 ) -> Iterator[Prometheus]:
     """Prometheus scraping `targets` ("127.0.0.1:port") as `job`, evaluating `rule_files`;
-    `args` are extra flags (e.g. a longer retention for backfilled blocks in `directory`/data)."""
+    `args` are extra flags (e.g. a longer retention for backfilled blocks in `directory`/data);
+    `scrape` adds to the scrape config (e.g. basic_auth, scheme)."""
     directory.mkdir(parents=True, exist_ok=True)
     config: dict[str, Any] = {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "rule_files": [str(p) for p in rule_files],
-        "scrape_configs": [{"job_name": job, "static_configs": [{"targets": list(targets)}]}],
+        "scrape_configs": [{"job_name": job, "static_configs": [{"targets": list(targets)}], **(scrape or {})}],
     }
     if alertmanager:
         config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}

@@ -4,9 +4,11 @@ tools the rest of the suite runs them with (promtool, amtool)."""
 
 import asyncio
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -18,7 +20,8 @@ COMPOSE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 SERVICES = {"exporter", "redis", "prometheus", "alertmanager", "grafana", "mailpit", "caddy"}
 # What a user must fill in: .env.example leaves these empty, and compose refuses to start so.
-FILLED = {"GRAFANA_ADMIN_PASSWORD": "grafana-test-password", "REDIS_PASSWORD": "0123abcd" * 4}
+FILLED = {"GRAFANA_ADMIN_PASSWORD": "grafana-test-password", "REDIS_PASSWORD": "0123abcd" * 4,
+          "BILLINGWATCH_WEB_PASSWORD": "web-test-password-0123"}
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +196,67 @@ def test_mounted_files_are_in_the_repository(resolved: dict[str, Any]) -> None:
             assert "secrets/" in ignored
             continue
         assert source.exists(), f"{service} mounts {relative}, which is not in the repository"
+
+
+def test_the_exporter_serves_nothing_but_webhook_and_probes_without_the_password(resolved: dict[str, Any],
+                                                                               tmp_path: Path) -> None:
+    """Runs the exporter service's command on this machine (`billingwatch` from this checkout,
+    the in-process store, a free loopback port): the web configuration it writes asks for the
+    password of .env, and the server it starts no longer has the password in its environment."""
+    service = resolved["services"]["exporter"]
+    assert service["entrypoint"] == ["/bin/sh", "-c"]
+    (script,) = service["command"]
+    environment = {k: str(v) for k, v in service["environment"].items()}
+    password = environment["BILLINGWATCH_WEB_PASSWORD"]
+    assert password == FILLED["BILLINGWATCH_WEB_PASSWORD"]
+    config_file = environment["BILLINGWATCH_WEB_CONFIG_FILE"]
+    assert "/tmp" in service["tmpfs"] and config_file.startswith("/tmp/")
+    port = free_port()
+    env = {**{k: v for k, v in environment.items() if not k.startswith(("REDIS_URL", "BILLINGWATCH_ALERTMANAGER"))},
+           "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "PYTHONPATH": str(ROOT),
+           "BILLINGWATCH_WEB_CONFIG_FILE": str(tmp_path / "web-config.yml"),
+           "BILLINGWATCH_HOST": "127.0.0.1", "BILLINGWATCH_PORT": str(port)}
+    process = subprocess.Popen(["/bin/sh", "-c", script.replace("$$", "$")], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: httpx.get(url + "/ready", timeout=1).status_code == 200, what="the compose exporter")
+        for path in ("/metrics", "/api/anomalies", "/events", "/"):
+            assert httpx.get(url + path).status_code == 401, path
+            assert httpx.get(url + path, auth=("admin", password)).status_code == 200, path
+        served = Path(f"/proc/{process.pid}/environ").read_bytes().split(b"\0")  # exec kept the pid
+        assert any(line.startswith(b"BILLINGWATCH_WEB_CONFIG_FILE=") for line in served)
+        assert not any(line.startswith(b"BILLINGWATCH_WEB_PASSWORD=") for line in served)
+        assert password not in (tmp_path / "web-config.yml").read_text()
+    finally:
+        process.terminate()
+        process.wait(15)
+
+
+def test_prometheus_scrapes_the_exporter_with_the_password(resolved: dict[str, Any], tmp_path: Path) -> None:
+    """Runs the Prometheus service's command with a stand-in for Prometheus: the password file
+    prometheus.yml's basic_auth reads holds the password, and Prometheus' environment does not."""
+    service = resolved["services"]["prometheus"]
+    assert service["entrypoint"] == ["/bin/sh", "-c"]
+    (script,) = service["command"]
+    config = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
+    auth = {job["job_name"]: job for job in config["scrape_configs"]}["billingwatch"]["basic_auth"]
+    assert auth["username"] == "admin"  # the user the exporter's command writes
+    assert "--user admin" in resolved["services"]["exporter"]["command"][0]
+    run_dir = str(Path(auth["password_file"]).parent)
+    assert run_dir in service["tmpfs"]
+    stand_in = tmp_path / "prometheus"
+    stand_in.write_text('#!/bin/sh\nenv > "$KEPT"\necho "$@" >> "$KEPT"\n')
+    stand_in.chmod(0o755)
+    kept = tmp_path / "kept"
+    local = script.replace("$$", "$").replace(run_dir, str(tmp_path)).replace("/bin/prometheus", str(stand_in))
+    env = {**{k: str(v) for k, v in service["environment"].items()}, "PATH": "/usr/bin:/bin", "KEPT": str(kept)}
+    result = subprocess.run(["/bin/sh", "-c", local], env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / Path(auth["password_file"]).name).read_text() == FILLED["BILLINGWATCH_WEB_PASSWORD"]
+    seen = kept.read_text()
+    assert "BILLINGWATCH_WEB_PASSWORD" not in seen and FILLED["BILLINGWATCH_WEB_PASSWORD"] not in seen
+    assert "--config.file=/etc/billingwatch/prometheus/prometheus.yml" in seen and "lifecycle" not in seen
 
 
 def test_prometheus_config_passes_promtool_with_the_project_rules(resolved: dict[str, Any]) -> None:

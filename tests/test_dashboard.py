@@ -21,8 +21,10 @@ import re
 import shutil
 import subprocess
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +125,53 @@ def test_every_panel_reads_the_datasource_variable_with_a_unit(monkeypatch: pyte
     money = next(p for p in panels(dashboard) if p["title"] == "MRR per currency")
     assert {"matcher": {"id": "byRegexp", "options": "^usd.*$"},
             "properties": [{"id": "unit", "value": "currencyUSD"}]} in money["fieldConfig"]["overrides"]
+
+
+# The pages' URL contract (issue 24): the query keys /anomalies takes.
+PAGE_KEYS = {"detector", "severity", "livemode", "customer", "range", "from", "to"}
+# What Grafana puts in a data link for a clicked duplicate_charge series or row.
+LINK_VALUES = {"billingwatch_url:raw": "http://localhost:9786", "livemode": "false",
+               "__field.labels.detector": "duplicate_charge", "__field.labels.severity": "critical",
+               "__data.fields.detector": "duplicate_charge", "__data.fields.severity": "critical",
+               "__from:date:iso": "2026-12-01T00:00:00.000Z", "__to:date:iso": "2026-12-02T00:00:00.000Z"}
+
+
+def test_anomaly_panels_link_to_the_anomalies_page(monkeypatch: pytest.MonkeyPatch) -> None:
+    dashboard = render(monkeypatch)
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["billingwatch_url"]["type"] == "textbox"
+    assert variables["billingwatch_url"]["current"]["value"] == "http://localhost:9786"
+    linked = {p["title"]: p["fieldConfig"]["defaults"]["links"] for p in panels(dashboard)
+              if p["fieldConfig"]["defaults"].get("links")}
+    assert set(linked) == {"Anomalies by detector", "Anomalies in the last 24 hours",
+                           "Anomalies found in imported history"}
+    for title, links in linked.items():
+        (link,) = links
+        url = re.sub(r"\$\{([^}]+)\}", lambda m: LINK_VALUES[m.group(1)], link["url"])
+        parts = urllib.parse.urlsplit(url)
+        query = dict(urllib.parse.parse_qsl(parts.query, strict_parsing=True))
+        assert (parts.scheme, parts.netloc, parts.path) == ("http", "localhost:9786", "/anomalies"), title
+        assert set(query) <= PAGE_KEYS, title
+        assert query["detector"] == "duplicate_charge" and query["severity"] == "critical", title
+        assert query["livemode"] == "false", title
+        assert ("range" in query) != ("from" in query and "to" in query), title
+        assert query.get("range") == ("24h" if title == "Anomalies in the last 24 hours" else None), title
+        for bound in ("from", "to"):
+            if bound in query:
+                datetime.fromisoformat(query[bound])  # ISO 8601, as the page parses it
+
+
+def test_anomalies_are_annotations_on_the_money_panels(monkeypatch: pytest.MonkeyPatch) -> None:
+    dashboard = render(monkeypatch)
+    (annotation,) = dashboard["annotations"]["list"]
+    assert annotation["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+    assert "billingwatch_anomalies_total" in annotation["expr"] and annotation["tagKeys"] == "detector,severity"
+    titles = {p["id"]: p["title"] for p in panels(dashboard)}
+    annotated = sorted(titles[i] for i in annotation["filter"]["ids"])
+    assert annotated == sorted(t for t in titles.values() if t.startswith((
+        "Charged volume per currency", "MRR per currency", "Refund ratio per currency",
+        "Refunded amount per currency", "Net new MRR", "ARPU")))
+    assert annotation["filter"]["exclude"] is False
 
 
 def post(url: str, event: dict[str, Any], history: bool = False) -> httpx.Response:
@@ -235,6 +284,10 @@ def test_every_panel_query_returns_data(monkeypatch: pytest.MonkeyPatch, stack: 
     assert {s["metric"]["detector"] for s in anomalies} == {"duplicate_charge"}
     found = prom.query(substitute(dict(queries(dashboard))["Anomalies found in imported history [A]"]))
     assert {s["metric"]["detector"] for s in found if float(s["value"][1]) > 0} == {"duplicate_charge"}
+    # The anomaly annotation marks the duplicate charge on the money panels.
+    (annotation,) = dashboard["annotations"]["list"]
+    marks = prom.wait_for(substitute(annotation["expr"]))
+    assert {s["metric"]["detector"] for s in marks} == {"duplicate_charge"}
     alerts = prom.wait_for(substitute(dict(queries(dashboard))["Alerts firing or pending [A]"]))
     assert {(a["metric"]["alertname"], a["metric"].get("detector")) for a in alerts} >= {
         ("BillingAnomalyDetected", "duplicate_charge")}

@@ -82,7 +82,7 @@ def test_document_states_auth_headers_and_error_bodies() -> None:
     # The envelope: a signed one whose data this version cannot record is quarantined (200), not refused.
     assert doc["components"]["schemas"]["StripeEvent"]["required"] == ["object", "id", "type", "created", "livemode"]
     anomalies = doc["paths"]["/api/anomalies"]["get"]
-    assert {p["name"] for p in anomalies["parameters"]} == {"limit", "detector", "history"}
+    assert {p["name"] for p in anomalies["parameters"]} == {"limit", "detector", "history", "format"}
     detector = next(p for p in anomalies["parameters"] if p["name"] == "detector")
     assert detector["schema"]["enum"] == [d.name for d in build_detectors({})]
     assert doc["paths"]["/ready"]["get"]["responses"]["503"]

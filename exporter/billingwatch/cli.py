@@ -15,11 +15,13 @@ from billingwatch.commands.requeue import add_requeue
 from billingwatch.commands.rules import add_rules
 from billingwatch.commands.serve import add_serve
 from billingwatch.commands.simulate import add_simulate
+from billingwatch.commands.web_config import add_web_config
 from billingwatch.config import ConfigError
 
 # Each entry adds one subcommand, defined in its own module under commands/.
 COMMANDS: list[Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]] = [
     add_serve, add_rules, add_replay, add_backfill, add_reconcile, add_simulate, add_digest, add_migrate, add_requeue,
+    add_web_config,
 ]
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from billingwatch.http.access import host_pattern
+from billingwatch.http.web_config import WebConfig, WebConfigError
+from billingwatch.http.web_config import load as load_web_config
 from billingwatch.metrics.labels import OTHER_PLAN
 from billingwatch.money import is_currency
 from billingwatch.store.redis_connect import SENTINEL_SCHEME, check_prefix, parse_sentinel_url
@@ -42,6 +44,7 @@ def _secret(environ: Mapping[str, str], name: str) -> str:
     """A secret from NAME, or from the file NAME_FILE names."""
     value = file_setting(environ, name)
     return environ.get(name, "") if value is None else value
+secret = _secret  # for commands reading a secret the same way (commands/web_config.py)
 
 
 def env_int(environ: Mapping[str, str], name: str, default: int, minimum: int = 0, maximum: int = 10**9) -> int:
@@ -158,6 +161,16 @@ def _redis_prefix(environ: Mapping[str, str]) -> str:
     return prefix
 
 
+def _web_config(environ: Mapping[str, str]) -> WebConfig | None:
+    path = environ.get("BILLINGWATCH_WEB_CONFIG_FILE", "").strip()
+    if not path:
+        return None
+    try:
+        return load_web_config(path)
+    except WebConfigError as exc:
+        raise ConfigError(f"BILLINGWATCH_WEB_CONFIG_FILE: {exc}") from None
+
+
 def _flag(environ: Mapping[str, str], name: str) -> bool:
     return environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -201,6 +214,8 @@ class Settings:
     runbook_url: str = ""  # "" is the rules config's default runbook base
     # The rules' anomaly window (1h) plus 5 min: the pushed alert outlasts the rule's alert it inhibits.
     alert_resolve_seconds: int = 3900
+    # BILLINGWATCH_WEB_CONFIG_FILE (http/web_config.py): sign-in users and HTTPS; None: neither.
+    web_config: WebConfig | None = None
 
     def __repr__(self) -> str:  # never print secrets
         return f"Settings(host={self.host!r}, port={self.port}, store={'redis' if self.redis_url else 'memory'})"
@@ -264,4 +279,5 @@ def from_env(environ: Mapping[str, str] = os.environ) -> Settings:
         runbook_url=_url("BILLINGWATCH_RUNBOOK_URL", environ["BILLINGWATCH_RUNBOOK_URL"].strip())
         if environ.get("BILLINGWATCH_RUNBOOK_URL", "").strip() else "",
         alert_resolve_seconds=env_int(environ, "BILLINGWATCH_ALERT_RESOLVE_SECONDS", 3900, 60, 30 * DAY),
+        web_config=_web_config(environ),
     )

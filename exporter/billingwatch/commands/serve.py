@@ -71,8 +71,9 @@ def serve(args: argparse.Namespace) -> int:
     if args.insecure_skip_signature:
         os.environ["BILLINGWATCH_INSECURE_SKIP_SIGNATURE"] = "1"  # for worker processes
     os.environ["BILLINGWATCH_HOST"] = settings.host  # the app's default Host allowlist follows the bind
-    logging.getLogger("billingwatch").info("listening on http://%s:%d (%d worker%s)", settings.host, settings.port,
-                                           workers, "" if workers == 1 else "s")
+    tls = settings.web_config if settings.web_config and settings.web_config.tls else None
+    logging.getLogger("billingwatch").info("listening on %s://%s:%d (%d worker%s)", "https" if tls else "http",
+                                           settings.host, settings.port, workers, "" if workers == 1 else "s")
     uvicorn.run(
         "billingwatch.server:app",
         factory=True,
@@ -89,5 +90,8 @@ def serve(args: argparse.Namespace) -> int:
         limit_concurrency=settings.max_connections,
         timeout_keep_alive=settings.keep_alive_timeout,
         h11_max_incomplete_event_size=settings.max_header_bytes,
+        # tls_server_config of BILLINGWATCH_WEB_CONFIG_FILE (docs/sign-in.md).
+        ssl_certfile=tls.cert_file if tls else None,
+        ssl_keyfile=tls.key_file if tls else None,
     )
     return 0

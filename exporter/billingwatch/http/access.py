@@ -26,6 +26,10 @@ PROXY_HEADERS = (
 
 _PROXY_HEADER_NAMES = frozenset(name.encode() for name in PROXY_HEADERS)  # as ASGI gives them: lower-case bytes
 
+# Scope keys http/sign_in.py sets when BILLINGWATCH_WEB_CONFIG_FILE has users.
+SIGN_IN_REQUIRED = "billingwatch.sign_in_required"
+SIGNED_IN_USER = "billingwatch.user"
+
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 WILDCARD_BINDS = ("", "0.0.0.0", "::", "[::]")
 
@@ -49,17 +53,24 @@ def direct_loopback(request: Request) -> bool:
 
 
 def bearer_matches(request: Request, token: str) -> bool:
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    return bearer_token_matches(request.headers.get("authorization", ""), token)
+
+
+def bearer_token_matches(authorization: str, token: str) -> bool:
+    scheme, _, given = authorization.partition(" ")
     # Constant-time: the comparison must not tell an attacker how much of the token they have.
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
 def authorised(request: Request, token: str) -> bool:
-    """The one rule for customer data and for the replay header: the token when one is
-    configured (even on loopback), else a direct loopback request."""
+    """The one rule for customer data and for the replay header: a user signed in with the web
+    configuration file (http/sign_in.py), or the token when one is configured (even on
+    loopback), else a direct loopback request unless the web configuration requires sign-in."""
+    if request.scope.get(SIGNED_IN_USER) is not None:
+        return True
     if token:
         return bearer_matches(request, token)
-    return direct_loopback(request)
+    return not request.scope.get(SIGN_IN_REQUIRED) and direct_loopback(request)
 
 
 def host_pattern(entry: str) -> str:

@@ -8,6 +8,7 @@ from starlette.responses import JSONResponse, Response
 from billingwatch.config import Settings
 from billingwatch.detectors import Detector, severities, thresholds
 from billingwatch.http.access import REFUSED, authorised
+from billingwatch.http.csv_export import ANOMALY_COLUMNS, EVENT_COLUMNS, format_error, listing
 from billingwatch.http.explorer import explorer_path, parse_query, select
 from billingwatch.store import Store, StoreUnavailable
 
@@ -45,6 +46,8 @@ class Api:
         settings = self._settings
         if not authorised(request, settings.api_token):
             return refused()
+        if (bad_format := format_error(request.query_params)) is not None:
+            return JSONResponse({"error": bad_format}, status_code=400)
         raw_limit = request.query_params.get("limit", "100")
         # ASCII digits only and few of them: isdigit() takes "²", and int() of 5,000 digits raises.
         if not re.fullmatch(r"[0-9]{1,9}", raw_limit) or int(raw_limit) < 1:
@@ -67,7 +70,8 @@ class Api:
                 if detector in (None, r.get("detector")) and history in (None, str(r.get("history") is True).lower())
             ][:limit]
         # Each record links to the explorer: the events of its customer, the anomaly beside them.
-        return JSONResponse({"anomalies": [{**r, "explorer": explorer_path(r)} for r in records]})
+        return listing(request.query_params, "anomalies", [{**r, "explorer": explorer_path(r)} for r in records],
+                       ANOMALY_COLUMNS)
 
     async def events(self, request: Request) -> Response:
         """The recent-events log, newest first, filtered by type, customer, object and time."""
@@ -77,8 +81,10 @@ class Api:
         query = parse_query(request.query_params, settings.event_log_size)
         if isinstance(query, str):
             return JSONResponse({"error": query}, status_code=400)
+        if (bad_format := format_error(request.query_params)) is not None:
+            return JSONResponse({"error": bad_format}, status_code=400)
         try:
             lines = await select(self._store, query, settings.event_log_size)
         except StoreUnavailable:
             return JSONResponse({"error": "store unavailable"}, status_code=503)
-        return JSONResponse({"events": lines})
+        return listing(request.query_params, "events", lines, EVENT_COLUMNS)

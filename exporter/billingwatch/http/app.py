@@ -20,6 +20,7 @@ from billingwatch.http.explorer import Explorer
 from billingwatch.http.limits import RequestLimits
 from billingwatch.http.pages import Pages
 from billingwatch.http.quarantine_api import QuarantineApi
+from billingwatch.http.sign_in import SignIn, Verifier
 from billingwatch.http.webhook import WebhookEndpoint
 from billingwatch.metrics.families import new_detector_errors_counter, new_requests_counter
 from billingwatch.notify.alertmanager import AlertSender, push_settings, redacted
@@ -52,8 +53,15 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
             log.warning("no REDIS_URL: using the in-process store; its state is neither shared nor durable")
         if settings.insecure_skip_signature:
             log.warning("signature verification is OFF (development mode); livemode events are rejected")
+        users = settings.web_config.users if settings.web_config else {}
         log.info("answering Host names %s; /api/* %s", ", ".join(allowed_hosts),
-                 "needs the bearer token" if settings.api_token else "served to direct loopback requests only")
+                 "needs sign-in (BILLINGWATCH_WEB_CONFIG_FILE) or the bearer token" if users
+                 else "needs the bearer token" if settings.api_token else "served to direct loopback requests only")
+        for warning in settings.web_config.warnings if settings.web_config else ():
+            log.warning("BILLINGWATCH_WEB_CONFIG_FILE: %s", warning)
+        if users:
+            log.info("sign-in required for %d user%s on everything but POST /webhooks/stripe, /health and /ready",
+                     len(users), "" if len(users) == 1 else "s")
         if any(is_placeholder(secret) for secret in settings.webhook_secrets):
             log.warning("STRIPE_WEBHOOK_SECRET holds a placeholder, not a Stripe signing secret: test mode only, "
                         "livemode events are rejected")
@@ -86,6 +94,9 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
     ]
     limits = Middleware(RequestLimits, max_header_bytes=settings.max_header_bytes,
                         max_in_flight=settings.max_connections)
+    middleware = [limits, Middleware(HostAllowlist, hosts=allowed_hosts)]
+    if settings.web_config and settings.web_config.users:
+        middleware.append(Middleware(SignIn, verifier=Verifier(settings.web_config.users),
+                                     api_token=settings.api_token))
     # Limits first: an oversize request is refused before anything else reads its headers.
-    return Starlette(routes=routes, lifespan=lifespan,
-                     middleware=[limits, Middleware(HostAllowlist, hosts=allowed_hosts)])
+    return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)

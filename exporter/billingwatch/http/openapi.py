@@ -40,14 +40,29 @@ def query(name: str, description: str, schema: Json) -> Json:
 
 
 UNAUTHORISED: Json = {
-    "description": "No valid bearer token (or, without BILLINGWATCH_API_TOKEN, not a direct loopback request)",
-    "headers": {"WWW-Authenticate": {"schema": {"type": "string", "const": "Bearer"}}},
+    "description": "No valid bearer token (or, without BILLINGWATCH_API_TOKEN, not a direct loopback request); "
+                   "with BILLINGWATCH_WEB_CONFIG_FILE users, no valid Basic sign-in or bearer token",
+    "headers": {"WWW-Authenticate": {"description": 'Bearer, or Basic realm="BillingWatch" with a web config file',
+                                     "schema": {"type": "string", "pattern": "^(Bearer|Basic )"}}},
     "content": {"application/json": {"schema": ref("Error")}},
 }
 STORE_DOWN = error("The store is unreachable, or too many requests are in flight; retry later")
 BEARER: list[Json] = [{"bearer": []}]
 LIMIT = query("limit", "How many records at most (capped by the log size)",
               {"type": "integer", "minimum": 1, "maximum": 999_999_999, "default": 100})
+FORMAT = query("format", "csv: the same rows as an RFC 4180 download (one column per key; docs/sign-in.md#csv)",
+               {"type": "string", "enum": ["json", "csv"], "default": "json"})
+
+
+def listing_body(description: str, kind: str, item: str) -> Json:
+    """The 200 of a listing: JSON, or with format=csv a CSV download of the same rows."""
+    body = json_body(description, {"type": "object", "required": [kind],
+                                   "properties": {kind: {"type": "array", "items": ref(item)}}})
+    body["content"]["text/csv"] = {"schema": {"type": "string"}}
+    body["headers"] = {"Content-Disposition": {
+        "description": f'with format=csv: attachment; filename="billingwatch-{kind}-<UTC time>.csv"',
+        "schema": {"type": "string"}}}
+    return body
 
 # Answers any route can give, from the middleware in front of every route (http/access.py, http/limits.py).
 COMMON: dict[str, Json] = {
@@ -290,18 +305,15 @@ def operations(detector_names: Sequence[str]) -> dict[tuple[str, str], Json]:
                 detector_parameter(detector_names),
                 query("history", "true: only those found in imported history; false: only live ones",
                       {"type": "string", "enum": ["true", "false"]}),
+                FORMAT,
             ],
-            "responses": {"200": json_body("The anomaly records", {
-                "type": "object", "required": ["anomalies"],
-                "properties": {"anomalies": {"type": "array", "items": ref("Anomaly")}}}),
+            "responses": {"200": listing_body("The anomaly records", "anomalies", "Anomaly"),
                 "400": error("A bad parameter (or a Host not allowed)"), "401": UNAUTHORISED, "503": STORE_DOWN},
         },
         ("/api/events", "get"): {
             "summary": "The recent-events log, newest first", "tags": ["api"], "security": BEARER,
-            "parameters": event_filters,
-            "responses": {"200": json_body("The log lines", {
-                "type": "object", "required": ["events"],
-                "properties": {"events": {"type": "array", "items": ref("Event")}}}),
+            "parameters": [*event_filters, FORMAT],
+            "responses": {"200": listing_body("The log lines", "events", "Event"),
                 "400": error("A bad parameter (or a Host not allowed)"), "401": UNAUTHORISED, "503": STORE_DOWN},
         },
         ("/api/quarantine", "get"): {
@@ -391,7 +403,9 @@ def document(routes: Iterable[BaseRoute], detector_names: Sequence[str] = ()) ->
             "version": __version__,
             "description": "Self-hosted monitoring of Stripe billing. /api/* and /events hold customer ids: "
                            "they need `Authorization: Bearer <BILLINGWATCH_API_TOKEN>` (without a token, only "
-                           "direct loopback requests are served). Errors are one line: {\"error\": reason}.",
+                           "direct loopback requests are served). With BILLINGWATCH_WEB_CONFIG_FILE users, every "
+                           "route but POST /webhooks/stripe, /health and /ready needs HTTP Basic sign-in or the "
+                           "bearer token. Errors are one line: {\"error\": reason}.",
             "license": {"name": "MIT", "identifier": "MIT"},
         },
         "tags": [
