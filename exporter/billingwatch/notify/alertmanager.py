@@ -146,6 +146,8 @@ class AlertSender:
         self._queues: dict[str, asyncio.Queue[dict[str, Any]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._client: httpx.AsyncClient | None = None
+        # The last POST's outcome (the home page says): when, and "sent" or why it failed.
+        self.last_result: tuple[float, str] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -216,6 +218,7 @@ class AlertSender:
                 response = await self._client.post(endpoint, json=batch)
                 if response.is_success:
                     self.counter.labels("sent").inc(len(batch))
+                    self.last_result = (time.time(), "sent")
                     return
                 reason = f"HTTP {response.status_code}"
                 if 400 <= response.status_code < 500 and response.status_code != 429:
@@ -226,5 +229,6 @@ class AlertSender:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_DELAY)
         self.counter.labels("failed").inc(len(batch))
+        self.last_result = (time.time(), f"failed ({reason})")
         log.warning("could not push %d alert(s) to Alertmanager %s: %s (the rule's alert still fires)",
                     len(batch), redacted(url), reason)

@@ -13,10 +13,18 @@ from redis.exceptions import AskError, MovedError, NoScriptError, RedisError, Re
 
 from billingwatch.metrics.labels import LIVEMODES
 from billingwatch.recording.plan import Check, LogEntry, Plan
-from billingwatch.store.contract import LAPSE_HORIZON, Outcome, Snapshot, StoreUnavailable, Unrecordable
+from billingwatch.store.contract import (
+    LAPSE_HORIZON,
+    MAX_VERDICTS,
+    Outcome,
+    Snapshot,
+    StoreUnavailable,
+    Unrecordable,
+)
 from billingwatch.store.redis_connect import connect
 
 _SCRIPT = resources.files("billingwatch.store").joinpath("apply.lua").read_text()
+_VERDICT_SCRIPT = resources.files("billingwatch.store").joinpath("verdict.lua").read_text()
 
 
 # cjson keeps 14 significant digits of a number: integers cross Lua as strings, and come back
@@ -78,6 +86,7 @@ class RedisStore:
                  wait_replicas: int = 0, wait_timeout_ms: int = 1000, event_log_size: int = 5000) -> None:
         self._redis, self._sentinel = connect(url)
         self._script = self._redis.register_script(_SCRIPT)
+        self._verdict_script = self._redis.register_script(_VERDICT_SCRIPT)
         # WAIT <replicas> <timeout> after each event that wrote: 2xx only once replicas hold it.
         self._wait_replicas = wait_replicas
         self._wait_timeout_ms = wait_timeout_ms
@@ -88,6 +97,7 @@ class RedisStore:
         self.gauges_key = self.key("gauges")
         self.anomalies_key = self.key("anomalies")
         self.events_key = self.key("events")
+        self.verdicts_key = self.key("verdicts")
 
     def key(self, name: str) -> str:
         return f"{self._tag}:{name}"
@@ -301,6 +311,27 @@ class RedisStore:
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
+
+    async def set_verdict(self, anomaly_id: str, verdict: str, at: int, counter: str) -> str | None:
+        record = json.dumps({"verdict": verdict, "at": at})
+        try:
+            reply = await self._verdict_script(keys=[self.verdicts_key, self.counters_key],
+                                               args=[anomaly_id, verdict, record, counter, MAX_VERDICTS])
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(type(exc).__name__) from exc
+        status, previous = int(reply[0]), reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+        if status == 2:
+            raise Unrecordable(f"{MAX_VERDICTS} anomalies already have a verdict")
+        return previous or None
+
+    async def verdicts(self, anomaly_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        if not anomaly_ids:
+            return {}
+        try:
+            raw = await self._redis.hmget(self.verdicts_key, list(anomaly_ids))
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(type(exc).__name__) from exc
+        return {i: json.loads(r) for i, r in zip(anomaly_ids, raw, strict=True) if r is not None}
 
     async def can_record(self) -> str | None:
         """None when an event can be recorded now, else why not: runs the apply script in its
