@@ -107,7 +107,7 @@ SUBSCRIPTIONS_ENDED = _counter(
 )
 ANOMALIES = _counter(
     "an", "billingwatch_anomalies",
-    "Anomalies found by the stateful detectors; details at /api/anomalies.",
+    "Anomalies found by the stateful detectors; details at /anomalies.",
     "detector", "severity", "livemode",
 )
 HISTORY_ANOMALIES = _counter(

@@ -22,7 +22,7 @@ import httpx
 from prometheus_client import Counter
 
 from billingwatch.config import Settings
-from billingwatch.http.explorer import explorer_path
+from billingwatch.anomaly_ref import anomaly_path
 from billingwatch.logsafe import safe
 from billingwatch.metrics.families import new_alert_notifications_counter
 from billingwatch.money import amount_text
@@ -66,9 +66,9 @@ def iso(seconds: float) -> str:
 
 
 def details_url(external_url: str, record: dict[str, Any]) -> str:
-    """The event explorer filtered on the finding's customer (else its object): the events
-    around it, with the anomaly beside them."""
-    return external_url.rstrip("/") + explorer_path(record)
+    """The finding's own page (/anomalies/<id>): who, how much, its events, the Stripe
+    Dashboard links and the verdict buttons."""
+    return external_url.rstrip("/") + anomaly_path(record)
 
 
 def objects_text(record: dict[str, Any]) -> str:
