@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 import httpx
 from prometheus_client import Counter
 
-from billingwatch.config import Settings
 from billingwatch.anomaly_ref import anomaly_path
+from billingwatch.config import Settings
 from billingwatch.logsafe import safe
 from billingwatch.metrics.families import new_alert_notifications_counter
 from billingwatch.money import amount_text
