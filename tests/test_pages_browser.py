@@ -192,6 +192,7 @@ def test_from_the_home_page_to_the_proof_and_a_verdict(store: str, tmp_path: Pat
             home = browser.js("document.body.innerText")
             assert "duplicate_charge 1" in home and "negative_invoice 1" in home, home
             assert "a Stripe signing secret" in home and "last scrape of /metrics" in home
+            assert "test mode: 5 test event(s) in the log, no live one" in home
             assert "charge.succeeded 4" in home and "invoice.finalized 1" in home
             browser.screenshot(shots / "home.png")
             browser.click('a.detector[data-detector="duplicate_charge"]')

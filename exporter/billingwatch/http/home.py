@@ -45,6 +45,17 @@ def secret_line(settings: Settings) -> Line:
     return Line("Signing secret", "ok", f"a Stripe signing secret{'' if count == 1 else f' ({count}, rotating)'}")
 
 
+def mode_line(events: list[dict[str, Any]]) -> Line:
+    """Test or live: what the recorded events of the log say (a signing secret does not tell)."""
+    recorded = [e for e in events if e.get("result") != "rejected"]
+    live = sum(1 for e in recorded if e.get("livemode") is True)
+    if not recorded:
+        return Line("Mode", "warn", "no event recorded yet")
+    if not live:
+        return Line("Mode", "ok", f"test mode: {len(recorded)} test event(s) in the log, no live one")
+    return Line("Mode", "ok", f"live: {live} live and {len(recorded) - live} test event(s) in the log")
+
+
 class Home:
     def __init__(self, settings: Settings, store: Store, detectors: list[Detector], sender: AlertSender,
                  last_scrape: Callable[[], float | None], clock: Callable[[], float] = time.time) -> None:
@@ -86,6 +97,7 @@ class Home:
                          "charge.succeeded`), or `billingwatch simulate --url "
                          f"{webhook} --inject duplicate_charge` "
                          "for made-up test traffic.")
+        lines.append(mode_line(events))
         recent = [e for e in events if isinstance(e.get("received"), int) and e["received"] >= now - DAY]
         by_type = Counter(str(e.get("type")) for e in recent if e.get("result") == "accepted")
         rejected = sum(1 for e in recent if e.get("result") == "rejected")
