@@ -89,7 +89,7 @@ class AnomalyPages:
         records = await self._store.anomalies(self._settings.anomaly_log_size)
         return next((r for r in records if anomaly_id(r) == wanted), None)
 
-    async def list(self, request: Request) -> Response:
+    async def index(self, request: Request) -> Response:
         if not authorised(request, self._settings.api_token):
             return unauthorised()
         query = parse_query(request.query_params, self._detectors)

@@ -76,7 +76,7 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
         Route("/api/anomalies", api.anomalies),
         Route("/api/events", api.events),
         Route("/events", explorer.page),
-        Route("/anomalies", anomaly_pages.list),
+        Route("/anomalies", anomaly_pages.index),
         Route("/anomalies/{anomaly}", anomaly_pages.detail),
         Route("/anomalies/{anomaly}/feedback", anomaly_pages.feedback, methods=["POST"]),
         Route(STYLESHEET, stylesheet),
