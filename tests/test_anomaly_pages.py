@@ -153,6 +153,8 @@ def test_anomaly_page_shows_who_how_much_the_events_and_the_rule(client: TestCli
                  "/docs/runbooks/BillingAnomalyDetected.md"):
         assert link in text, link
     assert "window_seconds = 300" in text  # the threshold that fired
+    # The event explorer links each anomaly it shows to this page.
+    assert client.get("/events").text.count(f'href="/anomalies/{anomaly_id(record)}"') == 2  # beside both charges
     assert client.get("/anomalies/duplicate_charge-0000000000000000").status_code == 404
     assert client.get("/anomalies/not-an-id").status_code == 404
 
