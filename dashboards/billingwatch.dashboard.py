@@ -506,6 +506,19 @@ anomalies_row = [
         "state (subscriptions, MRR, detector memory) but moves no live counter: the rate panels and alerts "
         "never see a backfill as traffic.",
         bars=True, stack=True), 12, 8),
+    (table(
+        "Detector precision (30 d)",
+        # Verdicts have no livemode label; the counter is store-held, so each replica shows the same
+        # value: max over replicas, then the detector's verdicts summed.
+        [target(agg("max", increase("billingwatch_anomaly_feedback_total", sel('verdict="expected"', livemode=False),
+                                    "30d"), "detector")
+                + " / (" + agg("sum", agg("max", increase("billingwatch_anomaly_feedback_total", sel(livemode=False),
+                                                            "30d"), "detector", "verdict"), "detector") + " > 0)",
+                instant=True, fmt="table")],
+        "Of the verdicts people gave on each detector's anomalies at the exporter's /anomalies pages in the "
+        "last 30 days, the share that said \"expected\"; false positives / verdicts is 1 minus this. Only "
+        "detectors with a verdict show; a changed verdict counts under both.",
+        hidden=["Time"], unit="percentunit"), 12, 8),
 ]
 
 alerts_row = [

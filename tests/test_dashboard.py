@@ -32,6 +32,7 @@ import httpx
 import pytest
 from grafanalib._gen import loader, write_dashboard
 
+from billingwatch.anomaly_ref import anomaly_path
 from billingwatch.fixtures import stripe_events as se
 from billingwatch.rules import load_config
 from billingwatch.rules.rulefile import render_rules
@@ -243,6 +244,11 @@ def test_every_panel_query_returns_data(monkeypatch: pytest.MonkeyPatch, stack: 
         reply = post(urls[i % 2], event)  # spread over both replicas, as a load balancer would
         assert reply.status_code == 200, reply.text
     assert post(urls[0], events[0]).json().get("duplicate") is True  # a redelivery
+    # Someone marks the duplicate charge a false positive (the precision panel reads the verdicts).
+    (found,) = httpx.get(urls[0] + "/api/anomalies", timeout=10).json()["anomalies"]
+    marked = httpx.post(urls[1] + anomaly_path(found) + "/feedback", data={"verdict": "false_positive"},
+                        headers={"Sec-Fetch-Site": "same-origin"}, timeout=10)
+    assert marked.status_code == 303, marked.text
     for event in history():
         reply = post(urls[1], event, history=True)
         assert reply.status_code == 200, reply.text
@@ -280,6 +286,7 @@ def test_every_panel_query_returns_data(monkeypatch: pytest.MonkeyPatch, stack: 
     assert list(value("Lapsed subscriptions").values()) == [1.0]
     assert list(value("MRR per currency").values()) == [50.0]  # 20 + 10 + 20 USD a month
     assert list(value("Exporter targets up").values()) == [2.0]
+    assert list(value("Detector precision (30 d)").values()) == [0.0]  # its one verdict: a false positive
     anomalies = prom.query(substitute(dict(queries(dashboard))["Anomalies in the last 24 hours [A]"]))
     assert {s["metric"]["detector"] for s in anomalies} == {"duplicate_charge"}
     found = prom.query(substitute(dict(queries(dashboard))["Anomalies found in imported history [A]"]))

@@ -13,13 +13,16 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from email.message import Message
+from html import escape
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
 import yaml
 
+from billingwatch.anomaly_ref import anomaly_path
 from billingwatch.fixtures import stripe_events as se
 from billingwatch.rules import load_config, render_rules
 from testkit.alerting import SMTP_PASSWORD, SMTP_USER, authenticating_smtp_sink
@@ -267,14 +270,19 @@ def test_mrr_and_subscriptions_equal_promql(stack: Stack, sent: tuple[Message, s
 def test_anomalies_and_alerts_equal_promql(stack: Stack, sent: tuple[Message, str, str]) -> None:
     _, text, html = sent
     lines = section(text, "Anomalies by detector")
-    headers = [line for line in lines if "/api/anomalies?detector=" in line]
+    headers = [line for line in lines if "/anomalies?detector=" in line and not line.startswith("    ")]
     expected = []
     for detector, severity in (("duplicate_charge", "critical"), ("negative_invoice", "medium")):
         found = stack.change(f'billingwatch_anomalies_total{{detector="{detector}",severity="{severity}",'
                              f'livemode="false"}}')
         assert found == 1
+        # The detector's findings of the period and mode ('to' exclusive: the end's second is in).
+        start = int(stack.end - round(stack.end - stack.start))
+        period = {"detector": detector, "livemode": "false",
+                  "from": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start)),
+                  "to": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(stack.end) + 1))}
         expected.append(f"{detector} ({severity}): {found:,.0f}  "
-                        f"{stack.exporter.url}/api/anomalies?detector={detector}")
+                        f"{stack.exporter.url}/anomalies?{urlencode(period)}")
     assert headers == expected
     # Each detector's records of the period follow it, with the ids, from /api/anomalies.
     records = httpx.get(stack.exporter.url + "/api/anomalies", headers={"authorization": f"Bearer {TOKEN}"},
@@ -282,7 +290,11 @@ def test_anomalies_and_alerts_equal_promql(stack: Stack, sent: tuple[Message, st
     duplicate = next(r for r in records if r["detector"] == "duplicate_charge")
     record_line = lines[lines.index(expected[0]) + 1]
     assert f"charge {duplicate['charge']}" in record_line and "customer cus_dg_dup" in record_line
-    assert f'href="{stack.exporter.url}/api/anomalies?detector=duplicate_charge"' in html
+    # Each record links to its own page, which the exporter serves.
+    page = f"{stack.exporter.url}{anomaly_path(duplicate)}"
+    assert record_line.endswith("  " + page)
+    assert httpx.get(page, headers={"authorization": f"Bearer {TOKEN}"}, timeout=10).status_code == 200
+    assert f'href="{escape(expected[0].split("  ")[1])}"' in html
 
     # Alerts: every Billing* alert PromQL saw firing in the period, and only those.
     reply = httpx.get(stack.prometheus.url + "/api/v1/query_range", timeout=10, params={

@@ -83,7 +83,7 @@ def test_a_critical_anomaly_reaches_discord_in_discords_shape(sinks: tuple[Alert
     assert embed["color"] == RED
     assert embed["title"] == "[FIRING:1] CRITICAL BillingAnomalyDetected: duplicate_charge - " \
                              "duplicate_charge: billing anomaly detected"
-    details = f"{EXPORTER_URL}/api/anomalies?detector=duplicate_charge"
+    details = f"{EXPORTER_URL}/anomalies?detector=duplicate_charge"
     for line in ("**FIRING: duplicate_charge: billing anomaly detected**",
                  "• Detector: `duplicate_charge`  • Severity: `critical`",
                  "• Value: 1 duplicate_charge anomalies (livemode=true) in the last 1h.",

@@ -20,6 +20,7 @@ import httpx
 import pytest
 import yaml
 
+from billingwatch.anomaly_ref import anomaly_path
 from billingwatch.fixtures import stripe_events as se
 from billingwatch.http.webhook import REPLAY_HEADER
 from billingwatch.rules import load_config, render_rules
@@ -146,12 +147,16 @@ def test_a_duplicate_charge_pages_in_seconds_naming_who_and_how_much(
     assert pushed["labels"] == {"alertname": "BillingAnomaly", "detector": "duplicate_charge",
                                 "severity": "critical", "livemode": "false", "event_id": second["id"]}
     assert pushed["annotations"]["amount"] == "49.99 USD"
-    assert pushed["generatorURL"] == f"{EXTERNAL_URL}/events?customer=cus_push_alice"
+    # The link is the finding's own page, by its stable id (detector, mode, event, summary).
+    charge_id = second["data"]["object"]["id"]
+    page = EXTERNAL_URL + anomaly_path({"detector": "duplicate_charge", "livemode": False, "event_id": second["id"],
+                                        "summary": f"charge {charge_id} repeats an earlier charge of the same amount"})
+    assert pushed["generatorURL"] == page
     assert str(email["Subject"]).startswith("[FIRING:1] CRITICAL BillingAnomaly: duplicate_charge")
     text = text_part(email)
     for fact in ("Customer: cus_push_alice", first["data"]["object"]["id"], second["data"]["object"]["id"],
                  "Amount: 49.99 USD", "Event time: ", f"Event: {second['id']} (charge.succeeded)",
-                 f"Details: {EXTERNAL_URL}/events?customer=cus_push_alice",
+                 f"Details: {page}",
                  "Runbook: https://github.com/billingwatch/billingwatch/blob/main/docs/runbooks/"
                  "BillingAnomalyDetected.md"):
         assert fact in text, (fact, text)

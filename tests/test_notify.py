@@ -2,6 +2,7 @@
 the background sender against real HTTP receivers (retries, drops, counters)."""
 
 import asyncio
+import re
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from billingwatch.anomaly_ref import anomaly_path
 from billingwatch.config import ConfigError, Settings, from_env
 from billingwatch.detectors import REGISTRY
 from billingwatch.money import amount_text
@@ -62,20 +64,24 @@ def test_alert_carries_the_facts() -> None:
     assert notes["summary"] == ("charge ch_2 repeats an earlier charge of the same amount "
                                 "(customer cus_alice, 19.99 USD)")
     assert notes["runbook_url"] == "https://rb.example/runbooks/BillingAnomalyDetected.md"
-    # The details link opens the event explorer on the customer: the two charges, the anomaly beside them.
-    assert notes["details_url"] == "https://billingwatch.example.com/events?customer=cus_alice"
+    # The details link opens the finding's own page: the two charges, the amount, the Stripe links.
+    assert notes["details_url"] == "https://billingwatch.example.com" + anomaly_path(record())
+    assert re.fullmatch(r"https://billingwatch\.example\.com/anomalies/duplicate_charge-[0-9a-f]{16}",
+                        notes["details_url"])
     assert pushed["generatorURL"] == notes["details_url"]
     # It resolves by itself: starts now, ends after the configured time.
     assert (pushed["startsAt"], pushed["endsAt"]) == ("2026-01-01T00:00:00Z", "2026-01-01T01:05:00Z")
     assert all(isinstance(v, str) for v in notes.values())  # Alertmanager takes strings only
 
 
-def test_details_link_of_a_guest_payment_filters_on_its_charge() -> None:
-    """A guest payer is a card fingerprint, no customer id the event log knows: the charge then."""
-    notes = alert(record(customer="card:fp_1/x"), PUSH, NOW)["annotations"]
-    assert notes["details_url"] == "https://billingwatch.example.com/events?object=ch_2"
-    odd = alert(record(customer="cus_a&b=c"), PUSH, NOW)["annotations"]
-    assert odd["details_url"] == "https://billingwatch.example.com/events?customer=cus_a%26b%3Dc"
+def test_details_link_is_the_findings_stable_id_whoever_the_payer() -> None:
+    """The id comes from detector, mode, event and summary: a guest payer or an odd customer id
+    changes nothing in the link, and two findings of one event differ."""
+    plain = alert(record(), PUSH, NOW)["annotations"]["details_url"]
+    assert alert(record(customer="card:fp_1/x"), PUSH, NOW)["annotations"]["details_url"] == plain
+    assert alert(record(customer="cus_a&b=c"), PUSH, NOW)["annotations"]["details_url"] == plain
+    assert alert(record(summary="another finding"), PUSH, NOW)["annotations"]["details_url"] != plain
+    assert alert(record(livemode=True), PUSH, NOW)["annotations"]["details_url"] != plain
 
 
 def test_an_invoice_finding_names_invoice_and_subscription() -> None:

@@ -71,7 +71,7 @@ def test_document_states_auth_headers_and_error_bodies() -> None:
         "bearer": {"type": "http", "scheme": "bearer", "description": "BILLINGWATCH_API_TOKEN"}}
     for path, item in doc["paths"].items():
         for operation in item.values():
-            needs_token = path.startswith("/api/") or path == "/events"
+            needs_token = path.startswith(("/api/", "/anomalies")) or path in ("/events", "/")
             assert (operation.get("security") == [{"bearer": []}]) is needs_token, path
             assert ("401" in operation["responses"]) is needs_token, path
     webhook = doc["paths"]["/webhooks/stripe"]["post"]

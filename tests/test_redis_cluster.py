@@ -11,6 +11,8 @@ import httpx
 import pytest
 
 from billingwatch.fixtures import stripe_events as se
+from billingwatch.metrics.fields import feedback_field
+from billingwatch.store import RedisStore
 from testkit.processes import RedisClusterServers, RedisServer
 from tests.conftest import SECRET, running_exporter
 from tests.metrics import total
@@ -159,3 +161,18 @@ def test_the_layout_migration_runs_on_a_cluster(cluster: RedisClusterServers, re
     lines, ttls, version = asyncio.run(run())
     assert "  persist: 3 keys (did: subscription and customer hashes holding money kept without a TTL)" in lines
     assert ttls == [-1, -1, -1] and version == b"2"
+
+
+@pytest.mark.anyio
+async def test_a_verdict_and_its_counter_on_a_cluster_node_that_does_not_own_the_slot(
+        cluster: RedisClusterServers, redis_prefix: str) -> None:
+    other = next(p for p in cluster.ports if p != cluster.owner(slot_of(cluster, redis_prefix)))
+    store = RedisStore(cluster.url(other), prefix=redis_prefix)
+    try:
+        counter = feedback_field("duplicate_charge", "false_positive")
+        assert await store.set_verdict("duplicate_charge-00000000000000aa", "false_positive", 1, counter) is None
+        assert (await store.snapshot(0, 0)).counters[counter] == 1
+        assert await store.verdicts(["duplicate_charge-00000000000000aa"]) == {
+            "duplicate_charge-00000000000000aa": {"verdict": "false_positive", "at": 1}}
+    finally:
+        await store.close()

@@ -21,8 +21,8 @@ from billingwatch.fixtures import stripe_events as se
 from billingwatch.http.sign_in import CACHE_SECONDS, Verifier
 from billingwatch.http.web_config import load as load_web_config
 from testkit.processes import Exporter, binary, free_port, wait_until
-from tests.conftest import ROOT, SECRET, running_exporter
 from testkit.stack import prometheus
+from tests.conftest import ROOT, SECRET, running_exporter
 
 USER, PASSWORD, TOKEN = "alice", "correct horse battery staple", "script-token-for-tests"
 # Everything but the webhook and the probes: pages, API, metrics, docs.

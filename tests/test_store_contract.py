@@ -8,7 +8,7 @@ from billingwatch.fixtures import stripe_events as se
 from billingwatch.metrics import families as fam
 from billingwatch.metrics import fields
 from billingwatch.recording.plan import Check, Plan
-from billingwatch.store import MemoryStore, Store
+from billingwatch.store import MemoryStore, Store, Unrecordable, memory_store, redis_store
 from tests.metrics import gauge_value, value
 from tests.recording import figures, record
 
@@ -237,3 +237,27 @@ async def test_memory_store_forgets_event_ids_after_their_ttl() -> None:
     assert (await store.apply(plan)).duplicate
     now[0] += 2
     assert await store.recorded([("evt_ttl", "false")]) == [False]
+
+
+async def test_a_verdict_replaces_the_earlier_and_counts_each_change_once(store: Store,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    fp = fields.feedback_field("duplicate_charge", "false_positive")
+    ok = fields.feedback_field("duplicate_charge", "expected")
+    assert await store.set_verdict("duplicate_charge-0000000000000001", "false_positive", 100, fp) is None
+    assert await store.set_verdict("duplicate_charge-0000000000000001", "false_positive", 200, fp) == "false_positive"
+    assert await store.set_verdict("duplicate_charge-0000000000000001", "expected", 300, ok) == "false_positive"
+    counters = (await store.snapshot(0, 0)).counters
+    assert (counters.get(fp), counters.get(ok)) == (1, 1)  # the repeat wrote nothing
+    assert await store.verdicts(["duplicate_charge-0000000000000001", "duplicate_charge-0000000000000002"]) == {
+        "duplicate_charge-0000000000000001": {"verdict": "expected", "at": 300}}
+    assert await store.verdicts([]) == {}
+    # Full: a new anomaly's verdict is refused with nothing written; a known one still changes.
+    monkeypatch.setattr(memory_store, "MAX_VERDICTS", 2)
+    monkeypatch.setattr(redis_store, "MAX_VERDICTS", 2)
+    await store.set_verdict("duplicate_charge-0000000000000002", "expected", 400, ok)
+    with pytest.raises(Unrecordable):
+        await store.set_verdict("duplicate_charge-0000000000000003", "expected", 500, ok)
+    assert await store.verdicts(["duplicate_charge-0000000000000003"]) == {}
+    assert await store.set_verdict("duplicate_charge-0000000000000001", "false_positive", 600, fp) == "expected"
+    counters = (await store.snapshot(0, 0)).counters
+    assert (counters.get(fp), counters.get(ok)) == (2, 2)

@@ -209,7 +209,7 @@ def test_anomalies_api_filters_and_limits(make_client: Client) -> None:
 def test_landing_health_ready(make_client: Client) -> None:
     client = make_client()
     page = client.get("/")
-    assert page.status_code == 200 and "/metrics" in page.text and "/api/anomalies" in page.text
+    assert page.status_code == 200 and "/metrics" in page.text and 'href="/anomalies"' in page.text
     assert client.get("/health").json() == {"status": "ok"}
     assert client.get("/ready").json() == {"status": "ready", "store": "memory"}
 

@@ -4,10 +4,12 @@
 import html
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from importlib import resources
 from string import Template
 from typing import Any
 
+from billingwatch.anomaly_ref import anomalies_path, anomaly_path
 from billingwatch.commands.digest_figures import Report
 from billingwatch.money import minor_per_major
 
@@ -139,12 +141,21 @@ def anomalies(report: Report, link_url: str) -> Section:
         if not found:
             continue
         records = report.records.get(detector, [])
-        details = [record_line(r) for r in records[:10]]
+        details = [f"{record_line(r)}  {link_url.rstrip('/')}{anomaly_path(r)}" for r in records[:10]]
         if len(records) > 10:
             details.append(f"and {len(records) - 10} more")
         lines.append(Line(f"{detector} ({severity}): {count(found)}",
-                          f"{link_url.rstrip('/')}/api/anomalies?detector={detector}", details))
+                          link_url.rstrip("/") + period_path(report, detector), details))
     return Section("Anomalies by detector", lines or [Line("No anomalies.")])
+
+
+def period_path(report: Report, detector: str) -> str:
+    """The /anomalies page of the detector's findings of the digest's period and mode ('to' is exclusive)."""
+    window = report.window
+    iso = "%Y-%m-%dT%H:%M:%SZ"
+    return anomalies_path(detector=detector, livemode=window.livemode,
+                          from_=datetime.fromtimestamp(int(window.start), UTC).strftime(iso),
+                          to=datetime.fromtimestamp(int(window.end) + 1, UTC).strftime(iso))
 
 
 def record_line(record: dict[str, Any]) -> str:
@@ -186,7 +197,7 @@ def text(report: Report, link_url: str, prometheus_url: str) -> str:
     title, period = header(report)
     return _template("digest.txt").substitute(
         title=title, period=period, sections="\n\n".join(blocks), prometheus_url=prometheus_url,
-        anomalies_url=f"{link_url.rstrip('/')}/api/anomalies")
+        anomalies_url=f"{link_url.rstrip('/')}/anomalies")
 
 
 def html_part(report: Report, link_url: str, prometheus_url: str) -> str:
@@ -205,7 +216,7 @@ def html_part(report: Report, link_url: str, prometheus_url: str) -> str:
             items.extend(f"<li><em>Note: {e(n)}</em></li>" for n in report.notes)
         blocks.append(f"<h3>{e(section.title)}</h3>\n<ul>\n" + "\n".join(items) + "\n</ul>")
     title, period = header(report)
-    anomalies_url = f"{link_url.rstrip('/')}/api/anomalies"
+    anomalies_url = f"{link_url.rstrip('/')}/anomalies"
     return _template("digest.html").substitute(
         title=e(title), period=e(period), sections="\n".join(blocks), prometheus_url=e(prometheus_url),
         anomalies_url=e(anomalies_url))

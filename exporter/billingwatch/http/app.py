@@ -14,13 +14,16 @@ from starlette.routing import Route
 from billingwatch.config import Settings, is_placeholder
 from billingwatch.detectors import Detector, build_detectors
 from billingwatch.http.access import HostAllowlist, default_hosts
+from billingwatch.http.anomaly_pages import AnomalyPages
 from billingwatch.http.api import Api
 from billingwatch.http.apidocs import ApiDocs
 from billingwatch.http.explorer import Explorer
+from billingwatch.http.home import Home
 from billingwatch.http.limits import RequestLimits
 from billingwatch.http.pages import Pages
 from billingwatch.http.quarantine_api import QuarantineApi
 from billingwatch.http.sign_in import SignIn, Verifier
+from billingwatch.http.views import STYLESHEET, stylesheet
 from billingwatch.http.webhook import WebhookEndpoint
 from billingwatch.metrics.families import new_detector_errors_counter, new_requests_counter
 from billingwatch.notify.alertmanager import AlertSender, push_settings, redacted
@@ -44,6 +47,8 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
     api = Api(settings, store, detectors)
     quarantine = QuarantineApi(settings, webhook.recorder)
     explorer = Explorer(settings, store)
+    anomaly_pages = AnomalyPages(settings, store, detectors, clock)
+    home = Home(settings, store, detectors, sender, lambda: pages.last_scrape, clock)
     docs = ApiDocs([d.name for d in detectors])
     allowed_hosts = settings.allowed_hosts or default_hosts(settings.host)
 
@@ -76,7 +81,7 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
         await store.close()
 
     routes = [
-        Route("/", pages.landing),
+        Route("/", home.page),
         Route("/webhooks/stripe", webhook.handle, methods=["POST"]),
         Route("/metrics", pages.metrics),
         Route("/health", pages.health),
@@ -87,6 +92,10 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
         Route("/api/quarantine", quarantine.entries),
         Route("/api/quarantine/requeue", quarantine.requeue, methods=["POST"]),
         Route("/events", explorer.page),
+        Route("/anomalies", anomaly_pages.index),
+        Route("/anomalies/{anomaly}", anomaly_pages.detail),
+        Route("/anomalies/{anomaly}/feedback", anomaly_pages.feedback, methods=["POST"]),
+        Route(STYLESHEET, stylesheet),
         # Each route has its entry in http/openapi.py (tests/test_openapi.py checks).
         Route("/openapi.json", docs.openapi),
         Route("/docs", docs.page),

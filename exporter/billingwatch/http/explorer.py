@@ -19,6 +19,7 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
+from billingwatch.anomaly_ref import anomaly_path
 from billingwatch.config import Settings
 from billingwatch.http.access import authorised
 from billingwatch.money import amount_text
@@ -174,7 +175,7 @@ def anomaly_html(record: Mapping[str, Any]) -> str:
     history = '<span class="tag">history</span>' if record.get("history") else ""
     return (f'<div class="anomaly sev-{esc(severity)}" data-detector="{esc(record.get("detector"))}" '
             f'data-event="{esc(record.get("event_id"))}"><b>{esc(record.get("detector"))}</b> '
-            f'({esc(severity)}){history}: {esc(record.get("summary"))}</div>')
+            f'({esc(severity)}){history}: <a href="{esc(anomaly_path(record))}">{esc(record.get("summary"))}</a></div>')
 
 
 def row_html(line: Mapping[str, Any], anomalies: AnomalyIndex) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 from starlette.routing import BaseRoute, Route
 
 from billingwatch import __version__
+from billingwatch.detectors.base import SEVERITIES
 
 Json = dict[str, Any]
 
@@ -33,6 +34,11 @@ def error(description: str) -> Json:
 
 def html(description: str) -> Json:
     return {"description": description, "content": {"text/html": {"schema": {"type": "string"}}}}
+
+
+def html_or_json(description: str) -> Json:
+    return {"description": description, "content": {"text/html": {"schema": {"type": "string"}},
+                                                    "application/json": {"schema": ref("Error")}}}
 
 
 def query(name: str, description: str, schema: Json) -> Json:
@@ -271,9 +277,31 @@ def operations(detector_names: Sequence[str]) -> dict[tuple[str, str], Json]:
               {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 999_999_999_999}, empty]}),
         {**LIMIT, "schema": {"anyOf": [LIMIT["schema"], empty]}},
     ]
+    html_unauthorised = {**UNAUTHORISED, "content": {"text/html": {"schema": {"type": "string"}}}}
+    anomaly_filters = [
+        query("detector", "Only this detector's anomalies",
+              {"anyOf": [{"type": "string", "enum": list(detector_names)}, empty]} if detector_names
+              else {"type": "string"}),
+        query("severity", "Only this severity", {"type": "string", "enum": ["", *SEVERITIES]}),
+        query("livemode", "Only live (true) or test (false) ones", {"type": "string", "enum": ["", "true", "false"]}),
+        query("customer", "Only this customer's", text_filter),
+        query("range", "The last hour, day or week (default 7d; not used with from/to)",
+              {"type": "string", "enum": ["", "1h", "24h", "7d"]}),
+        query("from", "From this ISO 8601 date or datetime (Stripe event time)",
+              {"anyOf": [{"type": "string", "format": "date"}, {"type": "string", "format": "date-time"}, empty]}),
+        query("to", "Until this ISO 8601 date (its whole day) or datetime",
+              {"anyOf": [{"type": "string", "format": "date"}, {"type": "string", "format": "date-time"}, empty]}),
+        query("cursor", "The next page's cursor, from the previous page's link",
+              {"anyOf": [{"type": "string", "pattern": "^[a-z][a-z0-9_]{0,47}-[0-9a-f]{16}$"}, empty]}),
+    ]
+    anomaly_param = {"name": "anomaly", "in": "path", "required": True, "description": "The anomaly's stable id",
+                     "schema": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,47}-[0-9a-f]{16}$"}}
     return {
-        ("/", "get"): {"summary": "Landing page linking the endpoints", "tags": ["pages"],
-                       "responses": {"200": html("The landing page")}},
+        ("/", "get"): {
+            "summary": "Status page: secret, store, events, scrapes, alert push, anomalies; the next step (HTML)",
+            "tags": ["pages"], "security": BEARER,
+            "responses": {"200": html("The status page"), "401": html_unauthorised},
+        },
         ("/webhooks/stripe", "post"): webhook(),
         ("/metrics", "get"): {
             "summary": "Prometheus exposition", "tags": ["monitoring"],
@@ -355,6 +383,51 @@ def operations(detector_names: Sequence[str]) -> dict[tuple[str, str], Json]:
                         "content": {"text/html": {"schema": {"type": "string"}},
                                     "application/json": {"schema": ref("Error")}}},
             },
+        },
+        ("/anomalies", "get"): {
+            "summary": "The anomalies, newest first, filtered, a page at a time (HTML)", "tags": ["pages"],
+            "security": BEARER, "parameters": anomaly_filters,
+            "responses": {
+                "200": html("The list page"),
+                "400": html_or_json("The page saying which filter is bad (or a Host not allowed, in JSON)"),
+                "401": html_unauthorised,
+                "410": html("The cursor's anomaly has left the log: start again from the newest"),
+                "503": html_or_json("Store unavailable (or too many requests in flight, in JSON)"),
+            },
+        },
+        ("/anomalies/{anomaly}", "get"): {
+            "summary": "One anomaly: who, how much, its events, Stripe Dashboard links, rule, runbook, verdict (HTML)",
+            "tags": ["pages"], "security": BEARER, "parameters": [anomaly_param],
+            "responses": {
+                "200": html("The anomaly's page"),
+                "401": html_unauthorised,
+                "404": html("No anomaly with this id in the log"),
+                "503": html_or_json("Store unavailable (or too many requests in flight, in JSON)"),
+            },
+        },
+        ("/anomalies/{anomaly}/feedback", "post"): {
+            "summary": "A person's verdict on an anomaly (the page's form; same-origin browsers only)",
+            "tags": ["pages"], "security": BEARER, "parameters": [anomaly_param],
+            "description": "Taken only when Sec-Fetch-Site is same-origin or, without it, Origin is this host "
+                           "(cross-site request forgery). A later verdict replaces the earlier one.",
+            "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": {
+                "type": "object", "required": ["verdict"],
+                "properties": {"verdict": {"type": "string", "enum": ["expected", "false_positive"]}}}}}},
+            "responses": {
+                "303": {"description": "Stored: back to the anomaly's page",
+                        "headers": {"Location": {"schema": {"type": "string"}}}},
+                "400": html_or_json("Not a verdict (or a Host not allowed, in JSON)"),
+                "401": html_unauthorised,
+                "403": html("Not from a page of this site"),
+                "404": html("No anomaly with this id in the log"),
+                "413": html_or_json("Form too large"),
+                "503": html_or_json("Store unavailable (or too many requests in flight, in JSON)"),
+                "507": html("Too many anomalies have a verdict already (a new one is refused)"),
+            },
+        },
+        ("/static/pages.css", "get"): {
+            "summary": "The pages' stylesheet", "tags": ["pages"],
+            "responses": {"200": {"description": "CSS", "content": {"text/css": {"schema": {"type": "string"}}}}},
         },
         ("/openapi.json", "get"): {
             "summary": "This document", "tags": ["docs"],

@@ -1,4 +1,4 @@
-"""The pages anyone may read: the landing page, /metrics, /health and /ready."""
+"""The pages anyone may read: /metrics, /health and /ready (the home page is http/home.py)."""
 
 import time
 from collections.abc import Callable
@@ -13,9 +13,8 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, choose_encoder, generate_latest
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 
-from billingwatch import __version__
 from billingwatch.config import Settings
 from billingwatch.detectors import Detector
 from billingwatch.metrics.build_info import BuildInfo
@@ -24,21 +23,6 @@ from billingwatch.store import Store, StoreUnavailable
 
 # The *_created series double the exposition for no alerting value.
 disable_created_metrics()  # type: ignore[no-untyped-call]
-
-LANDING = """<!doctype html>
-<html><head><title>BillingWatch</title></head><body>
-<h1>BillingWatch {version}</h1>
-<p>Self-hosted monitoring of Stripe billing. Store: {store}.</p>
-<ul>
-<li><a href="/metrics">/metrics</a>: Prometheus metrics</li>
-<li><a href="/health">/health</a> and <a href="/ready">/ready</a></li>
-<li><a href="/api/detectors">/api/detectors</a>: the stateful detectors and their thresholds</li>
-<li><a href="/api/anomalies">/api/anomalies</a>: recent anomalies with their details</li>
-<li><a href="/events">/events</a> (and <a href="/api/events">/api/events</a>): the recent events, anomalies beside</li>
-<li>POST /webhooks/stripe: the Stripe webhook endpoint</li>
-<li><a href="/docs">/docs</a>: the API reference, from <a href="/openapi.json">/openapi.json</a></li>
-</ul></body></html>
-"""
 
 
 class Pages:
@@ -60,12 +44,11 @@ class Pages:
         self._requests = requests
         self._build_info = BuildInfo(store.kind)
         self._clock = clock
-
-    async def landing(self, request: Request) -> Response:
-        return HTMLResponse(LANDING.format(version=__version__, store=self._store.kind))
+        self.last_scrape: float | None = None  # when this replica last served /metrics (the home page says)
 
     async def metrics(self, request: Request) -> Response:
         settings = self._settings
+        self.last_scrape = self._clock()
         try:
             snapshot = await self._store.snapshot(self._clock(), settings.lapse_grace, settings.subscription_ttl)
         except StoreUnavailable:

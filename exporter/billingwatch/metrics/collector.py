@@ -18,6 +18,7 @@ from billingwatch.metrics.labels import (
     MOVEMENT_KINDS,
     OTHER_PLAN,
     TRIAL_OUTCOMES,
+    VERDICTS,
     event_types,
 )
 from billingwatch.money import to_major
@@ -68,7 +69,8 @@ def _zeros(snapshot: Snapshot, detectors: Iterable[Detector], currencies: Iterab
         (fam.QUARANTINE_DROPPED, [()]),
         (fam.QUARANTINE_ENTRIES, [()]),
     ]
-    zeros: dict[str, int] = {}
+    # Verdicts are counted across modes: the one family without a livemode label.
+    zeros: dict[str, int] = {fields.feedback_field(d.name, v): 0 for d in detectors for v in VERDICTS}
     for mode in LIVEMODES:
         for family, label_sets in fixed:
             for labels in label_sets:

@@ -107,13 +107,20 @@ SUBSCRIPTIONS_ENDED = _counter(
 )
 ANOMALIES = _counter(
     "an", "billingwatch_anomalies",
-    "Anomalies found by the stateful detectors; details at /api/anomalies.",
+    "Anomalies found by the stateful detectors; details at /anomalies.",
     "detector", "severity", "livemode",
 )
 HISTORY_ANOMALIES = _counter(
     "han", "billingwatch_history_anomalies",
     "Anomalies found in imported history (not live traffic); details at /api/anomalies?history=true.",
     "detector", "severity", "livemode",
+)
+# No livemode label: a verdict is a person's, counted per detector across modes.
+ANOMALY_FEEDBACK = _counter(
+    "fb", "billingwatch_anomaly_feedback",
+    "Verdicts people gave on anomalies at /anomalies (expected or false_positive); a changed verdict counts "
+    "again, under the new one; repeating the current one counts nothing.",
+    "detector", "verdict",
 )
 MISSED_EVENTS = _counter(
     "me", "billingwatch_missed_events",
@@ -186,7 +193,7 @@ REDIS_FAMILIES = (
     EVENTS, HISTORY_EVENTS, CHARGES, CHARGE_OUTCOMES, CHARGE_AMOUNT, CHARGE_FAILURES, REFUNDS, REFUND_AMOUNT,
     REFUNDS_REVERSED, REFUND_REVERSED_AMOUNT,
     DISPUTES, DISPUTE_AMOUNT, EARLY_FRAUD_WARNINGS, INVOICES_PAID, INVOICE_PAID_AMOUNT,
-    INVOICE_PAYMENT_FAILURES, SUBSCRIPTIONS_ENDED, ANOMALIES, HISTORY_ANOMALIES, MISSED_EVENTS,
+    INVOICE_PAYMENT_FAILURES, SUBSCRIPTIONS_ENDED, ANOMALIES, HISTORY_ANOMALIES, ANOMALY_FEEDBACK, MISSED_EVENTS,
     LAST_RECEIVED, LAST_CREATED, SUBSCRIPTIONS, MRR, MRR_MOVEMENT_AMOUNT, CUSTOMER_MOVEMENTS, PAYING_CUSTOMERS,
     MRR_BY_PLAN, TRIALS_STARTED, TRIALS_ENDED, QUARANTINED, QUARANTINE_DROPPED, QUARANTINE_ENTRIES,
 )

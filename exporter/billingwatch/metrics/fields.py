@@ -5,7 +5,7 @@ into its family and labels (parse). The plan (recording/plan.py) names the field
 store only adds to them.
 """
 
-from billingwatch.metrics.families import ANOMALIES, HISTORY_ANOMALIES, REDIS_FAMILIES, Family
+from billingwatch.metrics.families import ANOMALIES, ANOMALY_FEEDBACK, HISTORY_ANOMALIES, REDIS_FAMILIES, Family
 from billingwatch.metrics.labels import livemode_label
 
 BY_KEY = {family.key: family for family in REDIS_FAMILIES}
@@ -18,6 +18,11 @@ def field(family: Family, *values: str) -> str:
 def anomaly_field(detector: str, severity: str, livemode: bool, history: bool) -> str:
     """The counter an anomaly moves: found in imported history, it is not live traffic."""
     return field(HISTORY_ANOMALIES if history else ANOMALIES, detector, severity, livemode_label(livemode))
+
+
+def feedback_field(detector: str, verdict: str) -> str:
+    """The counter a verdict on one of `detector`'s anomalies moves."""
+    return field(ANOMALY_FEEDBACK, detector, verdict)
 
 
 def parse(name: str) -> tuple[Family, list[str]] | None:

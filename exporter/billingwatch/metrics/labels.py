@@ -107,6 +107,8 @@ def event_type_label(event_type: str, detector_event_types: Iterable[frozenset[s
 # billingwatch_webhook_requests_total{result}: what the webhook answered.
 # What became of an alert pushed to Alertmanager (notify/alertmanager.py), once per Alertmanager.
 NOTIFICATION_RESULTS = ("sent", "failed", "dropped")
+# A person's verdict on an anomaly (the feedback buttons of /anomalies/<id>).
+VERDICTS = ("expected", "false_positive")
 RESULTS = (
     "accepted", "duplicate", "missing_signature", "invalid_signature", "too_large", "invalid_json",
     "invalid_event", "livemode_rejected", "store_unavailable", "unrecordable", "replay_unauthorized",

@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 import httpx
 from prometheus_client import Counter
 
+from billingwatch.anomaly_ref import anomaly_path
 from billingwatch.config import Settings
-from billingwatch.http.explorer import explorer_path
 from billingwatch.logsafe import safe
 from billingwatch.metrics.families import new_alert_notifications_counter
 from billingwatch.money import amount_text
@@ -66,9 +66,9 @@ def iso(seconds: float) -> str:
 
 
 def details_url(external_url: str, record: dict[str, Any]) -> str:
-    """The event explorer filtered on the finding's customer (else its object): the events
-    around it, with the anomaly beside them."""
-    return external_url.rstrip("/") + explorer_path(record)
+    """The finding's own page (/anomalies/<id>): who, how much, its events, the Stripe
+    Dashboard links and the verdict buttons."""
+    return external_url.rstrip("/") + anomaly_path(record)
 
 
 def objects_text(record: dict[str, Any]) -> str:
@@ -149,6 +149,8 @@ class AlertSender:
         self._queues: dict[str, asyncio.Queue[dict[str, Any]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._client: httpx.AsyncClient | None = None
+        # The last POST's outcome (the home page says): when, and "sent" or why it failed.
+        self.last_result: tuple[float, str] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -219,6 +221,7 @@ class AlertSender:
                 response = await self._client.post(endpoint, json=batch)
                 if response.is_success:
                     self.counter.labels("sent").inc(len(batch))
+                    self.last_result = (time.time(), "sent")
                     return
                 reason = f"HTTP {response.status_code}"
                 if 400 <= response.status_code < 500 and response.status_code != 429:
@@ -229,5 +232,6 @@ class AlertSender:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_DELAY)
         self.counter.labels("failed").inc(len(batch))
+        self.last_result = (time.time(), f"failed ({reason})")
         log.warning("could not push %d alert(s) to Alertmanager %s: %s (the rule's alert still fires)",
                     len(batch), redacted(url), reason)

@@ -24,6 +24,9 @@ MAX_SUM = 10**15
 # doubles, exact below 2^53 (9.007e15).
 MAX_SUBSCRIPTION_MRR = 10**15
 MAX_CUSTOMER_MRR = 9 * 10**15
+# Anomalies with a verdict (the feedback buttons of /anomalies): people's clicks, but bounded all
+# the same; a new verdict beyond it is refused (Unrecordable), a changed one is still taken.
+MAX_VERDICTS = 100_000
 
 
 class StoreUnavailable(Exception):
@@ -118,6 +121,15 @@ class Store(Protocol):
 
     async def increment(self, counters: dict[str, int]) -> None:
         """Add to store-held counters outside an event (e.g. missed events found by reconcile)."""
+
+    async def set_verdict(self, anomaly_id: str, verdict: str, at: int, counter: str) -> str | None:
+        """Store a person's verdict on an anomaly, replacing an earlier one, and add 1 to the
+        counter field `counter` in the same atomic step when it changes (repeating the current
+        verdict writes nothing). Returns the verdict it replaced, or None. Raises Unrecordable,
+        with nothing written, for a new anomaly beyond MAX_VERDICTS; StoreUnavailable."""
+
+    async def verdicts(self, anomaly_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The stored verdicts of these anomalies: id → {"verdict", "at"} (unix seconds)."""
 
     async def can_record(self) -> str | None:
         """None when an event can be recorded now, else the reason it cannot (for /ready): the

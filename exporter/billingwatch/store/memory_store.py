@@ -26,6 +26,7 @@ from billingwatch.store.contract import (
     MAX_SUBSCRIPTION_MRR,
     MAX_SUM,
     MAX_TTL,
+    MAX_VERDICTS,
     Outcome,
     Snapshot,
     StoreUnavailable,
@@ -119,6 +120,7 @@ class MemoryStore:
         self._gauges: dict[str, int] = {}
         self._log: deque[dict[str, Any]] = deque(maxlen=anomaly_log_size)
         self._events: deque[dict[str, Any]] = deque(maxlen=event_log_size)  # newest last
+        self._verdicts: dict[str, dict[str, Any]] = {}  # anomaly id → {"verdict", "at"}
         self._applied = 0
         self.layout = LAYOUT_VERSION  # a new process holds the layout it writes: nothing to migrate
 
@@ -432,6 +434,20 @@ class MemoryStore:
     async def increment(self, counters: dict[str, int]) -> None:
         for name, value in counters.items():
             self._counters[name] = self._counters.get(name, 0) + value
+
+    async def set_verdict(self, anomaly_id: str, verdict: str, at: int, counter: str) -> str | None:
+        old = self._verdicts.get(anomaly_id)
+        previous = None if old is None else str(old["verdict"])
+        if previous == verdict:
+            return previous
+        if old is None and len(self._verdicts) >= MAX_VERDICTS:
+            raise Unrecordable(f"{MAX_VERDICTS} anomalies already have a verdict")
+        self._verdicts[anomaly_id] = {"verdict": verdict, "at": at}
+        self._counters[counter] = self._counters.get(counter, 0) + 1
+        return previous
+
+    async def verdicts(self, anomaly_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        return {i: dict(self._verdicts[i]) for i in anomaly_ids if i in self._verdicts}
 
     async def can_record(self) -> str | None:
         return self.gate.reason

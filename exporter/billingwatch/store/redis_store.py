@@ -25,7 +25,15 @@ from redis.exceptions import (
 from billingwatch.metrics.labels import LIVEMODES
 from billingwatch.recording.plan import Check, LogEntry, Plan
 from billingwatch.recording.quarantine import DROPPED_SCHEME, ENTRIES_SCHEME, Quarantine, encoded, member
-from billingwatch.store.contract import LAPSE_HORIZON, LayoutRefused, Outcome, Snapshot, StoreUnavailable, Unrecordable
+from billingwatch.store.contract import (
+    LAPSE_HORIZON,
+    MAX_VERDICTS,
+    LayoutRefused,
+    Outcome,
+    Snapshot,
+    StoreUnavailable,
+    Unrecordable,
+)
 from billingwatch.store.layout import LAYOUT_VERSION, Migration, Report, newer_reason, parse_version, upkeep
 from billingwatch.store.redis_connect import check_prefix, connect
 from billingwatch.store.redis_memory import ALLOW_EVICTION, NOEVICTION, eviction_refusal, read_memory, read_policy
@@ -34,6 +42,7 @@ from billingwatch.store.write_gate import WRITE, WriteGate
 log = logging.getLogger("billingwatch.store")
 
 _SCRIPT = resources.files("billingwatch.store").joinpath("apply.lua").read_text()
+_VERDICT_SCRIPT = resources.files("billingwatch.store").joinpath("verdict.lua").read_text()
 _QUARANTINE_SCRIPT = resources.files("billingwatch.store").joinpath("quarantine.lua").read_text()
 # The readiness probe's own write while writes are refused: larger than an event's script call,
 # so a Redis too full for an event (its query buffer counts against maxmemory) refuses it too.
@@ -121,6 +130,7 @@ class RedisStore:
         self._script = self._redis.register_script(_SCRIPT)
         self._quarantine_script = self._redis.register_script(_QUARANTINE_SCRIPT)
         self._quarantine_size = quarantine_size
+        self._verdict_script = self._redis.register_script(_VERDICT_SCRIPT)
         # WAIT <replicas> <timeout> after each event that wrote: 2xx only once replicas hold it.
         self._wait_replicas = wait_replicas
         self._wait_timeout_ms = wait_timeout_ms
@@ -135,6 +145,7 @@ class RedisStore:
         self.quarantine_key = self.key("quarantine")
         self.quarantine_order_key = self.key("quarantine:order")
         self.quarantine_bodies_key = self.key("quarantine:bodies")
+        self.verdicts_key = self.key("verdicts")
 
     def key(self, name: str) -> str:
         return f"{self._tag}:{name}"
@@ -481,6 +492,29 @@ class RedisStore:
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
+
+    async def set_verdict(self, anomaly_id: str, verdict: str, at: int, counter: str) -> str | None:
+        record = json.dumps({"verdict": verdict, "at": at})
+        try:
+            reply = await self._verdict_script(keys=[self.verdicts_key, self.counters_key, self.layout_key],
+                                               args=[anomaly_id, verdict, record, counter, MAX_VERDICTS])
+        except _ERRORS as exc:
+            raise StoreUnavailable(type(exc).__name__) from exc
+        if int(reply[0]) == _NEWER_LAYOUT:
+            raise LayoutRefused(newer_reason(reply[1].decode()))
+        status, previous = int(reply[0]), reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+        if status == 2:
+            raise Unrecordable(f"{MAX_VERDICTS} anomalies already have a verdict")
+        return previous or None
+
+    async def verdicts(self, anomaly_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        if not anomaly_ids:
+            return {}
+        try:
+            raw = await self._redis.hmget(self.verdicts_key, list(anomaly_ids))
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(type(exc).__name__) from exc
+        return {i: json.loads(r) for i, r in zip(anomaly_ids, raw, strict=True) if r is not None}
 
     async def can_record(self) -> str | None:
         """None when an event can be recorded now, else why not. Runs the apply script in its probe

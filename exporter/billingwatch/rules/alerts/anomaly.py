@@ -50,5 +50,5 @@ def render(r: Rules, s: AnomalyAlert) -> None:
         r, ALERT, expr, s.for_, {},
         "{{ $labels.detector }}: billing anomaly detected",
         count + " {{ $labels.detector }} anomalies (livemode={{ $labels.livemode }}) in the last "
-        + s.window + ". Details (customer, charge and invoice ids) at /api/anomalies?detector={{ $labels.detector }}.",
+        + s.window + ". Details (who, how much, the Stripe objects) at /anomalies?detector={{ $labels.detector }}.",
     )
