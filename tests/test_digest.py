@@ -29,6 +29,7 @@ from testkit.alerting import SMTP_PASSWORD, SMTP_USER, authenticating_smtp_sink
 from testkit.processes import Exporter, RedisServer, binary, free_port, wait_until
 from testkit.stack import Prometheus, SmtpSink, prometheus
 from tests.conftest import ROOT, SECRET, running_exporter
+from tests.test_compose import FILLED
 
 TOKEN = "digest-test-token-" + uuid.uuid4().hex
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
@@ -359,7 +360,7 @@ def test_compose_service_sends_daily_at_the_hour(tmp_path: Path) -> None:
     replaced by stand-ins: it sleeps until the next HH:00 UTC, sends the 24 h before it, and
     keeps going after a failed run."""
     filled = tmp_path / "filled.env"
-    filled.write_text((ROOT / ".env.example").read_text() + "GRAFANA_ADMIN_PASSWORD=x\nREDIS_PASSWORD=y\n")
+    filled.write_text((ROOT / ".env.example").read_text() + "".join(f"{k}={v}\n" for k, v in FILLED.items()))
     resolved = subprocess.run([binary("docker-compose"), "--env-file", str(filled), "-f",
                                str(ROOT / "docker-compose.yml"), "--profile", "digest", "config"],
                               capture_output=True, text=True, timeout=60, cwd=ROOT)

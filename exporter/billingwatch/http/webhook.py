@@ -150,8 +150,7 @@ class WebhookEndpoint:
         try:
             duplicate = await self._recorder.store.quarantine(record)
         except StoreUnavailable as exc:
-            log.warning("store unavailable, answering 503 so Stripe retries %s: %s", safe(event.id), safe(exc))
-            return self._reject("store_unavailable", 503, "store unavailable; retry later")
+            return self._unavailable(event.id, exc)
         except Unrecordable as exc:
             log.error("event %s could not be quarantined: %s", safe(event.id), safe(exc))
             return None
@@ -161,6 +160,12 @@ class WebhookEndpoint:
         log.warning("event %s (%s) quarantined, not recorded: %s", safe(event.id), safe(event.type), safe(reason))
         self._requests.labels("quarantined").inc()
         return JSONResponse({"received": True, "quarantined": True, "reason": reason[:300]})
+
+    def _unavailable(self, event_id: object, exc: StoreUnavailable) -> JSONResponse:
+        log.warning("store unavailable, answering 503 so Stripe retries %s: %s", safe(event_id), safe(exc))
+        # A newer store layout is no passing outage: say so (store/layout.py).
+        detail = f"store unavailable: {exc}" if isinstance(exc, LayoutRefused) else "store unavailable; retry later"
+        return self._reject("store_unavailable", 503, detail)
 
     async def handle(self, request: Request) -> JSONResponse:
         settings = self._settings
@@ -223,10 +228,7 @@ class WebhookEndpoint:
             await self._log_rejected(document, reason, received_at, history)
             return self._reject("livemode_rejected", 400, reason)
         except StoreUnavailable as exc:
-            log.warning("store unavailable, answering 503 so Stripe retries %s: %s", safe(event_id), safe(exc))
-            # A newer store layout is no passing outage: say so (store/layout.py).
-            detail = f"store unavailable: {exc}" if isinstance(exc, LayoutRefused) else "store unavailable; retry later"
-            return self._reject("store_unavailable", 503, detail)
+            return self._unavailable(event_id, exc)
         except Unrecordable as exc:
             # Not 503: a retry of this event meets the same refusal. Nothing was written: kept instead.
             kept = await self._quarantine(document, payload, f"event cannot be recorded: {exc}", received_at,

@@ -165,11 +165,18 @@ def _encodable(value: str) -> bool:
     return True
 
 
+def is_id(value: Any) -> bool:
+    """What the parser takes as an id: a non-empty, encodable string of at most _MAX_ID characters
+    (recording/quarantine.py's envelope uses the same rule, so an event the parser would record is
+    never refused as "not an envelope")."""
+    return isinstance(value, str) and 0 < len(value) <= _MAX_ID and _encodable(value)
+
+
 def _str(obj: Mapping[str, Any], key: str, where: str) -> str:
     value = _field(obj, key, where)
-    if not isinstance(value, str) or not value or len(value) > _MAX_ID or not _encodable(value):
+    if not is_id(value):
         raise InvalidEvent(f"{where}.{key} must be a non-empty string")
-    return value
+    return str(value)
 
 
 def _opt_str(obj: Mapping[str, Any], key: str, where: str) -> str | None:

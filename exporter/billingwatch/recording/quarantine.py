@@ -17,7 +17,7 @@ from typing import Any
 from billingwatch.metrics import families as fam
 from billingwatch.metrics import fields
 from billingwatch.metrics.labels import event_type_label, livemode_label
-from billingwatch.recording.events import short_text
+from billingwatch.recording.events import is_id
 from billingwatch.recording.plan import LogEntry, rejected_entry
 
 # The envelope every Stripe event has (recording/events.py parse_event checks the same fields).
@@ -69,16 +69,16 @@ def envelope(document: Any) -> Envelope | None:
     """
     if not isinstance(document, Mapping) or document.get("object") != "event":
         return None
-    event_id, event_type = short_text(document.get("id")), document.get("type")
+    event_id, event_type = document.get("id"), document.get("type")
     created, livemode = document.get("created"), document.get("livemode")
-    if event_id is None or not isinstance(event_type, str) or len(event_type) > 80 or not _EVENT_TYPE.match(
+    if not is_id(event_id) or not isinstance(event_type, str) or len(event_type) > 80 or not _EVENT_TYPE.match(
             event_type):
         return None
     if isinstance(created, bool) or not isinstance(created, int) or not 0 < created <= _MAX_CREATED:
         return None
     if not isinstance(livemode, bool):
         return None
-    return Envelope(event_id, event_type, created, livemode)
+    return Envelope(str(event_id), event_type, created, livemode)
 
 
 def quarantine(event: Envelope, document: Any, payload: str, reason: str, *, received_at: float, history: bool,
