@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Self
 
 import httpx
 
@@ -89,6 +90,18 @@ class RedisServer:
         self.stop()
         if self._temporary:
             shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        """Started; closed (even when starting failed half-way) on leaving the block."""
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def info(self, section: str) -> dict[str, str]:
         """INFO <section> as name → value, through redis-cli (no client state to clean up)."""
@@ -221,6 +234,18 @@ class RedisClusterServers:
             process.wait(10)
         self.processes = []
         shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        """Started; closed (even when starting failed half-way) on leaving the block."""
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class Exporter:

@@ -269,12 +269,8 @@ def test_requeue_sends_the_token_and_fails_in_one_line() -> None:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[RedisClusterServers]:
-    servers = RedisClusterServers(masters=3)
-    try:
-        servers.start()
+    with RedisClusterServers(masters=3) as servers:
         yield servers
-    finally:
-        servers.close()
 
 
 @pytest.mark.parametrize("redis", ["redis-server", "redis-cluster"])

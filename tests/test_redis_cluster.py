@@ -21,12 +21,8 @@ from tests.test_faults import Delivery, mixed_events, redis_state, reference, re
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[RedisClusterServers]:
-    servers = RedisClusterServers(masters=3)
-    try:
-        servers.start()
+    with RedisClusterServers(masters=3) as servers:
         yield servers
-    finally:
-        servers.close()
 
 
 def slot_of(cluster: RedisClusterServers, prefix: str) -> int:

@@ -38,12 +38,8 @@ REDELIVERED = 200
 
 
 def redis_server(*extra: str) -> Iterator[RedisServer]:
-    server = RedisServer(extra=extra)
-    server.start()
-    try:
+    with RedisServer(extra=extra) as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture

@@ -33,12 +33,8 @@ def charges(client: TestClient) -> float:
 
 
 def started(*extra: str) -> Iterator[RedisServer]:
-    server = RedisServer(extra=extra)
-    server.start()
-    try:
+    with RedisServer(extra=extra) as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture
