@@ -112,7 +112,7 @@ class Home:
                               f"last scrape of /metrics {age(now - scraped)} ago (this process)"))
         lines.append(self._alertmanager_line(now))
         if not self._sender.enabled:
-            steps.append("No Alertmanager push: set BILLINGWATCH_ALERTMANAGER_URL to have anomalies pushed as they "
+            steps.append("No Alertmanager push: set BILLINGWATCH_ALERTMANAGER_URLS to have anomalies pushed as they "
                          "happen (the rules still alert through Prometheus).")
         counts = Counter(str(r.get("detector")) for r in anomalies
                          if isinstance(r.get("event_created"), int) and r["event_created"] >= now - DAY)
@@ -127,7 +127,7 @@ class Home:
     def _alertmanager_line(self, now: float) -> Line:
         sender = self._sender
         if not sender.enabled:
-            return Line("Alertmanager push", "warn", "off (BILLINGWATCH_ALERTMANAGER_URL not set)")
+            return Line("Alertmanager push", "warn", "off (BILLINGWATCH_ALERTMANAGER_URLS not set)")
         where = ", ".join(redacted(u) for u in sender.settings.urls)
         last: Any = sender.last_result
         if last is None:
