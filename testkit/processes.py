@@ -48,7 +48,28 @@ def wait_until(check: Callable[[], bool], timeout: float = 15.0, what: str = "co
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
-class RedisServer:
+class Started:
+    """`with X() as x:` starts x and closes it on leaving the block (even when starting failed half-way)."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class RedisServer(Started):
     """A real redis-server on a free loopback port; stop() and start() keep its data dir.
 
     Without a directory it uses a temporary one, which close() removes.
@@ -90,18 +111,6 @@ class RedisServer:
         self.stop()
         if self._temporary:
             shutil.rmtree(self.directory, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        """Started; closed (even when starting failed half-way) on leaving the block."""
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def info(self, section: str) -> dict[str, str]:
         """INFO <section> as name → value, through redis-cli (no client state to clean up)."""
@@ -149,7 +158,7 @@ class RedisSentinel:
             self.process = None
 
 
-class RedisClusterServers:
+class RedisClusterServers(Started):
     """A real Redis Cluster of `masters` redis-server processes (no replicas) on free loopback
     ports, created with `redis-cli --cluster create`; close() stops them and removes their dirs."""
 
@@ -234,18 +243,6 @@ class RedisClusterServers:
             process.wait(10)
         self.processes = []
         shutil.rmtree(self.directory, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        """Started; closed (even when starting failed half-way) on leaving the block."""
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class Exporter:
