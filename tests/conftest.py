@@ -14,6 +14,7 @@ from billingwatch.config import Settings
 from billingwatch.http.app import create_app
 from billingwatch.store import MemoryStore, RedisStore, Store
 from testkit import processes
+from testkit.browser import Recorder, recording_proxy
 from testkit.processes import Exporter, RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,3 +166,10 @@ def now() -> int:
     module imported minutes before its test runs holds a stale one, and events built with the
     real clock then are "in the future" of it."""
     return int(time.time())
+
+
+@pytest.fixture
+def outside() -> Iterator[Recorder]:
+    """The browser tests' proxy for every host but loopback (testkit/browser.py)."""
+    with recording_proxy() as server:
+        yield server

@@ -16,9 +16,7 @@ import os
 import shutil
 import struct
 import subprocess
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -29,10 +27,10 @@ from websockets.sync.client import ClientConnection, connect
 
 from billingwatch.fixtures import stripe_events as se
 from billingwatch.http.anomaly_query import PAGE_SIZE
-from testkit.processes import free_port, wait_until
+from testkit.browser import CHROMIUM_SERVICES, Recorder, host
+from testkit.processes import wait_until
 from tests.conftest import SECRET, running_exporter
 from tests.metrics import scrape, value
-from tests.test_api_docs_browser import CHROMIUM_SERVICES, Recorder, host
 
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian package chromium is not installed")
@@ -126,16 +124,6 @@ class Browser:
         self.process.terminate()
         self.process.wait(15)
         self._log.close()
-
-
-@pytest.fixture
-def outside() -> Iterator[Recorder]:
-    """Chromium's proxy for every host but loopback: whatever reaches it would have left the machine."""
-    server = Recorder(free_port())
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
 
 
 def png_size(path: Path) -> tuple[int, int]:
