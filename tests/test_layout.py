@@ -36,7 +36,7 @@ def test_the_wheel_ships_the_exporter_only(tmp_path: Path) -> None:
     # Built from a copy: the build writes build/ and egg-info next to its sources.
     source = tmp_path / "source"
     source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, source / name)
     shutil.copytree(ROOT / "exporter", source / "exporter",
                     ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
@@ -50,3 +50,8 @@ def test_the_wheel_ships_the_exporter_only(tmp_path: Path) -> None:
     assert packages == {"billingwatch"}
     assert "billingwatch/server.py" in names and "billingwatch/store/apply.lua" in names
     assert not [name for name in names if name.startswith(("billingwatch/testing/", "testkit/", "tests/"))]
+    # The licence text travels with the wheel (PEP 639: License-File in METADATA, the file under licenses/).
+    licence = next(name for name in names if name.endswith(".dist-info/licenses/LICENSE"))
+    assert "MIT License" in zipfile.ZipFile(wheel).read(licence).decode()
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert "License-Expression: MIT" in metadata.splitlines()

@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+import billingwatch
 from billingwatch.config import ConfigError, from_env
 from billingwatch.fixtures import stripe_events as se
 from testkit.processes import RedisServer
@@ -27,7 +28,7 @@ def test_serve_accepts_a_signed_event_and_shows_it_in_metrics() -> None:
         metrics = scrape(exporter.url)
         assert value(metrics, "billingwatch_invoice_payment_failures_total", attempt="2", livemode="false") == 1
         assert value(metrics, "billingwatch_build_info", python_version=sys.version.split()[0],
-                     store="memory", version="0.1.0") == 1
+                     store="memory", version=billingwatch.__version__) == 1
 
 
 def test_serve_on_redis_shares_state_between_two_replicas(redis_server: RedisServer, redis_prefix: str) -> None:
