@@ -42,6 +42,7 @@ class StripeEventsApi:
         self.requests: list[dict[str, list[str]]] = []  # GET /v1/events queries
         self.subscription_requests: list[dict[str, list[str]]] = []
         self.statuses: list[int] = []
+        self.http_libraries: set[str] = set()  # the SDK's HTTP client per request (its client user agent)
         self.url = ""
 
     def answer(self, path: str, authorization: str | None) -> tuple[int, dict[str, Any], dict[str, str]]:
@@ -97,6 +98,7 @@ def stripe_events_api(events: list[dict[str, Any]], **options: Any) -> Iterator[
         def do_GET(self) -> None:
             status, body, headers = api.answer(self.path, self.headers.get("Authorization"))
             api.statuses.append(status)
+            api.http_libraries.add(json.loads(self.headers.get("X-Stripe-Client-User-Agent", "{}")).get("httplib", ""))
             payload = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")

@@ -64,6 +64,7 @@ def test_backfill_pages_through_the_api_retries_a_429_and_records_each_event_onc
         assert "backfill: 16 events: 16 accepted, 0 duplicate, 0 rejected, 0 failed; 1 anomalies found" in out
         assert api.subscription_requests == [] and "subscriptions seeded" not in out  # --no-subscriptions
         assert api.statuses[0] == 429 and set(api.statuses[1:]) == {200}  # the SDK retried the 429
+        assert api.http_libraries == {"httpx"}  # one HTTP client stack: the SDK on httpx, not requests
         pages = api.requests[1:]
         assert len(pages) == 4 and all("starting_after" in q for q in pages[1:])  # has_more pagination
         since = int(pages[0]["created[gte]"][0])

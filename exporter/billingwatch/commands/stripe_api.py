@@ -66,8 +66,11 @@ def client_from(args: argparse.Namespace) -> stripe.StripeClient:
     if key.startswith("sk_"):
         raise ConfigError("STRIPE_API_KEY is a secret key; give a restricted key (rk_...) with Events and "
                           "Subscriptions read only")
+    # Our calls are all async: the SDK's httpx client serves them, as it serves the exporter's other
+    # HTTP; without it the SDK builds a requests session for its sync methods, which we never call.
     return stripe.StripeClient(
-        key, base_addresses={"api": args.api_base}, max_network_retries=args.max_network_retries
+        key, base_addresses={"api": args.api_base}, max_network_retries=args.max_network_retries,
+        http_client=stripe.HTTPXClient(),
     )
 
 
