@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine: installs the Debian packages the tests
 # run for real (redis-server, redis-sentinel, promtool, Alertmanager and amtool, docker-compose, caddy, chromium), the Python
-# package with its test extras in .venv, then runs ruff, mypy and pytest on every core (pytest-xdist).
+# package with its test extras in .venv (the versions of requirements/test.lock), then runs ruff, mypy and pytest on every core (pytest-xdist).
 #   bash scripts/test.sh            everything
 #   bash scripts/test.sh --quick    the in-process tests of every package (the `quick` marker), for the edit-test loop
 # Other arguments go to pytest (a file, -k, -x, ...). Timings: docs/development.md.
@@ -30,7 +30,9 @@ if [ -n "$missing" ]; then
 fi
 
 if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
-.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+# The pinned, hash-checked versions of requirements/test.lock (scripts/lock.sh), then our package on them.
+.venv/bin/pip install -q --disable-pip-version-check --require-hashes -r requirements/test.lock
+.venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
 
 .venv/bin/ruff check .
 .venv/bin/mypy

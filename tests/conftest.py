@@ -124,6 +124,7 @@ QUICK: dict[str, tuple[str, ...]] = {
     "test_home": (),
     "test_import_graph": (),
     "test_layout": ("test_the_wheel_ships_the_exporter_only",),
+    "test_lock": (),
     "test_metrics_golden": (),
     "test_metrics_reading": (),
     "test_notify": (),
@@ -139,6 +140,7 @@ QUICK: dict[str, tuple[str, ...]] = {
                    "test_serve_workers_must_be_a_count_or_auto"),
     "test_simulate": (),
     "test_store_contract": (),
+    "test_version": (),
     "test_webhook_http": (),
 }
 

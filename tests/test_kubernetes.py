@@ -253,7 +253,7 @@ def test_the_documented_overlay_adds_a_host_name_and_keeps_the_pod_ip(tmp_path: 
     objects = kustomize(tmp_path / "my-overlay")
     assert {obj["metadata"]["namespace"] for obj in objects} == {"billingwatch"}
     assert all(obj["metadata"]["labels"]["release"] == "kube-prometheus-stack" for obj in objects)
-    assert container(objects)["image"] == "registry.example.com/billingwatch:0.1.0"
+    assert container(objects)["image"] == "registry.example.com/billingwatch:0.2.0"
     kubernetes_validate.validate(one(objects, "Deployment"), KUBERNETES_VERSION, strict=True)
     env = pod_environment(objects, {"status.podIP": "10.42.0.7", "metadata.namespace": "billingwatch"}, tmp_path)
     hosts = env["BILLINGWATCH_ALLOWED_HOSTS"].split(",")
