@@ -367,5 +367,7 @@ def test_alertmanager_entrypoint_yields_a_valid_config(filled_env: Path, tmp_pat
     assert rendered["global"]["smtp_smarthost"] == extra.get("SMTP_SMARTHOST", "mailpit:1025")
     assert rendered["global"]["smtp_require_tls"] is False
     text = kept.read_text()
-    for key in ("BILLINGWATCH_WEBHOOK_URL", "BILLINGWATCH_DISCORD_WEBHOOK_URL"):
-        assert (key in extra) == (extra.get(key, "-") in text), key
+    for key, channel in (("BILLINGWATCH_WEBHOOK_URL", "webhook_configs"),
+                         ("BILLINGWATCH_DISCORD_WEBHOOK_URL", "discord_configs")):
+        assert (key in extra) == any(r.get(channel) for r in rendered["receivers"]), key
+        assert key not in extra or extra[key] in text
