@@ -4,7 +4,6 @@ Alertmanager), keeps secrets out, and render.sh puts the webhook URL in without 
 Which channels render.sh keeps: tests/test_alertmanager_receivers.py."""
 
 import json
-import os
 import re
 import stat
 import subprocess
@@ -204,8 +203,8 @@ def test_discord_goes_where_slack_goes() -> None:
 
 def test_digest_title_names_every_finding(tmp_path: Path) -> None:
     """The info digest groups by severity only: its title has no single alert name."""
-    alerts = [{"status": "firing", "labels": {"alertname": n, "detector": d, "severity": "info", "priority": "P4",
-                                                 "service": "billingwatch"},
+    labels = {"severity": "info", "priority": "P4", "service": "billingwatch"}
+    alerts = [{"status": "firing", "labels": {"alertname": n, "detector": d, **labels},
                "annotations": {"summary": s}, "startsAt": "2025-01-01T00:00:00Z"}
               for n, d, s in [("BillingWebhookLag", "webhook_lag", "p95 lag 12m"), ("MyRule", "mine", "x")]]
     data = {"receiver": "digest", "status": "firing", "alerts": alerts, "groupLabels": {"severity": "info"},

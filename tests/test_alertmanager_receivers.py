@@ -114,8 +114,9 @@ def local(rendered: Path) -> Path:
 
 
 def fire(url: str, severity: str, priority: str) -> None:
-    alert = {"labels": {"alertname": "BillingAnomalyDetected", "detector": "duplicate_charge", "service": "billingwatch",
-                        "severity": severity, "priority": priority, "livemode": "true"},
+    labels = {"alertname": "BillingAnomalyDetected", "detector": "duplicate_charge", "service": "billingwatch",
+              "severity": severity, "priority": priority, "livemode": "true"}
+    alert = {"labels": labels,
              "annotations": {"summary": "duplicate_charge: billing anomaly detected"},
              "startsAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     httpx.post(url + "/api/v2/alerts", json=[alert], timeout=10).raise_for_status()

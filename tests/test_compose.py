@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from billingwatch.store import RedisStore
-from testkit.processes import binary, free_port, port_open, wait_until
 from testkit.alerting import RENDER
+from testkit.processes import binary, free_port, port_open, wait_until
 from tests.conftest import ROOT
 
 COMPOSE = ROOT / "docker-compose.yml"
