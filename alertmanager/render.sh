@@ -113,9 +113,10 @@ printf '%s' "$script" > "$rendered.sed"
   rm -f "$rendered.sed"
 } | awk -v drop=" $dropped " '
   # Leave out each block whose first line ends with "# channel: NAME" for a dropped NAME: that
-  # line and every following line indented deeper (or blank).
+  # line and every following line indented deeper, blank, or a list item at its own indentation
+  # (YAML lets a key'"'"'s list start there).
   function indent(line) { match(line, /^ */); return RLENGTH }
-  skipping && ($0 ~ /^[ \t]*$/ || indent($0) > depth) { next }
+  skipping && ($0 ~ /^[ \t]*$/ || indent($0) > depth || (indent($0) == depth && $0 ~ /^ *- /)) { next }
   { skipping = 0 }
   match($0, /# channel: [a-z]+[ \t]*$/) {
     name = substr($0, RSTART + 11)

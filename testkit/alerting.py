@@ -38,11 +38,11 @@ SEVERITY_OF_PRIORITY = {"P1": "critical", "P2": "warning", "P3": "warning", "P4"
 
 def convention(labels: dict[str, str]) -> dict[str, str]:
     """`labels` as SEVERITY.md has every BillingWatch alert carry them: a level of the older
-    scale (critical, high, medium, low, as in the rules config) becomes its priority and that
-    priority's severity; labels already in the convention are kept."""
+    scale (critical, high, medium, low, as in the rules config) or a priority given as the
+    severity becomes that priority and its severity; labels already in the convention are kept."""
     level = labels.get("severity", "")
-    if level in PRIORITY_OF_LEVEL and "priority" not in labels:
-        priority = PRIORITY_OF_LEVEL[level]
+    priority = PRIORITY_OF_LEVEL.get(level, level)  # a level, or already a priority
+    if priority in SEVERITY_OF_PRIORITY and "priority" not in labels:
         labels = {**labels, "priority": priority, "severity": SEVERITY_OF_PRIORITY[priority]}
     return {**labels, "service": "billingwatch"}
 

@@ -222,6 +222,25 @@ def test_digest_title_names_every_finding(tmp_path: Path) -> None:
     assert "Labels: \n" in text  # service, severity and priority have their own lines
 
 
+def test_an_alert_without_a_priority_shows_its_severity_alone(tmp_path: Path) -> None:
+    """A custom rule of the user's has a severity and no priority: no empty brackets."""
+    alert = {"status": "firing", "labels": {"alertname": "MyRule", "severity": "warning"},
+             "annotations": {"summary": "mine"}, "startsAt": "2025-01-01T00:00:00Z"}
+    data = {"receiver": "notify", "status": "firing", "alerts": [alert], "groupLabels": {"alertname": "MyRule"},
+            "commonLabels": alert["labels"], "commonAnnotations": {"summary": "mine"}, "externalURL": "http://am"}
+    (tmp_path / "data.json").write_text(json.dumps(data))
+
+    def rendered(name: str) -> str:
+        result = amtool("template", "render", f"--template.glob={TEMPLATES}/*.tmpl",
+                        f"--template.data={tmp_path / 'data.json'}", f'--template.text={{{{ template "{name}" . }}}}')
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    assert rendered("billingwatch.email.subject").strip() == "[FIRING:1] WARNING MyRule - mine"
+    assert "Severity: warning\n" in rendered("billingwatch.email.text")
+    assert "• Severity: `warning`\n" in rendered("billingwatch.slack.text")
+
+
 def test_one_root_cause_pages_once(tmp_path: Path) -> None:
     """A real Alertmanager suppresses the consequences (exporter down, webhooks silent)."""
     config = local_config(tmp_path, "http://127.0.0.1:9/")

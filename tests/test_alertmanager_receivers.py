@@ -150,3 +150,32 @@ def test_a_real_alertmanager_notifies_exactly_the_enabled_channels(tmp_path: Pat
         if "email" in kept:
             subject = str(smtp.received()[0]["Subject"])
             assert subject.startswith("[FIRING:1] CRITICAL P1 BillingAnomalyDetected"), subject
+
+
+def test_a_block_of_your_own_marked_with_its_channel_follows_the_same_rule(tmp_path: Path) -> None:
+    """docs/alert-delivery.md: a block whose first line ends with `# channel: NAME` is kept or left
+    out with that channel, whether its list is indented under the key or not."""
+    own = tmp_path / "own.yml"
+    own.write_text("""global:
+  smtp_smarthost: ''
+route:
+  receiver: team
+receivers:
+  - name: team
+    email_configs:  # channel: email
+    - to: team@example.test
+    webhook_configs:  # channel: webhook
+      - url: 'http://billingwatch-webhook-url-not-set.invalid/'
+        send_resolved: false
+  - name: quiet
+""")
+    result, rendered = run_render(tmp_path, {}, ALERTMANAGER_CONFIG=str(own),
+                                  BILLINGWATCH_WEBHOOK_URL="https://hooks.example.test/team")
+    assert result.returncode == 0 and result.stderr == "render.sh: receivers enabled: webhook\n"
+    config = yaml.safe_load(rendered.read_text())
+    assert config["receivers"] == [
+        {"name": "team", "webhook_configs": [{"url": "https://hooks.example.test/team", "send_resolved": False}]},
+        {"name": "quiet"}]
+    checked = subprocess.run([binary("amtool"), "check-config", str(rendered)], capture_output=True, text=True,
+                             timeout=30)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
