@@ -93,6 +93,27 @@ def test_the_merged_config_passes_amtool(merged_file: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_with_every_channel_the_snippet_needs_no_global_setting_but_smtp(tmp_path: Path) -> None:
+    """Slack, Discord and the webhook as well: the user's config has no global Slack URL, and
+    amtool still accepts the merge (Slack's URL file is named in the snippet's own receivers)."""
+    for name, url in (("webhook_url", "https://tool.corp.example/billing"),
+                      ("slack_api_url", "https://hooks.slack.example/services/x"),
+                      ("discord_webhook_url", "https://discord.example/api/webhooks/1/x")):
+        (tmp_path / name).write_text(url + "\n")
+    out = tmp_path / "rendered.yml"
+    env = render_env(tmp_path, out, ALERTMANAGER_CONFIG=str(SNIPPET), SMTP_SMARTHOST="smtp.corp.example:587")
+    result = subprocess.run(["sh", str(RENDER)], env=env, capture_output=True, text=True, timeout=30)
+    assert result.stderr == "render.sh: receivers enabled: email(smtp.corp.example) slack discord webhook\n"
+    existing = yaml.safe_load(EXISTING)
+    assert "slack_api_url" not in existing["global"] and "slack_api_url_file" not in existing["global"]
+    merged = tmp_path / "alertmanager.yml"
+    merged.write_text(yaml.safe_dump(merge(existing, yaml.safe_load(out.read_text())), sort_keys=False))
+    checked = amtool("check-config", str(merged))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    page = next(r for r in yaml.safe_load(merged.read_text())["receivers"] if r["name"] == "billingwatch-page")
+    assert page["slack_configs"][0]["api_url_file"] == str(tmp_path / "slack_api_url")
+
+
 BW = {"service": "billingwatch", "alertname": "BillingAnomalyDetected", "detector": "duplicate_charge"}
 
 
