@@ -106,12 +106,13 @@ else
   dropped="$dropped webhook"
 fi
 
+# Two steps, no pipe, so that a failing step stops the script (set -e) instead of leaving a
+# half-rendered config; the intermediate files hold the URLs: private, and removed however it ends.
 umask 077
+trap 'rm -f "$rendered.sed" "$rendered.part"' EXIT
 printf '%s' "$script" > "$rendered.sed"
-{
-  sed -f "$rendered.sed" "$source_config"
-  rm -f "$rendered.sed"
-} | awk -v drop=" $dropped " '
+sed -f "$rendered.sed" "$source_config" > "$rendered.part"
+awk -v drop=" $dropped " '
   # Leave out each block whose first line ends with "# channel: NAME" for a dropped NAME: that
   # line and every following line indented deeper, blank, or a list item at its own indentation
   # (YAML lets a key'"'"'s list start there).
@@ -124,7 +125,8 @@ printf '%s' "$script" > "$rendered.sed"
     if (index(drop, " " name " ")) { skipping = 1; depth = indent($0); next }
   }
   { print }
-' > "$rendered"
+' "$rendered.part" > "$rendered"
+rm -f "$rendered.sed" "$rendered.part"
 
 if [ -n "$enabled" ]; then
   echo "render.sh: receivers enabled:$enabled" >&2

@@ -179,3 +179,12 @@ receivers:
     checked = subprocess.run([binary("amtool"), "check-config", str(rendered)], capture_output=True, text=True,
                              timeout=30)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_a_config_that_cannot_be_read_stops_render_and_leaves_nothing(tmp_path: Path) -> None:
+    """No half-rendered config for Alertmanager to start on, and no file holding a URL left behind."""
+    result, rendered = run_render(tmp_path, {"webhook_url": SECRET_URLS["webhook_url"]},
+                                  ALERTMANAGER_CONFIG=str(tmp_path / "missing.yml"))
+    assert result.returncode != 0 and "missing.yml" in result.stderr
+    assert not rendered.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["webhook_url"]
