@@ -23,6 +23,7 @@ from testkit.stack import alertmanager
 from tests.conftest import ROOT
 
 CONFIG = ROOT / "alertmanager" / "alertmanager.yml"
+SNIPPET = ROOT / "alertmanager" / "billingwatch-route.yml"
 RULES = ROOT / "rules" / "billingwatch.rules.yml"
 PLACEHOLDER = "http://billingwatch-webhook-url-not-set.invalid/"
 DISCORD_PLACEHOLDER = "http://billingwatch-discord-webhook-url-not-set.invalid/"
@@ -120,8 +121,9 @@ def test_inhibit_rules_name_alerts_the_rules_ship() -> None:
                 assert any(re.fullmatch(value, s) for s in shipped), matcher
 
 
-def test_no_secret_in_the_committed_config() -> None:
-    config = yaml.safe_load(CONFIG.read_text())
+@pytest.mark.parametrize("path", [CONFIG, SNIPPET], ids=lambda p: p.name)
+def test_no_secret_in_the_committed_config(path: Path) -> None:
+    config = yaml.safe_load(path.read_text())
 
     def keys(node: Any) -> set[str]:
         if isinstance(node, dict):
@@ -131,8 +133,11 @@ def test_no_secret_in_the_committed_config() -> None:
     inline = {"smtp_auth_password", "smtp_auth_secret", "auth_password", "auth_secret", "slack_api_url", "api_url",
               "credentials", "password", "bearer_token"}
     assert not keys(config) & inline
-    assert config["global"]["smtp_auth_password_file"].startswith("/etc/alertmanager/secrets/")
-    assert config["global"]["slack_api_url_file"].startswith("/etc/alertmanager/secrets/")
+    if path == CONFIG:
+        assert config["global"]["smtp_auth_password_file"].startswith("/etc/alertmanager/secrets/")
+        assert config["global"]["slack_api_url_file"].startswith("/etc/alertmanager/secrets/")
+    slack = {s["api_url_file"] for r in config["receivers"] for s in r.get("slack_configs", []) if "api_url_file" in s}
+    assert slack <= {"/etc/alertmanager/secrets/slack_api_url"} and (path == CONFIG or slack)
     urls = {w["url"] for r in config["receivers"] for w in r.get("webhook_configs", [])}
     assert urls == {PLACEHOLDER}
     discord = {d["webhook_url"] for r in config["receivers"] for d in r.get("discord_configs", [])}
