@@ -30,19 +30,43 @@ RULES_OVERRIDE = {
 }
 
 
+# SEVERITY.md: every BillingWatch alert carries service="billingwatch", a severity Alertmanager
+# routes on (critical, warning, info) and BillingWatch's finer priority (P1..P4).
+PRIORITY_OF_LEVEL = {"critical": "P1", "high": "P2", "medium": "P3", "low": "P4"}
+SEVERITY_OF_PRIORITY = {"P1": "critical", "P2": "warning", "P3": "warning", "P4": "info"}
+
+
+def convention(labels: dict[str, str]) -> dict[str, str]:
+    """`labels` as SEVERITY.md has every BillingWatch alert carry them: a level of the older
+    scale (critical, high, medium, low, as in the rules config) or a priority given as the
+    severity becomes that priority and its severity; labels already in the convention are kept."""
+    level = labels.get("severity", "")
+    priority = PRIORITY_OF_LEVEL.get(level, level)  # a level, or already a priority
+    if priority in SEVERITY_OF_PRIORITY and "priority" not in labels:
+        labels = {**labels, "priority": priority, "severity": SEVERITY_OF_PRIORITY[priority]}
+    return {**labels, "service": "billingwatch"}
+
+
+def render_env(directory: Path, rendered: Path, **env: str) -> dict[str, str]:
+    """The environment render.sh runs with: secrets looked up in `directory` (only the files
+    there count), none of this machine's own settings, plus `env`."""
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("BILLINGWATCH_", "SMTP_", "ALERTMANAGER_"))}
+    return {**clean, "ALERTMANAGER_RENDERED": str(rendered),
+            "BILLINGWATCH_WEBHOOK_URL_FILE": str(directory / "webhook_url"),
+            "BILLINGWATCH_DISCORD_WEBHOOK_URL_FILE": str(directory / "discord_webhook_url"),
+            "BILLINGWATCH_SLACK_API_URL_FILE": str(directory / "slack_api_url"), **env}
+
+
 def render(directory: Path, webhook_url: str, discord_url: str | None = None) -> Path:
-    """alertmanager/render.sh as a user runs it, with the URLs in secret files (no Discord URL:
-    its placeholder stays)."""
-    url_file = directory / "webhook_url"
-    url_file.write_text(webhook_url + "\n")
-    discord_file = directory / "discord_webhook_url"
+    """alertmanager/render.sh as a user runs it, with the URLs in secret files: the webhook, Discord
+    when given a URL, Slack when `directory` has a slack_api_url file, email to the config's server."""
+    (directory / "webhook_url").write_text(webhook_url + "\n")
     if discord_url is not None:
-        discord_file.write_text(discord_url + "\n")
+        (directory / "discord_webhook_url").write_text(discord_url + "\n")
     rendered = directory / "alertmanager.yml"
-    env = {**os.environ, "BILLINGWATCH_WEBHOOK_URL_FILE": str(url_file), "ALERTMANAGER_RENDERED": str(rendered),
-           "BILLINGWATCH_DISCORD_WEBHOOK_URL_FILE": str(discord_file)}
-    env.pop("BILLINGWATCH_DISCORD_WEBHOOK_URL", None)
-    subprocess.run(["sh", str(RENDER)], env=env, check=True, capture_output=True, timeout=30)
+    subprocess.run(["sh", str(RENDER)], env=render_env(directory, rendered), check=True, capture_output=True,
+                   timeout=30)
     return rendered
 
 

@@ -1,9 +1,9 @@
-"""alertmanager/: the committed config passes amtool, routes each severity to the right receiver,
-inhibits the consequences of one root cause (on a real Alertmanager), keeps secrets out, and
-render.sh puts the webhook URL in without mangling it."""
+"""alertmanager/: the committed config passes amtool, routes each severity (critical, warning,
+info: SEVERITY.md) to the right receiver, inhibits the consequences of one root cause (on a real
+Alertmanager), keeps secrets out, and render.sh puts the webhook URL in without mangling it.
+Which channels render.sh keeps: tests/test_alertmanager_receivers.py."""
 
 import json
-import os
 import re
 import stat
 import subprocess
@@ -17,16 +17,18 @@ import yaml
 
 from billingwatch.detectors import REGISTRY
 from billingwatch.notify.alertmanager import ALERTNAME as PUSHED
-from testkit.alerting import RENDER, TEMPLATES, local_config, render, write
+from testkit.alerting import RENDER, TEMPLATES, convention, local_config, render, render_env, write
 from testkit.processes import binary, wait_until
 from testkit.stack import alertmanager
 from tests.conftest import ROOT
 
 CONFIG = ROOT / "alertmanager" / "alertmanager.yml"
+SNIPPET = ROOT / "alertmanager" / "billingwatch-route.yml"
 RULES = ROOT / "rules" / "billingwatch.rules.yml"
 PLACEHOLDER = "http://billingwatch-webhook-url-not-set.invalid/"
 DISCORD_PLACEHOLDER = "http://billingwatch-discord-webhook-url-not-set.invalid/"
-RECEIVER_FOR = {"critical": "page", "high": "notify", "medium": "notify", "low": "digest"}
+RECEIVER_FOR = {"critical": "page", "warning": "notify", "info": "digest"}
+BW = {"service": "billingwatch"}
 
 
 def amtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -58,20 +60,28 @@ def test_templates_parse(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("labels", "receiver"),
     [
-        ({"alertname": "BillingAnomalyDetected", "detector": "duplicate_charge", "severity": "critical"}, "page"),
-        ({"alertname": "BillingFraudSpike", "detector": "fraud_spike", "severity": "critical"}, "page"),
-        ({"alertname": "BillingChargeFailureSpike", "detector": "charge_failure_spike", "severity": "high"}, "notify"),
-        ({"alertname": "BillingAnomalyDetected", "detector": "negative_invoice", "severity": "medium"}, "notify"),
-        ({"alertname": "BillingWebhookLag", "detector": "webhook_lag", "severity": "low"}, "digest"),
-        ({"alertname": "BillingWatchStoreDown", "detector": "store_down", "severity": "high"}, "notify"),
+        ({**BW, "alertname": "BillingAnomalyDetected", "detector": "duplicate_charge", "severity": "critical",
+          "priority": "P1"}, "page"),
+        ({**BW, "alertname": "BillingFraudSpike", "detector": "fraud_spike", "severity": "critical",
+          "priority": "P1"}, "page"),
+        ({**BW, "alertname": "BillingChargeFailureSpike", "detector": "charge_failure_spike", "severity": "warning",
+          "priority": "P2"}, "notify"),
+        ({**BW, "alertname": "BillingAnomalyDetected", "detector": "negative_invoice", "severity": "warning",
+          "priority": "P3"}, "notify"),
+        ({**BW, "alertname": "BillingWebhookLag", "detector": "webhook_lag", "severity": "info", "priority": "P4"},
+         "digest"),
+        ({**BW, "alertname": "BillingWatchStoreDown", "detector": "store_down", "severity": "warning",
+          "priority": "P2"}, "notify"),
         # The alerts the exporter pushes: routed by severity like the rules' alerts.
-        ({"alertname": "BillingAnomaly", "detector": "duplicate_charge", "severity": "critical",
-          "livemode": "true", "event_id": "evt_1"}, "page"),
-        ({"alertname": "BillingAnomaly", "detector": "negative_invoice", "severity": "medium",
-          "livemode": "false", "event_id": "evt_2"}, "notify"),
+        ({**BW, "alertname": "BillingAnomaly", "detector": "duplicate_charge", "severity": "critical",
+          "priority": "P1", "livemode": "true", "event_id": "evt_1"}, "page"),
+        ({**BW, "alertname": "BillingAnomaly", "detector": "negative_invoice", "severity": "warning",
+          "priority": "P3", "livemode": "false", "event_id": "evt_2"}, "notify"),
+        # Routing is on severity alone: the priority never overrides it.
+        ({**BW, "alertname": "MyBillingRule", "severity": "info", "priority": "P1"}, "digest"),
         # A custom rule with no or an unknown severity is still delivered.
         ({"alertname": "MyBillingRule"}, "notify"),
-        ({"alertname": "MyBillingRule", "severity": "warning"}, "notify"),
+        ({"alertname": "MyBillingRule", "severity": "high"}, "notify"),
     ],
 )
 def test_route(labels: dict[str, str], receiver: str) -> None:
@@ -81,11 +91,13 @@ def test_route(labels: dict[str, str], receiver: str) -> None:
 
 
 def test_every_shipped_alert_and_detector_reaches_its_receiver() -> None:
-    """Each alert of the committed rules and each registered detector, by its severity."""
+    """Each alert of the committed rules and each registered detector, by its severity (in the
+    convention of SEVERITY.md, translated from the older scale where the rules still use it)."""
     cases = [
-        {"alertname": a["alert"], **a["labels"]} for a in committed_alerts() if "severity" in a.get("labels", {})
+        convention({"alertname": a["alert"], **a["labels"]})
+        for a in committed_alerts() if "severity" in a.get("labels", {})
     ]
-    cases += [{"alertname": name, "detector": d.name, "severity": d.severity}
+    cases += [convention({"alertname": name, "detector": d.name, "severity": d.severity})
               for d in REGISTRY for name in ("BillingAnomalyDetected", PUSHED)]
     assert len(cases) > len(REGISTRY)
     for labels in cases:
@@ -109,8 +121,9 @@ def test_inhibit_rules_name_alerts_the_rules_ship() -> None:
                 assert any(re.fullmatch(value, s) for s in shipped), matcher
 
 
-def test_no_secret_in_the_committed_config() -> None:
-    config = yaml.safe_load(CONFIG.read_text())
+@pytest.mark.parametrize("path", [CONFIG, SNIPPET], ids=lambda p: p.name)
+def test_no_secret_in_the_committed_config(path: Path) -> None:
+    config = yaml.safe_load(path.read_text())
 
     def keys(node: Any) -> set[str]:
         if isinstance(node, dict):
@@ -120,8 +133,11 @@ def test_no_secret_in_the_committed_config() -> None:
     inline = {"smtp_auth_password", "smtp_auth_secret", "auth_password", "auth_secret", "slack_api_url", "api_url",
               "credentials", "password", "bearer_token"}
     assert not keys(config) & inline
-    assert config["global"]["smtp_auth_password_file"].startswith("/etc/alertmanager/secrets/")
-    assert config["global"]["slack_api_url_file"].startswith("/etc/alertmanager/secrets/")
+    if path == CONFIG:
+        assert config["global"]["smtp_auth_password_file"].startswith("/etc/alertmanager/secrets/")
+        assert config["global"]["slack_api_url_file"].startswith("/etc/alertmanager/secrets/")
+    slack = {s["api_url_file"] for r in config["receivers"] for s in r.get("slack_configs", []) if "api_url_file" in s}
+    assert slack <= {"/etc/alertmanager/secrets/slack_api_url"} and (path == CONFIG or slack)
     urls = {w["url"] for r in config["receivers"] for w in r.get("webhook_configs", [])}
     assert urls == {PLACEHOLDER}
     discord = {d["webhook_url"] for r in config["receivers"] for d in r.get("discord_configs", [])}
@@ -131,6 +147,7 @@ def test_no_secret_in_the_committed_config() -> None:
 def test_render_fills_in_the_webhook_url_and_keeps_it_private(tmp_path: Path) -> None:
     url = "https://hooks.example.com/services/T0/B0/x?a=1&b=|\\'#z"
     discord_url = "https://discord.com/api/webhooks/123/tok&en|\\'x"
+    (tmp_path / "slack_api_url").write_text("https://hooks.slack.example/x\n")
     rendered = render(tmp_path, url, discord_url)
     config = yaml.safe_load(rendered.read_text())
     urls = [w["url"] for r in config["receivers"] for w in r.get("webhook_configs", [])]
@@ -138,8 +155,10 @@ def test_render_fills_in_the_webhook_url_and_keeps_it_private(tmp_path: Path) ->
     discord = [d["webhook_url"] for r in config["receivers"] for d in r.get("discord_configs", [])]
     assert discord and set(discord) == {discord_url}
     assert stat.S_IMODE(rendered.stat().st_mode) == 0o600
-    # Everything else is the committed config, untouched.
+    # Every channel configured: everything else is the committed config, untouched (Slack's
+    # URL file where this site keeps it).
     committed = yaml.safe_load(CONFIG.read_text())
+    committed["global"]["slack_api_url_file"] = str(tmp_path / "slack_api_url")
     for receiver in committed["receivers"]:
         for webhook in receiver.get("webhook_configs", []):
             webhook["url"] = url
@@ -147,24 +166,23 @@ def test_render_fills_in_the_webhook_url_and_keeps_it_private(tmp_path: Path) ->
             channel["webhook_url"] = discord_url
     assert config == committed
     assert amtool("check-config", str(rendered)).returncode == 0
+    assert "https://hooks.slack.example/x" not in rendered.read_text()  # Alertmanager reads the file
 
 
-def test_render_without_a_url_warns_and_never_prints_one(tmp_path: Path) -> None:
-    env = {**os.environ, "BILLINGWATCH_WEBHOOK_URL_FILE": str(tmp_path / "missing"),
-           "BILLINGWATCH_DISCORD_WEBHOOK_URL_FILE": str(tmp_path / "missing"),
-           "ALERTMANAGER_RENDERED": str(tmp_path / "out.yml")}
-    env.pop("BILLINGWATCH_WEBHOOK_URL", None)
-    env.pop("BILLINGWATCH_DISCORD_WEBHOOK_URL", None)
+def test_render_without_a_url_leaves_the_channel_out_and_never_prints_a_url(tmp_path: Path) -> None:
+    env = render_env(tmp_path, tmp_path / "out.yml")
     result = subprocess.run(["sh", str(RENDER)], env=env, capture_output=True, text=True, timeout=30)
-    assert result.returncode == 0 and "no webhook URL" in result.stderr
-    assert "no Discord webhook URL" in result.stderr
-    assert (tmp_path / "out.yml").read_text() == CONFIG.read_text()
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "render.sh: receivers enabled: email(localhost)\n"
+    assert result.stdout == f"{tmp_path / 'out.yml'}\n"
+    config = yaml.safe_load((tmp_path / "out.yml").read_text())
+    assert [sorted(k for k in r if k.endswith("_configs")) for r in config["receivers"]] == [["email_configs"]] * 3
     env["BILLINGWATCH_WEBHOOK_URL"] = "https://secret.example.com/token123"
     result = subprocess.run(["sh", str(RENDER), "sh", "-c", 'cat "${0#--config.file=}"'],
                             env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     assert "url: 'https://secret.example.com/token123'" in result.stdout  # exec'd with --config.file
-    assert "token123" not in result.stderr
+    assert result.stderr == "render.sh: receivers enabled: email(localhost) webhook\n"
     env["BILLINGWATCH_WEBHOOK_URL"] = "ftp://nope"
     assert subprocess.run(["sh", str(RENDER)], env=env, capture_output=True, timeout=30).returncode == 1
     env["BILLINGWATCH_WEBHOOK_URL"] = "https://secret.example.com/token123"
@@ -189,22 +207,43 @@ def test_discord_goes_where_slack_goes() -> None:
 
 
 def test_digest_title_names_every_finding(tmp_path: Path) -> None:
-    """The low-severity digest groups by severity only: its title has no single alert name."""
-    alerts = [{"status": "firing", "labels": {"alertname": n, "detector": d, "severity": "low"},
+    """The info digest groups by severity only: its title has no single alert name."""
+    labels = {"severity": "info", "priority": "P4", "service": "billingwatch"}
+    alerts = [{"status": "firing", "labels": {"alertname": n, "detector": d, **labels},
                "annotations": {"summary": s}, "startsAt": "2025-01-01T00:00:00Z"}
               for n, d, s in [("BillingWebhookLag", "webhook_lag", "p95 lag 12m"), ("MyRule", "mine", "x")]]
-    data = {"receiver": "digest", "status": "firing", "alerts": alerts, "groupLabels": {"severity": "low"},
-            "commonLabels": {"severity": "low"}, "commonAnnotations": {}, "externalURL": "http://am"}
+    data = {"receiver": "digest", "status": "firing", "alerts": alerts, "groupLabels": {"severity": "info"},
+            "commonLabels": {"severity": "info", "priority": "P4"}, "commonAnnotations": {}, "externalURL": "http://am"}
     (tmp_path / "data.json").write_text(json.dumps(data))
     result = amtool("template", "render", f"--template.glob={TEMPLATES}/*.tmpl",
                     f"--template.data={tmp_path / 'data.json'}",
                     '--template.text={{ template "billingwatch.email.subject" . }}')
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[FIRING:2] LOW BillingWatch digest"
+    assert result.stdout.strip() == "[FIRING:2] INFO P4 BillingWatch digest"
     text = amtool("template", "render", f"--template.glob={TEMPLATES}/*.tmpl",
                   f"--template.data={tmp_path / 'data.json'}",
                   '--template.text={{ template "billingwatch.email.text" . }}').stdout
-    assert "p95 lag 12m" in text and "Detector: mine" in text
+    assert "p95 lag 12m" in text and "Detector: mine" in text and "Severity: info (P4)" in text
+    assert "Labels: \n" in text  # service, severity and priority have their own lines
+
+
+def test_an_alert_without_a_priority_shows_its_severity_alone(tmp_path: Path) -> None:
+    """A custom rule of the user's has a severity and no priority: no empty brackets."""
+    alert = {"status": "firing", "labels": {"alertname": "MyRule", "severity": "warning"},
+             "annotations": {"summary": "mine"}, "startsAt": "2025-01-01T00:00:00Z"}
+    data = {"receiver": "notify", "status": "firing", "alerts": [alert], "groupLabels": {"alertname": "MyRule"},
+            "commonLabels": alert["labels"], "commonAnnotations": {"summary": "mine"}, "externalURL": "http://am"}
+    (tmp_path / "data.json").write_text(json.dumps(data))
+
+    def rendered(name: str) -> str:
+        result = amtool("template", "render", f"--template.glob={TEMPLATES}/*.tmpl",
+                        f"--template.data={tmp_path / 'data.json'}", f'--template.text={{{{ template "{name}" . }}}}')
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    assert rendered("billingwatch.email.subject").strip() == "[FIRING:1] WARNING MyRule - mine"
+    assert "Severity: warning\n" in rendered("billingwatch.email.text")
+    assert "• Severity: `warning`\n" in rendered("billingwatch.slack.text")
 
 
 def test_one_root_cause_pages_once(tmp_path: Path) -> None:
@@ -247,7 +286,7 @@ def test_one_root_cause_pages_once(tmp_path: Path) -> None:
 
 
 def test_site_settings_sit_on_one_line_each() -> None:
-    """docker-compose.yml sets the SMTP server by replacing these lines with sed: keep them findable."""
+    """render.sh sets the SMTP server by replacing these lines with sed: keep them findable."""
     lines = CONFIG.read_text().splitlines()
     for key in ("smtp_smarthost", "smtp_require_tls"):
         assert len([line for line in lines if line.startswith(f"  {key}: ")]) == 1, key

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from testkit.alerting import TEMPLATES, local_config, write
+from testkit.alerting import TEMPLATES, convention, local_config, write
 from testkit.stack import Alertmanager, HttpSink, alertmanager, http_sink
 
 WAIT = 45.0
@@ -43,7 +43,8 @@ def sinks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Alertmanag
 def alert(name: str, detector: str, severity: str, ends: bool = False, **labels: str) -> dict[str, Any]:
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     body: dict[str, Any] = {
-        "labels": {"alertname": name, "detector": detector, "severity": severity, "livemode": "true", **labels},
+        "labels": convention({"alertname": name, "detector": detector, "severity": severity, "livemode": "true",
+                              **labels}),
         "annotations": {"summary": f"{detector}: billing anomaly detected",
                         "description": f"1 {detector} anomalies (livemode=true) in the last 1h.",
                         "runbook_url": f"https://runbooks.example.test/{name}.md"},
@@ -81,11 +82,11 @@ def test_a_critical_anomaly_reaches_discord_in_discords_shape(sinks: tuple[Alert
     assert isinstance(embed["title"], str) and 0 < len(embed["title"]) <= 256
     assert isinstance(embed["description"], str) and 0 < len(embed["description"]) <= 4096
     assert embed["color"] == RED
-    assert embed["title"] == "[FIRING:1] CRITICAL BillingAnomalyDetected: duplicate_charge - " \
+    assert embed["title"] == "[FIRING:1] CRITICAL P1 BillingAnomalyDetected: duplicate_charge - " \
                              "duplicate_charge: billing anomaly detected"
     details = f"{EXPORTER_URL}/anomalies?detector=duplicate_charge"
     for line in ("**FIRING: duplicate_charge: billing anomaly detected**",
-                 "• Detector: `duplicate_charge`  • Severity: `critical`",
+                 "• Detector: `duplicate_charge`  • Severity: `critical (P1)`",
                  "• Value: 1 duplicate_charge anomalies (livemode=true) in the last 1h.",
                  "• Labels: livemode=true",
                  f"• [Runbook](https://runbooks.example.test/BillingAnomalyDetected.md)  • [Details]({details})"):
@@ -107,7 +108,7 @@ def test_a_critical_anomaly_reaches_discord_in_discords_shape(sinks: tuple[Alert
 
 
 def test_discord_follows_slacks_routing(sinks: tuple[Alertmanager, HttpSink]) -> None:
-    """high and medium (notify) reach Discord; low goes to the email digest only, as for Slack."""
+    """warning (P2, P3: notify) reaches Discord; info (P4) goes to the email digest only, as for Slack."""
     am, http = sinks
     alerts = [alert("BillingChargeFailureSpike", "charge_failure_spike", "high"),
               alert("BillingAnomalyDetected", "negative_invoice", "medium"),
