@@ -164,8 +164,8 @@ async def test_a_malformed_signal_is_refused_with_a_reason(store: Store) -> None
 
     broken = se.review()
     broken["open"] = "yes"
-    with pytest.raises(InvalidEvent, match="review.open"):
+    with pytest.raises(InvalidEvent, match=r"review\.open"):
         await record(store, se.event("review.opened", broken))
     payout = se.payout(amount=-5)
-    with pytest.raises(InvalidEvent, match="payout.amount"):
+    with pytest.raises(InvalidEvent, match=r"payout\.amount"):
         await record(store, se.event("payout.paid", payout))
