@@ -169,3 +169,17 @@ async def test_a_malformed_signal_is_refused_with_a_reason(store: Store) -> None
     payout = se.payout(amount=-5)
     with pytest.raises(InvalidEvent, match=r"payout\.amount"):
         await record(store, se.event("payout.paid", payout))
+
+
+@pytest.mark.parametrize("bad", [{"gauges": ()}, {"gauges": ("rvn|false",)}, {"at": 10**11}])
+async def test_a_malformed_track_check_is_refused_before_any_write(store: Store, bad: dict[str, object]) -> None:
+    from billingwatch.recording.plan import Check, Plan
+    from billingwatch.store import Unrecordable
+
+    track = Check(**{"op": "track", "key": "reviews:false", "member": "prv_x", "at": 1, "ttl": 60, "amount": 1,
+                     "gauges": ("rvn|false", "rvt|false"), **bad})  # type: ignore[arg-type]
+    with pytest.raises(Unrecordable, match="track check"):
+        await store.apply(Plan(event_id="evt_bad_track", dedup_ttl=60, counters={"x|before": 1}, checks=[track]))
+    snapshot = await store.snapshot(time.time(), 0)
+    assert snapshot.counters.get("x|before", 0) == 0 and "rvn|false" not in snapshot.gauges
+    assert not (await store.recorded([("evt_bad_track", "false")]))[0]
