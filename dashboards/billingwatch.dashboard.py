@@ -195,6 +195,10 @@ lag = CONFIG.webhook_lag
 silence = CONFIG.webhook_silence
 churn = CONFIG.churn_spike
 trials = CONFIG.trial_conversion_drop
+payouts = CONFIG.payout_failed
+losses = CONFIG.dispute_loss_rate
+auth = CONFIG.authentication_failure_spike
+reviews = CONFIG.review_backlog
 
 # The series the alerts are computed from (names as rules/billingwatch.rules.yml records them).
 CHARGES_FAILURE_WINDOW = f"livemode_status:billingwatch_charge_outcomes:increase{failure.window}"
@@ -219,6 +223,11 @@ REVENUE_CHURN = f"currency_livemode:billingwatch_mrr_movement_amount:churn_ratio
 ARPU = "currency_livemode:billingwatch_mrr_amount:per_paying_customer"
 CONVERSION = f"livemode:billingwatch_trials_ended:conversion_ratio{trials.window}"
 CONVERSION_USUAL = f"{CONVERSION}_avg{trials.baseline}"
+PAYOUT_FAILURES = f"livemode:billingwatch_payout_failures:increase{payouts.window}"
+DISPUTES_CLOSED = f"livemode_outcome:billingwatch_disputes_closed:increase{losses.window}"
+AUTH_FAILURES = f"livemode:billingwatch_payment_intent_authentication_failures:increase{auth.window}"
+AUTH_USUAL = f"{AUTH_FAILURES}_avg{auth.baseline}"
+OLDEST_REVIEW = "livemode:billingwatch_review_oldest_open_timestamp_seconds:max"
 
 
 def increase(metric: str, matchers: str, window: str) -> str:
@@ -334,6 +343,59 @@ risk_row = [
                 "{{currency}}")],
         "short", "Refunded amount over the last hour per currency (never summed across currencies).",
         overrides=money_overrides()), 12, 8),
+]
+
+signals_row = [
+    (timeseries(
+        "Payouts by status (last 24 hours)",
+        [target(agg("max", increase("billingwatch_payout_amount_total", sel(currency=True), "24h"), "status",
+                    "currency"), "{{currency}} {{status}}", "A"),
+         target(recorded(PAYOUT_FAILURES), "failed payouts " + payouts.window, "B")],
+        "short", "Payout amount paid, failed and canceled over the last 24 hours per currency (never summed "
+        f"across currencies), and the failed payouts counted over {payouts.window}: BillingPayoutFailed fires on "
+        "any (billingwatch_payout_failures_total{reason} names the failure code).",
+        overrides=[*money_overrides(), {"matcher": {"id": "byRegexp", "options": "^failed payouts"},
+                                        "properties": [{"id": "unit", "value": "short"},
+                                                       {"id": "custom.axisPlacement", "value": "right"}]}]), 8, 8),
+    (timeseries(
+        f"Dispute loss rate ({losses.window})",
+        [target(agg("sum", recorded(DISPUTES_CLOSED, 'outcome="lost"')) + " / "
+                + agg("sum", recorded(DISPUTES_CLOSED, 'outcome!="warning_closed"')), "lost / closed disputes")],
+        "percentunit", f"Lost / closed disputes over {losses.window} (inquiries closed as warning_closed left "
+        f"out). The dashed line is the BillingDisputeLossRate threshold ({losses.ratio:.0%}; it alerts only from "
+        f"{losses.min_closed} closed disputes). No value while none closed.",
+        thresholds=steps(("red", losses.ratio))), 8, 8),
+    (timeseries(
+        "PaymentIntent failures by code",
+        [target(agg("max", f"rate(billingwatch_payment_intent_failures_total{sel()}[{RATE}])", "code") + " * 60",
+                "{{code}}", "A"),
+         target(agg("max", f"rate(billingwatch_invoices_action_required_total{sel()}[{RATE}])") + " * 60",
+                "invoices needing action", "B")],
+        "opm", "Failed PaymentIntent attempts per minute by last_payment_error.code class "
+        "(authentication_required: 3-D Secure not completed), and invoice payments waiting for the customer's "
+        "action. Counted apart from the charge families.", stack=False), 8, 8),
+    (timeseries(
+        f"3-D Secure failures ({auth.window}) and the alert line",
+        [target(recorded(AUTH_FAILURES), "authentication_required " + auth.window, "A"),
+         target(f"{auth.rise_factor:g} * {recorded(AUTH_USUAL)}", "alert line", "B")],
+        "short", f"authentication_required PaymentIntent failures over {auth.window}; "
+        f"BillingAuthenticationFailureSpike fires above the alert line ({auth.rise_factor:g} times the usual "
+        f"count over {auth.baseline}, from {auth.min_count}), once {auth.baseline} of history is there."), 8, 8),
+    (timeseries(
+        "Radar reviews open and the oldest's age",
+        [target(agg("max", f"billingwatch_reviews_open{sel()}"), "reviews open", "A"),
+         target(f"time() - ({recorded(OLDEST_REVIEW)} > 0)", "oldest open for", "B")],
+        "short", "Radar reviews waiting for someone (payments held), and how long the oldest has waited; "
+        f"BillingReviewBacklog fires past {reviews.max_age}.",
+        overrides=[{"matcher": {"id": "byName", "options": "oldest open for"},
+                    "properties": [{"id": "unit", "value": "s"},
+                                   {"id": "custom.axisPlacement", "value": "right"}]}]), 8, 8),
+    (timeseries(
+        "Bad debt: uncollectible invoices (30 days)",
+        [target(agg("max", increase("billingwatch_invoice_uncollectible_amount_total", sel(currency=True), "30d"),
+                    "currency"), "{{currency}}")],
+        "short", "Amount left unpaid on invoices marked uncollectible over the last 30 days, per currency "
+        "(never summed across currencies).", overrides=money_overrides()), 8, 8),
 ]
 
 subscriptions_row = [
@@ -614,6 +676,7 @@ dashboard = Dashboard(
     title="BillingWatch",
     uid="billingwatch",
     description="Stripe billing health: events, charges, revenue per currency, fraud, refunds, "
+    "payouts, dispute outcomes, 3-D Secure failures, Radar reviews, bad debt, "
     "subscriptions, growth (MRR movements, churn, trials), webhook delivery, anomalies and alerts (https://github.com/billingwatch/billingwatch).",
     tags=["billingwatch", "stripe", "billing"],
     timezone="browser",
@@ -626,6 +689,7 @@ dashboard = Dashboard(
         ("Charges", charges_row),
         ("Revenue (per currency)", revenue_row),
         ("Disputes, fraud and refunds", risk_row),
+        ("Payouts, dispute outcomes, authentication and reviews", signals_row),
         ("Subscriptions", subscriptions_row),
         ("Growth", growth_row),
         ("Webhook delivery", delivery_row),

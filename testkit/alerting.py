@@ -27,7 +27,14 @@ RULES_OVERRIDE = {
     "interval": "1s",
     "anomaly": {"window": ANOMALY_WINDOW},
     "charge_failure_spike": {"window": "20s", "min_charges": 5, "for": "0s"},
+    # The money signals, as `simulate --inject` trips them at the default thresholds.
+    "payout_failed": {"window": "30s"},
+    "dispute_loss_rate": {"window": "30s", "for": "0s"},
+    "authentication_failure_spike": {"window": "5s", "baseline": "30s", "for": "0s"},
+    "review_backlog": {"for": "0s"},
 }
+# authentication_failure_spike stays quiet until its baseline is whole: window + baseline.
+SIGNALS_WARM_UP = "35s"
 
 
 # SEVERITY.md: every BillingWatch alert carries service="billingwatch", a severity Alertmanager

@@ -129,6 +129,7 @@ QUICK: dict[str, tuple[str, ...]] = {
     "test_lock": (),
     "test_metrics_golden": (),
     "test_metrics_reading": (),
+    "test_money_signals": (),
     "test_notify": (),
     "test_openapi": ("test_schemathesis_finds_nothing_against_a_live_exporter",),
     "test_plugins": (),

@@ -190,7 +190,8 @@ def history() -> list[dict[str, Any]]:
 
 def scenario() -> list[dict[str, Any]]:
     """A morning of test-mode billing: charges (one failed, one duplicated), a refund, a dispute,
-    an early fraud warning, invoices paid and failed, and subscriptions (one lapsed). The
+    an early fraud warning, invoices paid and failed, subscriptions (one lapsed), and the money
+    signals (payouts, a lost dispute, a 3-D Secure failure, an open review, bad debt). The
     history below is imported after it."""
     now = int(time.time())
     first, second = se.charge(customer="cus_dash"), se.charge(customer="cus_dash")
@@ -215,6 +216,14 @@ def scenario() -> list[dict[str, Any]]:
         se.event("invoice.paid", se.invoice(customer="cus_dash", subscription="sub_dash")),
         se.event("invoice.payment_failed", se.invoice(
             customer="cus_late", subscription="sub_lapsed", status="open", attempt_count=2)),
+        # The money signals: a payout paid and one failed, a lost dispute, a 3-D Secure failure,
+        # a review waiting for an hour, an invoice written off.
+        se.event("payout.paid", se.payout(amount=90000)),
+        se.event("payout.failed", se.payout(status="failed", failure_code="account_closed")),
+        se.event("charge.dispute.closed", {**se.dispute(amount=2000), "status": "lost"}),
+        se.event("payment_intent.payment_failed", se.payment_intent_failed(customer="cus_sca")),
+        se.event("review.opened", se.review(created=now - 3600)),
+        se.event("invoice.marked_uncollectible", se.invoice(customer="cus_late", status="uncollectible")),
     ]
 
 

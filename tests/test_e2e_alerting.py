@@ -19,10 +19,12 @@ import httpx
 import pytest
 import yaml
 
+from billingwatch.cli import main
 from billingwatch.fixtures import stripe_events as se
 from billingwatch.rules import load_config, render_rules
 from testkit.alerting import (
     RULES_OVERRIDE,
+    SIGNALS_WARM_UP,
     alertmanager_config,
     authenticating_smtp_sink,
     firing,
@@ -207,3 +209,39 @@ def test_a_rate_based_alert_takes_the_same_path(stack: Stack, capsys: pytest.Cap
     assert "Details: " + alert["generatorURL"] in text  # rate-based: the graph, not /api/anomalies
     report(capsys, "charge failure spike", {"webhook": at_webhook - posted, "email": at_email - posted,
                                             "slack": at_slack - posted})
+
+
+SIGNALS = ("payout_failed", "dispute_loss_rate", "authentication_failure_spike", "review_backlog")
+
+
+def test_simulate_inject_trips_every_money_signal_alert(
+    stack: Stack, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`billingwatch simulate --inject` of the four money signals (issue 28): each alert reaches the
+    webhook, Slack and email, named by its detector and carrying its runbook."""
+    auth = 'billingwatch_payment_intent_failures_total{code="authentication_required",livemode="false"}'
+    stack.prometheus.wait_for(f"present_over_time({auth}[1h] offset {SIGNALS_WARM_UP})", timeout=120)
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", SECRET)
+    posted = time.time()
+    code = main(["simulate", "--url", stack.exporter.url, "--rate", "1000", "--count", "2", "--seed", "7",
+                 "--inject", ",".join(SIGNALS)])
+    out = capsys.readouterr().out
+    assert code == 0 and " 0 rejected, 0 failed" in out, out
+    latencies: dict[str, float] = {}
+    for detector in SIGNALS:
+        at_webhook, body = stack.http.wait_for("/webhook", firing(detector), timeout=WAIT)
+        alert = next(a for a in body["alerts"] if a["labels"].get("detector") == detector)
+        name = alert["labels"]["alertname"]
+        assert alert["annotations"]["runbook_url"].endswith(f"/{name}.md")
+        stack.http.wait_for("/slack", slack_firing(detector), timeout=WAIT)
+        stack.smtp.wait_for(email_firing(detector), timeout=WAIT)
+        latencies[detector] = at_webhook - posted
+    assert {detector: alert_name(stack, detector) for detector in SIGNALS} == {
+        "payout_failed": "BillingPayoutFailed", "dispute_loss_rate": "BillingDisputeLossRate",
+        "authentication_failure_spike": "BillingAuthenticationFailureSpike", "review_backlog": "BillingReviewBacklog"}
+    report(capsys, "money signals (webhook)", latencies)
+
+
+def alert_name(stack: Stack, detector: str) -> str:
+    body = next(b for b in stack.http.received("/webhook") if firing(detector)(b))
+    return str(next(a for a in body["alerts"] if a["labels"].get("detector") == detector)["labels"]["alertname"])

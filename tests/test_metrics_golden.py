@@ -1,7 +1,7 @@
 """A fixed scenario's whole /metrics output, compared with a committed copy.
 
 The scenario touches every store-held family (charges of each outcome, refunds, disputes,
-early fraud warnings, invoices, subscriptions, anomalies, lag, history). The exposition must
+early fraud warnings, invoices, subscriptions, anomalies, lag, history, the money signals). The exposition must
 stay the same across refactors; a deliberate change regenerates the copy with
 `BILLINGWATCH_REGENERATE_GOLDEN=1 python -m pytest tests/test_metrics_golden.py` and the diff
 is reviewed like code. Both stores must give the same output.
@@ -67,6 +67,24 @@ def scenario() -> list[tuple[dict[str, Any], bool]]:
                                                             status="canceled"), 50),
         ev("charge.succeeded", se.charge(charge_id="ch_g7", amount=4200, currency="gbp", customer="cus_h",
                                          livemode=True), 2, livemode=True),
+        # The money signals (issue 28): each family moved once, a redelivered payout counted once.
+        ev("payout.paid", se.payout(payout_id="po_g1", amount=150000, currency="usd"), 60),
+        ev("payout.paid", se.payout(payout_id="po_g1", amount=150000, currency="usd"), 59),
+        ev("payout.failed", se.payout(payout_id="po_g2", status="failed", amount=2500, currency="eur",
+                                      failure_code="account_closed"), 58),
+        ev("charge.dispute.closed", {**se.dispute(dispute_id="dp_g1", amount=1999, currency="usd"), "status": "lost"},
+           57),
+        ev("charge.dispute.closed", {**se.dispute(dispute_id="dp_g2"), "status": "won"}, 56),
+        ev("charge.dispute.funds_withdrawn", se.dispute(dispute_id="dp_g1", amount=1999, currency="usd"), 55),
+        ev("payment_intent.payment_failed", se.payment_intent_failed(intent_id="pi_g1"), 54),
+        ev("payment_intent.payment_failed", se.payment_intent_failed(intent_id="pi_g2", code="card_declined"), 53),
+        ev("invoice.payment_action_required", se.invoice(invoice_id="in_g4", status="open", customer="cus_i"), 52),
+        ev("review.opened", se.review(review_id="prv_g1", created=NOW - 7200), 7200),
+        ev("review.opened", se.review(review_id="prv_g2", created=NOW - 3600, opened_reason="manual"), 3600),
+        ev("review.closed", se.review(review_id="prv_g2", is_open=False, closed_reason="refunded_as_fraud",
+                                      created=NOW - 3600), 51),
+        ev("invoice.marked_uncollectible", {**se.invoice(invoice_id="in_g5", total=5000, status="uncollectible",
+                                                         customer="cus_j"), "amount_remaining": 5000}, 50),
     ]
     history = [
         ev("charge.succeeded", se.charge(charge_id="ch_h1", amount=900, currency="usd", customer="cus_z"),

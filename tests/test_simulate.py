@@ -11,7 +11,7 @@ import pytest
 from billingwatch.cli import main
 from billingwatch.commands.traffic import INJECTIONS, PRICES, Traffic, stream
 from billingwatch.fixtures import stripe_events as se
-from billingwatch.rules import load_config
+from billingwatch.rules import load_config, seconds
 from testkit.processes import Exporter
 from tests.conftest import SECRET, running_exporter
 from tests.metrics import Samples, increase, scrape
@@ -87,6 +87,26 @@ def alert_conditions(change: Callable[..., float], currencies: set[str]) -> dict
             > refund.ratio * change("billingwatch_charge_amount_total", status="succeeded", currency=c)
             for c in currencies),
         "webhook_lag": slow >= rules.webhook_lag.min_events and slow / lagged > 1 - rules.webhook_lag.quantile,
+        **signal_conditions(change),
+    }
+
+
+def signal_conditions(change: Callable[..., float]) -> dict[str, bool]:
+    """The money-signal alerts' conditions (default rules) over the run's deltas; the review
+    backlog's from the reviews the run opened, which normal traffic never does."""
+    rules = load_config()
+    lost = change("billingwatch_disputes_closed_total", outcome="lost")
+    decided = lost + change("billingwatch_disputes_closed_total", outcome="won") + change(
+        "billingwatch_disputes_closed_total", outcome="other")
+    return {
+        "payout_failed": change("billingwatch_payout_failures_total") > 0,
+        "dispute_loss_rate": decided >= rules.dispute_loss_rate.min_closed
+        and lost / decided > rules.dispute_loss_rate.ratio,
+        "authentication_failure_spike": change("billingwatch_payment_intent_failures_total",
+                                               code="authentication_required")
+        >= rules.authentication_failure_spike.min_count,
+        "review_backlog": change("billingwatch_reviews_opened_total") > 0
+        and change("billingwatch_reviews_open") > 0,
     }
 
 
@@ -111,6 +131,11 @@ def test_each_injection_trips_its_anomaly_and_nothing_else(injection: str, expor
                                                                            reason="fraudulent") - 1
     elif injection == "silent_lapse":
         assert change("billingwatch_subscriptions_lapsed") == 1
+    elif injection == "review_backlog":
+        oldest = after[("billingwatch_review_oldest_open_timestamp_seconds", frozenset({("livemode", "false")}))]
+        assert 0 < oldest < time.time() - seconds(load_config().review_backlog.max_age)
+    elif injection == "payout_failed":
+        assert change("billingwatch_payout_failures_total", reason="account_closed") == 1
 
 
 def rule_figures(events: list[dict[str, Any]], sent_at: float) -> dict[str, bool]:
@@ -129,6 +154,14 @@ def rule_figures(events: list[dict[str, Any]], sent_at: float) -> dict[str, bool
             counts["refunded", obj["currency"]] += obj["amount"]
         elif kind == "charge.dispute.created":
             counts["disputes",] += 1
+        elif kind == "charge.dispute.closed":
+            counts["closed", obj["status"]] += 1
+        elif kind == "payout.failed":
+            counts["payout_failures",] += 1
+        elif kind == "payment_intent.payment_failed":
+            counts["pi_failures", obj["last_payment_error"]["code"]] += 1
+        elif kind == "review.opened":
+            counts["reviews",] += 1
 
     def change(name: str, **labels: str) -> float:
         if name == "billingwatch_charge_outcomes_total":
@@ -143,6 +176,14 @@ def rule_figures(events: list[dict[str, Any]], sent_at: float) -> dict[str, bool
             return counts["charges", labels["status"], labels["currency"]]
         if name == "billingwatch_charge_amount_total":
             return counts["amount", labels["status"], labels["currency"]]
+        if name == "billingwatch_disputes_closed_total":
+            return counts["closed", labels["outcome"]]
+        if name == "billingwatch_payout_failures_total":
+            return counts["payout_failures",]
+        if name == "billingwatch_payment_intent_failures_total":
+            return counts["pi_failures", labels["code"]]
+        if name in ("billingwatch_reviews_opened_total", "billingwatch_reviews_open"):  # none closed in a run
+            return counts["reviews",]
         assert name == "billingwatch_refund_amount_total"
         return counts["refunded", labels["currency"]]
 
@@ -184,7 +225,7 @@ def test_events_are_stripe_shaped() -> None:
     events = list(stream(Traffic(random.Random(3)), 200, list(INJECTIONS)))
     kinds = {e["data"]["object"]["object"] for e in events}
     assert kinds == {"charge", "payment_intent", "invoice", "subscription", "refund", "dispute",
-                     "radar.early_fraud_warning", "credit_note"}
+                     "radar.early_fraud_warning", "credit_note", "payout", "review"}
     for evt in events:
         assert envelope <= set(evt) and evt["livemode"] is False
         obj = evt["data"]["object"]

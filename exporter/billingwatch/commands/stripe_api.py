@@ -23,6 +23,8 @@ SUBSCRIBED_TYPES = (
     "charge.dispute.created", "radar.early_fraud_warning.created", "payment_intent.succeeded",
     "invoice.created", "invoice.finalized", "invoice.paid", "invoice.payment_failed",
     "customer.subscription.created", "customer.subscription.updated", "customer.subscription.deleted",
+    # State history moves (the money-signal counters it never does): the Radar reviews open now.
+    "review.opened", "review.closed",
 )
 MAX_TYPES = 20  # the Events API's limit on types[]
 _DURATION = re.compile(r"^(\d+)([smhd])$")

@@ -409,6 +409,50 @@ class Traffic:
                               invoice_id=self.id("in"), created=at)
         return [self.event("credit_note.created", note, at, request_id=self.id("req"))]
 
+    # ---------------------------------------------------------------- the money signals (issue 28)
+
+    def payout_failed(self) -> list[Event]:
+        """A payout returned by the bank: the account it was sent to is closed."""
+        at, currency = self.now(), self.currency()
+        obj = se.payout(status="failed", amount=50 * self.price(currency), currency=currency,
+                        failure_code="account_closed", payout_id=self.id("po"), created=at)
+        return [self.event("payout.failed", obj, at)]
+
+    def dispute_loss_rate(self) -> list[Event]:
+        """Disputes lost one after another (evidence never submitted): more than the rule's minimum
+        closed, every one lost. Closing moves no dispute-opened count, so no fraud alert."""
+        at, rule = self.now(), self.rules.dispute_loss_rate
+        events = []
+        for _ in range(rule.min_closed + 2):  # charges from before the run: the run's own stay for refunds
+            currency = self.currency()
+            obj = se.dispute(dispute_id=self.id("du"), charge_id=self.id("ch"), payment_intent=self.id("pi"),
+                             amount=self.price(currency), currency=currency, created=at - 40 * DAY,
+                             reason="product_not_received")
+            obj["status"] = "lost"
+            events.append(self.event("charge.dispute.closed", obj, at))
+        return events
+
+    def authentication_failure_spike(self) -> list[Event]:
+        """A broken 3-D Secure step: PaymentIntents failing with authentication_required, twice the
+        rule's minimum count (normal traffic has none, so any usual count is exceeded)."""
+        at, rule = self.now(), self.rules.authentication_failure_spike
+        events = []
+        for _ in range(max(SPIKE // 2, math.ceil(MARGIN * rule.min_count))):
+            currency = self.currency()
+            obj = se.payment_intent_failed(code="authentication_required", amount=self.price(currency),
+                                           currency=currency, customer=self.id("cus"), intent_id=self.id("pi"),
+                                           created=at)
+            events.append(self.event("payment_intent.payment_failed", obj, at))
+        return events
+
+    def review_backlog(self) -> list[Event]:
+        """A Radar review opened an hour longer ago than the rule allows, never worked (its
+        review.opened delivered now, as after an outage of the endpoint)."""
+        at, rule = self.now(), self.rules.review_backlog
+        obj = se.review(review_id=self.id("prv"), charge_id=self.id("ch"),
+                        created=at - int(seconds(rule.max_age)) - 3600)
+        return [self.event("review.opened", obj, at)]
+
 
 INJECTIONS: dict[str, Callable[[Traffic], list[Event]]] = {
     "duplicate_charge": Traffic.duplicate_charge,
@@ -422,14 +466,18 @@ INJECTIONS: dict[str, Callable[[Traffic], list[Event]]] = {
     "refund_spike": Traffic.refund_spike,
     "webhook_lag": Traffic.webhook_lag,
     "silent_lapse": Traffic.silent_lapse,
+    "payout_failed": Traffic.payout_failed,
+    "dispute_loss_rate": Traffic.dispute_loss_rate,
+    "authentication_failure_spike": Traffic.authentication_failure_spike,
+    "review_backlog": Traffic.review_backlog,
 }
 
 
 # Injections that add charges go before those sized from the charge counts; the lag injection,
 # sized from every event, goes last.
 ORDER = ("duplicate_charge", "currency_mismatch", "negative_invoice", "double_invoice", "subscription_downgrade",
-         "large_refund", "silent_lapse",
-         "refund_spike", "fraud_spike", "charge_failure_spike", "webhook_lag")
+         "large_refund", "silent_lapse", "payout_failed", "dispute_loss_rate", "authentication_failure_spike",
+         "review_backlog", "refund_spike", "fraud_spike", "charge_failure_spike", "webhook_lag")
 
 
 def stream(traffic: Traffic, count: int, inject: list[str]) -> Iterator[Event]:

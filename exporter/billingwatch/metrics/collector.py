@@ -11,12 +11,19 @@ from billingwatch.metrics import fields
 from billingwatch.metrics.labels import (
     CHARGE_STATUSES,
     DECLINE_REASONS,
+    DISPUTE_FUND_MOVEMENTS,
+    DISPUTE_OUTCOMES,
     DISPUTE_REASONS,
     FRAUD_TYPES,
     INVOICE_ATTEMPTS,
     LIVEMODES,
     MOVEMENT_KINDS,
     OTHER_PLAN,
+    PAYMENT_INTENT_FAILURE_CODES,
+    PAYOUT_FAILURE_CODES,
+    PAYOUT_STATUSES,
+    REVIEW_CLOSED_REASONS,
+    REVIEW_OPENED_REASONS,
     TRIAL_OUTCOMES,
     VERDICTS,
     event_types,
@@ -68,6 +75,15 @@ def _zeros(snapshot: Snapshot, detectors: Iterable[Detector], currencies: Iterab
         (fam.QUARANTINED, [(t,) for t in types]),
         (fam.QUARANTINE_DROPPED, [()]),
         (fam.QUARANTINE_ENTRIES, [()]),
+        (fam.PAYOUT_FAILURES, [(r,) for r in _with_other(PAYOUT_FAILURE_CODES)]),
+        (fam.DISPUTES_CLOSED, [(o,) for o in DISPUTE_OUTCOMES]),
+        (fam.DISPUTE_FUND_MOVEMENTS, [(m,) for m in DISPUTE_FUND_MOVEMENTS]),
+        (fam.PAYMENT_INTENT_FAILURES, [(c,) for c in _with_other(PAYMENT_INTENT_FAILURE_CODES)]),
+        (fam.INVOICES_ACTION_REQUIRED, [()]),
+        (fam.REVIEWS_OPENED, [(r,) for r in _with_other(REVIEW_OPENED_REASONS)]),
+        (fam.REVIEWS_CLOSED, [(r,) for r in _with_other(REVIEW_CLOSED_REASONS)]),
+        (fam.REVIEWS_OPEN, [()]),
+        (fam.REVIEW_OLDEST_OPEN, [()]),
     ]
     # Verdicts are counted across modes: the one family without a livemode label.
     zeros: dict[str, int] = {fields.feedback_field(d.name, v): 0 for d in detectors for v in VERDICTS}
@@ -85,10 +101,12 @@ def _zeros(snapshot: Snapshot, detectors: Iterable[Detector], currencies: Iterab
             seen.add((values[family.labels.index("currency")], values[-1]))
     # The label before currency, if any, takes every value of its closed set.
     leading = {"status": CHARGE_STATUSES, "kind": MOVEMENT_KINDS, "plan": sorted({*plans, OTHER_PLAN})}
+    by_family = {fam.PAYOUTS: PAYOUT_STATUSES, fam.PAYOUT_AMOUNT: PAYOUT_STATUSES,
+                 fam.DISPUTE_FUND_AMOUNT: DISPUTE_FUND_MOVEMENTS}  # a leading label of their own
     for currency, mode in seen:
         for family in _CURRENCY_FAMILIES:
             firsts = family.labels[: family.labels.index("currency")]
-            for first in leading[firsts[0]] if firsts else ("",):
+            for first in by_family.get(family, leading.get(firsts[0], ())) if firsts else ("",):
                 labels = (first, currency, mode) if first else (currency, mode)
                 zeros[fields.field(family, *labels)] = 0
     return zeros

@@ -189,6 +189,81 @@ QUARANTINE_ENTRIES = _gauge(
     "qn", "billingwatch_events_quarantine_entries", "Events waiting in the quarantine.", "livemode",
 )
 
+# The money signals (recording/signals.py, docs/events.md#money-signals).
+PAYOUTS = _counter(
+    "po", "billingwatch_payouts", "Payouts by the status an event reported (payout.paid/failed/canceled), once "
+    "per payout and status.",
+    "status", "currency", "livemode",
+)
+PAYOUT_AMOUNT = _counter(
+    "poa", "billingwatch_payout_amount", "Payout amount by status, in major units of the currency.",
+    "status", "currency", "livemode", money=True,
+)
+PAYOUT_FAILURES = _counter(
+    "pof", "billingwatch_payout_failures", "Failed payouts by failure code (Stripe's codes, else other).",
+    "reason", "livemode",
+)
+DISPUTES_CLOSED = _counter(
+    "dpc", "billingwatch_disputes_closed",
+    "Disputes closed (charge.dispute.closed), once per dispute, by outcome: won, lost, warning_closed "
+    "(an inquiry that never became a chargeback) or other.",
+    "outcome", "livemode",
+)
+DISPUTE_LOST_AMOUNT = _counter(
+    "dpl", "billingwatch_dispute_lost_amount", "Amount of disputes closed as lost, in major units of the currency.",
+    "currency", "livemode", money=True,
+)
+DISPUTE_FUND_MOVEMENTS = _counter(
+    "dpf", "billingwatch_dispute_fund_movements",
+    "Dispute funds withdrawn from or reinstated to the balance, once per dispute and movement.",
+    "movement", "livemode",
+)
+DISPUTE_FUND_AMOUNT = _counter(
+    "dpfa", "billingwatch_dispute_fund_amount",
+    "Dispute funds withdrawn or reinstated, in major units of the currency.",
+    "movement", "currency", "livemode", money=True,
+)
+PAYMENT_INTENT_FAILURES = _counter(
+    "pif", "billingwatch_payment_intent_failures",
+    "Failed PaymentIntent attempts (payment_intent.payment_failed), by last_payment_error.code class: "
+    "authentication_required (3-D Secure), card_declined, processing_error or other. Never in the charge families.",
+    "code", "livemode",
+)
+INVOICES_ACTION_REQUIRED = _counter(
+    "iar", "billingwatch_invoices_action_required",
+    "Invoice payments that need the customer's action, such as 3-D Secure (invoice.payment_action_required).",
+    "livemode",
+)
+REVIEWS_OPENED = _counter(
+    "rvo", "billingwatch_reviews_opened", "Radar reviews opened, once per review, by reason (rule, manual).",
+    "reason", "livemode",
+)
+REVIEWS_CLOSED = _counter(
+    "rvc", "billingwatch_reviews_closed", "Radar reviews closed, once per review, by closed reason.",
+    "reason", "livemode",
+)
+REVIEWS_OPEN = _gauge(
+    "rvn", "billingwatch_reviews_open", "Radar reviews opened here and not closed yet.", "livemode",
+)
+REVIEW_OLDEST_OPEN = _gauge(
+    "rvt", "billingwatch_review_oldest_open_timestamp_seconds",
+    "Unix time at which the oldest Radar review still open was opened; 0 when none is open.", "livemode",
+)
+INVOICES_UNCOLLECTIBLE = _counter(
+    "iu", "billingwatch_invoices_uncollectible", "Invoices marked uncollectible, once per invoice.",
+    "currency", "livemode",
+)
+INVOICE_UNCOLLECTIBLE_AMOUNT = _counter(
+    "iua", "billingwatch_invoice_uncollectible_amount",
+    "Amount left unpaid on invoices marked uncollectible (bad debt), in major units of the currency.",
+    "currency", "livemode", money=True,
+)
+SIGNAL_FAMILIES = (
+    PAYOUTS, PAYOUT_AMOUNT, PAYOUT_FAILURES, DISPUTES_CLOSED, DISPUTE_LOST_AMOUNT, DISPUTE_FUND_MOVEMENTS,
+    DISPUTE_FUND_AMOUNT, PAYMENT_INTENT_FAILURES, INVOICES_ACTION_REQUIRED, REVIEWS_OPENED, REVIEWS_CLOSED,
+    REVIEWS_OPEN, REVIEW_OLDEST_OPEN, INVOICES_UNCOLLECTIBLE, INVOICE_UNCOLLECTIBLE_AMOUNT,
+)
+
 REDIS_FAMILIES = (
     EVENTS, HISTORY_EVENTS, CHARGES, CHARGE_OUTCOMES, CHARGE_AMOUNT, CHARGE_FAILURES, REFUNDS, REFUND_AMOUNT,
     REFUNDS_REVERSED, REFUND_REVERSED_AMOUNT,
@@ -196,6 +271,7 @@ REDIS_FAMILIES = (
     INVOICE_PAYMENT_FAILURES, SUBSCRIPTIONS_ENDED, ANOMALIES, HISTORY_ANOMALIES, ANOMALY_FEEDBACK, MISSED_EVENTS,
     LAST_RECEIVED, LAST_CREATED, SUBSCRIPTIONS, MRR, MRR_MOVEMENT_AMOUNT, CUSTOMER_MOVEMENTS, PAYING_CUSTOMERS,
     MRR_BY_PLAN, TRIALS_STARTED, TRIALS_ENDED, QUARANTINED, QUARANTINE_DROPPED, QUARANTINE_ENTRIES,
+    *SIGNAL_FAMILIES,
 )
 # Held in thousandths of a minor unit, so monthly amounts of yearly prices stay exact integers.
 MILLI_FAMILIES = (MRR, MRR_MOVEMENT_AMOUNT, MRR_BY_PLAN)

@@ -58,6 +58,35 @@ FRAUD_TYPES = frozenset(
     """.split()
 )
 INVOICE_ATTEMPTS = ("1", "2", "3", "4+")
+# billingwatch_payouts_total{status}: the payout events read, by the status each reports.
+PAYOUT_EVENTS = {"payout.paid": "paid", "payout.failed": "failed", "payout.canceled": "canceled"}
+PAYOUT_STATUSES = tuple(PAYOUT_EVENTS.values())
+# billingwatch_payout_failures_total{reason}: Stripe's payout failure codes
+# (https://docs.stripe.com/payouts#payout-failures), else other.
+PAYOUT_FAILURE_CODES = frozenset(
+    """
+    account_closed account_frozen bank_account_restricted bank_ownership_changed could_not_process
+    debit_not_authorized declined incorrect_account_holder_address incorrect_account_holder_name
+    incorrect_account_holder_tax_id insufficient_funds invalid_account_number invalid_currency
+    no_account unsupported_card
+    """.split()
+)
+# billingwatch_disputes_closed_total{outcome}: a closed dispute's status (warning_closed: an
+# inquiry closed without becoming a chargeback), else other.
+DISPUTE_OUTCOMES = ("won", "lost", "warning_closed", "other")
+# billingwatch_dispute_funds_total{movement}: charge.dispute.funds_withdrawn / funds_reinstated.
+DISPUTE_FUNDS_EVENTS = {
+    "charge.dispute.funds_withdrawn": "withdrawn", "charge.dispute.funds_reinstated": "reinstated",
+}
+DISPUTE_FUND_MOVEMENTS = tuple(DISPUTE_FUNDS_EVENTS.values())
+# billingwatch_payment_intent_failures_total{code}: last_payment_error.code classes.
+PAYMENT_INTENT_FAILURE_CODES = frozenset({"authentication_required", "card_declined", "processing_error"})
+# billingwatch_reviews_opened_total{reason} / _closed_total{reason}: Radar review reasons.
+REVIEW_OPENED_REASONS = frozenset({"rule", "manual"})
+REVIEW_CLOSED_REASONS = frozenset(
+    {"approved", "refunded", "refunded_as_fraud", "disputed", "redacted", "canceled", "payment_never_settled",
+     "acknowledged"}
+)
 
 # The Stripe event types the counters read, by what recording/plan.py does with them.
 CHARGE_EVENTS = {"charge.succeeded": "succeeded", "charge.failed": "failed", "charge.pending": "pending"}
@@ -81,12 +110,20 @@ DETECTOR_EVENTS = frozenset(
         "invoice.upcoming", "credit_note.created",
     }
 )
+# The money signals of docs/events.md (payouts, dispute outcomes, PaymentIntent failures, reviews,
+# bad debt): each read by recording/signals.py.
+SIGNAL_EVENTS = frozenset(
+    {
+        *PAYOUT_EVENTS, "charge.dispute.closed", *DISPUTE_FUNDS_EVENTS, "payment_intent.payment_failed",
+        "invoice.payment_action_required", "review.opened", "review.closed", "invoice.marked_uncollectible",
+    }
+)
 # The Stripe event types BillingWatch itself reads (README lists those to subscribe to).
 EVENT_TYPES = frozenset(
     {
         *CHARGE_EVENTS, "charge.refunded", *REFUND_EVENTS, "charge.dispute.created",
         "radar.early_fraud_warning.created", *INVOICE_PAID_EVENTS, "invoice.payment_failed",
-        *SUBSCRIPTION_EVENTS, *DETECTOR_EVENTS,
+        *SUBSCRIPTION_EVENTS, *DETECTOR_EVENTS, *SIGNAL_EVENTS,
     }
 )
 

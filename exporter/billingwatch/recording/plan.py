@@ -29,6 +29,7 @@ from billingwatch.metrics.labels import (
     MRR_STATUSES,
     OTHER_PLAN,
     REFUND_EVENTS,
+    SIGNAL_EVENTS,
     SUBSCRIPTION_EVENTS,
     event_type_label,
     known,
@@ -54,11 +55,12 @@ from billingwatch.recording.events import (
     short_text,
     subscription_of,
 )
+from billingwatch.recording.signals import REVIEW_CAP, SignalChanges, signal_changes
 
 if TYPE_CHECKING:  # the detectors build Checks: importing them here at run time would be a cycle
     from billingwatch.detectors import Context, Detector
 
-CheckOp = Literal["once", "window", "distinct", "sum"]
+CheckOp = Literal["once", "window", "distinct", "sum", "track"]
 _DETAIL_KEY = re.compile(r"[a-z][a-z0-9_]{0,47}")
 
 
@@ -103,6 +105,10 @@ class Check:
                 is new and takes the largest total of a `window`-second span holding `at` from
                 below `threshold` to at least it (those members are the related ids). A member
                 is its id and amount: a redelivered one adds nothing.
+    - track:    (recording/signals.py only, not for detectors) `amount` 1: adds `member` opened at
+                `at` to the set `key` unless it is there or closed; 0: marks it closed. Never hits;
+                sets `gauges` (open-now field, oldest-open field) to the open members' count and
+                their earliest `at` (0: none). docs: /work/wt/notes/new-ops.md, store/apply.lua.
     Sets keep at most `cap` members (the oldest go first) and expire `ttl` seconds after their
     last change. `gap_detail` (window): the key of the anomaly's details that gets the seconds
     between `at` and the nearest related member, which only the store knows.
@@ -118,6 +124,7 @@ class Check:
     amount: int = 0  # sum: 0..MAX_AMOUNT
     threshold: int = 0  # sum
     gap_detail: str = ""  # window: a lower-case JSON key, or "" for none
+    gauges: tuple[str, ...] = ()  # track: the open-now and oldest-open gauge fields
     counters: dict[str, int] = field(default_factory=dict)
     anomaly: Anomaly | None = None
 
@@ -394,6 +401,8 @@ def plan_event(
     elif kind == "subscription" and event.type in SUBSCRIPTION_EVENTS:
         subscription = subscription_state(event, dedup_ttl, subscription_ttl, plans or {})
         checks.extend(trial_checks(event, subscription.status, subscription_ttl))
+    if event.type in SIGNAL_EVENTS:
+        checks.extend(signal_checks(signal_changes(event, mode), counters, dedup_ttl, subscription_ttl))
 
     failed: list[str] = []
     for detector in detectors:
@@ -510,6 +519,19 @@ def missed_event_plan(event_id: str, livemode: bool, dedup_ttl: int) -> Plan:
 
 def _count_once(key: str, ttl: int, counters: dict[str, int]) -> Check:
     return Check(op="once", key=key, ttl=ttl, counters=counters)
+
+
+def signal_checks(changes: SignalChanges, counters: dict[str, int], ttl: int, state_ttl: int) -> list[Check]:
+    """A money signal's counters added to the event's, and its checks: each count-once key kept
+    `ttl` (the dedup retention), the reviews' open set `state_ttl` after its last change."""
+    for name, value in changes.counters.items():
+        _add(counters, name, value)
+    checks = [_count_once(key, ttl, counted) for key, counted in changes.once]
+    review = changes.review
+    if review is not None:
+        checks.append(Check(op="track", key=review.key, ttl=state_ttl, member=review.member, at=review.at,
+                            amount=1 if review.opened else 0, cap=REVIEW_CAP, gauges=review.gauges))
+    return checks
 
 
 def refund_checks(refund: Refund, mode: str, ttl: int) -> list[Check]:

@@ -50,6 +50,7 @@ if layout and not (tostring(layout):match('^%d+$') and tonumber(layout) <= LAYOU
   return { 9, layout }
 end
 local MAX_AMOUNT, MAX_SUM = 1e12, 1e15 -- store/contract.py: a sum check's amount and threshold
+local CLOSED = 1e11 -- the track op: a closed member's score is its closing time minus this
 -- store/contract.py MAX_SUBSCRIPTION_MRR, MAX_CUSTOMER_MRR: below 2^53, so exact in Lua's doubles
 local MAX_SUBSCRIPTION_MRR, MAX_CUSTOMER_MRR = 1e15, 9e15
 local plan = cjson.decode(ARGV[1])
@@ -144,6 +145,10 @@ local function refusal(change)
     end
   end
   for _, check in ipairs(plan.checks) do
+    if check.op == 'track' and (type(check.gauges) ~= 'table' or #check.gauges ~= 2
+        or not tostring(check.at):match('^%d+$') or tonumber(check.at) >= CLOSED) then
+      return 'a track check needs two gauge fields and a time'
+    end
     if check.op == 'sum' then
       local amount, threshold = tonumber(check.amount), tonumber(check.threshold)
       if not amount or amount < 0 or amount > MAX_AMOUNT or amount % 1 ~= 0
@@ -283,6 +288,27 @@ local function sum_check(key, check)
   return best < threshold and threshold <= best + tonumber(check.amount), #best_members > 0 and best_members or nil
 end
 
+-- The track op (recording/plan.py Check; /work/wt/notes/new-ops.md): a set of open members scored
+-- by their opening time; a closed member stays as a tombstone scored below every time (its closing
+-- time - CLOSED), so a late "opened" never reopens it. Never hits; sets the two gauge fields to
+-- the open members' count and earliest time (0: none). ZADD, ZREM, EXPIRE and HSET cannot fail here.
+local function track(key, check)
+  local score = redis.call('ZSCORE', key, check.member)
+  if check.amount == '1' then
+    if not score then redis.call('ZADD', key, check.at, check.member) end
+  elseif not score or tonumber(score) >= 0 then
+    redis.call('ZADD', key, string.format('%d', tonumber(check.at) - CLOSED), check.member)
+  end
+  local size = redis.call('ZCARD', key)
+  if size > tonumber(check.cap) then
+    redis.call('ZREMRANGEBYRANK', key, 0, size - tonumber(check.cap) - 1)
+  end
+  redis.call('EXPIRE', key, check.ttl)
+  local oldest = redis.call('ZRANGEBYSCORE', key, 0, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  redis.call('HSET', KEYS[3], check.gauges[1], redis.call('ZCOUNT', key, 0, '+inf'),
+             check.gauges[2], oldest[2] or '0')
+end
+
 local result = { 0 }
 local fired = {} -- the detectors that hit, for the log line
 for i, check in ipairs(plan.checks) do
@@ -290,6 +316,8 @@ for i, check in ipairs(plan.checks) do
   local hit, related, gap = false, nil, nil
   if check.op == 'once' then
     hit = redis.call('SET', key, '1', 'NX', 'EX', check.ttl) and true or false
+  elseif check.op == 'track' then
+    track(key, check)
   elseif check.op == 'sum' then
     hit, related = sum_check(key, check)
   else

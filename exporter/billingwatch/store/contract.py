@@ -19,6 +19,8 @@ MAX_CHECKS = 1000
 # Lua's doubles (2^53 is 9.0e15).
 MAX_AMOUNT = 10**12
 MAX_SUM = 10**15
+# The track op (apply.lua CLOSED): a closed member's score is its closing time minus this.
+TRACK_CLOSED = 10**11
 # A subscription's MRR (each gauge amount it holds) and a customer's MRR in one currency, in
 # thousandths of a minor unit: the script computes a customer's MRR and its movements in Lua's
 # doubles, exact below 2^53 (9.007e15).

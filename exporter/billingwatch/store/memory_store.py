@@ -27,6 +27,7 @@ from billingwatch.store.contract import (
     MAX_SUM,
     MAX_TTL,
     MAX_VERDICTS,
+    TRACK_CLOSED,
     Outcome,
     Snapshot,
     StoreUnavailable,
@@ -247,6 +248,8 @@ class MemoryStore:
         ttls += [plan.subscription.customer_ttl] if plan.subscription and plan.subscription.customer_ttl else []
         if any(not 1 <= ttl <= MAX_TTL for ttl in ttls):
             return "a retention (TTL) is out of range"
+        if any(len(c.gauges) != 2 or not 0 <= c.at < TRACK_CLOSED for c in plan.checks if c.op == "track"):
+            return "a track check needs two gauge fields and a time"
         sums = [c for c in plan.checks if c.op == "sum"]
         if any(not (0 <= c.amount <= MAX_AMOUNT and 0 <= c.threshold <= MAX_SUM) for c in sums):
             return "a sum check's amount or threshold is out of range"
@@ -281,6 +284,27 @@ class MemoryStore:
                     return f"total {name} would leave the range a 64-bit counter can hold"
         return None
 
+    def _track(self, key: str, check: Check) -> None:
+        """The track op (apply.lua track()): open members scored by their opening time, closed ones
+        kept as tombstones below every time; sets the open count and earliest opening time."""
+        if not self._alive(key):
+            self._sets.pop(key, None)
+        members = self._sets.setdefault(key, {})
+        score = members.get(check.member)
+        if check.amount == 1:
+            if score is None:
+                members[check.member] = check.at
+        elif score is None or score >= 0:
+            members[check.member] = check.at - TRACK_CLOSED
+        if len(members) > check.cap:
+            for _, oldest in sorted((s, m) for m, s in members.items())[: len(members) - check.cap]:
+                del members[oldest]
+        self._expiry[key] = self._clock() + check.ttl
+        opened = [s for s in members.values() if s >= 0]
+        count_field, oldest_field = check.gauges
+        self._gauges[count_field] = len(opened)
+        self._gauges[oldest_field] = min(opened, default=0)
+
     def _check(self, check: Check) -> dict[str, Any] | None:
         """Run one check; return its anomaly record when it hits with one."""
         key = "c:" + check.key
@@ -288,6 +312,9 @@ class MemoryStore:
         gap: int | None = None
         if check.op == "once":
             hit = self._set_once(key, check.ttl)
+        elif check.op == "track":
+            self._track(key, check)
+            return None
         elif check.op == "sum":
             hit, related = self._sum(key, check)
         else:

@@ -88,6 +88,8 @@ def _check_args(check: Check) -> dict[str, Any]:
         "gap_detail": check.gap_detail,
         "counters": {k: str(v) for k, v in check.counters.items()},
     }
+    if check.op == "track":
+        args["gauges"] = list(check.gauges)
     if check.anomaly is not None:
         args["anomaly"] = _stringify(check.anomaly.as_dict())
         args["anomaly_counter"] = check.anomaly_counter

@@ -18,15 +18,19 @@ from typing import Any, Protocol
 
 from billingwatch.rules.alerts import (
     anomaly,
+    authentication_failure_spike,
     charge_failure_spike,
     churn_spike,
+    dispute_loss_rate,
     early_fraud_warnings,
     events_quarantined,
     exporter_down,
     fraud_spike,
     mrr_drop,
+    payout_failed,
     refund_spike,
     revenue_drop,
+    review_backlog,
     silent_lapse,
     store_down,
     store_nearly_full,
@@ -65,6 +69,10 @@ ALERTS: tuple[AlertModule, ...] = (
     store_down,
     store_nearly_full,
     events_quarantined,
+    payout_failed,
+    dispute_loss_rate,
+    authentication_failure_spike,
+    review_backlog,
 )
 
 
