@@ -15,6 +15,8 @@ Its ARGV slice, in this order ('1'/'0' for booleans, '' for an absent text):
   with 'S': id, at, rank, held, n, n x (gauge field, amount), currency, mrr, paying scheme,
     period end, ttl, customer ttl, ended counter, lapse watched, movement schemes (2; '' '' for none),
   with 'P': id, at, ttl.
+JSON texts (log line, anomaly record) are json_text(): compact, non-ASCII as UTF-8 (what
+orjson.dumps writes), a text with a lone surrogate escaped (which UTF-8 cannot carry).
 """
 
 import json
@@ -32,6 +34,17 @@ class EventArgs:
     # The event's Plan, built only when the batch falls back to the exact per-event script
     # (apply_batch.lua's overflow pre-pass; rare): a planner that skips Plans builds it then.
     plan: Callable[[], Plan] = field(compare=False, repr=False)
+
+
+def json_text(value: object) -> str:
+    """The JSON text of a log line or anomaly record. Raises TypeError or ValueError."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:  # a lone surrogate: escaped, as JSON allows
+            return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    return text
 
 
 def _pairs(values: dict[str, int]) -> list[str]:
@@ -53,7 +66,7 @@ def event_args(plan: Plan, prefix: str) -> EventArgs:
     elif pay is not None:
         keys += (f"{tag}:s:{pay.livemode}:{pay.id}", f"{tag}:lapse:{pay.livemode}", f"{tag}:cu:{pay.livemode}:-")
     flags = ("R" if plan.requeue else "") + ("S" if sub is not None else "") + ("P" if pay is not None else "")
-    args = [flags, str(plan.dedup_ttl), "" if plan.log is None else json.dumps(plan.log.as_dict())[:-1],
+    args = [flags, str(plan.dedup_ttl), "" if plan.log is None else json_text(plan.log.as_dict())[:-1],
             *_pairs(plan.counters), *_pairs(plan.maxima), str(len(plan.checks))]
     for check in plan.checks:
         keys.append(f"{tag}:c:{check.key}")
@@ -62,7 +75,7 @@ def event_args(plan: Plan, prefix: str) -> EventArgs:
         if check.anomaly is None:
             args += ("", "")
         else:
-            args += (json.dumps(stringify(check.anomaly.as_dict()), allow_nan=False), check.anomaly_counter)
+            args += (json_text(stringify(check.anomaly.as_dict())), check.anomaly_counter)
     if sub is not None:
         args += (sub.id, str(sub.at), str(sub.rank), "1" if sub.held else "0", str(len(sub.gauges)))
         for name, amount in sub.gauges:
@@ -73,3 +86,11 @@ def event_args(plan: Plan, prefix: str) -> EventArgs:
     if pay is not None:
         args += (pay.id, str(pay.at), str(pay.ttl))
     return EventArgs(tuple(keys), tuple(args), lambda: plan)
+
+
+def check_encodable(event: EventArgs) -> None:
+    """Raises UnicodeEncodeError (a ValueError) for an event whose keys or args UTF-8 cannot carry
+    (a lone surrogate in an id): alone, it would fail its whole batch's call."""
+    for text in (*event.keys, *event.args):
+        if not text.isascii():
+            text.encode()

@@ -27,7 +27,7 @@ from billingwatch.recording.plan import Check, LogEntry, Plan
 from billingwatch.recording.quarantine import DROPPED_SCHEME, ENTRIES_SCHEME, Quarantine, encoded, member
 from billingwatch.store.anomaly_text import INT_FIELDS as _INT_FIELDS
 from billingwatch.store.anomaly_text import stringify as _stringify
-from billingwatch.store.batch_args import EventArgs, event_args
+from billingwatch.store.batch_args import EventArgs, check_encodable, event_args
 from billingwatch.store.contract import (
     LAPSE_HORIZON,
     MAX_VERDICTS,
@@ -244,11 +244,10 @@ class RedisStore:
         # Each plan encoded on its own: one that cannot be fails alone, before any call.
         encoded: list[tuple[int, EventArgs]] = []
         for i, item in enumerate(items):
-            if isinstance(item, EventArgs):
-                encoded.append((i, item))
-                continue
             try:
-                encoded.append((i, event_args(item, self._prefix)))
+                event = item if isinstance(item, EventArgs) else event_args(item, self._prefix)
+                check_encodable(event)
+                encoded.append((i, event))
             except (TypeError, ValueError) as exc:
                 results[i] = Unrecordable(f"the event cannot be encoded for the store ({type(exc).__name__})")
         for start in range(0, len(encoded), BATCH_EVENTS):
