@@ -12,6 +12,7 @@ import asyncio
 import json
 import random
 from dataclasses import replace
+from importlib import resources
 from typing import Any
 
 import pytest
@@ -211,3 +212,38 @@ def test_event_args_are_the_plan_in_the_store_s_keys() -> None:
     assert all(isinstance(a, str) for a in args.args)
     assert event_args(plan, "acme") == args  # equal by keys and args: what a planner of its own must produce
     assert args.plan() is plan
+
+
+def test_the_layout_upkeep_sets_the_flag_for_a_total_an_earlier_release_took_past_the_bound(
+        redis_url: str, redis_prefix: str) -> None:
+    """An earlier release keeps no flag: the upkeep (at start, then hourly) finds such a total,
+    and batches go to apply.lua from then on."""
+    client = redis.Redis.from_url(redis_url)
+    plan = scenario(7, 20)[0]
+
+    def script_calls() -> int:
+        return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+    async def run() -> tuple[bool, bool, list[Result], int]:
+        store = RedisStore(redis_url, redis_prefix)
+        try:
+            clean = await store.mark_overflow()
+            client.hset(store.gauges_key, "g", -FLAG_AT)
+            await store.upkeep_layout()
+            flagged = bool(client.exists(store.overflow_key))
+            for script in ("apply.lua", "apply_batch.lua"):  # loaded: no NOSCRIPT call in the count
+                client.script_load(resources.files("billingwatch.store").joinpath(script).read_text())
+            before = script_calls()
+            results = [result(r) for r in await store.apply_many([plan])]
+            return clean, flagged, results, script_calls() - before
+        finally:
+            await store.close()
+
+    try:
+        clean, flagged, results, calls = asyncio.run(run())
+        assert not clean and flagged
+        assert results[0][0] == "recorded"
+        assert calls == 2  # the batch script, which left the event to apply.lua, and apply.lua
+    finally:
+        client.delete(*client.scan_iter(match="{" + redis_prefix + "}*"))
+        client.close()

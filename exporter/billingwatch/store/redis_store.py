@@ -49,6 +49,8 @@ _BATCH_SCRIPT = resources.files("billingwatch.store").joinpath("apply_batch.lua"
 # Events per apply_batch.lua call. A call holds Redis for its whole run, about size x 50 µs
 # (256: ~13 ms) in which no other client is served; larger batches save little more per event.
 BATCH_EVENTS = 256
+# Totals reaching it in absolute value set the overflow flag (apply.lua, apply_batch.lua).
+OVERFLOW_FLAG_AT = 2**62
 _VERDICT_SCRIPT = resources.files("billingwatch.store").joinpath("verdict.lua").read_text()
 _QUARANTINE_SCRIPT = resources.files("billingwatch.store").joinpath("quarantine.lua").read_text()
 # The readiness probe's own write while writes are refused: larger than an event's script call,
@@ -684,8 +686,24 @@ class RedisStore:
         return Migration(self._redis, self._tag)
 
     async def upkeep_layout(self) -> Report | int:
-        """store/layout.py upkeep(): migrate, or correct what a layout-1 replica wrote."""
-        return await upkeep(self._redis, self._tag)
+        """store/layout.py upkeep(): migrate, or correct what a layout-1 replica wrote; then
+        mark_overflow()."""
+        result = await upkeep(self._redis, self._tag)
+        await self.mark_overflow()
+        return result
+
+    async def mark_overflow(self) -> bool:
+        """Set the overflow flag if a total already holds 2^62 or more in absolute value: a
+        replica of an earlier release, which keeps no flag, may have taken it there (at start
+        and in the layout upkeep, so a rolling update ends with the flag right). True if set."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hvals(self.counters_key)
+            pipe.hvals(self.gauges_key)
+            counters, gauges = await pipe.execute()
+        if not any(abs(int(v)) >= OVERFLOW_FLAG_AT for v in (*counters, *gauges)):
+            return False
+        await self._redis.set(self.overflow_key, "1")
+        return True
 
     async def ping(self) -> bool:
         try:
