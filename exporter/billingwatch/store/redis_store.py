@@ -121,8 +121,9 @@ class RedisStore:
 
     def __init__(self, url: str, prefix: str = "billingwatch", anomaly_log_size: int = 1000,
                  wait_replicas: int = 0, wait_timeout_ms: int = 1000, event_log_size: int = 5000,
-                 allow_eviction: bool = False, quarantine_size: int = 1000) -> None:
+                 allow_eviction: bool = False, quarantine_size: int = 1000, batch_events: int = BATCH_EVENTS) -> None:
         check_prefix(prefix)
+        self._batch_events = batch_events  # events per apply_batch.lua call (BATCH_EVENTS)
         self.gate = WriteGate()
         self._allow_eviction = allow_eviction  # BILLINGWATCH_REDIS_ALLOW_EVICTION: a warning, not a refusal
         self._logged: set[str] = set()  # eviction-policy lines already logged (/ready asks often)
@@ -252,8 +253,8 @@ class RedisStore:
                 encoded.append((i, event))
             except (TypeError, ValueError) as exc:
                 results[i] = Unrecordable(f"the event cannot be encoded for the store ({type(exc).__name__})")
-        for start in range(0, len(encoded), BATCH_EVENTS):
-            batch = encoded[start:start + BATCH_EVENTS]
+        for start in range(0, len(encoded), self._batch_events):
+            batch = encoded[start:start + self._batch_events]
             replies = await self._apply_batch([args for _, args in batch])
             exact: list[int] = []
             for (i, _), result in zip(batch, replies, strict=True):
