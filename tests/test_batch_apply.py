@@ -247,3 +247,28 @@ def test_the_layout_upkeep_sets_the_flag_for_a_total_an_earlier_release_took_pas
     finally:
         client.delete(*client.scan_iter(match="{" + redis_prefix + "}*"))
         client.close()
+
+
+def test_an_event_utf8_cannot_carry_is_refused_alone_and_non_ascii_text_is_kept(redis_url: str,
+                                                                               redis_prefix: str) -> None:
+    plans = [p for p in scenario(8, 40) if p.log is not None][:3]
+    assert plans[1].log is not None and plans[2].log is not None
+    lone = replace(plans[1], event_id="evt_\ud800")  # a lone surrogate: no UTF-8 for it
+    accented = replace(plans[2], log=replace(plans[2].log, customer="cus_ünïcødé"))
+
+    async def run() -> tuple[list[Result], list[dict[str, Any]]]:
+        store = RedisStore(redis_url, redis_prefix)
+        try:
+            return [result(r) for r in await store.apply_many([plans[0], lone, accented])], await store.events(10)
+        finally:
+            await store.close()
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        results, lines = asyncio.run(run())
+        assert [kind for kind, _ in results] == ["recorded", "Unrecordable", "recorded"]
+        assert results[1][1] == "the event cannot be encoded for the store (UnicodeEncodeError)"
+        assert lines[0]["customer"] == "cus_ünïcødé" and lines[0]["result"] == "accepted"
+    finally:
+        client.delete(*client.scan_iter(match="{" + redis_prefix + "}*"))
+        client.close()
