@@ -116,14 +116,17 @@ def state(client: "redis.Redis[bytes]", prefix: str) -> dict[bytes, Any]:
 
 
 def run_both(url: str, prefix: str, plans: list[Plan], groups: list[list[Plan]],
-             before: dict[str, int] | None = None) -> tuple[list[Result], list[Result]]:
+             before: dict[str, int] | None = None, strings: tuple[str, ...] = ()) -> tuple[list[Result], list[Result]]:
     """The plans applied event by event on db 1 and in `groups` on db 2, each from a store whose
-    counters hash holds `before`; then both states compared key for key."""
+    counters hash holds `before` (and `strings` keys hold a string); then both states compared
+    key for key."""
     urls = [url + "/1", url + "/2"]
     clients = [redis.Redis.from_url(u) for u in urls]
     for client in clients:
         if before:
             client.hset("{" + prefix + "}:counters", mapping=before)  # type: ignore[arg-type]
+        for key in strings:
+            client.set(key, "not a hash")
 
     async def run() -> tuple[list[Result], list[Result]]:
         one, many = RedisStore(urls[0], prefix), RedisStore(urls[1], prefix)
@@ -202,6 +205,19 @@ def test_an_event_past_the_budget_and_the_rest_of_its_batch_go_to_apply_lua(redi
     expected, got = run_both(redis_url, redis_prefix, plans, [plans[:120], plans[120:]])
     assert got == expected
     assert got[50:53] == [("recorded", []), ("recorded", []), ("recorded", [])]
+
+
+def test_a_key_of_another_type_stops_the_batch_at_its_event_and_the_events_before_are_recorded(
+        redis_url: str, redis_prefix: str) -> None:
+    plans = scenario(9, 200)
+    at = next(i for i, p in enumerate(plans) if p.subscription is not None and i > 20)
+    sub = plans[at].subscription
+    assert sub is not None
+    broken = "{" + redis_prefix + "}" + f":s:{sub.livemode}:{sub.id}"
+    expected, got = run_both(redis_url, redis_prefix, plans[:at], [plans[:at + 10]], strings=(broken,))
+    assert got[:at] == expected
+    assert {kind for kind, _ in got[at:]} == {"StoreUnavailable"}
+    assert "WRONGTYPE" in got[at][1]
 
 
 def test_event_args_are_the_plan_in_the_store_s_keys() -> None:

@@ -15,7 +15,9 @@
 -- Returns {9, version} for a store whose layout is newer than this script's (nothing written);
 -- else {0, reply per event...}, each reply what apply.lua returns for the event ({0, anomaly
 -- record JSON...}, {1}, {2, reason}), or {8}: not recorded here (nothing of it written), run
--- the exact per-event script (apply.lua) for this event; every event after a {8} is {8} too.
+-- the exact per-event script (apply.lua) for this event; every event after a {8} is {8} too;
+-- or {7, error}: a command failed at this event (a key of another type), which stopped the batch
+-- there; the events before it are recorded.
 --
 -- Totals without per-field reads: this release's scripts keep every stored total's absolute
 -- value below 2^62, or else set the overflow flag (KEYS[6]) when an increment makes one reach
@@ -401,12 +403,20 @@ local function record(ev, change)
 end
 
 -- ---------------------------------------------------------------- each event, in order
+-- The batch's own writes come last: their keys must take them (apply.lua reads the totals first,
+-- so a key of another type fails it before any write too).
+local SHARED_TYPES = { 'hash', 'hash', 'list', 'list' }
+for h = 1, 4 do
+  local kind = redis.call('TYPE', KEYS[h]).ok
+  if kind ~= 'none' and kind ~= SHARED_TYPES[h] then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[h] .. ' holds a ' .. kind .. ' (nothing written)')
+  end
+end
 local out = { 0 }
 local spent = 0
 local exact_from = redis.call('EXISTS', KEYS[6]) == 1 and 1 or nil -- flag set: apply.lua for all
-for e = 1, n_events do
-  if exact_from then break end
-  local ev = events[e]
+local failed = nil -- the error that stopped the batch at an event (a key of another type)
+local function apply_event(ev, e)
   local seen = redis.call('GET', ev.dedup)
   if seen and not (seen == 'q' and ev.rq) then
     log_line(ev, 'duplicate', {})
@@ -434,6 +444,18 @@ for e = 1, n_events do
         table.insert(out, record(ev, change))
       end
     end
+  end
+end
+-- An event's command that fails (only a key of another type can) stops the batch there, as it
+-- would stop apply.lua for that event; the events before it are complete: their sums and log
+-- lines are still written below. It and the rest get {7, error}: not recorded here.
+for e = 1, n_events do
+  if exact_from then break end
+  local ok, err = pcall(apply_event, events[e], e)
+  if not ok then
+    failed = type(err) == 'table' and err.err or tostring(err)
+    for _ = #out, n_events do table.insert(out, { 7, failed }) end
+    break
   end
 end
 if exact_from then
