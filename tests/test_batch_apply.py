@@ -116,7 +116,8 @@ def state(client: "redis.Redis[bytes]", prefix: str) -> dict[bytes, Any]:
 
 
 def run_both(url: str, prefix: str, plans: list[Plan], groups: list[list[Plan]],
-             before: dict[str, int] | None = None, strings: tuple[str, ...] = ()) -> tuple[list[Result], list[Result]]:
+             before: dict[str, int] | None = None, strings: dict[str, str] | None = None,
+             ) -> tuple[list[Result], list[Result]]:
     """The plans applied event by event on db 1 and in `groups` on db 2, each from a store whose
     counters hash holds `before` (and `strings` keys hold a string); then both states compared
     key for key."""
@@ -125,8 +126,8 @@ def run_both(url: str, prefix: str, plans: list[Plan], groups: list[list[Plan]],
     for client in clients:
         if before:
             client.hset("{" + prefix + "}:counters", mapping=before)  # type: ignore[arg-type]
-        for key in strings:
-            client.set(key, "not a hash")
+        for key, value in (strings or {}).items():
+            client.set(key, value)
 
     async def run() -> tuple[list[Result], list[Result]]:
         one, many = RedisStore(urls[0], prefix), RedisStore(urls[1], prefix)
@@ -173,6 +174,21 @@ def busiest_counter(plans: list[Plan]) -> str:
     return max(counts, key=lambda name: counts[name])
 
 
+def test_quarantined_events_are_recorded_by_their_requeue_only(redis_url: str, redis_prefix: str) -> None:
+    """A quarantined id's dedup key holds 'q' (quarantine.lua): a redelivery stays a duplicate,
+    its requeue records it once; with and without a subscription snapshot."""
+    plans = scenario(10, 120)
+    marked = [plans[30], next(p for p in plans[40:] if p.subscription is not None)]
+    requeues = [replace(p, requeue=True) for p in marked]
+    tail = [plans[31], *requeues, *marked, *requeues]
+    todo = [p for p in plans if p not in marked] + tail
+    keys = {"{" + redis_prefix + "}" + f":e:{p.livemode}:{p.event_id}": "q" for p in marked}
+    expected, got = run_both(redis_url, redis_prefix, todo, [todo[:50], todo[50:]], strings=keys)
+    assert got == expected
+    assert [kind for kind, _ in got[-6:]] == ["recorded", "recorded", "duplicate", "duplicate", "duplicate",
+                                              "duplicate"]
+
+
 def test_totals_near_the_bound_fall_back_to_the_exact_script(redis_url: str, redis_prefix: str) -> None:
     """A total just below 2^62: the batch that takes it over sets the overflow flag (as apply.lua
     does), and every later batch is applied by apply.lua, refusing exactly as it does."""
@@ -214,7 +230,8 @@ def test_a_key_of_another_type_stops_the_batch_at_its_event_and_the_events_befor
     sub = plans[at].subscription
     assert sub is not None
     broken = "{" + redis_prefix + "}" + f":s:{sub.livemode}:{sub.id}"
-    expected, got = run_both(redis_url, redis_prefix, plans[:at], [plans[:at + 10]], strings=(broken,))
+    expected, got = run_both(redis_url, redis_prefix, plans[:at], [plans[:at + 10]],
+                             strings={broken: "not a hash"})
     assert got[:at] == expected
     assert {kind for kind, _ in got[at:]} == {"StoreUnavailable"}
     assert "WRONGTYPE" in got[at][1]

@@ -238,6 +238,11 @@ local function log_line(ev, result, detectors)
   table.insert(log_lines, ev.line .. ',"result":"' .. result .. '","anomalies":' .. names .. '}')
 end
 
+-- Keep the newest `cap` members: what apply.lua's ZCARD and ZREMRANGEBYRANK do, in one call.
+local function trim(key, cap)
+  redis.call('ZREMRANGEBYRANK', key, 0, string.format('%d', -tonumber(cap) - 1))
+end
+
 -- The sum op (apply.lua sum_check).
 local function sum_check(c)
   local key = c.key
@@ -261,10 +266,7 @@ local function sum_check(c)
     if total > best then best, best_members = total, ids end
   end
   redis.call('ZADD', key, c.at, member)
-  local size = redis.call('ZCARD', key)
-  if size > tonumber(c.cap) then
-    redis.call('ZREMRANGEBYRANK', key, 0, size - tonumber(c.cap) - 1)
-  end
+  trim(key, c.cap)
   redis.call('EXPIRE', key, c.ttl)
   local threshold = tonumber(c.threshold)
   return best < threshold and threshold <= best + tonumber(c.amount), #best_members > 0 and best_members or nil
@@ -283,8 +285,8 @@ local function keep(k, ttl)
 end
 
 -- One event's writes, after its checks passed (apply.lua from its dedup SET on).
-local function record(ev, change)
-  redis.call('SET', ev.dedup, '1', 'EX', ev.ttl)
+local function record(ev, change, dedup_set)
+  if not dedup_set then redis.call('SET', ev.dedup, '1', 'EX', ev.ttl) end
   for _, p in ipairs(ev.counters) do add_total(1, p[1], tonumber(p[2])) end
   for _, p in ipairs(ev.maxima) do
     local value = tonumber(p[2])
@@ -322,9 +324,10 @@ local function record(ev, change)
         end
         hit = #related > 0
         redis.call('ZADD', k, c.at, c.member)
-        local size = redis.call('ZCARD', k)
-        if size > tonumber(c.cap) then
-          redis.call('ZREMRANGEBYRANK', k, 0, size - tonumber(c.cap) - 1)
+        if c.op == 'window' then
+          trim(k, c.cap)
+        elseif #related + 1 > tonumber(c.cap) then -- distinct: related was the whole set
+          redis.call('ZREMRANGEBYRANK', k, 0, #related - tonumber(c.cap))
         end
         redis.call('EXPIRE', k, c.ttl)
       elseif c.op == 'distinct' and tonumber(c.at) < tonumber(score) then
@@ -416,11 +419,39 @@ local out = { 0 }
 local spent = 0
 local exact_from = redis.call('EXISTS', KEYS[6]) == 1 and 1 or nil -- flag set: apply.lua for all
 local failed = nil -- the error that stopped the batch at an event (a key of another type)
+local function duplicate(ev)
+  log_line(ev, 'duplicate', {})
+  table.insert(out, { 1 })
+end
+-- An event without a subscription snapshot: its refusals need no read, so its dedup key is
+-- read and set in one SET NX once they passed (apply.lua's order of answers kept).
+local function apply_plain_event(ev, e)
+  local reason = refusal(ev, nil)
+  if reason then
+    local seen = redis.call('GET', ev.dedup)
+    if seen and not (seen == 'q' and ev.rq) then duplicate(ev) else table.insert(out, { 2, reason }) end
+    return
+  end
+  local moves = cost(ev, nil)
+  if not moves or spent + moves > BUDGET then
+    exact_from = e
+    return
+  end
+  if not redis.call('SET', ev.dedup, '1', 'NX', 'EX', ev.ttl) then
+    if not (ev.rq and redis.call('GET', ev.dedup) == 'q') then
+      duplicate(ev)
+      return
+    end
+    redis.call('SET', ev.dedup, '1', 'EX', ev.ttl) -- a requeued quarantined event: recorded now
+  end
+  spent = spent + moves
+  table.insert(out, record(ev, nil, true))
+end
 local function apply_event(ev, e)
+  if not ev.sub then return apply_plain_event(ev, e) end
   local seen = redis.call('GET', ev.dedup)
   if seen and not (seen == 'q' and ev.rq) then
-    log_line(ev, 'duplicate', {})
-    table.insert(out, { 1 })
+    duplicate(ev)
   else
     local reason, change = nil, nil
     if ev.sub then
