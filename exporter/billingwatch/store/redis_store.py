@@ -265,10 +265,11 @@ class RedisStore:
                 else:
                     results[i] = result
             if exact:
-                plans = [args.plan() for i, args in batch if i in set(exact)]
+                left = set(exact)
+                plans = [args.plan() for i, args in batch if i in left]
                 for i, result in zip(exact, await self._apply_each(plans), strict=True):
                     results[i] = result
-            if any(isinstance(r, StoreUnavailable) for r in replies):
+            if any(isinstance(results[i], StoreUnavailable) for i, _ in batch):
                 break  # the store failed: the rest stay unapplied ("no reply"), in order
         return results
 
