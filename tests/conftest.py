@@ -139,6 +139,7 @@ QUICK: dict[str, tuple[str, ...]] = {
                    "test_serve_workers_must_be_a_count_or_auto"),
     "test_simulate": (),
     "test_store_contract": (),
+    "test_uvicorn_public": (),
     "test_webhook_http": (),
 }
 
