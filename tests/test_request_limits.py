@@ -96,6 +96,17 @@ def test_headers_over_the_cap_get_431_before_the_app_runs() -> None:
         assert value(metrics, "billingwatch_webhook_requests_total", result="accepted") == 0
 
 
+def test_headers_still_unfinished_past_the_parser_cap_get_400_and_the_connection_closed() -> None:
+    """`billingwatch serve` caps h11's buffer at twice the header cap (uvicorn's public option)."""
+    with running_exporter(**LIMITS) as exporter:
+        sock = connect(exporter.port)
+        sock.sendall(b"POST /webhooks/stripe HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: " + b"a" * 40_000)
+        answer, lasted = read_until_closed(sock, 10)
+        sock.close()
+        assert answer.startswith(b"HTTP/1.1 400 Bad Request"), answer[:100]
+        assert lasted < 5  # cut at the cap, not at a deadline
+
+
 def test_a_body_of_ordinary_size_in_the_same_read_as_the_headers_is_not_counted_as_header() -> None:
     with running_exporter(**LIMITS) as exporter:
         evt = se.event("charge.succeeded", se.charge())
