@@ -145,6 +145,7 @@ QUICK: dict[str, tuple[str, ...]] = {
     "test_simulate": (),
     "test_store_contract": (),
     "test_version": (),
+    "test_uvicorn_public": (),
     "test_webhook_http": (),
 }
 

@@ -3,6 +3,7 @@ the environment compose gives it, then a real caddy in front of a real exporter 
 Stripe's POST /webhooks/stripe passes, nothing else does, and the limits hold."""
 
 import os
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,9 +18,11 @@ from testkit.processes import Exporter, binary, free_port, wait_until
 from tests.conftest import ROOT, SECRET, running_exporter
 from tests.metrics import scrape
 from tests.test_compose import ENV_EXAMPLE, FILLED, compose
+from tests.test_request_limits import read_until_closed
 
 CADDYFILE = ROOT / "proxy" / "Caddyfile"
 MAX_BODY = 8192  # small, so the tests send little; compose passes the exporter's own limit
+HEADER_DEADLINE = 1  # seconds, short so the slow-header test is (the Caddyfile's default is 10 s)
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +66,11 @@ class Caddy:
         return f"http://127.0.0.1:{self.port}"
 
 
-def run_caddy(caddyfile: Path, upstream: Exporter, home: Path) -> Iterator[Caddy]:
+def run_caddy(caddyfile: Path, upstream: Exporter, home: Path, **extra_env: str) -> Iterator[Caddy]:
     caddy = Caddy(free_port(), free_port())
     env = caddy_env(home, BILLINGWATCH_PUBLIC_ADDRESS=f"http://127.0.0.1:{caddy.port}",
                     BILLINGWATCH_UPSTREAM=f"127.0.0.1:{upstream.port}", BILLINGWATCH_MAX_BODY_BYTES=str(MAX_BODY),
-                    CADDY_ADMIN=f"localhost:{caddy.admin_port}")
+                    CADDY_ADMIN=f"localhost:{caddy.admin_port}", **extra_env)
     process = subprocess.Popen([binary("caddy"), "run", "--config", str(caddyfile), "--adapter", "caddyfile"],
                                env=env, stdout=subprocess.DEVNULL, stderr=(home / "caddy.log").open("wb"))
     try:
@@ -87,7 +90,8 @@ def exporter() -> Iterator[Exporter]:
 
 @pytest.fixture(scope="module")
 def caddy(exporter: Exporter, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Caddy]:
-    yield from run_caddy(CADDYFILE, exporter, tmp_path_factory.mktemp("caddy"))
+    yield from run_caddy(CADDYFILE, exporter, tmp_path_factory.mktemp("caddy"),
+                         BILLINGWATCH_READ_HEADER_TIMEOUT=f"{HEADER_DEADLINE}s")
 
 
 def requests_seen(exporter: Exporter) -> float:
@@ -123,6 +127,20 @@ def test_oversize_body_or_header_is_refused_by_caddy(caddy: Caddy, exporter: Exp
         response = httpx.post(url, content=b"{}", headers={"Stripe-Signature": "t=1," + "v1=a," * 4000})
         assert response.status_code == 431
     assert requests_seen(exporter) == before  # refused before the exporter saw it
+
+
+def test_slow_headers_are_dropped_by_caddy_at_its_deadline(caddy: Caddy, exporter: Exporter) -> None:
+    """The deadline for headers is the proxy's: uvicorn has no public one (docs/security.md#request-limits)."""
+    before = requests_seen(exporter)
+    idle = socket.create_connection(("127.0.0.1", caddy.port))  # connected, sends nothing
+    partial = socket.create_connection(("127.0.0.1", caddy.port))
+    partial.sendall(b"POST /webhooks/stripe HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    for sock in (idle, partial):
+        answer, lasted = read_until_closed(sock, 10)
+        sock.close()
+        # Go's server closes a connection whose headers time out without an answer.
+        assert answer == b"" and lasted < HEADER_DEADLINE + 5, (answer[:100], lasted)
+    assert requests_seen(exporter) == before
 
 
 def test_admin_api_answers_the_healthcheck(caddy: Caddy, compose_caddy: dict[str, Any]) -> None:

@@ -47,6 +47,8 @@ def cores() -> int:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from billingwatch.http.limits import server_options
+
     settings = from_env()
     settings = replace(
         settings,
@@ -84,12 +86,8 @@ def serve(args: argparse.Namespace) -> int:
         access_log=False,
         # The exporter trusts no proxy: the peer address stays the TCP peer's (README "Security").
         proxy_headers=False,
-        # Request limits (README "Request limits"): header bytes and deadline in the protocol,
-        # connections, idle keep-alive; h11's own cap in case someone swaps the protocol for h11.
-        http="billingwatch.http.limits:HttpProtocol",
-        limit_concurrency=settings.max_connections,
-        timeout_keep_alive=settings.keep_alive_timeout,
-        h11_max_incomplete_event_size=settings.max_header_bytes,
+        # Request limits (docs/security.md#request-limits): parser, header buffer, connections, keep-alive.
+        **server_options(settings),
         # tls_server_config of BILLINGWATCH_WEB_CONFIG_FILE (docs/sign-in.md).
         ssl_certfile=tls.cert_file if tls else None,
         ssl_keyfile=tls.key_file if tls else None,
