@@ -295,3 +295,40 @@ def test_exporter_serves_prometheus_and_probes_with_the_deployments_environment(
         assert get("/api/detectors", "billingwatch", Authorization="Bearer wrong").status_code == 401
     finally:
         exporter.stop()
+
+
+COMPONENT = BASE / "components" / "kube-prometheus-stack"
+
+
+def test_the_kube_prometheus_stack_component_labels_what_its_selectors_pick(tmp_path: Path) -> None:
+    """An overlay with the component (as docs/kubernetes.md shows it): the ServiceMonitor and the
+    PrometheusRule carry `release: kube-prometheus-stack`, nothing else changes, and every object
+    still validates."""
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(BASE, overlay)], "components": [os.path.relpath(COMPONENT, overlay)],
+    }))
+    objects, base = kustomize(overlay), kustomize(BASE)
+    labelled = {obj["kind"] for obj in objects if obj["metadata"].get("labels", {}).get("release")}
+    assert labelled == {"ServiceMonitor", "PrometheusRule"}
+    for kind in labelled:
+        assert one(objects, kind)["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+        unlabelled = copy.deepcopy(one(objects, kind))
+        del unlabelled["metadata"]["labels"]["release"]
+        assert unlabelled == one(base, kind)
+    assert crd_errors(one(objects, "ServiceMonitor"), crd_schema("servicemonitors")) == []
+    assert crd_errors(one(objects, "PrometheusRule"), crd_schema("prometheusrules")) == []
+    for obj in objects:
+        if not obj["apiVersion"].startswith(OPERATOR_GROUP):
+            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+    # `billingwatch rules --label` gives the PrometheusRule the same metadata.
+    rule = yaml.safe_load(render_prometheus_rule(load_config(), {"release": "kube-prometheus-stack"}))
+    assert rule["metadata"] == one(objects, "PrometheusRule")["metadata"]
+    assert crd_errors(rule, crd_schema("prometheusrules")) == []
+
+
+def test_the_base_carries_no_release_label(rendered: list[Obj]) -> None:
+    """A Helm release name is the user's: the base guesses none (the component adds it)."""
+    assert not [obj["kind"] for obj in rendered if "release" in obj["metadata"].get("labels", {})]
