@@ -242,7 +242,7 @@ def pod_environment(rendered: list[Obj], fields: dict[str, str], secrets: Path) 
 
 
 def test_the_documented_overlay_adds_a_host_name_and_keeps_the_pod_ip(tmp_path: Path) -> None:
-    """docs/kubernetes.md's overlay, rendered: image, namespace and label applied, and the extra
+    """docs/kubernetes.md's overlay, rendered: image, namespace and component applied, and the extra
     Host name patched in without breaking the $(POD_IP) expansion."""
     docs = (ROOT / "docs" / "kubernetes.md").read_text()
     overlay = re.search(r"```yaml\n(# my-overlay/kustomization.yaml\n.*?)```", docs, re.S)
@@ -252,7 +252,8 @@ def test_the_documented_overlay_adds_a_host_name_and_keeps_the_pod_ip(tmp_path: 
     (tmp_path / "deploy").symlink_to(ROOT / "deploy")
     objects = kustomize(tmp_path / "my-overlay")
     assert {obj["metadata"]["namespace"] for obj in objects} == {"billingwatch"}
-    assert all(obj["metadata"]["labels"]["release"] == "kube-prometheus-stack" for obj in objects)
+    released = {obj["kind"] for obj in objects if obj["metadata"]["labels"].get("release") == "kube-prometheus-stack"}
+    assert released == {"ServiceMonitor", "PrometheusRule"}  # the component: what the stack's selectors read
     assert container(objects)["image"] == "registry.example.com/billingwatch:0.1.0"
     kubernetes_validate.validate(one(objects, "Deployment"), KUBERNETES_VERSION, strict=True)
     env = pod_environment(objects, {"status.podIP": "10.42.0.7", "metadata.namespace": "billingwatch"}, tmp_path)
