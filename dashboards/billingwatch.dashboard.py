@@ -146,20 +146,22 @@ def table(title: str, targets: list[Target], description: str, hidden: list[str]
 
 # The BillingWatch pages (docs/sign-in.md#grafana): a data link opens the anomalies a point or a
 # row counts. ${billingwatch_url} is the dashboard variable below; the query follows the pages'
-# URL contract (detector, severity, livemode, and range= or from=/to= in ISO 8601).
+# URL contract (detector, priority, livemode, and range= or from=/to= in ISO 8601).
 BILLINGWATCH_URL = "http://localhost:9786"
-ANOMALIES_PAGE = "${billingwatch_url:raw}/anomalies?detector=%s&severity=%s&livemode=${livemode}"
+ANOMALIES_PAGE = "${billingwatch_url:raw}/anomalies?detector=%s&priority=%s&livemode=${livemode}"
 
 
-def anomaly_links(detector: str, severity: str, window: str) -> list[dict[str, Any]]:
+def anomaly_links(detector: str, priority: str, window: str) -> list[dict[str, Any]]:
     """One data link to the /anomalies page, filtered like the clicked series or row; `window`
     is the time part of the query."""
     return [{"title": "Open these anomalies in BillingWatch", "targetBlank": True,
-             "url": ANOMALIES_PAGE % (detector, severity) + window}]
+             "url": ANOMALIES_PAGE % (detector, priority) + window}]
 
 
+# An anomaly series' labels besides livemode: priority for the page's filter, severity as alerts show it.
+LEVEL_LABELS = ("detector", "priority", "severity")
 DASHBOARD_TIME = "&from=${__from:date:iso}&to=${__to:date:iso}"
-SERIES_LINKS = anomaly_links("${__field.labels.detector}", "${__field.labels.severity}", DASHBOARD_TIME)
+SERIES_LINKS = anomaly_links("${__field.labels.detector}", "${__field.labels.priority}", DASHBOARD_TIME)
 
 
 def layout(rows: list[tuple[str, list[tuple[Any, int, int]]]]) -> list[Any]:
@@ -540,23 +542,23 @@ delivery_row = [
 anomalies_row = [
     (timeseries(
         "Anomalies by detector",
-        [target(agg("max", increase("billingwatch_anomalies_total", sel(), RATE), "detector", "severity"),
-                "{{detector}} ({{severity}})")],
+        [target(agg("max", increase("billingwatch_anomalies_total", sel(), RATE), *LEVEL_LABELS),
+                "{{detector}} ({{priority}} {{severity}})")],
         "short", "Anomalies found by the exporter's stateful detectors (duplicate_charge, negative_invoice, "
         "currency_mismatch, double_invoice, ...). Click a bar for the anomalies themselves, with customer and "
         "charge ids, on BillingWatch's /anomalies page (the billingwatch_url variable says where it is).",
         bars=True, stack=True, links=SERIES_LINKS), 16, 8),
     (table(
         "Anomalies in the last 24 hours",
-        [target(agg("max", increase("billingwatch_anomalies_total", sel(), "24h"), "detector", "severity") + " > 0",
+        [target(agg("max", increase("billingwatch_anomalies_total", sel(), "24h"), *LEVEL_LABELS) + " > 0",
                 instant=True, fmt="table")],
         "Detectors that found anything in the last 24 hours, with the count; click a row for its anomalies.",
         hidden=["Time"], unit="short",
-        links=anomaly_links("${__data.fields.detector}", "${__data.fields.severity}", "&range=24h")), 8, 8),
+        links=anomaly_links("${__data.fields.detector}", "${__data.fields.priority}", "&range=24h")), 8, 8),
     (timeseries(
         "Anomalies found in imported history",
-        [target(agg("max", increase("billingwatch_history_anomalies_total", sel(), RATE), "detector", "severity"),
-                "{{detector}} ({{severity}})")],
+        [target(agg("max", increase("billingwatch_history_anomalies_total", sel(), RATE), *LEVEL_LABELS),
+                "{{detector}} ({{priority}} {{severity}})")],
         "short", "Anomalies found in replayed history (backfill, replay, reconcile --replay): past events, news "
         "worth reading but not a page, so they never fire BillingAnomalyDetected. Listed at the exporter's "
         "/api/anomalies with \"history\": true and their event time; click a bar for them.",
@@ -588,10 +590,10 @@ alerts_row = [
         "Alerts firing or pending",
         # Alerts keep only the selector's pinned labels (the rules aggregate across replicas), so
         # ALERTS is selected by those and by name: every BillingWatch alert starts with "Billing".
-        [target("max by (alertname, alertstate, detector, severity, livemode, currency) "
+        [target("max by (alertname, alertstate, detector, severity, priority, livemode, currency) "
                 "(ALERTS{" + ",".join([*PINNED, 'alertname=~"Billing.*"']) + "})", instant=True, fmt="table")],
-        "BillingWatch alerts from Prometheus' ALERTS series, with detector and severity. A pending alert "
-        "waits out its `for` duration before it fires and reaches Alertmanager.",
+        "BillingWatch alerts from Prometheus' ALERTS series, with detector, severity and priority. A pending "
+        "alert waits out its `for` duration before it fires and reaches Alertmanager.",
         hidden=["Time", "Value"]), 24, 7),
 ]
 
@@ -653,15 +655,16 @@ def variables() -> list[Template]:
 # Anomalies as annotations on the money panels: a mark wherever the anomaly counter rose.
 MONEY_PANELS = ("Charged volume per currency", "MRR per currency", "Refund ratio per currency",
                 "Refunded amount per currency", "Net new MRR", "ARPU and paying customers")
-ANOMALY_MARKS = agg("max", increase("billingwatch_anomalies_total", sel(), RATE), "detector", "severity") + " > 0"
+ANOMALY_MARKS = agg("max", increase("billingwatch_anomalies_total", sel(), RATE), *LEVEL_LABELS) + " > 0"
 
 
 def anomaly_annotation(panel_ids: list[int]) -> dict[str, Any]:
     return {
         "name": "Anomalies", "enable": True, "hide": False, "iconColor": "red", "datasource": DATASOURCE,
         "expr": ANOMALY_MARKS, "step": "1m", "useValueForTime": False,
-        "titleFormat": "{{detector}} ({{severity}})", "textFormat": "anomaly found: see BillingWatch's /anomalies",
-        "tagKeys": "detector,severity", "filter": {"exclude": False, "ids": panel_ids},
+        "titleFormat": "{{detector}} ({{priority}} {{severity}})",
+        "textFormat": "anomaly found: see BillingWatch's /anomalies",
+        "tagKeys": "detector,priority,severity", "filter": {"exclude": False, "ids": panel_ids},
     }
 
 

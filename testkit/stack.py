@@ -68,15 +68,18 @@ def prometheus(
     job: str = "billingwatch",
     args: Sequence[str] = (),
     scrape: Mapping[str, Any] | None = None,
+    scrape_configs: Sequence[Mapping[str, Any]] | None = None,
 ) -> Iterator[Prometheus]:
     """Prometheus scraping `targets` ("127.0.0.1:port") as `job`, evaluating `rule_files`;
     `args` are extra flags (e.g. a longer retention for backfilled blocks in `directory`/data);
-    `scrape` adds to the scrape config (e.g. basic_auth, scheme)."""
+    `scrape` adds to the scrape config (e.g. basic_auth, scheme); `scrape_configs` replaces it
+    whole (a snippet as users paste it)."""
     directory.mkdir(parents=True, exist_ok=True)
     config: dict[str, Any] = {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "rule_files": [str(p) for p in rule_files],
-        "scrape_configs": [{"job_name": job, "static_configs": [{"targets": list(targets)}], **(scrape or {})}],
+        "scrape_configs": list(scrape_configs) if scrape_configs is not None else
+        [{"job_name": job, "static_configs": [{"targets": list(targets)}], **(scrape or {})}],
     }
     if alertmanager:
         config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}

@@ -137,6 +137,7 @@ QUICK: dict[str, tuple[str, ...]] = {
     "test_revenue_movements": (),
     "test_rules": ("test_promtool_checks_every_rule_file", "test_promtool_unit_tests",
                    "test_a_changed_threshold_yields_rules_that_fire_at_the_new_value"),
+    "test_rules_target": (),
     "test_serve": ("test_serve_accepts_a_signed_event_and_shows_it_in_metrics",
                    "test_serve_on_redis_shares_state_between_two_replicas",
                    "test_serve_workers_auto_runs_one_worker_per_usable_core",

@@ -83,7 +83,13 @@ def test_filters_and_time_range(client: TestClient) -> None:
     assert listing(client).ids == [invoice, alice, bob]  # newest found first; the default range is 7 days
     assert listing(client, "?range=24h").ids == [invoice, alice]
     assert listing(client, "?range=1h&detector=duplicate_charge").ids == [alice]
-    assert listing(client, "?severity=medium").ids == [invoice]
+    assert listing(client, "?severity=medium").ids == [invoice]  # a former level: its priority, P3
+    # The level as the metric, the alerts and the dashboard's links label it.
+    assert {(r["detector"], r["severity"], r["priority"]) for r in records} == {
+        ("duplicate_charge", "critical", "P1"), ("negative_invoice", "warning", "P3")}
+    assert listing(client, "?priority=P3").ids == listing(client, "?severity=warning").ids == [invoice]
+    assert listing(client, "?priority=P1&severity=critical").ids == [alice, bob]
+    assert listing(client, "?priority=P2").ids == listing(client, "?severity=info").ids == []
     assert listing(client, "?customer=cus_bob").ids == [bob]
     assert listing(client, "?livemode=true").ids == []
     assert listing(client, "?livemode=false&severity=critical").ids == [alice, bob]
@@ -96,6 +102,7 @@ def test_filters_and_time_range(client: TestClient) -> None:
     assert listing(client, "?detector=&severity=&livemode=&customer=&range=&from=&to=&cursor=").ids == \
         [invoice, alice, bob]
     for bad, reason in (("detector=nope", "unknown detector"), ("severity=urgent", "severity must be"),
+                        ("priority=P5", "priority must be one of P1, P2, P3, P4"),
                         ("livemode=yes", "livemode must be"), ("range=2d", "range must be"),
                         ("from=yesterday", "from must be an ISO 8601"), (f"from={day}&to=2000-01-01", "before to"),
                         ("cursor=../../etc", "cursor must be"), ("customer=" + "x" * 300, "customer must be")):

@@ -129,11 +129,11 @@ def test_every_panel_reads_the_datasource_variable_with_a_unit(monkeypatch: pyte
 
 
 # The pages' URL contract (issue 24): the query keys /anomalies takes.
-PAGE_KEYS = {"detector", "severity", "livemode", "customer", "range", "from", "to"}
+PAGE_KEYS = {"detector", "severity", "priority", "livemode", "customer", "range", "from", "to"}
 # What Grafana puts in a data link for a clicked duplicate_charge series or row.
 LINK_VALUES = {"billingwatch_url:raw": "http://localhost:9786", "livemode": "false",
-               "__field.labels.detector": "duplicate_charge", "__field.labels.severity": "critical",
-               "__data.fields.detector": "duplicate_charge", "__data.fields.severity": "critical",
+               "__field.labels.detector": "duplicate_charge", "__field.labels.priority": "P1",
+               "__data.fields.detector": "duplicate_charge", "__data.fields.priority": "P1",
                "__from:date:iso": "2026-12-01T00:00:00.000Z", "__to:date:iso": "2026-12-02T00:00:00.000Z"}
 
 
@@ -153,7 +153,7 @@ def test_anomaly_panels_link_to_the_anomalies_page(monkeypatch: pytest.MonkeyPat
         query = dict(urllib.parse.parse_qsl(parts.query, strict_parsing=True))
         assert (parts.scheme, parts.netloc, parts.path) == ("http", "localhost:9786", "/anomalies"), title
         assert set(query) <= PAGE_KEYS, title
-        assert query["detector"] == "duplicate_charge" and query["severity"] == "critical", title
+        assert query["detector"] == "duplicate_charge" and query["priority"] == "P1", title
         assert query["livemode"] == "false", title
         assert ("range" in query) != ("from" in query and "to" in query), title
         assert query.get("range") == ("24h" if title == "Anomalies in the last 24 hours" else None), title
@@ -166,7 +166,8 @@ def test_anomalies_are_annotations_on_the_money_panels(monkeypatch: pytest.Monke
     dashboard = render(monkeypatch)
     (annotation,) = dashboard["annotations"]["list"]
     assert annotation["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
-    assert "billingwatch_anomalies_total" in annotation["expr"] and annotation["tagKeys"] == "detector,severity"
+    assert "billingwatch_anomalies_total" in annotation["expr"]
+    assert annotation["tagKeys"] == "detector,priority,severity"
     titles = {p["id"]: p["title"] for p in panels(dashboard)}
     annotated = sorted(titles[i] for i in annotation["filter"]["ids"])
     assert annotated == sorted(t for t in titles.values() if t.startswith((

@@ -101,7 +101,8 @@ def test_a_plugin_with_a_datetime_in_its_details_fails_only_its_own_checks(expor
     samples = scrape(exporter.url)
     assert value(samples, "billingwatch_charges_total", status="succeeded", currency="usd", livemode="false") == 51
     assert value(samples, "billingwatch_detector_errors_total", detector="big_charge") == 1
-    assert value(samples, "billingwatch_anomalies_total", detector="big_charge", severity="low", livemode="false") == 0
+    assert value(samples, "billingwatch_anomalies_total", detector="big_charge", severity="info", priority="P4",
+                 livemode="false") == 0
     listed = httpx.get(exporter.url + "/api/anomalies", timeout=10)
     assert listed.status_code == 200 and not [r for r in listed.json()["anomalies"] if r["detector"] == "big_charge"]
     again = asyncio.run(deliver_together(exporter.url, [big]))  # Stripe's retry would be a duplicate

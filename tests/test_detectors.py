@@ -3,6 +3,7 @@
 import pytest
 
 from billingwatch.fixtures import stripe_events as se
+from billingwatch.levels import alert_severity, priority
 from billingwatch.store import Store
 from tests.metrics import total
 from tests.recording import anomaly_count, figures, record
@@ -226,7 +227,7 @@ async def test_removed_addon_without_request_or_schedule_is_one_severity_higher(
     assert found["details"]["changes"][0]["price_before"] == "price_sso"
     figures_ = await figures(store)
     assert total(figures_, "billingwatch_anomalies_total", detector="subscription_downgrade",
-                 severity="critical", livemode="false") == 1
+                 severity="critical", priority="P1", livemode="false") == 1
 
 
 async def test_scheduled_move_to_a_cheaper_yearly_price_of_the_same_product(store: Store) -> None:
@@ -286,8 +287,8 @@ async def test_all_downgrade_and_refund_severities_exist_before_the_first_anomal
     for detector, levels in (("subscription_downgrade", ("critical", "high", "medium", "low")),
                              ("large_refund", ("high", "medium"))):
         for level in levels:
-            assert total(samples, "billingwatch_anomalies_total", detector=detector, severity=level,
-                         livemode="true") == 0
+            assert total(samples, "billingwatch_anomalies_total", detector=detector, severity=alert_severity(level),
+                         priority=priority(level), livemode="true") == 0
 
 
 # ------------------------------------------------------------------ large_refund
@@ -376,7 +377,7 @@ async def test_refunds_more_than_24h_apart_or_of_other_customers_do_not_add_up(s
     await record(store, refund_created(T0 + 10, amount=200_000, customer="cus_b"))
     await record(store, refund_created(T0 + 20, amount=200_000, customer="cus_b", currency="eur"))
     samples = await figures(store)
-    assert total(samples, "billingwatch_anomalies_total", detector="large_refund", severity="high",
+    assert total(samples, "billingwatch_anomalies_total", detector="large_refund", priority="P2",
                  livemode="false") == 0
     # The redelivered event of a counted refund adds nothing.
     evt = refund_created(T0 + 30, amount=200_000, customer="cus_c")
@@ -384,7 +385,7 @@ async def test_refunds_more_than_24h_apart_or_of_other_customers_do_not_add_up(s
     await record(store, evt)
     # Nor does the same refund in another event (its id and amount make it one member of the sum).
     await record(store, se.event("refund.updated", evt["data"]["object"], created=T0 + 90))  # type: ignore[index]
-    assert total(await figures(store), "billingwatch_anomalies_total", detector="large_refund", severity="high",
+    assert total(await figures(store), "billingwatch_anomalies_total", detector="large_refund", priority="P2",
                  livemode="false") == 0
 
 

@@ -273,8 +273,8 @@ def test_anomalies_and_alerts_equal_promql(stack: Stack, sent: tuple[Message, st
     lines = section(text, "Anomalies by detector")
     headers = [line for line in lines if "/anomalies?detector=" in line and not line.startswith("    ")]
     expected = []
-    for detector, severity in (("duplicate_charge", "critical"), ("negative_invoice", "medium")):
-        found = stack.change(f'billingwatch_anomalies_total{{detector="{detector}",severity="{severity}",'
+    for detector, priority in (("duplicate_charge", "P1"), ("negative_invoice", "P3")):
+        found = stack.change(f'billingwatch_anomalies_total{{detector="{detector}",priority="{priority}",'
                              f'livemode="false"}}')
         assert found == 1
         # The detector's findings of the period and mode ('to' exclusive: the end's second is in).
@@ -282,7 +282,7 @@ def test_anomalies_and_alerts_equal_promql(stack: Stack, sent: tuple[Message, st
         period = {"detector": detector, "livemode": "false",
                   "from": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start)),
                   "to": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(stack.end) + 1))}
-        expected.append(f"{detector} ({severity}): {found:,.0f}  "
+        expected.append(f"{detector} ({priority}): {found:,.0f}  "
                         f"{stack.exporter.url}/anomalies?{urlencode(period)}")
     assert headers == expected
     # Each detector's records of the period follow it, with the ids, from /api/anomalies.
@@ -301,13 +301,14 @@ def test_anomalies_and_alerts_equal_promql(stack: Stack, sent: tuple[Message, st
     reply = httpx.get(stack.prometheus.url + "/api/v1/query_range", timeout=10, params={
         "query": 'ALERTS{alertstate="firing",alertname=~"Billing.*"}', "start": f"{stack.start:.3f}",
         "end": f"{stack.end:.3f}", "step": "1"}).json()
-    fired = {(r["metric"]["alertname"], r["metric"].get("detector"), r["metric"].get("severity"))
+    fired = {(r["metric"]["alertname"], r["metric"].get("detector"),
+              f'{r["metric"].get("severity")} {r["metric"].get("priority")}')
              for r in reply["data"]["result"] if r["metric"].get("livemode", "false") == "false"}
-    assert ("BillingAnomalyDetected", "duplicate_charge", "critical") in fired
+    assert ("BillingAnomalyDetected", "duplicate_charge", "critical P1") in fired
     listed = section(text, "Alerts that fired")
     assert len(listed) == len(fired), (listed, fired)
-    for name, detector, severity in fired:
-        assert any(line.startswith(f"{name} {detector} ({severity}) livemode=false: active since ")
+    for name, detector, level in fired:
+        assert any(line.startswith(f"{name} {detector} ({level}) livemode=false: active since ")
                    for line in listed), (name, listed)
 
 

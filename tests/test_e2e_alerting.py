@@ -156,10 +156,10 @@ def test_anomalies_reach_email_webhook_and_slack_exactly_once(
     assert message["channel"] == "#billing-alerts" and attachment["color"] == "danger"
     assert attachment["title_link"] == details and "<!here>" in attachment["pretext"]
 
-    # The negative invoice (medium) goes the same way, to the `notify` receiver.
+    # The negative invoice (P3, warning) goes the same way, to the `notify` receiver.
     stack.http.wait_for("/webhook", firing("negative_invoice"), timeout=WAIT)
     _, neg_email = stack.smtp.wait_for(email_firing("negative_invoice"), timeout=WAIT)
-    assert str(neg_email["Subject"]).startswith("[FIRING:1] MEDIUM BillingAnomalyDetected: negative_invoice")
+    assert str(neg_email["Subject"]).startswith("[FIRING:1] WARNING BillingAnomalyDetected: negative_invoice")
     report(capsys, "duplicate charge", {"webhook": at_webhook - posted, "email": at_email - posted,
                                         "slack": at_slack - posted})
 
@@ -201,11 +201,12 @@ def test_a_rate_based_alert_takes_the_same_path(stack: Stack, capsys: pytest.Cap
                  for i in range(6)))
     at_webhook, body = stack.http.wait_for("/webhook", firing("charge_failure_spike"), timeout=WAIT)
     alert = next(a for a in body["alerts"] if a["labels"].get("detector") == "charge_failure_spike")
-    assert alert["labels"]["severity"] == "high" and body["receiver"] == "notify"
+    assert (alert["labels"]["severity"], alert["labels"]["priority"]) == ("warning", "P2")
+    assert body["receiver"] == "notify"
     at_slack, _ = stack.http.wait_for("/slack", slack_firing("charge_failure_spike"), timeout=WAIT)
     at_email, email = stack.smtp.wait_for(email_firing("charge_failure_spike"), timeout=WAIT)
     text = text_part(email)
-    assert "Severity: high" in text and "of charges failed in the last 20s" in text
+    assert "Severity: warning" in text and "of charges failed in the last 20s" in text
     assert "Details: " + alert["generatorURL"] in text  # rate-based: the graph, not /api/anomalies
     report(capsys, "charge failure spike", {"webhook": at_webhook - posted, "email": at_email - posted,
                                             "slack": at_slack - posted})

@@ -2,6 +2,7 @@
 insecure mode's Content-Type, the API's limit and /metrics' Accept, bounded settings, log escaping."""
 
 import logging
+import re
 import time
 from collections.abc import Callable
 
@@ -13,7 +14,7 @@ from billingwatch.config import ConfigError, from_env
 from billingwatch.fixtures import stripe_events as se
 from billingwatch.logsafe import safe
 from billingwatch.startup import check_settings
-from tests.conftest import SECRET
+from tests.conftest import ROOT, SECRET
 from tests.metrics import scrape, store_figures, value
 from tests.test_serve import run_cli
 
@@ -62,6 +63,21 @@ def test_signature_a_little_ahead_is_clock_skew_and_accepted(make_client: Client
     response = client.post(URL, content=payload,
                            headers=se.signed_headers(payload, SECRET, timestamp=int(time.time()) + 30))
     assert response.status_code == 200, response.text
+
+
+def test_the_readmes_placeholder_livemode_answer_is_what_the_exporter_answers(make_client: Client) -> None:
+    """README's quick start: with a placeholder secret a livemode event is refused with 400, a
+    one-line reason in the body, and counted under the result it names."""
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    stated = re.search(r'livemode events are refused \(400, a one-line reason, counted as `result="(\w+)"`\)', readme)
+    assert stated, "README no longer states the placeholder secret's livemode answer"
+    client = make_client(webhook_secrets=(PLACEHOLDER,))
+    live = se.body(se.event("charge.succeeded", se.charge(livemode=True), livemode=True))
+    response = client.post(URL, content=live, headers=se.signed_headers(live, PLACEHOLDER))
+    assert response.status_code == 400
+    assert list(response.json()) == ["error"] and "\n" not in response.json()["error"]
+    assert "livemode" in response.json()["error"] and "placeholder" in response.json()["error"]
+    assert value(scrape(client), "billingwatch_webhook_requests_total", result=stated[1]) == 1
 
 
 def test_placeholder_secret_accepts_test_mode_and_refuses_livemode(

@@ -13,6 +13,7 @@ from starlette.testclient import TestClient
 from billingwatch.config import ConfigError, from_env
 from billingwatch.detectors import REGISTRY
 from billingwatch.fixtures import stripe_events as se
+from billingwatch.levels import alert_severity, priority
 from billingwatch.metrics.labels import CHARGE_STATUSES, DECLINE_REASONS, DISPUTE_REASONS, EVENT_TYPES, FRAUD_TYPES
 from billingwatch.store import RedisStore
 from tests.conftest import SECRET
@@ -142,7 +143,8 @@ def test_a_history_subscription_end_is_not_counted_but_ends_it(make: Client, now
 
 def expected_zeros() -> dict[str, list[dict[str, str]]]:
     """Every series of the contract that exists at 0 before any event, per livemode."""
-    detectors = [{"detector": d.name, "severity": d.severity} for d in REGISTRY]
+    detectors = [{"detector": d.name, "severity": alert_severity(d.severity), "priority": priority(d.severity)}
+                 for d in REGISTRY]
     types = [{"type": t} for t in (*EVENT_TYPES, "other")]
     return {
         "billingwatch_events_total": types,

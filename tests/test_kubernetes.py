@@ -242,7 +242,7 @@ def pod_environment(rendered: list[Obj], fields: dict[str, str], secrets: Path) 
 
 
 def test_the_documented_overlay_adds_a_host_name_and_keeps_the_pod_ip(tmp_path: Path) -> None:
-    """docs/kubernetes.md's overlay, rendered: image, namespace and label applied, and the extra
+    """docs/kubernetes.md's overlay, rendered: image, namespace and component applied, and the extra
     Host name patched in without breaking the $(POD_IP) expansion."""
     docs = (ROOT / "docs" / "kubernetes.md").read_text()
     overlay = re.search(r"```yaml\n(# my-overlay/kustomization.yaml\n.*?)```", docs, re.S)
@@ -252,7 +252,8 @@ def test_the_documented_overlay_adds_a_host_name_and_keeps_the_pod_ip(tmp_path: 
     (tmp_path / "deploy").symlink_to(ROOT / "deploy")
     objects = kustomize(tmp_path / "my-overlay")
     assert {obj["metadata"]["namespace"] for obj in objects} == {"billingwatch"}
-    assert all(obj["metadata"]["labels"]["release"] == "kube-prometheus-stack" for obj in objects)
+    released = {obj["kind"] for obj in objects if obj["metadata"]["labels"].get("release") == "kube-prometheus-stack"}
+    assert released == {"ServiceMonitor", "PrometheusRule"}  # the component: what the stack's selectors read
     assert container(objects)["image"] == "registry.example.com/billingwatch:0.2.0"
     kubernetes_validate.validate(one(objects, "Deployment"), KUBERNETES_VERSION, strict=True)
     env = pod_environment(objects, {"status.podIP": "10.42.0.7", "metadata.namespace": "billingwatch"}, tmp_path)
@@ -295,3 +296,40 @@ def test_exporter_serves_prometheus_and_probes_with_the_deployments_environment(
         assert get("/api/detectors", "billingwatch", Authorization="Bearer wrong").status_code == 401
     finally:
         exporter.stop()
+
+
+COMPONENT = BASE / "components" / "kube-prometheus-stack"
+
+
+def test_the_kube_prometheus_stack_component_labels_what_its_selectors_pick(tmp_path: Path) -> None:
+    """An overlay with the component (as docs/kubernetes.md shows it): the ServiceMonitor and the
+    PrometheusRule carry `release: kube-prometheus-stack`, nothing else changes, and every object
+    still validates."""
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(BASE, overlay)], "components": [os.path.relpath(COMPONENT, overlay)],
+    }))
+    objects, base = kustomize(overlay), kustomize(BASE)
+    labelled = {obj["kind"] for obj in objects if obj["metadata"].get("labels", {}).get("release")}
+    assert labelled == {"ServiceMonitor", "PrometheusRule"}
+    for kind in labelled:
+        assert one(objects, kind)["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+        unlabelled = copy.deepcopy(one(objects, kind))
+        del unlabelled["metadata"]["labels"]["release"]
+        assert unlabelled == one(base, kind)
+    assert crd_errors(one(objects, "ServiceMonitor"), crd_schema("servicemonitors")) == []
+    assert crd_errors(one(objects, "PrometheusRule"), crd_schema("prometheusrules")) == []
+    for obj in objects:
+        if not obj["apiVersion"].startswith(OPERATOR_GROUP):
+            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+    # `billingwatch rules --label` gives the PrometheusRule the same metadata.
+    rule = yaml.safe_load(render_prometheus_rule(load_config(), {"release": "kube-prometheus-stack"}))
+    assert rule["metadata"] == one(objects, "PrometheusRule")["metadata"]
+    assert crd_errors(rule, crd_schema("prometheusrules")) == []
+
+
+def test_the_base_carries_no_release_label(rendered: list[Obj]) -> None:
+    """A Helm release name is the user's: the base guesses none (the component adds it)."""
+    assert not [obj["kind"] for obj in rendered if "release" in obj["metadata"].get("labels", {})]

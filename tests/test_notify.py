@@ -14,6 +14,7 @@ from starlette.testclient import TestClient
 from billingwatch.anomaly_ref import anomaly_path
 from billingwatch.config import ConfigError, Settings, from_env
 from billingwatch.detectors import REGISTRY
+from billingwatch.levels import alert_severity, priority
 from billingwatch.money import amount_text
 from billingwatch.notify import alertmanager as am
 from billingwatch.notify.alertmanager import AlertSender, PushSettings, alert
@@ -99,7 +100,8 @@ def test_labels_are_the_bounded_routing_set_plus_the_finding() -> None:
             labels = alert(record(detector=detector.name, severity=detector.severity, livemode=livemode),
                            PUSH, NOW)["labels"]
             assert labels == {"alertname": "BillingAnomaly", "detector": detector.name,
-                              "severity": detector.severity, "livemode": str(livemode).lower(), "event_id": "evt_2"}
+                              "severity": alert_severity(detector.severity), "priority": priority(detector.severity),
+                              "service": "billingwatch", "livemode": str(livemode).lower(), "event_id": "evt_2"}
     one, two = alert(record(), PUSH, NOW), alert(record(event_id="evt_3"), PUSH, NOW)
     assert one["labels"] != two["labels"]  # two findings, two alerts in Alertmanager
 

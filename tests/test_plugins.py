@@ -74,7 +74,7 @@ def post(exporter: Exporter, evt: dict[str, Any]) -> dict[str, Any]:
 
 def card_testing_count(exporter: Exporter) -> float:
     return value(scrape(exporter.url), "billingwatch_anomalies_total",
-                 detector="card_testing", severity="high", livemode="false")
+                 detector="card_testing", severity="warning", priority="P2", livemode="false")
 
 
 def events_counted(exporter: Exporter) -> float:
@@ -102,7 +102,8 @@ def test_installed_plugin_is_listed_exposed_at_zero_and_fires_once_across_replic
     listed = httpx.get(first.url + "/api/detectors", timeout=10).json()["detectors"]
     assert [d["name"] for d in listed] == [*BUILT_IN, "card_testing"]
     assert listed[-1] == {
-        "name": "card_testing", "severity": "high", "severities": ["high"], "description": listed[-1]["description"],
+        "name": "card_testing", "severity": "warning", "severities": ["warning"], "priority": "P2",
+        "priorities": ["P2"], "description": listed[-1]["description"],
         "event_types": ["payment_intent.payment_failed"], "thresholds": {"window_seconds": 3600},
     }
     # Its anomaly series and the type it reads (not one of ours) exist at 0 before any event.
@@ -123,7 +124,7 @@ def test_installed_plugin_is_listed_exposed_at_zero_and_fires_once_across_replic
         assert events_counted(exporter) == 4
     (record,) = [r for r in anomalies(last.url) if r["detector"] == "card_testing"]
     assert record["event_id"] == second_card["id"]
-    assert record["severity"] == "high"
+    assert (record["severity"], record["priority"]) == ("warning", "P2")  # its level, high, as shown
     assert record["related"] == ["fpA"]
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from billingwatch import detectors
+from billingwatch import levels
 from billingwatch.config import ConfigError
 from billingwatch.rules import RulesConfig, load_config, render_rules
 from billingwatch.rules import config as rules_config
@@ -61,7 +61,7 @@ def test_the_generated_defaults_load_as_the_modules_defaults() -> None:
     for module in ALERTS:  # each section under its module's comment
         assert f"# {module.COMMENT.splitlines()[-1]}\n{section(module)}:\n" in text, module.__name__
         assert all(f"# {line}" in text for line in module.COMMENT.splitlines()), module.__name__
-    assert rules_config.SEVERITIES is detectors.SEVERITIES  # severities are defined once
+    assert rules_config.PRIORITIES is levels.PRIORITIES  # priorities are defined once
 
 
 def test_every_registered_alert_has_its_rule_runbook_and_promtool_test() -> None:
@@ -118,11 +118,13 @@ def test_every_alert_is_labelled_linked_documented_and_unit_tested() -> None:
         name = str(rule["alert"])
         labels = rule["labels"]
         assert isinstance(labels, dict)
-        if labels:
-            assert set(labels) == {"detector", "severity"}, name
-            assert labels["severity"] in ("critical", "high", "medium", "low"), name
-        else:  # the generic rule: both labels come from the anomaly series itself
-            assert "by (detector, severity, livemode" in str(rule["expr"]), name
+        assert labels["service"] == "billingwatch", name  # one matcher routes every BillingWatch alert
+        if set(labels) != {"service"}:
+            assert set(labels) == {"detector", "severity", "priority", "service"}, name
+            assert labels["severity"] == {"P1": "critical", "P2": "warning", "P3": "warning",
+                                          "P4": "info"}[str(labels["priority"])], name
+        else:  # the generic rule: detector, severity and priority come from the anomaly series itself
+            assert "by (detector, severity, priority, livemode" in str(rule["expr"]), name
         annotations = rule["annotations"]
         assert isinstance(annotations, dict)
         assert set(annotations) == {"summary", "description", "runbook_url"}, name
@@ -150,7 +152,8 @@ tests:
 """
 
 FIRING = """
-          - exp_labels: {detector: charge_failure_spike, severity: critical, livemode: "true", job: payments}
+          - exp_labels: {detector: charge_failure_spike, severity: critical, priority: P1, service: billingwatch,
+                         livemode: "true", job: payments}
             exp_annotations:
               summary: 40% of charges failed in the last 1h
               description: >-
@@ -164,7 +167,7 @@ def test_a_changed_threshold_yields_rules_that_fire_at_the_new_value(tmp_path: P
     config.write_text(
         'selector: job="payments"\n'
         "runbook_url: https://wiki.example.com/billing/\n"
-        "charge_failure_spike:\n  ratio: 0.30\n  severity: critical\n"
+        "charge_failure_spike:\n  ratio: 0.30\n  priority: P1\n"
     )
     out = tmp_path / "billingwatch.rules.yml"
     subprocess.run(
@@ -213,7 +216,9 @@ def test_a_partial_config_keeps_every_other_default(tmp_path: Path) -> None:
     [
         ("charge_failure_spike:\n  ratoi: 0.2\n", "charge_failure_spike: unknown key(s) ratoi"),
         ("charge_failure_spike:\n  window: 1 hour\n", "charge_failure_spike.window: not a Prometheus duration"),
-        ("fraud_spike:\n  severity: urgent\n", "fraud_spike.severity: severity must be one of"),
+        ("fraud_spike:\n  priority: P5\n", "fraud_spike.priority: priority must be one of P1, P2, P3, P4"),
+        ("fraud_spike:\n  severity: warning\n", "fraud_spike.severity: write priority: P1..P4 instead"),
+        ("fraud_spike:\n  severity: high\n  priority: P2\n", "fraud_spike: give priority only"),
         ("webhook_lag:\n  min_events: -1\n", "webhook_lag.min_events: expected a whole number >= 0"),
         ("livemode: yes\n", "livemode"),
         ("- a list\n", "expected a mapping at the top level"),
@@ -232,6 +237,17 @@ def test_a_bad_config_is_refused_with_the_key_named(tmp_path: Path, text: str, m
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_the_former_severity_key_is_read_as_its_priority(tmp_path: Path) -> None:
+    former, current = tmp_path / "former.yml", tmp_path / "current.yml"
+    former.write_text("fraud_spike:\n  severity: high\nwebhook_lag:\n  severity: critical\n")
+    current.write_text("fraud_spike:\n  priority: P2\nwebhook_lag:\n  priority: P1\n")
+    assert load_config(str(former)).fraud_spike.priority == "P2"
+    assert render_rules(load_config(str(former))) == render_rules(load_config(str(current)))
+    fraud = next(r for r in alerts(render_rules(load_config(str(former)))) if r["alert"] == "BillingFraudSpike")
+    assert fraud["labels"] == {"detector": "fraud_spike", "severity": "warning", "priority": "P2",
+                               "service": "billingwatch"}
 
 
 def test_durations_render_as_prometheus_durations() -> None:

@@ -54,7 +54,7 @@ def test_duplicate_charge_pair_shows_in_metric_and_api_with_both_charge_ids(clie
     response = post(client, se.event("charge.succeeded", se.charge(charge_id="ch_two"), created=now))
     assert response.json()["anomalies"] == 1
     assert value(scrape(client), "billingwatch_anomalies_total", detector="duplicate_charge", severity="critical",
-                 livemode="false") == 1
+                 priority="P1", livemode="false") == 1
     (record,) = client.get("/api/anomalies", params={"detector": "duplicate_charge"}).json()["anomalies"]
     assert {record["charge"], *record["related"]} == {"ch_one", "ch_two"}
     assert record["customer"] == "cus_alice" and record["currency"] == "usd" and record["amount"] == 2000
@@ -184,9 +184,10 @@ def test_api_requires_the_bearer_token_when_set(make_client: Client) -> None:
     names = {d["name"]: d for d in ok.json()["detectors"]}
     assert set(names) == {"duplicate_charge", "negative_invoice", "currency_mismatch", "double_invoice",
                           "subscription_downgrade", "large_refund"}
-    assert names["duplicate_charge"]["severity"] == "critical"
+    assert (names["duplicate_charge"]["severity"], names["duplicate_charge"]["priority"]) == ("critical", "P1")
     assert names["duplicate_charge"]["thresholds"] == {"window_seconds": 300}
-    assert names["subscription_downgrade"]["severities"] == ["critical", "high", "medium", "low"]
+    assert names["subscription_downgrade"]["severities"] == ["critical", "warning", "info"]
+    assert names["subscription_downgrade"]["priorities"] == ["P1", "P2", "P3", "P4"]
     assert names["large_refund"]["thresholds"]["single_refund"].startswith("usd=1000,eur=1000,")
     assert client.get("/metrics").status_code == 200  # scraping needs no token
 

@@ -30,6 +30,6 @@ def anomaly_path(record: Mapping[str, Any]) -> str:
 
 
 def anomalies_path(**filters: str | None) -> str:
-    """The /anomalies list with these filters (detector, severity, livemode, customer, range, from, to)."""
+    """The /anomalies list with these filters (detector, severity, priority, livemode, customer, range, from, to)."""
     given = {name.rstrip("_"): value for name, value in filters.items() if value}
     return "/anomalies" + ("?" + urlencode(given) if given else "")

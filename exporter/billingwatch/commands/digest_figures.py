@@ -61,7 +61,7 @@ class Report:
     mrr_avg7d: dict[str, float] = field(default_factory=dict)
     subscriptions_started: float = 0.0
     subscriptions_ended: float = 0.0
-    anomalies: dict[tuple[str, str], float] = field(default_factory=dict)  # (detector, severity) -> count
+    anomalies: dict[tuple[str, str], float] = field(default_factory=dict)  # (detector, priority) -> count
     records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # detector -> anomaly records
     alerts: list[Alert] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -150,8 +150,8 @@ def collect(prometheus: Prometheus, window: Window) -> Report:
     report.subscriptions_started = _total(inc("billingwatch_events_total", ("type", "livemode"), (),
                                               'type="customer.subscription.created"'))
     report.subscriptions_ended = _total(inc("billingwatch_subscriptions_ended_total", ("livemode",), ()))
-    report.anomalies = {(labels.get("detector", ""), labels.get("severity", "")): value for labels, value in inc(
-        "billingwatch_anomalies_total", ("detector", "severity", "livemode"), ("detector", "severity"))}
+    report.anomalies = {(labels.get("detector", ""), labels.get("priority", "")): value for labels, value in inc(
+        "billingwatch_anomalies_total", ("detector", "priority", "livemode"), ("detector", "priority"))}
     report.mrr = _by(q(recorded("currency_livemode:billingwatch_mrr_amount:max", window)), "currency")
     report.mrr_avg7d = _by(q(recorded("currency_livemode:billingwatch_mrr_amount:max_avg7d", window)), "currency")
     report.alerts = fired_alerts(q, window)

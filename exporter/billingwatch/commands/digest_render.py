@@ -16,7 +16,7 @@ from billingwatch.money import minor_per_major
 # Anomaly record fields named in the digest, in this order.
 RECORD_IDS = ("customer", "subscription", "invoice", "charge")
 # Alert labels not repeated after the alert's name.
-ALERT_LABELS_SHOWN_APART = ("alertname", "detector", "severity", "job")
+ALERT_LABELS_SHOWN_APART = ("alertname", "detector", "severity", "priority", "service", "job")
 
 
 @dataclass
@@ -137,14 +137,14 @@ def subscriptions(report: Report) -> Section:
 
 def anomalies(report: Report, link_url: str) -> Section:
     lines = []
-    for (detector, severity), found in sorted(report.anomalies.items()):
+    for (detector, priority), found in sorted(report.anomalies.items()):
         if not found:
             continue
         records = report.records.get(detector, [])
         details = [f"{record_line(r)}  {link_url.rstrip('/')}{anomaly_path(r)}" for r in records[:10]]
         if len(records) > 10:
             details.append(f"and {len(records) - 10} more")
-        lines.append(Line(f"{detector} ({severity}): {count(found)}",
+        lines.append(Line(f"{detector} ({priority}): {count(found)}",
                           link_url.rstrip("/") + period_path(report, detector), details))
     return Section("Anomalies by detector", lines or [Line("No anomalies.")])
 
@@ -169,7 +169,8 @@ def alerts(report: Report) -> Section:
         labels = alert.labels
         name = " ".join(x for x in (labels.get("alertname"), labels.get("detector")) if x)
         others = " ".join(f"{k}={v}" for k, v in sorted(labels.items()) if k not in ALERT_LABELS_SHOWN_APART)
-        text = f"{name} ({labels.get('severity', 'no severity')})" + (f" {others}" if others else "")
+        level = " ".join(x for x in (labels.get("severity", "no severity"), labels.get("priority")) if x)
+        text = f"{name} ({level})" + (f" {others}" if others else "")
         since = f"active since {utc(alert.active_since)}, " if alert.active_since else ""
         lines.append(Line(f"{text}: {since}{'still firing' if alert.firing_at_end else 'resolved'}"))
     return Section("Alerts that fired", lines or [Line("No alerts fired.")])

@@ -7,8 +7,10 @@ from typing import Any
 
 import yaml
 
+from billingwatch.config import ConfigError
 from billingwatch.rules.config import RulesConfig, load_config
 from billingwatch.rules.rulefile import render_rules
+from billingwatch.rules.target import metadata_labels, with_job
 
 FORMATS = ("rules", "prometheusrule")
 
@@ -28,6 +30,14 @@ def add_rules(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> Non
         help="rules: a Prometheus rule file; prometheusrule: a Prometheus Operator PrometheusRule object",
     )
     parser.add_argument(
+        "--job", help="the scrape job the rules select (default: the config's selector, job=\"billingwatch\")",
+    )
+    parser.add_argument(
+        "--label", action="append", default=[], metavar="KEY=VALUE",
+        help="a label on the PrometheusRule's metadata (--format prometheusrule; repeatable), "
+             "e.g. release=kube-prometheus-stack for its ruleSelector",
+    )
+    parser.add_argument(
         "--print-defaults",
         action="store_true",
         help="print the commented default config, generated from the alert modules (rules/config.yml), and exit",
@@ -35,14 +45,14 @@ def add_rules(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> Non
     parser.set_defaults(run=rules)
 
 
-def prometheus_rule(config: RulesConfig) -> dict[str, Any]:
+def prometheus_rule(config: RulesConfig, labels: dict[str, str] | None = None) -> dict[str, Any]:
     """A PrometheusRule whose spec.groups are the groups of the rule file, read back from the
-    rendered text so both outputs come from one renderer."""
+    rendered text so both outputs come from one renderer; `labels` added to its metadata."""
     groups = yaml.safe_load(render_rules(config))["groups"]
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
-        "metadata": {"name": "billingwatch", "labels": {"app.kubernetes.io/name": "billingwatch"}},
+        "metadata": {"name": "billingwatch", "labels": {"app.kubernetes.io/name": "billingwatch", **(labels or {})}},
         "spec": {"groups": groups},
     }
 
@@ -59,9 +69,9 @@ def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _Dumper.add_representer(str, _str)
 
 
-def render_prometheus_rule(config: RulesConfig) -> str:
+def render_prometheus_rule(config: RulesConfig, labels: dict[str, str] | None = None) -> str:
     source = "the defaults" if config.source == "defaults" else "a custom config"
-    body = yaml.dump(prometheus_rule(config), Dumper=_Dumper, sort_keys=False, width=120, allow_unicode=True)
+    body = yaml.dump(prometheus_rule(config, labels), Dumper=_Dumper, sort_keys=False, width=120, allow_unicode=True)
     return PROMETHEUS_RULE_HEADER.format(source=source) + body
 
 
@@ -72,7 +82,12 @@ def rules(args: argparse.Namespace) -> int:
         sys.stdout.write(default_config_text())
         return 0
     config = load_config(args.config)
-    text = render_prometheus_rule(config) if args.format == "prometheusrule" else render_rules(config)
+    if args.job is not None:
+        config = with_job(config, args.job)
+    labels = metadata_labels(args.label)
+    if labels and args.format != "prometheusrule":
+        raise ConfigError("--label: only with --format prometheusrule (a rule file has no metadata)")
+    text = render_prometheus_rule(config, labels) if args.format == "prometheusrule" else render_rules(config)
     if args.output:
         Path(args.output).write_text(text)
     else:

@@ -14,15 +14,18 @@ Built-in and plugin detectors (docs/detectors.md) are checked alike at start-up
 import dataclasses
 import re
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Protocol
 
 from billingwatch.config import DAY, ConfigError
 from billingwatch.detectors.per_currency import PerCurrency
+from billingwatch.levels import LEVELS, Level
 from billingwatch.recording.events import Event
 from billingwatch.recording.plan import Anomaly, Check
 
-Severity = Literal["critical", "high", "medium", "low"]
-SEVERITIES: tuple[Severity, ...] = ("critical", "high", "medium", "low")
+# A detector's level, named as the store keeps it: critical, high, medium, low (= P1..P4; the
+# metrics and alerts show it as severity critical/warning/info plus priority, billingwatch/levels.py).
+Severity = Level
+SEVERITIES: tuple[Severity, ...] = LEVELS
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,13 @@ from starlette.responses import RedirectResponse, Response
 
 from billingwatch.anomaly_ref import anomalies_path, anomaly_id, anomaly_path
 from billingwatch.config import Settings
-from billingwatch.detectors import SEVERITIES, Detector, thresholds
+from billingwatch.detectors import Detector, thresholds
 from billingwatch.http.access import authorised
 from billingwatch.http.anomaly_query import ID, RANGES, parse_query, select
 from billingwatch.http.same_origin import same_origin
 from billingwatch.http.stripe_links import dashboard_url, kind_of
 from billingwatch.http.views import HEADERS, money, problem, render
+from billingwatch.levels import ALERT_SEVERITIES, PRIORITIES, shown
 from billingwatch.metrics.fields import feedback_field
 from billingwatch.metrics.labels import VERDICTS
 from billingwatch.notify.alertmanager import RUNBOOK, push_settings
@@ -87,7 +88,7 @@ class AnomalyPages:
         if not ID.fullmatch(wanted):
             return None
         records = await self._store.anomalies(self._settings.anomaly_log_size)
-        return next((r for r in records if anomaly_id(r) == wanted), None)
+        return next((shown(r) for r in records if anomaly_id(r) == wanted), None)
 
     async def index(self, request: Request) -> Response:
         if not authorised(request, self._settings.api_token):
@@ -96,7 +97,8 @@ class AnomalyPages:
         if isinstance(query, str):
             return problem(TITLE, query, 400)
         try:
-            page = select(await self._store.anomalies(self._settings.anomaly_log_size), query, self._clock())
+            records = [shown(r) for r in await self._store.anomalies(self._settings.anomaly_log_size)]
+            page = select(records, query, self._clock())
             ids = [anomaly_id(r) for r in page.records]
             verdicts = await self._store.verdicts(ids)
         except StoreUnavailable:
@@ -113,7 +115,8 @@ class AnomalyPages:
         return render("anomalies.html", {
             "query": query, "filters": filters, "rows": rows, "next_page": next_page,
             "first_page": anomalies_path(**filters), "detectors": sorted(self._detectors),
-            "severities": SEVERITIES, "ranges": list(RANGES), "verdict_text": VERDICT_TEXT,
+            "severities": ALERT_SEVERITIES, "priorities": PRIORITIES, "ranges": list(RANGES),
+            "verdict_text": VERDICT_TEXT,
             "log_size": self._settings.anomaly_log_size,
         })
 

@@ -1,12 +1,14 @@
 """The /anomalies query: filters, a human time range and a cursor, parsed from the URL, and the
 selection of one page of the anomaly log.
 
-The URL contract (Grafana's data links build it too): /anomalies?detector=&severity=&livemode=
-true|false&customer=&range=1h|24h|7d&from=&to=&cursor=. An empty value is no filter (an HTML
-form sends its empty fields). `from`/`to` are ISO 8601 dates or datetimes (Grafana's
-${__from:date:iso}); when either is given, `range` is not used. Times are the Stripe event time
-of the event that raised the anomaly. The cursor is the stable id of the last anomaly of the
-previous page: new anomalies arrive at the top of the log, so the next page does not shift.
+The URL contract (Grafana's data links build it too): /anomalies?detector=&severity=&priority=&
+livemode=true|false&customer=&range=1h|24h|7d&from=&to=&cursor=. An empty value is no filter (an
+HTML form sends its empty fields). `severity` is critical|warning|info and `priority` P1..P4, as the
+metric and the alerts label them; a former level name (severity=high) is read as its priority.
+`from`/`to` are ISO 8601 dates or datetimes (Grafana's ${__from:date:iso}); when either is
+given, `range` is not used. Times are the Stripe event time of the event that raised the
+anomaly. The cursor is the stable id of the last anomaly of the previous page: new anomalies
+arrive at the top of the log, so the next page does not shift.
 """
 
 import re
@@ -16,7 +18,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from billingwatch.anomaly_ref import anomaly_id
-from billingwatch.detectors import SEVERITIES
+from billingwatch.levels import ALERT_SEVERITIES, LEVELS, PRIORITIES, PRIORITY_OF_LEVEL
 
 RANGES = {"1h": 3600, "24h": 86400, "7d": 7 * 86400}
 DEFAULT_RANGE = "7d"  # wide enough for a week of findings; the log is bounded anyway
@@ -29,6 +31,7 @@ CUSTOMER_LONGEST = 255
 class AnomalyQuery:
     detector: str | None = None
     severity: str | None = None
+    priority: str | None = None
     livemode: bool | None = None
     customer: str | None = None
     range: str | None = None  # one of RANGES; None: DEFAULT_RANGE unless from/to is given
@@ -51,6 +54,7 @@ class AnomalyQuery:
         return (
             self.detector in (None, record.get("detector"))
             and self.severity in (None, record.get("severity"))
+            and self.priority in (None, record.get("priority"))
             and (self.livemode is None or (record.get("livemode") is True) == self.livemode)
             and self.customer in (None, record.get("customer"))
             and isinstance(created, int) and lo <= created < hi
@@ -61,6 +65,7 @@ class AnomalyQuery:
         given = {
             "detector": self.detector or "",
             "severity": self.severity or "",
+            "priority": self.priority or "",
             "livemode": "" if self.livemode is None else str(self.livemode).lower(),
             "customer": self.customer or "",
             "range": self.range or "",
@@ -93,8 +98,13 @@ def parse_query(params: Mapping[str, str], detectors: Iterable[str]) -> AnomalyQ
     if detector is not None and detector not in set(detectors):
         return f"unknown detector {detector!r}"
     severity = params.get("severity") or None
-    if severity is not None and severity not in SEVERITIES:
-        return f"severity must be one of {', '.join(SEVERITIES)}"
+    priority = params.get("priority") or None
+    if severity is not None and severity in LEVELS[1:] and priority is None:
+        priority, severity = PRIORITY_OF_LEVEL[severity], None  # an older link (severity=high): its priority
+    if severity is not None and severity not in ALERT_SEVERITIES:
+        return f"severity must be one of {', '.join(ALERT_SEVERITIES)}"
+    if priority is not None and priority not in PRIORITIES:
+        return f"priority must be one of {', '.join(PRIORITIES)}"
     livemode_text = params.get("livemode") or None
     if livemode_text not in (None, "true", "false"):
         return "livemode must be true or false"
@@ -118,7 +128,7 @@ def parse_query(params: Mapping[str, str], detectors: Iterable[str]) -> AnomalyQ
     if cursor is not None and not ID.fullmatch(cursor):
         return "cursor must be an anomaly id from a previous page"
     livemode = None if livemode_text is None else livemode_text == "true"
-    return AnomalyQuery(detector, severity, livemode, customer, range_, start, end,
+    return AnomalyQuery(detector, severity, priority, livemode, customer, range_, start, end,
                         params.get("from") or "", params.get("to") or "", cursor)
 
 

@@ -10,6 +10,7 @@ from billingwatch.detectors import Detector, severities, thresholds
 from billingwatch.http.access import REFUSED, authorised
 from billingwatch.http.csv_export import ANOMALY_COLUMNS, EVENT_COLUMNS, format_error, listing
 from billingwatch.http.explorer import explorer_path, parse_query, select
+from billingwatch.levels import alert_severity, priority, shown
 from billingwatch.store import Store, StoreUnavailable
 
 
@@ -31,8 +32,10 @@ class Api:
                 "detectors": [
                     {
                         "name": d.name,
-                        "severity": d.severity,
-                        "severities": list(severities(d)),
+                        "severity": alert_severity(d.severity),
+                        "priority": priority(d.severity),
+                        "severities": list(dict.fromkeys(alert_severity(s) for s in severities(d))),
+                        "priorities": [priority(s) for s in severities(d)],
                         "description": d.description,
                         "event_types": sorted(d.event_types),
                         "thresholds": thresholds(d),
@@ -70,7 +73,7 @@ class Api:
                 if detector in (None, r.get("detector")) and history in (None, str(r.get("history") is True).lower())
             ][:limit]
         # Each record links to the explorer: the events of its customer, the anomaly beside them.
-        return listing(request.query_params, "anomalies", [{**r, "explorer": explorer_path(r)} for r in records],
+        return listing(request.query_params, "anomalies", [{**shown(r), "explorer": explorer_path(r)} for r in records],
                        ANOMALY_COLUMNS)
 
     async def events(self, request: Request) -> Response:

@@ -19,7 +19,7 @@ from typing import Any
 from starlette.responses import JSONResponse, Response
 
 FORMATS = ("json", "csv")
-ANOMALY_COLUMNS = ("detector", "severity", "livemode", "event_id", "event_type", "event_created", "summary",
+ANOMALY_COLUMNS = ("detector", "severity", "priority", "livemode", "event_id", "event_type", "event_created", "summary",
                    "customer", "charge", "invoice", "subscription", "amount", "currency", "history", "related",
                    "details", "explorer")
 EVENT_COLUMNS = ("id", "type", "created", "received", "livemode", "customer", "object", "amount", "currency",

@@ -22,6 +22,7 @@ from starlette.responses import HTMLResponse, Response
 from billingwatch.anomaly_ref import anomaly_path
 from billingwatch.config import Settings
 from billingwatch.http.access import authorised
+from billingwatch.levels import shown as shown_levels
 from billingwatch.money import amount_text
 from billingwatch.store import Store, StoreUnavailable
 
@@ -110,7 +111,7 @@ td.when{white-space:nowrap}
 code{font:12px ui-monospace,SFMono-Regular,Menlo,monospace}
 tr.flagged{background:#fff5f5}
 .anomaly{border-left:3px solid #b00020;padding-left:.4rem;margin:.1rem 0}
-.sev-high{border-color:#e65100}.sev-medium{border-color:#f9a825}.sev-low{border-color:#607d8b}
+.sev-P2{border-color:#e65100}.sev-P3{border-color:#f9a825}.sev-P4{border-color:#607d8b}
 .tag{font-size:.75rem;padding:0 .3rem;border-radius:3px;background:#eceff1;margin-left:.25rem}
 .rejected{color:#b00020}.duplicate{color:#666}.quarantined{color:#e65100}
 .error{color:#b00020}
@@ -171,11 +172,12 @@ class AnomalyIndex:
 
 
 def anomaly_html(record: Mapping[str, Any]) -> str:
-    severity = str(record.get("severity", ""))
+    severity, prio = str(record.get("severity", "")), str(record.get("priority", ""))
     history = '<span class="tag">history</span>' if record.get("history") else ""
-    return (f'<div class="anomaly sev-{esc(severity)}" data-detector="{esc(record.get("detector"))}" '
+    return (f'<div class="anomaly sev-{esc(prio)}" data-detector="{esc(record.get("detector"))}" '
             f'data-event="{esc(record.get("event_id"))}"><b>{esc(record.get("detector"))}</b> '
-            f'({esc(severity)}){history}: <a href="{esc(anomaly_path(record))}">{esc(record.get("summary"))}</a></div>')
+            f'({esc(prio)} {esc(severity)}){history}: '
+            f'<a href="{esc(anomaly_path(record))}">{esc(record.get("summary"))}</a></div>')
 
 
 def row_html(line: Mapping[str, Any], anomalies: AnomalyIndex) -> str:
@@ -253,7 +255,7 @@ class Explorer:
                         f'<p class="error">{esc(query)}</p>', 400)
         try:
             lines = await select(self._store, query, settings.event_log_size)
-            anomalies = AnomalyIndex(await self._store.anomalies(settings.anomaly_log_size))
+            anomalies = AnomalyIndex(map(shown_levels, await self._store.anomalies(settings.anomaly_log_size)))
             quarantined = await self._store.quarantined(QUARANTINE_SHOWN)
         except StoreUnavailable:
             return page("BillingWatch events", '<h1>Recent events</h1><p class="error">store unavailable; '

@@ -12,7 +12,7 @@ from typing import Any
 from starlette.routing import BaseRoute, Route
 
 from billingwatch import __version__
-from billingwatch.detectors.base import SEVERITIES
+from billingwatch.levels import ALERT_SEVERITIES, PRIORITIES
 
 Json = dict[str, Any]
 
@@ -147,13 +147,21 @@ SCHEMAS: dict[str, Json] = {
         "properties": {"status": {"const": "unavailable"}, "store": ref("StoreKind"), "reason": {"type": "string"}},
     },
     "StoreKind": {"type": "string", "examples": ["redis", "memory"]},
+    "Severity": {"type": "string", "enum": list(ALERT_SEVERITIES),
+                 "description": "the monitoring mixins' severity (P1 critical, P2 and P3 warning, P4 info)"},
+    "Priority": {"type": "string", "enum": list(PRIORITIES),
+                 "description": "BillingWatch's finer level, P1 most urgent"},
     "Detector": {
         "type": "object",
-        "required": ["name", "severity", "severities", "description", "event_types", "thresholds"],
+        "required": ["name", "severity", "severities", "priority", "priorities", "description", "event_types",
+                     "thresholds"],
         "properties": {
             "name": {"type": "string"},
-            "severity": {"type": "string"},
-            "severities": {"type": "array", "items": {"type": "string"}},
+            "severity": ref("Severity"),
+            "severities": {"type": "array", "items": ref("Severity")},
+            "priority": ref("Priority"),
+            "priorities": {"type": "array", "items": ref("Priority"),
+                           "description": "every priority its anomalies can carry (a grading detector has several)"},
             "description": {"type": "string"},
             "event_types": {"type": "array", "items": {"type": "string"}},
             "thresholds": {"type": "object", "description": "threshold name → value (see docs/detectors.md)"},
@@ -161,10 +169,12 @@ SCHEMAS: dict[str, Json] = {
     },
     "Anomaly": {
         "type": "object",
-        "required": ["detector", "severity", "livemode", "event_id", "event_type", "event_created", "summary"],
+        "required": ["detector", "severity", "priority", "livemode", "event_id", "event_type", "event_created",
+                     "summary"],
         "properties": {
             "detector": {"type": "string"},
-            "severity": {"type": "string"},
+            "severity": ref("Severity"),
+            "priority": ref("Priority"),
             "livemode": {"type": "boolean"},
             "event_id": {"type": "string"},
             "event_type": {"type": "string"},
@@ -282,7 +292,8 @@ def operations(detector_names: Sequence[str]) -> dict[tuple[str, str], Json]:
         query("detector", "Only this detector's anomalies",
               {"anyOf": [{"type": "string", "enum": list(detector_names)}, empty]} if detector_names
               else {"type": "string"}),
-        query("severity", "Only this severity", {"type": "string", "enum": ["", *SEVERITIES]}),
+        query("severity", "Only this severity", {"type": "string", "enum": ["", *ALERT_SEVERITIES]}),
+        query("priority", "Only this priority", {"type": "string", "enum": ["", *PRIORITIES]}),
         query("livemode", "Only live (true) or test (false) ones", {"type": "string", "enum": ["", "true", "false"]}),
         query("customer", "Only this customer's", text_filter),
         query("range", "The last hour, day or week (default 7d; not used with from/to)",

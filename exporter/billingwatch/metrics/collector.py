@@ -6,6 +6,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from billingwatch.detectors import Detector, severities
+from billingwatch.levels import alert_severity, priority
 from billingwatch.metrics import families as fam
 from billingwatch.metrics import fields
 from billingwatch.metrics.labels import (
@@ -112,6 +113,15 @@ def _zeros(snapshot: Snapshot, detectors: Iterable[Detector], currencies: Iterab
     return zeros
 
 
+def _exposed(family: fam.Family, labels: list[str]) -> list[str]:
+    """A field's label values as scraped: a stored level (high) as severity and priority (warning, P2)."""
+    if family.exposed_labels == family.labels:
+        return labels
+    at = family.labels.index("severity")
+    level = labels[at]
+    return [*labels[:at], alert_severity(level), priority(level), *labels[at + 1:]]
+
+
 def _lag_histograms(counters: dict[str, int]) -> Metric:
     histogram = HistogramMetricFamily(fam.LAG.name, fam.LAG.help, labels=list(fam.LAG.labels))
     for mode in LIVEMODES:  # every bucket exists at 0 from start
@@ -131,9 +141,9 @@ def store_metrics(snapshot: Snapshot, detectors: Iterable[Detector], currencies:
     built: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
     for family in fam.REDIS_FAMILIES:
         if family.kind is fam.Kind.COUNTER:
-            built[family.key] = CounterMetricFamily(family.name, family.help, labels=list(family.labels))
+            built[family.key] = CounterMetricFamily(family.name, family.help, labels=list(family.exposed_labels))
         else:
-            built[family.key] = GaugeMetricFamily(family.name, family.help, labels=list(family.labels))
+            built[family.key] = GaugeMetricFamily(family.name, family.help, labels=list(family.exposed_labels))
     values = {**_zeros(snapshot, detectors, currencies, plans), **snapshot.counters, **snapshot.gauges}
     for field, raw in sorted(values.items()):
         parsed = fields.parse(field)
@@ -142,7 +152,7 @@ def store_metrics(snapshot: Snapshot, detectors: Iterable[Detector], currencies:
         family, labels = parsed
         if family is fam.SUBSCRIPTIONS and raw == 0:
             continue  # a status no subscription holds any more
-        built[family.key].add_metric(labels, _value(family, labels, raw))
+        built[family.key].add_metric(_exposed(family, labels), _value(family, labels, raw))
     lapsed = GaugeMetricFamily(fam.SUBSCRIPTIONS_LAPSED.name, fam.SUBSCRIPTIONS_LAPSED.help,
                                labels=list(fam.SUBSCRIPTIONS_LAPSED.labels))
     for mode, count in sorted(snapshot.lapsed.items()):

@@ -47,7 +47,7 @@ def exposition() -> str:
 
 def render(text: str) -> str:
     """The generated block (markers included) for an exposition."""
-    declared = {family.name: family.labels for family in REDIS_FAMILIES}
+    declared = {family.name: family.exposed_labels for family in REDIS_FAMILIES}
     rows = ["| metric | type | labels | HELP |", "|---|---|---|---|"]
     values: dict[tuple[str, tuple[str, ...]], list[str]] = {}  # (label, its values) -> metrics
     for family in text_string_to_metric_families(text):

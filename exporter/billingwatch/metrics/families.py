@@ -29,6 +29,14 @@ class Family:
     kind: Kind
     money: bool = False  # stored in minor units (milli-minor units: MILLI_FAMILIES), exposed in major units
 
+    @property
+    def exposed_labels(self) -> tuple[str, ...]:
+        """The labels as scraped: an anomaly family's stored level is shown as severity and priority."""
+        if "severity" not in self.labels:
+            return self.labels
+        at = self.labels.index("severity")
+        return (*self.labels[: at + 1], "priority", *self.labels[at + 1:])
+
 
 def _counter(key: str, name: str, help: str, *labels: str, money: bool = False) -> Family:
     return Family(key, name, help, labels, Kind.COUNTER, money)
@@ -107,12 +115,14 @@ SUBSCRIPTIONS_ENDED = _counter(
 )
 ANOMALIES = _counter(
     "an", "billingwatch_anomalies",
-    "Anomalies found by the stateful detectors; details at /anomalies.",
+    "Anomalies found by the stateful detectors, by severity (critical, warning, info) and priority (P1-P4); "
+    "details at /anomalies.",
     "detector", "severity", "livemode",
 )
 HISTORY_ANOMALIES = _counter(
     "han", "billingwatch_history_anomalies",
-    "Anomalies found in imported history (not live traffic); details at /api/anomalies?history=true.",
+    "Anomalies found in imported history (not live traffic), by severity and priority; details at "
+    "/api/anomalies?history=true.",
     "detector", "severity", "livemode",
 )
 # No livemode label: a verdict is a person's, counted per detector across modes.

@@ -23,6 +23,7 @@ from prometheus_client import Counter
 
 from billingwatch.anomaly_ref import anomaly_path
 from billingwatch.config import Settings
+from billingwatch.levels import alert_labels, priority
 from billingwatch.logsafe import safe
 from billingwatch.metrics.families import new_alert_notifications_counter
 from billingwatch.money import amount_text
@@ -117,7 +118,7 @@ def alert(record: dict[str, Any], settings: PushSettings, now: float) -> dict[st
         "labels": {
             "alertname": ALERTNAME,
             "detector": detector,
-            "severity": str(record["severity"]),
+            **alert_labels(priority(str(record["severity"]))),
             "livemode": livemode,
             "event_id": str(record.get("event_id", "")),
         },

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any, TypeVar, get_args, get_origin
 import yaml
 
 from billingwatch.config import ConfigError
-from billingwatch.detectors import SEVERITIES, Severity
+from billingwatch.levels import LEVELS, PRIORITIES, PRIORITY_OF_LEVEL, Priority
 from billingwatch.rules.alerts import ALERTS, section
 from billingwatch.rules.values import Duration, is_duration, knob, seconds
 
-__all__ = ["Duration", "RulesConfig", "Settings", "Severity", "default_config_text", "load_config", "seconds"]
+__all__ = ["Duration", "Priority", "RulesConfig", "Settings", "default_config_text", "load_config", "seconds"]
 
 
 @dataclass(frozen=True)
@@ -114,9 +114,11 @@ HEADER = """\
 #   billingwatch rules --config my.yml -o rules/billingwatch.rules.yml
 #
 # Durations are Prometheus durations (30s, 10m, 1h, 7d). Ratios are fractions (0.15 = 15%).
-# Every section has a `severity` (critical, high, medium or low: Alertmanager routes on it) and
-# a `for`: how long the condition must hold before the alert fires, so one scrape blip or one
-# late evaluation does not page anyone.
+# Every section has a `priority` (P1, P2, P3 or P4) and a `for`: how long the condition must hold
+# before the alert fires, so one scrape blip or one late evaluation does not page anyone. Each
+# alert carries `priority` and the `severity` Alertmanager routes on (P1 critical, P2 and P3
+# warning, P4 info), and service="billingwatch". (The former `severity: critical|high|medium|low`
+# is still read, as P1|P2|P3|P4.)
 #
 # Generated from the alert modules (exporter/billingwatch/rules/alerts/) by
 # `billingwatch rules --print-defaults`: change a default there, not here.
@@ -169,9 +171,9 @@ def _value(where: str, kind: Any, raw: Any) -> Any:
         if not is_duration(raw):
             raise ConfigError(f"{where}: not a Prometheus duration: {raw!r}")
         return raw
-    if kind is Severity:
-        if raw not in SEVERITIES:
-            raise ConfigError(f"{where}: severity must be one of {', '.join(SEVERITIES)}, got {raw!r}")
+    if kind is Priority:
+        if raw not in PRIORITIES:
+            raise ConfigError(f"{where}: priority must be one of {', '.join(PRIORITIES)}, got {raw!r}")
         return raw
     if kind is float:
         if isinstance(raw, bool) or not isinstance(raw, int | float) or raw < 0:
@@ -207,6 +209,23 @@ def _build(where: str, cls: type[T], raw: Any) -> T:
         raise ConfigError(f"{where}: missing key(s) {', '.join(missing)}")
     values = {f.name: _value(f"{where}.{key}" if where else key, f.type, raw[key]) for key, f in known.items()}
     return cls(**values)
+
+
+def _legacy_severity(path: str, override: dict[str, Any]) -> dict[str, Any]:
+    """A section's former `severity: critical|high|medium|low`, read as its `priority` P1..P4."""
+    translated = dict(override)
+    for name, section_ in override.items():
+        if not isinstance(section_, dict) or "severity" not in section_:
+            continue
+        level = section_["severity"]
+        if "priority" in section_:
+            raise ConfigError(f"{path}: {name}: give priority only (severity is its former spelling)")
+        if level not in LEVELS:
+            raise ConfigError(f"{path}: {name}.severity: write priority: P1..P4 instead "
+                              f"(severity critical, high, medium, low read as P1..P4), got {level!r}")
+        translated[name] = {**{k: v for k, v in section_.items() if k != "severity"},
+                            "priority": PRIORITY_OF_LEVEL[level]}
+    return translated
 
 
 def _merge(defaults: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -248,7 +267,7 @@ def load_config(path: str | None = None) -> RulesConfig:
             override = {}
         if not isinstance(override, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
-        raw = _merge(raw, override)
+        raw = _merge(raw, _legacy_severity(path, override))
         source = path
     try:
         config = _build("", RulesConfig, raw)

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from billingwatch.levels import SERVICE, alert_labels
 from billingwatch.rules.values import seconds
 
 if TYPE_CHECKING:  # config.py imports the alert modules, which import this one
@@ -157,7 +158,11 @@ def quantile_name(q: float) -> str:
 def alert(
     r: Rules, name: str, expr: str, for_: str, labels: dict[str, str], summary: str, description: str
 ) -> None:
-    """Add the alerting rule `name`, linked to its runbook <runbook_url>/<name>.md."""
+    """Add the alerting rule `name`, linked to its runbook <runbook_url>/<name>.md. A `priority`
+    label (P1..P4) brings its `severity` (critical, warning, info); every alert carries `service`."""
+    prio = labels.get("priority")
+    labels = {**{k: v for k, v in labels.items() if k != "priority"},
+              **(alert_labels(prio) if prio else {"service": SERVICE})}
     r.alerts.append(
         {
             "alert": name,

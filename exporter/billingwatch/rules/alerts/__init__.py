@@ -3,7 +3,7 @@
 A new alert is one module here, a promtool test and a runbook:
 1. `alerts/<section>.py` (its name is the section's key in config.yml) holding `ALERT`, the
    Prometheus alert name; `COMMENT`, the text config.yml shows above the section; a frozen
-   dataclass of the section's keys with their defaults (`severity: Severity`, `Duration`
+   dataclass of the section's keys with their defaults (`priority: Priority`, `Duration`
    strings, numbers; `for_` is the key `for`; `knob(default, "comment")` adds a comment after
    the value) and `Config = <that class>`; `render(r, s)`, which adds the rules through the
    helpers of rules/render.py (`charges`, `by_mode`, `averaged`, `covered`, `alert`, ...).

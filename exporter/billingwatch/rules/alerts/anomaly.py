@@ -9,14 +9,14 @@ ALERT = "BillingAnomalyDetected"
 
 COMMENT = """\
 BillingAnomalyDetected: any stateful detector of the exporter (duplicate_charge,
-negative_invoice, ...); severity and detector come from the anomaly itself. The alert fires
+negative_invoice, ...); severity, priority and detector come from the anomaly itself. The alert fires
 on the first anomaly and stays active for `window` after the last one."""
 
 
 @dataclass(frozen=True)
 class AnomalyAlert:
     """BillingAnomalyDetected: any increase of billingwatch_anomalies_total over `window`;
-    detector and severity come from the anomaly's own labels."""
+    detector, severity and priority come from the anomaly's own labels."""
 
     window: Duration = "1h"
     for_: Duration = "0s"
@@ -28,15 +28,15 @@ Config = AnomalyAlert
 def render(r: Rules, s: AnomalyAlert) -> None:
     c = r.config
     # Every detector's series exists at 0 from the exporter's start, so the first anomaly is an
-    # increase; detector and severity are the anomaly's own labels: a new detector needs no rule.
+    # increase; detector, severity and priority are the anomaly's own labels: a new detector needs no rule.
     expr = (
-        f"max by ({r.by('detector', 'severity', 'livemode')}) "
+        f"max by ({r.by('detector', 'severity', 'priority', 'livemode')}) "
         f"(increase(billingwatch_anomalies_total{c.matchers()}[{s.window}])) > 0"
     )
     # increase() extrapolates: on a series a few scrapes old, one anomaly can read as 1.5. The
     # description counts exactly from the raw counter (the change over the window, or the whole
     # count of a series younger than the window or reset within it).
-    labels = r.by("detector", "severity", "livemode").split(", ")
+    labels = r.by("detector", "severity", "priority", "livemode").split(", ")
     pins = "{" + ",".join(f"{label}=%q" for label in labels) + "}"
 
     def series(offset: str = "") -> str:

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from billingwatch.detectors import Severity
+from billingwatch.levels import Priority
 from billingwatch.rules.render import Rules, alert, averaged, covered
 from billingwatch.rules.values import Duration
 
@@ -24,7 +24,7 @@ class AuthenticationFailureSpike:
     `min_count` authentication_required PaymentIntent failures in `window`, and more than
     `rise_factor` times the average per window over `baseline`."""
 
-    severity: Severity = "high"
+    priority: Priority = "P2"
     min_count: int = 10
     rise_factor: float = 3.0
     window: Duration = "1h"
@@ -51,7 +51,7 @@ and on ({mode})
   {failures} > {s.rise_factor:g} * {usual}{full}"""
     alert(
         r, ALERT, expr, s.for_,
-        {"detector": "authentication_failure_spike", "severity": s.severity},
+        {"detector": "authentication_failure_spike", "priority": s.priority},
         "{{ $value | humanize }} payments failed 3-D Secure authentication in the last " + s.window,
         "{{ $value | humanize }} PaymentIntent attempts (livemode={{ $labels.livemode }}) failed with "
         "authentication_required in the last " + s.window + f", more than {s.rise_factor:g} times the usual "

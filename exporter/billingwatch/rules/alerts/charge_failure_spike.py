@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from billingwatch.detectors import Severity
+from billingwatch.levels import Priority
 from billingwatch.rules.render import Rules, alert, charge_outcomes, pct
 from billingwatch.rules.values import Duration, knob
 
@@ -20,7 +20,7 @@ class ChargeFailureSpike:
     """BillingChargeFailureSpike: failed / (succeeded + failed) charges over `window` > `ratio`,
     when at least `min_charges` charges happened in the window."""
 
-    severity: Severity = "high"
+    priority: Priority = "P2"
     ratio: float = knob(0.15, "failed / (succeeded + failed) charges in the window")
     min_charges: int = knob(20, "no alert below this many charges in the window (no alert on 1 failure of 3)")
     window: Duration = "1h"
@@ -44,7 +44,7 @@ and on ({mode})
   sum by ({mode}) ({both}) >= {s.min_charges}"""
     alert(
         r, ALERT, expr, s.for_,
-        {"detector": "charge_failure_spike", "severity": s.severity},
+        {"detector": "charge_failure_spike", "priority": s.priority},
         "{{ $value | humanizePercentage }} of charges failed in the last " + s.window,
         "{{ $value | humanizePercentage }} of charges (livemode={{ $labels.livemode }}) failed in the last "
         f"{s.window}, above the {pct(s.ratio)} threshold (counted from {s.min_charges} charges up). "

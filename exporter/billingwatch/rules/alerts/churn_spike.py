@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from billingwatch.detectors import Severity
+from billingwatch.levels import Priority
 from billingwatch.rules.render import Rules, alert, covered, mrr_movements, pct
 from billingwatch.rules.values import Duration, knob
 
@@ -20,7 +20,7 @@ class ChurnSpike:
     """BillingChurnSpike: per currency, churned MRR over `window` > `max_share` of the MRR
     `window` ago; quiet until the movement counter covers the window."""
 
-    severity: Severity = "medium"
+    priority: Priority = "P3"
     max_share: float = knob(0.05, "churned MRR in the window / MRR at the start of the window")
     window: Duration = "7d"
     for_: Duration = "1h"
@@ -43,7 +43,7 @@ def render(r: Rules, s: ChurnSpike) -> None:
 > {s.max_share:g}{full}"""
     alert(
         r, ALERT, expr, s.for_,
-        {"detector": "churn_spike", "severity": s.severity},
+        {"detector": "churn_spike", "priority": s.priority},
         "{{ $labels.currency | toUpper }} churned MRR at {{ $value | humanizePercentage }} of MRR in " + s.window,
         "Customers who churned in the last " + s.window + " in {{ $labels.currency | toUpper }} (livemode="
         "{{ $labels.livemode }}) took {{ $value | humanizePercentage }} of the MRR of " + s.window + " ago, "

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from billingwatch.detectors import Severity
+from billingwatch.levels import Priority
 from billingwatch.rules.render import Rules, alert, increase, pct
 from billingwatch.rules.values import Duration, knob
 
@@ -19,7 +19,7 @@ class DisputeLossRate:
     """BillingDisputeLossRate (detector dispute_loss_rate): lost / closed disputes over `window`
     > `ratio`, when at least `min_closed` disputes closed in the window."""
 
-    severity: Severity = "medium"
+    priority: Priority = "P3"
     ratio: float = knob(0.75, "lost / closed disputes (won, lost, other) in the window")
     min_closed: int = knob(10, "no alert below this many closed disputes in the window")
     window: Duration = "30d"
@@ -43,7 +43,7 @@ and on ({mode})
   sum by ({mode}) ({decided}) >= {s.min_closed}"""
     alert(
         r, ALERT, expr, s.for_,
-        {"detector": "dispute_loss_rate", "severity": s.severity},
+        {"detector": "dispute_loss_rate", "priority": s.priority},
         "{{ $value | humanizePercentage }} of disputes closed in the last " + s.window + " were lost",
         "{{ $value | humanizePercentage }} of the disputes (livemode={{ $labels.livemode }}) closed in the last "
         f"{s.window} were lost, above the {pct(s.ratio)} threshold (counted from {s.min_closed} closed disputes "

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from billingwatch.detectors import Severity
+from billingwatch.levels import Priority
 from billingwatch.rules.render import Rules, alert, averaged, by_mode, covered
 from billingwatch.rules.values import Duration
 
@@ -20,7 +20,7 @@ class EarlyFraudWarnings:
     fraud warnings in `window`, and more than `rise_factor` times the average per window over
     `baseline`."""
 
-    severity: Severity = "high"
+    priority: Priority = "P2"
     min_count: int = 3
     rise_factor: float = 2.0
     window: Duration = "24h"
@@ -42,7 +42,7 @@ and on ({mode})
   {efw} > {s.rise_factor:g} * {usual}{full}"""
     alert(
         r, ALERT, expr, s.for_,
-        {"detector": "fraud_spike", "severity": s.severity},
+        {"detector": "fraud_spike", "priority": s.priority},
         "{{ $value | humanize }} Radar early fraud warnings in the last " + s.window,
         "{{ $value | humanize }} Radar early fraud warnings arrived in the last " + s.window
         + f" (livemode={{{{ $labels.livemode }}}}), more than {s.rise_factor:g} times the usual count per "

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from billingwatch.detectors import Severity
+from billingwatch.levels import Priority
 from billingwatch.rules.render import Rules, alert
 from billingwatch.rules.values import Duration
 
@@ -18,7 +18,7 @@ records them after an upgrade. Fires while at least `min_entries` wait."""
 class EventsQuarantined:
     """BillingWatchEventsQuarantined: at least `min_entries` in billingwatch_events_quarantine_entries."""
 
-    severity: Severity = "medium"
+    priority: Priority = "P3"
     min_entries: int = 1
     for_: Duration = "1m"
 
@@ -31,7 +31,7 @@ def render(r: Rules, s: EventsQuarantined) -> None:
     expr = f"max by ({r.by('livemode')}) (billingwatch_events_quarantine_entries{c.matchers()}) >= {s.min_entries}"
     alert(
         r, ALERT, expr, s.for_,
-        {"detector": "events_quarantined", "severity": s.severity},
+        {"detector": "events_quarantined", "priority": s.priority},
         "{{ $value | humanize }} Stripe events are quarantined, not recorded",
         "{{ $value | humanize }} signed Stripe events (livemode={{ $labels.livemode }}) could not be recorded by "
         "this version and wait in the quarantine (/api/quarantine, the explorer at /events): the billing "

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from billingwatch.detectors import Severity
+from billingwatch.levels import Priority
 from billingwatch.rules.render import Rules, alert
 from billingwatch.rules.values import Duration
 
@@ -16,7 +16,7 @@ BillingWatchExporterDown: a target is not scraped (up == 0), or there is no targ
 class ExporterDown:
     """BillingWatchExporterDown: up == 0 for a target, or no target matches the selector."""
 
-    severity: Severity = "high"
+    priority: Priority = "P2"
     for_: Duration = "5m"
 
 
@@ -28,7 +28,7 @@ def render(r: Rules, s: ExporterDown) -> None:
     target = c.matchers(livemode=False)
     alert(
         r, ALERT, f"up{target} == 0\nor\nabsent(up{target})", s.for_,
-        {"detector": "exporter_down", "severity": s.severity},
+        {"detector": "exporter_down", "priority": s.priority},
         "{{ if $labels.instance }}BillingWatch {{ $labels.instance }} is down{{ else }}BillingWatch is not "
         "scraped{{ end }}",
         "{{ if $labels.instance }}Prometheus cannot scrape BillingWatch at {{ $labels.instance }}{{ else }}No "

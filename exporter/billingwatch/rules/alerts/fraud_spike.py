@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from billingwatch.detectors import Severity
+from billingwatch.levels import Priority
 from billingwatch.rules.render import Rules, alert, by_mode, charge_outcomes, pct
 from billingwatch.rules.values import Duration, knob
 
@@ -20,7 +20,7 @@ class FraudSpike:
     """BillingFraudSpike: disputes / successful charges over `window` > `dispute_ratio` with at
     least `min_charges` successful charges, or at least `max_disputes` disputes in the window."""
 
-    severity: Severity = "critical"
+    priority: Priority = "P1"
     dispute_ratio: float = knob(0.01, "disputes / successful charges in the window")
     min_charges: int = knob(100, "the ratio needs at least this many successful charges in the window")
     max_disputes: int = knob(5, "this many disputes in the window alert whatever the volume")
@@ -63,7 +63,7 @@ and on ({mode})
         "{{ else }}an unknown share{{ end }}"
     )
     alert(
-        r, ALERT, expr, s.for_, {"detector": "fraud_spike", "severity": s.severity},
+        r, ALERT, expr, s.for_, {"detector": "fraud_spike", "priority": s.priority},
         "{{ $value | humanize }} disputes opened in the last " + s.window,
         "{{ $value | humanize }} disputes were opened in the last " + s.window
         + f" (livemode={{{{ $labels.livemode }}}}), {measured} of successful charges. Alerts from "

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from billingwatch.detectors import Severity
+from billingwatch.levels import Priority
 from billingwatch.rules.render import Rules, alert, averaged, covered, pct
 from billingwatch.rules.values import Duration
 
@@ -18,7 +18,7 @@ class MrrDrop:
     """BillingMRRDrop (detector revenue_drop): per currency, MRR more than `drop_ratio` below
     its average over `baseline`."""
 
-    severity: Severity = "high"
+    priority: Priority = "P2"
     drop_ratio: float = 0.15
     baseline: Duration = "7d"
     for_: Duration = "1h"
@@ -52,7 +52,7 @@ unless on ()
   ){covered(r, "billingwatch_mrr_amount", cur, None, s.baseline)}"""
     alert(
         r, ALERT, expr, s.for_,
-        {"detector": "revenue_drop", "severity": s.severity},
+        {"detector": "revenue_drop", "priority": s.priority},
         "{{ $labels.currency | toUpper }} MRR {{ $value | humanizePercentage }} below its " + s.baseline + " average",
         "Monthly recurring revenue in {{ $labels.currency | toUpper }} (livemode={{ $labels.livemode }}) is "
         f"{{{{ $value | humanizePercentage }}}} below its average over the last {s.baseline} "

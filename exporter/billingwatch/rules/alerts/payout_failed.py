@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from billingwatch.detectors import Severity
+from billingwatch.levels import Priority
 from billingwatch.rules.render import Rules, alert, by_mode
 from billingwatch.rules.values import Duration
 
@@ -18,7 +18,7 @@ bank details are fixed. Stays active for `window` after the failure."""
 class PayoutFailed:
     """BillingPayoutFailed (detector payout_failed): at least one payout failed in `window`."""
 
-    severity: Severity = "critical"
+    priority: Priority = "P1"
     window: Duration = "24h"
     for_: Duration = "0m"
 
@@ -30,7 +30,7 @@ def render(r: Rules, s: PayoutFailed) -> None:
     failed = by_mode(r, "billingwatch_payout_failures_total", ("reason",), s.window)
     alert(
         r, ALERT, f"{failed} > 0", s.for_,
-        {"detector": "payout_failed", "severity": s.severity},
+        {"detector": "payout_failed", "priority": s.priority},
         "{{ $value | humanize }} payouts failed in the last " + s.window,
         "{{ $value | humanize }} payouts (livemode={{ $labels.livemode }}) failed in the last " + s.window
         + ": money that did not reach the bank. billingwatch_payout_failures_total{reason} names the "

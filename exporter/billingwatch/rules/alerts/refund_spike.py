@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from billingwatch.detectors import Severity
+from billingwatch.levels import Priority
 from billingwatch.rules.render import Rules, alert, charge_amount, charges, pct
 from billingwatch.rules.values import Duration, knob
 
@@ -18,7 +18,7 @@ class RefundSpike:
     """BillingRefundSpike: per currency, refunded / successful charge amount over `window` >
     `ratio`, when at least `min_charges` successful charges in that currency in the window."""
 
-    severity: Severity = "medium"
+    priority: Priority = "P3"
     ratio: float = 0.10
     min_charges: int = knob(20, "successful charges in that currency in the window")
     window: Duration = "24h"
@@ -50,7 +50,7 @@ and on ({cur})
   {count}{{status="succeeded"}} >= {s.min_charges}"""
     alert(
         r, ALERT, expr, s.for_,
-        {"detector": "refund_spike", "severity": s.severity},
+        {"detector": "refund_spike", "priority": s.priority},
         "Refunds at {{ $value | humanizePercentage }} of {{ $labels.currency | toUpper }} charge volume",
         "Refunds in {{ $labels.currency | toUpper }} (livemode={{ $labels.livemode }}) over the last "
         f"{s.window} amount to {{{{ $value | humanizePercentage }}}} of the successful charge volume, above the "

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from billingwatch.detectors import Severity
+from billingwatch.levels import Priority
 from billingwatch.rules.render import Rules, alert, averaged, charge_amount, charges, covered, pct
 from billingwatch.rules.values import Duration, knob
 
@@ -20,7 +20,7 @@ class RevenueDrop:
     `drop_ratio` below its average per window over `baseline`, for currencies averaging at
     least `min_daily_charges` successful charges per window."""
 
-    severity: Severity = "high"
+    priority: Priority = "P2"
     drop_ratio: float = knob(0.15, "alert when the window is more than 15% below the baseline average")
     min_daily_charges: int = knob(10, "ignore currencies averaging fewer successful charges per window")
     window: Duration = "24h"
@@ -47,7 +47,7 @@ and on ({cur})
   {count_avg}{{status="succeeded"}} >= {s.min_daily_charges}{full}"""
     alert(
         r, ALERT, expr, s.for_,
-        {"detector": "revenue_drop", "severity": s.severity},
+        {"detector": "revenue_drop", "priority": s.priority},
         "{{ $labels.currency | toUpper }} charge volume {{ $value | humanizePercentage }} below its "
         + s.baseline + " average",
         "Successful charge volume in {{ $labels.currency | toUpper }} (livemode={{ $labels.livemode }}) over "

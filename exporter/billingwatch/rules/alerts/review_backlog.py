@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from billingwatch.detectors import Severity
+from billingwatch.levels import Priority
 from billingwatch.rules.render import Rules, alert
 from billingwatch.rules.values import Duration, seconds
 
@@ -20,7 +20,7 @@ class ReviewBacklog:
     """BillingReviewBacklog (detector review_backlog): a review opened more than `max_age` ago is
     still open."""
 
-    severity: Severity = "medium"
+    priority: Priority = "P3"
     max_age: Duration = "24h"
     for_: Duration = "5m"
 
@@ -38,7 +38,7 @@ def render(r: Rules, s: ReviewBacklog) -> None:
     expr = f"time() - ({oldest} > 0) > {seconds(s.max_age):g}"
     alert(
         r, ALERT, expr, s.for_,
-        {"detector": "review_backlog", "severity": s.severity},
+        {"detector": "review_backlog", "priority": s.priority},
         "A Radar review has been open for {{ $value | humanizeDuration }}",
         "The oldest open Radar review (livemode={{ $labels.livemode }}) was opened {{ $value | humanizeDuration }} "
         f"ago, more than {s.max_age}; billingwatch_reviews_open says how many wait. Its payment is held until "

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from billingwatch.detectors import Severity
+from billingwatch.levels import Priority
 from billingwatch.rules.render import Rules, alert
 from billingwatch.rules.values import Duration
 
@@ -18,7 +18,7 @@ knowingly keep a few unpaid subscriptions active."""
 class SilentLapse:
     """BillingSilentLapse: at least `min_lapsed` subscriptions in billingwatch_subscriptions_lapsed."""
 
-    severity: Severity = "medium"
+    priority: Priority = "P3"
     min_lapsed: int = 1
     for_: Duration = "15m"
 
@@ -31,7 +31,7 @@ def render(r: Rules, s: SilentLapse) -> None:
     expr = f"max by ({r.by('livemode')}) (billingwatch_subscriptions_lapsed{c.matchers()}) >= {s.min_lapsed}"
     alert(
         r, ALERT, expr, s.for_,
-        {"detector": "silent_lapse", "severity": s.severity},
+        {"detector": "silent_lapse", "priority": s.priority},
         "{{ $value | humanize }} active subscriptions are not being paid",
         "{{ $value | humanize }} subscriptions (livemode={{ $labels.livemode }}) are still active although their "
         "period ended more than the grace period ago with no paid invoice since: service is given away.",

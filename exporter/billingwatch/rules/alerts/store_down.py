@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from billingwatch.detectors import Severity
+from billingwatch.levels import Priority
 from billingwatch.rules.render import Rules, alert
 from billingwatch.rules.values import Duration
 
@@ -17,7 +17,7 @@ retries them) and the store-backed metrics disappear."""
 class StoreDown:
     """BillingWatchStoreDown: billingwatch_store_up == 0 on a replica."""
 
-    severity: Severity = "high"
+    priority: Priority = "P2"
     for_: Duration = "5m"
 
 
@@ -28,7 +28,7 @@ def render(r: Rules, s: StoreDown) -> None:
     target = r.config.matchers(livemode=False)
     alert(
         r, ALERT, f"billingwatch_store_up{target} == 0", s.for_,
-        {"detector": "store_down", "severity": s.severity},
+        {"detector": "store_down", "priority": s.priority},
         "BillingWatch {{ $labels.instance }} cannot reach its store",
         "BillingWatch at {{ $labels.instance }} cannot reach its store (Redis): webhooks are answered 503 "
         "(Stripe retries them) and the billing metrics are missing.",

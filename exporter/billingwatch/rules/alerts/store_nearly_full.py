@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from billingwatch.detectors import Severity
+from billingwatch.levels import Priority
 from billingwatch.rules.render import Rules, alert, pct
 from billingwatch.rules.values import Duration
 
@@ -17,7 +17,7 @@ writes (noeviction): webhooks get 503 and BillingWatchStoreDown fires. Quiet wit
 class StoreNearlyFull:
     """BillingWatchStoreNearlyFull: used_memory / maxmemory > `ratio` (maxmemory above 0)."""
 
-    severity: Severity = "high"
+    priority: Priority = "P2"
     ratio: float = 0.9
     for_: Duration = "10m"
 
@@ -36,7 +36,7 @@ max by ({r.by()}) (
 ) > {s.ratio:g}"""
     alert(
         r, ALERT, expr, s.for_,
-        {"detector": "store_nearly_full", "severity": s.severity},
+        {"detector": "store_nearly_full", "priority": s.priority},
         "BillingWatch's Redis is {{ $value | humanizePercentage }} full",
         f"BillingWatch's Redis uses {{{{ $value | humanizePercentage }}}} of its maxmemory (above {pct(s.ratio)}). "
         "When it is full it refuses writes: webhooks are answered 503 (Stripe retries them) until memory is "

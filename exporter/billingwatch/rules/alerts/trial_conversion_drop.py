@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from billingwatch.detectors import Severity
+from billingwatch.levels import Priority
 from billingwatch.rules.render import Rules, alert, averaged, covered, pct, trial_conversion, trials_ended
 from billingwatch.rules.values import Duration, knob
 
@@ -21,7 +21,7 @@ class TrialConversionDrop:
     `drop_ratio` below its average over `baseline`, when at least `min_ended_trials` trials
     ended in the window; quiet until the trial counters cover window + baseline."""
 
-    severity: Severity = "medium"
+    priority: Priority = "P3"
     drop_ratio: float = knob(0.3, "alert when conversion is more than 30% below its baseline average")
     min_ended_trials: int = knob(20, "trials ended (converted + expired) in the window before the ratio counts")
     window: Duration = "7d"
@@ -46,7 +46,7 @@ and on ({mode})
   sum by ({mode}) ({ended}) >= {s.min_ended_trials}{full}"""
     alert(
         r, ALERT, expr, s.for_,
-        {"detector": "trial_conversion_drop", "severity": s.severity},
+        {"detector": "trial_conversion_drop", "priority": s.priority},
         "{{ $value | humanizePercentage }} of trials converted in the last " + s.window,
         "{{ $value | humanizePercentage }} of the trials that ended in the last " + s.window
         + f" (livemode={{{{ $labels.livemode }}}}) converted to paid, more than {pct(s.drop_ratio)} below the "

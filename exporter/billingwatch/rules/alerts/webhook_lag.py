@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from billingwatch.detectors import Severity
+from billingwatch.levels import Priority
 from billingwatch.rules.render import Rules, alert, quantile_name
 from billingwatch.rules.values import Duration, knob, seconds
 
@@ -20,7 +20,7 @@ class WebhookLag:
     """BillingWebhookLag: the `quantile` of webhook delivery lag over `window` above `threshold`,
     when at least `min_events` events were recorded in the window."""
 
-    severity: Severity = "low"
+    priority: Priority = "P4"
     quantile: float = 0.95
     threshold: Duration = "10m"
     min_events: int = knob(10, "events recorded in the window before the quantile counts")
@@ -53,7 +53,7 @@ and on ({mode})
   {count} >= {s.min_events}"""
     alert(
         r, ALERT, expr, s.for_,
-        {"detector": "webhook_lag", "severity": s.severity},
+        {"detector": "webhook_lag", "priority": s.priority},
         "Stripe events arrive {{ $value | humanizeDuration }} late",
         f"The {quantile_name(s.quantile)} delay from an event's creation at Stripe to its recording here was "
         f"{{{{ $value | humanizeDuration }}}} over the last {s.window} (livemode={{{{ $labels.livemode }}}}), "

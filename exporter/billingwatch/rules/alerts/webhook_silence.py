@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from billingwatch.detectors import Severity
+from billingwatch.levels import Priority
 from billingwatch.rules.render import Rules, alert
 from billingwatch.rules.values import Duration, seconds
 
@@ -23,7 +23,7 @@ class WebhookSilence:
     takes to receive `expected_events` events (its event rate over `baseline`), and at least
     `min_silence`."""
 
-    severity: Severity = "high"
+    priority: Priority = "P2"
     expected_events: int = 10
     min_silence: Duration = "30m"
     baseline: Duration = "7d"
@@ -53,7 +53,7 @@ def render(r: Rules, s: WebhookSilence) -> None:
   clamp_min({s.expected_events} / {events}, {seconds(s.min_silence):g})"""
     alert(
         r, ALERT, expr, s.for_,
-        {"detector": "webhook_silence", "severity": s.severity},
+        {"detector": "webhook_silence", "priority": s.priority},
         "No Stripe event received for {{ $value | humanizeDuration }}",
         "No Stripe event (livemode={{ $labels.livemode }}) has arrived for {{ $value | humanizeDuration }}, "
         f"although this account usually receives {s.expected_events} in less time (event rate over the last "
