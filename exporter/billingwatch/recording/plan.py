@@ -108,7 +108,7 @@ class Check:
     - track:    (recording/signals.py only, not for detectors) `amount` 1: adds `member` opened at
                 `at` to the set `key` unless it is there or closed; 0: marks it closed. Never hits;
                 sets `gauges` (open-now field, oldest-open field) to the open members' count and
-                their earliest `at` (0: none). docs: /work/wt/notes/new-ops.md, store/apply.lua.
+                their earliest `at` (0: none). docs/redis.md, store/apply.lua.
     Sets keep at most `cap` members (the oldest go first) and expire `ttl` seconds after their
     last change. `gap_detail` (window): the key of the anomaly's details that gets the seconds
     between `at` and the nearest related member, which only the store knows.

@@ -296,7 +296,7 @@ local function sum_check(key, check)
   return best < threshold and threshold <= best + tonumber(check.amount), #best_members > 0 and best_members or nil
 end
 
--- The track op (recording/plan.py Check; /work/wt/notes/new-ops.md): a set of open members scored
+-- The track op (recording/plan.py Check; docs/redis.md): a set of open members scored
 -- by their opening time; a closed member stays as a tombstone scored below every time (its closing
 -- time - CLOSED), so a late "opened" never reopens it. Never hits; sets the two gauge fields to
 -- the open members' count and earliest time (0: none). ZADD, ZREM, EXPIRE and HSET cannot fail here.

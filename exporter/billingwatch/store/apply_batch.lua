@@ -1,9 +1,9 @@
 -- Record a batch of Stripe events in one script call (RedisStore.apply_many, docs/redis.md).
 -- Each event is recorded exactly as apply.lua records it, in order, each seeing the writes of
 -- those before it (dedup keys, checks, subscription state); what differs is only how: counter
--- and gauge increments and maxima are summed over the batch and written once at the end, and
--- each log gets one LPUSH (+ LTRIM) for the whole batch. A duplicate or a refusal affects its
--- own event only.
+-- and gauge increments and maxima are summed over the batch and written once at the end (a
+-- track check's gauge SETs are written as they happen), and each log gets one LPUSH (+ LTRIM)
+-- for the whole batch. A duplicate or a refusal affects its own event only.
 --
 -- KEYS[1] counters hash  KEYS[2] gauges hash  KEYS[3] anomaly log  KEYS[4] recent-events log
 -- KEYS[5] the layout version  KEYS[6] the overflow flag
@@ -38,6 +38,7 @@ local MAX_TTL = 1e10 -- store/contract.py MAX_TTL
 local MAX_CHECKS = 1000 -- store/contract.py MAX_CHECKS
 local MAX_AMOUNT, MAX_SUM = 1e12, 1e15 -- store/contract.py: a sum check's amount and threshold
 local MAX_SUBSCRIPTION_MRR, MAX_CUSTOMER_MRR = 1e15, 9e15
+local CLOSED = 1e11 -- the track op (apply.lua CLOSED)
 local BUDGET = 4.3e18
 local FLAG_AT = 2 ^ 62
 local EXACT = 2 ^ 53 -- Lua's doubles hold integers exactly below it
@@ -66,7 +67,8 @@ for e = 1, n_events do
   ev.checks = {}
   for j = 1, tonumber(take()) do
     local c = { key = key(), op = take(), ttl = take(), member = take(), at = take(), window = take(),
-                cap = take(), amount = take(), threshold = take(), gap_detail = take() }
+                cap = take(), amount = take(), threshold = take(), gap_detail = take(), gauges = {} }
+    for g = 1, tonumber(take()) do c.gauges[g] = take() end
     c.counters, c.anomaly, c.anomaly_counter = pairs_list(), take(), take()
     ev.checks[j] = c
   end
@@ -170,6 +172,9 @@ local function refusal(ev, change)
     end
   end
   for _, c in ipairs(ev.checks) do
+    if c.op == 'track' and (#c.gauges ~= 2 or not c.at:match('^%d+$') or tonumber(c.at) >= CLOSED) then
+      return 'a track check needs two gauge fields and a time'
+    end
     if c.op == 'sum' then
       local amount, threshold = tonumber(c.amount), tonumber(c.threshold)
       if not amount or amount < 0 or amount > MAX_AMOUNT or amount % 1 ~= 0
@@ -272,6 +277,38 @@ local function sum_check(c)
   return best < threshold and threshold <= best + tonumber(c.amount), #best_members > 0 and best_members or nil
 end
 
+-- The track op (apply.lua track(), docs/redis.md). Its two gauge fields are SET, not summed: a
+-- summed increment or maximum pending for one of them is written out first, and the SET is
+-- written now, so whatever the batch adds to the field later lands on it, as event by event.
+local function flush_gauge(name)
+  local amount = sums[2][name]
+  if amount then
+    write_total(2, name, amount)
+    sums[2][name] = nil
+  end
+  local best = maxima[name]
+  if best then
+    local current = tonumber(redis.call('HGET', KEYS[2], name))
+    if not current or best[1] > current then redis.call('HSET', KEYS[2], name, best[2]) end
+    maxima[name] = nil -- its place in maxima_order stays: a later maximum is written at the end
+  end
+end
+local function track(c)
+  local k = c.key
+  local score = redis.call('ZSCORE', k, c.member)
+  if c.amount == '1' then
+    if not score then redis.call('ZADD', k, c.at, c.member) end
+  elseif not score or tonumber(score) >= 0 then
+    redis.call('ZADD', k, string.format('%d', tonumber(c.at) - CLOSED), c.member)
+  end
+  trim(k, c.cap)
+  redis.call('EXPIRE', k, c.ttl)
+  local oldest = redis.call('ZRANGEBYSCORE', k, 0, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  flush_gauge(c.gauges[1])
+  flush_gauge(c.gauges[2])
+  redis.call('HSET', KEYS[2], c.gauges[1], redis.call('ZCOUNT', k, 0, '+inf'), c.gauges[2], oldest[2] or '0')
+end
+
 local function holds_money(k)
   local raw = redis.call('HGETALL', k)
   for i = 1, #raw, 2 do
@@ -304,6 +341,8 @@ local function record(ev, change, dedup_set)
     local hit, related, gap = false, nil, nil
     if c.op == 'once' then
       hit = redis.call('SET', k, '1', 'NX', 'EX', c.ttl) and true or false
+    elseif c.op == 'track' then
+      track(c)
     elseif c.op == 'sum' then
       hit, related = sum_check(c)
     else
@@ -499,9 +538,9 @@ for h = 1, 2 do
   end
 end
 for _, name in ipairs(maxima_order) do
-  local best = maxima[name]
-  local current = tonumber(redis.call('HGET', KEYS[2], name))
-  if not current or best[1] > current then
+  local best = maxima[name] -- nil: written out before a track check's SET, none since
+  local current = best and tonumber(redis.call('HGET', KEYS[2], name))
+  if best and (not current or best[1] > current) then
     redis.call('HSET', KEYS[2], name, best[2])
   end
 end

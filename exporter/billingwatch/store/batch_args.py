@@ -11,6 +11,7 @@ Its ARGV slice, in this order ('1'/'0' for booleans, '' for an absent text):
   dedup ttl, log line (JSON object without its closing brace, or ''),
   n, n x (counter field, delta), n, n x (gauge field, maximum),
   n checks, per check: op, ttl, member, at, window, cap, amount, threshold, gap_detail,
+    n, n x gauge field (track: the open-now and oldest-open fields; 0 for another op),
     n, n x (counter field, delta), anomaly record JSON ('' for none), anomaly counter field,
   with 'S': id, at, rank, held, n, n x (gauge field, amount), currency, mrr, paying scheme,
     period end, ttl, customer ttl, ended counter, lapse watched, movement schemes (2; '' '' for none),
@@ -71,7 +72,8 @@ def event_args(plan: Plan, prefix: str) -> EventArgs:
     for check in plan.checks:
         keys.append(f"{tag}:c:{check.key}")
         args += (check.op, str(check.ttl), check.member, str(check.at), str(check.window), str(check.cap),
-                 str(check.amount), str(check.threshold), check.gap_detail, *_pairs(check.counters))
+                 str(check.amount), str(check.threshold), check.gap_detail, str(len(check.gauges)),
+                 *check.gauges, *_pairs(check.counters))
         if check.anomaly is None:
             args += ("", "")
         else:
