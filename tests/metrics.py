@@ -123,6 +123,17 @@ def _matching(samples: Figures, name: str, labels: dict[str, str]) -> list[float
     return [v for (n, ls), v in samples.items() if n == name and want <= ls]
 
 
+def of_account(samples: Figures, account: str = "default") -> Figures:
+    """The samples of one account with the account label dropped, and those of no account (a release
+    before BILLINGWATCH_ACCOUNTS_FILE): what an older release exposed, to compare with it."""
+    found: Figures = {}
+    for (name, labels), sample in samples.items():
+        named = dict(labels).get("account")
+        if named in (None, account):
+            found[(name, frozenset((k, v) for k, v in labels if k != "account"))] = sample
+    return found
+
+
 def store_figures(samples: Figures) -> Figures:
     """What an event may change: every BillingWatch sample but the per-request counter (and the Redis
     server's own figures)."""
