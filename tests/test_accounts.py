@@ -120,7 +120,7 @@ def two(tmp_path: Path) -> Iterator[tuple[TestClient, dict[str, MemoryStore]]]:
 
 def test_each_account_counts_its_own_events_and_refuses_the_others_signature(
         two: tuple[TestClient, dict[str, MemoryStore]]) -> None:
-    client, stores = two
+    client, _ = two
     assert post(client, "/webhooks/stripe/eu", charge_event(1), EU).status_code == 200
     assert post(client, "/webhooks/stripe/us", charge_event(2), US).status_code == 200
     assert post(client, "/webhooks/stripe/us", charge_event(3), "whsec_UsOldSecret3").status_code == 200  # rotation

@@ -14,6 +14,9 @@ from typing import Any
 import yaml
 
 DEFAULT_ACCOUNT = "default"
+# The configured account's name in a record (pages, /api/*, pushed alerts): `account` is the
+# Stripe Connect connected account's (recording/plan.py).
+ACCOUNT_FIELD = "account_name"
 ACCOUNT_NAME = re.compile(r"[a-z0-9_-]{1,32}")
 MAX_ACCOUNTS = 50  # each is a label value of every family
 ACCOUNT_KEYS = frozenset({"name", "webhook_secret_files", "api_key_file", "test_only"})

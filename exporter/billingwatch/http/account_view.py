@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from billingwatch.accounts import ACCOUNT_FIELD
 from billingwatch.anomaly_ref import anomaly_id
 from billingwatch.recording.plan import LogEntry, Plan
 from billingwatch.recording.quarantine import Quarantine
@@ -25,7 +26,6 @@ from billingwatch.store.write_gate import WriteGate
 
 SELECTED: ContextVar[str | None] = ContextVar("billingwatch_account", default=None)
 CONNECTED: ContextVar[str | None] = ContextVar("billingwatch_connected_account", default=None)
-ACCOUNT_FIELD = "account_name"  # `account` is the Stripe Connect account's (recording/plan.py)
 MAX_CONNECTED = 255
 
 

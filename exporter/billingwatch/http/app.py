@@ -62,7 +62,7 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
         detector_errors = new_detector_errors_counter(d.name for d in detectors)
         others = [secret for other in accounts if other is not account for secret in other.webhook_secrets]
         webhooks[account.name] = WebhookEndpoint(settings.for_account(account), stores[account.name], detectors,
-                                                 requests, clock, sender, detector_errors, others)
+                                                 requests, clock, sender, detector_errors, others, account.name)
         measured.append(AccountMetrics(account.name, stores[account.name], requests, detector_errors))
     # The pages and /api/* read every account's store (http/account_view.py); with no ?account=,
     # what only one account can answer (the quarantine) is the default account's, else the first's.

@@ -226,7 +226,7 @@ def account_webhook() -> Json:
     entry = webhook()
     entry["summary"] = "One account's webhook target (BILLINGWATCH_ACCOUNTS_FILE)"
     entry["parameters"] = [{"name": "account", "in": "path", "required": True,
-                            "description": "The account's name in BILLINGWATCH_ACCOUNTS_FILE (default without the file)",
+                            "description": "Its name in BILLINGWATCH_ACCOUNTS_FILE (default without the file)",
                             "schema": {"type": "string", "pattern": "^[a-z0-9_-]{1,32}$"}},
                            *entry["parameters"]]
     entry["responses"] = {**entry["responses"],

@@ -12,6 +12,7 @@ from prometheus_client import Counter
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
+from billingwatch.accounts import ACCOUNT_FIELD, DEFAULT_ACCOUNT
 from billingwatch.config import Settings, is_placeholder
 from billingwatch.detectors import Detector
 from billingwatch.http.access import authorised
@@ -108,7 +109,9 @@ class WebhookEndpoint:
         sender: AlertSender | None = None,
         detector_errors: Counter | None = None,
         other_secrets: Sequence[str] = (),
+        account: str = DEFAULT_ACCOUNT,
     ) -> None:
+        self._account = account  # the configured account this endpoint records for
         self._settings = settings
         # The other accounts' secrets (BILLINGWATCH_ACCOUNTS_FILE): an event they sign is refused
         # and counted apart, so a webhook endpoint pointed at the wrong URL is told from forgery.
@@ -259,7 +262,7 @@ class WebhookEndpoint:
         if outcome.anomalies and self._sender is not None:
             # Only the replica whose store call found the anomaly gets it, once; history ones are
             # skipped there. A queue put: the answer to Stripe never waits for Alertmanager.
-            self._sender.submit(outcome.anomalies)
+            self._sender.submit([{**a, ACCOUNT_FIELD: self._account} for a in outcome.anomalies])
         return JSONResponse(
             {"received": True, "duplicate": outcome.duplicate, "anomalies": len(outcome.anomalies)}
         )
