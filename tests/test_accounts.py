@@ -25,6 +25,7 @@ from testkit.processes import Exporter, RedisServer, free_port
 from tests import old_release
 from tests.conftest import ROOT, SECRET
 from tests.metrics import TIMING, of_account, scrape, value
+from tests.replay_helpers import billingwatch, write_jsonl
 
 EU, US = "whsec_EuSecretForTests1", "whsec_UsSecretForTests2"
 
@@ -223,6 +224,21 @@ def test_two_accounts_in_one_exporter_on_redis(redis_server: RedisServer, tmp_pa
         assert "repeats an earlier charge" in httpx.get(exporter.url + "/anomalies?account=eu", timeout=10).text
         assert "repeats an earlier charge" not in httpx.get(exporter.url + "/anomalies?account=us", timeout=10).text
         assert httpx.get(exporter.url + "/ready", timeout=10).json()["status"] == "ready"
+        # replay --account: over HTTP to that account's endpoint with its secret, or straight into its store.
+        env = {"BILLINGWATCH_ACCOUNTS_FILE": path, "STRIPE_WEBHOOK_SECRET": "", "REDIS_URL": redis_server.url,
+               "BILLINGWATCH_REDIS_PREFIX": prefix}
+        us_file = write_jsonl(tmp_path / "us.jsonl", [charge_event(10, customer="cus_9")])
+        over_http = billingwatch("replay", str(us_file), "--url", exporter.url, "--account", "us", env=env)
+        assert over_http.returncode == 0 and "1 accepted" in over_http.stdout, over_http.stderr
+        direct = billingwatch("replay", "--direct", "--account", "eu",
+                              str(write_jsonl(tmp_path / "eu.jsonl", [charge_event(11, customer="cus_8")])), env=env)
+        assert direct.returncode == 0 and "1 accepted" in direct.stdout, direct.stderr
+        unnamed = billingwatch("replay", "--direct", str(tmp_path / "eu.jsonl"), env=env)
+        assert unnamed.returncode != 0 and "choose one with --account" in unnamed.stderr
+        history = scrape(exporter.url)
+        for account in ("eu", "us"):
+            assert value(history, "billingwatch_history_events_total", account=account, type="charge.succeeded",
+                         livemode="false") == 1
     finally:
         exporter.stop()
     client: redis.Redis[bytes] = redis.Redis.from_url(redis_server.url)
