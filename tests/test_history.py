@@ -170,7 +170,7 @@ def test_every_contract_series_exists_at_zero_on_a_fresh_exporter(make: Client) 
     for name, label_sets in expected_zeros().items():
         for labels in label_sets:
             for mode in MODES:
-                key = (name, frozenset({**labels, "livemode": mode}.items()))
+                key = (name, frozenset({**labels, "livemode": mode, "account": "default"}.items()))
                 assert samples.get(key) == 0.0, key
     # A fresh exporter shows no currency yet: nothing to pre-expose.
     assert not [k for k in samples if dict(k[1]).get("currency")]
