@@ -178,6 +178,8 @@ def test_pages_and_the_api_filter_by_account_and_connected_account(
     unknown = client.get("/api/events?account=asia")
     assert unknown.status_code == 400 and unknown.json() == {"error": "unknown account 'asia'; configured: eu, us"}
     assert "evt_3" not in client.get("/events?account=eu").text and "evt_3" in client.get("/events").text
+    home = client.get("/").text
+    assert "2 accounts (BILLINGWATCH_ACCOUNTS_FILE): eu, us (test only)" in home
     assert "repeats an earlier charge" not in client.get("/anomalies?account=us").text
     assert "repeats an earlier charge" in client.get("/anomalies?account=eu").text
     samples = scrape(client)
