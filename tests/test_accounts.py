@@ -17,6 +17,7 @@ import pytest
 import redis
 from starlette.testclient import TestClient
 
+from billingwatch.anomaly_ref import anomaly_id
 from billingwatch.config import ConfigError, Settings, from_env
 from billingwatch.fixtures import stripe_events as se
 from billingwatch.http.app import create_app
@@ -28,6 +29,7 @@ from tests.metrics import TIMING, of_account, scrape, value
 from tests.replay_helpers import billingwatch, write_jsonl
 
 EU, US = "whsec_EuSecretForTests1", "whsec_UsSecretForTests2"
+SAME_ORIGIN = {"Sec-Fetch-Site": "same-origin"}  # what the verdict form's CSRF check asks of a browser
 
 
 def accounts_file(tmp_path: Path, text: str, **secrets: str) -> str:
@@ -182,7 +184,14 @@ def test_pages_and_the_api_filter_by_account_and_connected_account(
     assert "2 accounts (BILLINGWATCH_ACCOUNTS_FILE): eu, us (test only)" in home
     assert "repeats an earlier charge" not in client.get("/anomalies?account=us").text
     assert "repeats an earlier charge" in client.get("/anomalies?account=eu").text
+    # A verdict on eu's anomaly is stored and counted in eu's store, whichever page it was given on.
+    answer = client.post(f"/anomalies/{anomaly_id(anomaly)}/feedback", data={"verdict": "expected"},
+                         headers=SAME_ORIGIN, follow_redirects=False)
+    assert answer.status_code == 303, answer.text
     samples = scrape(client)
+    for account, counted in (("eu", 1), ("us", 0)):
+        assert value(samples, "billingwatch_anomaly_feedback_total", account=account, detector="duplicate_charge",
+                     verdict="expected") == counted
     anomalies = "billingwatch_anomalies_total"
     assert value(samples, anomalies, account="eu", detector="duplicate_charge", severity="critical",
                  livemode="false") == 1
