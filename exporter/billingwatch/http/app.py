@@ -144,10 +144,11 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
     ]
     limits = Middleware(RequestLimits, max_header_bytes=settings.max_header_bytes,
                         max_in_flight=settings.max_connections)
-    middleware = [limits, Middleware(HostAllowlist, hosts=allowed_hosts),
-                  Middleware(AccountSelection, names=[a.name for a in accounts])]
+    middleware = [limits, Middleware(HostAllowlist, hosts=allowed_hosts)]
     if settings.web_config and settings.web_config.users:
         middleware.append(Middleware(SignIn, verifier=Verifier(settings.web_config.users),
                                      api_token=settings.api_token))
+    # Innermost: only a signed-in request learns the account names from an unknown ?account=.
+    middleware.append(Middleware(AccountSelection, names=[a.name for a in accounts]))
     # Limits first: an oversize request is refused before anything else reads its headers.
     return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
