@@ -106,7 +106,8 @@ def anyio_backend() -> str:
 QUICK: dict[str, tuple[str, ...]] = {
     "test_access": (),
     "test_accounts": ("test_two_accounts_in_one_exporter_on_redis",
-                      "test_a_store_written_by_886d805_keeps_its_counts_as_the_default_account"),
+                      "test_a_store_written_by_886d805_keeps_its_counts_as_the_default_account",
+                      "test_two_accounts_on_a_redis_cluster"),
     "test_alertmanager": (),
     "test_anomaly_pages": (),
     "test_connect_accounts": ("test_a_pushed_alert_and_the_event_log_name_the_account_never_a_metric_label",),

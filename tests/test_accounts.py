@@ -22,9 +22,9 @@ from billingwatch.config import ConfigError, Settings, from_env
 from billingwatch.fixtures import stripe_events as se
 from billingwatch.http.app import create_app
 from billingwatch.store import MemoryStore
-from testkit.processes import Exporter, RedisServer, free_port
+from testkit.processes import Exporter, RedisClusterServers, RedisServer, free_port
 from tests import old_release
-from tests.conftest import ROOT, SECRET
+from tests.conftest import ROOT, SECRET, running_exporter
 from tests.metrics import TIMING, of_account, scrape, value
 from tests.replay_helpers import billingwatch, write_jsonl
 
@@ -296,3 +296,28 @@ def test_a_store_written_by_886d805_keeps_its_counts_as_the_default_account(
         assert post(new.url, "/webhooks/stripe/default", events[1], SECRET).json()["duplicate"] is True
     finally:
         new.stop()
+
+
+def test_two_accounts_on_a_redis_cluster(tmp_path: Path, redis_prefix: str) -> None:
+    """Each account's hash tag ({prefix} and {prefix:eu}) keeps its keys in one slot: events of
+    both record through one exporter however the slots are spread over the masters."""
+    path = accounts_file(tmp_path, """accounts:
+  - name: default
+    webhook_secret_files: [DIR/default]
+  - name: eu
+    webhook_secret_files: [DIR/eu]
+""", default=SECRET, eu=EU)
+    with RedisClusterServers(masters=3) as cluster, running_exporter(
+            REDIS_URL=cluster.url(cluster.ports[0]), BILLINGWATCH_REDIS_PREFIX=redis_prefix,
+            BILLINGWATCH_ACCOUNTS_FILE=path, STRIPE_WEBHOOK_SECRET="") as exporter:
+        for n in range(3):
+            assert post(exporter.url, "/webhooks/stripe", charge_event(n, customer=f"cus_{n}"), SECRET).status_code \
+                == 200
+            assert post(exporter.url, "/webhooks/stripe/eu", charge_event(n, customer=f"cus_{n}"), EU).status_code \
+                == 200
+        assert post(exporter.url, "/webhooks/stripe/eu", charge_event(3, customer="cus_3"), EU).status_code == 200
+        samples = scrape(exporter.url)
+        for account, counted in (("default", 3), ("eu", 4)):
+            assert value(samples, "billingwatch_events_total", account=account, type="charge.succeeded",
+                         livemode="false") == counted
+        assert httpx.get(exporter.url + "/ready", timeout=10).json()["status"] == "ready"
