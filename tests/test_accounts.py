@@ -180,6 +180,8 @@ def test_pages_and_the_api_filter_by_account_and_connected_account(
     unknown = client.get("/api/events?account=asia")
     assert unknown.status_code == 400 and unknown.json() == {"error": "unknown account 'asia'; configured: eu, us"}
     assert "evt_3" not in client.get("/events?account=eu").text and "evt_3" in client.get("/events").text
+    page = client.get("/events").text  # each line names its account and connected account, as filter links
+    assert 'href="/events?account=us"' in page and 'href="/events?connected_account=acct_123"' in page
     home = client.get("/").text
     assert "2 accounts (BILLINGWATCH_ACCOUNTS_FILE): eu, us (test only)" in home
     assert "repeats an earlier charge" not in client.get("/anomalies?account=us").text
