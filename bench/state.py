@@ -219,8 +219,8 @@ def main() -> None:
             per_customer = (memory - previous_memory) / (level - filled)
             median, p95, size, series = scrape(url)
             gauge = httpx.get(url + "/metrics").text
-            active = next(line for line in gauge.splitlines()
-                          if line.startswith('billingwatch_subscriptions{livemode="false",status="active"}'))
+            held = 'billingwatch_subscriptions{account="default",livemode="false",status="active"}'
+            active = next(line for line in gauge.splitlines() if line.startswith(held))
             rows.append((level, seconds, median, p95, size, series, memory, per_customer, active.split()[-1]))
             print(f"  filled {level} customers ({seconds:.1f}s)", flush=True)
             filled, previous_memory = level, memory

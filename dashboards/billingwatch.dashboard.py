@@ -61,9 +61,17 @@ CURRENCY_UNITS = {
 }
 
 
-def sel(*extra: str, livemode: bool = True, currency: bool = False) -> str:
-    """The configured target selector, the dashboard's livemode/currency choice and `extra`."""
+# The dashboard's account choice (BILLINGWATCH_ACCOUNTS_FILE; `default` without it). A regex:
+# "All" shows every account, each series apart (the queries keep `account`, as the rules do).
+ACCOUNT = 'account=~"$account"'
+
+
+def sel(*extra: str, livemode: bool = True, currency: bool = False, account: bool = True) -> str:
+    """The configured target selector, the dashboard's livemode/currency/account choice and
+    `extra`; account=False for the process's own figures (up, build info), which have none."""
     matchers = [*extra]
+    if account:
+        matchers.insert(0, ACCOUNT)
     if livemode:
         matchers.insert(0, 'livemode="$livemode"')
     if currency:
@@ -71,12 +79,16 @@ def sel(*extra: str, livemode: bool = True, currency: bool = False) -> str:
     return CONFIG.matchers(*matchers, livemode=False)
 
 
+# The process's own figures (up, build info, process_*): no mode, no account.
+PROCESS = sel(livemode=False, account=False)
+
+
 def recorded(name: str, *extra: str, currency: bool = False) -> str:
     """A series the rules record, selected like the raw metrics. Fails at render time when the
     rules no longer record it, so the dashboard cannot drift from them unnoticed."""
     if name not in RECORDED:
         raise LookupError(f"the rules do not record {name}")
-    matchers = [*PINNED, 'livemode="$livemode"', *extra]
+    matchers = [*PINNED, 'livemode="$livemode"', ACCOUNT, *extra]
     if currency:
         matchers.append('currency=~"$currency"')
     return name + "{" + ",".join(matchers) + "}"
@@ -599,7 +611,7 @@ alerts_row = [
 
 health_row = [
     (stat(
-        "Exporter targets up", [target(agg("sum", f"up{sel(livemode=False)}"))],
+        "Exporter targets up", [target(agg("sum", f"up{PROCESS}"))],
         "short", "BillingWatch scrape targets that answered the last scrape. BillingWatchExporterDown fires "
         "on a target down or no target at all.",
         thresholds=[{"color": "red", "value": None}, {"color": "green", "value": 1}], no_value="0"), 4, 6),
@@ -610,15 +622,15 @@ health_row = [
         thresholds=[{"color": "red", "value": None}, {"color": "green", "value": 1}]), 4, 6),
     (table(
         "Replicas",
-        [target(agg("max", f"billingwatch_build_info{sel(livemode=False)}", "instance", "version", "store",
+        [target(agg("max", f"billingwatch_build_info{PROCESS}", "instance", "version", "store",
                     "python_version"), instant=True, fmt="table")],
         "Running exporter replicas, their version and store.", hidden=["Time", "Value"]), 8, 6),
     (timeseries(
         "Exporter memory and CPU",
         [
-            target(agg("max", f"process_resident_memory_bytes{sel(livemode=False)}", "instance"),
+            target(agg("max", f"process_resident_memory_bytes{PROCESS}", "instance"),
                    "{{instance}} memory", "A"),
-            target(agg("max", f"rate(process_cpu_seconds_total{sel(livemode=False)}[{RATE}])", "instance"),
+            target(agg("max", f"rate(process_cpu_seconds_total{PROCESS}[{RATE}])", "instance"),
                    "{{instance}} CPU", "B"),
         ],
         "bytes", "Resident memory and CPU (seconds per second) of each replica.",
@@ -635,6 +647,12 @@ def variables() -> list[Template]:
         query=f"label_values(billingwatch_charges_total{sel()}, currency)", includeAll=True, allValue=".*",
     )
     currency._current = {"selected": True, "text": ["All"], "value": ["$__all"]}
+    account = Template(
+        name="account", label="Account", dataSource=by_datasource, refresh=2, sort=1, multi=True,
+        query=f"label_values(billingwatch_events_total{CONFIG.matchers(livemode=False)}, account)",
+        includeAll=True, allValue=".*",
+    )
+    account._current = {"selected": True, "text": ["All"], "value": ["$__all"]}
     return [
         # A data source variable rather than ${DS_...} inputs: the JSON imports into any Grafana
         # and also loads through file provisioning (which does not resolve inputs).
@@ -646,6 +664,7 @@ def variables() -> list[Template]:
             query=f"label_values(billingwatch_events_total{CONFIG.matchers(livemode=False)}, livemode)",
         ),
         currency,
+        account,
         # Where the data links open BillingWatch's pages, as browsers reach the exporter.
         Template(name="billingwatch_url", label="BillingWatch URL", type="textbox", query=BILLINGWATCH_URL,
                  default=BILLINGWATCH_URL),

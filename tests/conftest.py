@@ -105,6 +105,9 @@ def anyio_backend() -> str:
 # promtool, exporter processes or a browser, or build a wheel); docs/development.md.
 QUICK: dict[str, tuple[str, ...]] = {
     "test_access": (),
+    "test_accounts": ("test_two_accounts_in_one_exporter_on_redis",
+                      "test_a_store_written_by_886d805_keeps_its_counts_as_the_default_account",
+                      "test_two_accounts_on_a_redis_cluster"),
     "test_alertmanager": (),
     "test_alertmanager_receivers": (),
     "test_alertmanager_subroute": (),

@@ -58,8 +58,17 @@ def _missing(samples: Figures, name: str, labels: dict[str, str]) -> MissingSamp
     return MissingSample(f"no sample {_show(name, frozenset(labels.items()))}; near: {near or 'none'}")
 
 
+def _account(samples: Figures, name: str, labels: dict[str, str]) -> dict[str, str]:
+    """`labels` with account="default" when they name no account and `name`'s samples carry one:
+    a test reads the default account unless it names another (BILLINGWATCH_ACCOUNTS_FILE)."""
+    if "account" in labels or not any(n == name and any(k == "account" for k, _ in ls) for n, ls in samples):
+        return labels
+    return {**labels, "account": "default"}
+
+
 def value(samples: Figures, name: str, **labels: str) -> float:
-    """The sample of `name` with exactly these labels."""
+    """The sample of `name` with exactly these labels (account="default" unless they name one)."""
+    labels = _account(samples, name, labels)
     key = (name, frozenset(labels.items()))
     if key not in samples:
         raise _missing(samples, name, labels)
@@ -80,6 +89,7 @@ def value_or_none(samples: Samples, name: str, **labels: str) -> float | None:
     """The sample of `name` with exactly these labels, or None when the family has no such series
     (yet); a family the exposition does not declare is still a failure."""
     _known(samples, name, labels)
+    labels = _account(samples, name, labels)
     return samples.get((name, frozenset(labels.items())))
 
 
@@ -111,6 +121,17 @@ def increase(before: Samples, after: Samples, name: str, **labels: str) -> float
 def _matching(samples: Figures, name: str, labels: dict[str, str]) -> list[float]:
     want = set(labels.items())
     return [v for (n, ls), v in samples.items() if n == name and want <= ls]
+
+
+def of_account(samples: Figures, account: str = "default") -> Figures:
+    """The samples of one account with the account label dropped, and those of no account (a release
+    before BILLINGWATCH_ACCOUNTS_FILE): what an older release exposed, to compare with it."""
+    found: Figures = {}
+    for (name, labels), sample in samples.items():
+        named = dict(labels).get("account")
+        if named in (None, account):
+            found[(name, frozenset((k, v) for k, v in labels if k != "account"))] = sample
+    return found
 
 
 def store_figures(samples: Figures) -> Figures:

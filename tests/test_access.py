@@ -142,7 +142,8 @@ def test_captured_delivery_reposted_as_replay_is_refused_and_changes_nothing(
     response = client.post(URL, content=payload, headers=replay_headers(payload, **extra))
     assert response.status_code == 403 and "BillingWatch-Replay" in response.json()["error"]
     after = scrape(client)
-    counter = ("billingwatch_webhook_requests_total", frozenset({("result", "replay_unauthorized")}))
+    counter = ("billingwatch_webhook_requests_total",
+               frozenset({("result", "replay_unauthorized"), ("account", "default")}))
     assert after.pop(counter) == 1 and before.pop(counter) == 0
     assert after == before
     # Stripe's own delivery of the same body is then live: lag sample and last-received time.

@@ -93,7 +93,7 @@ def test_a_pushed_alert_and_the_event_log_name_the_account_never_a_metric_label(
         (alert,) = alerts
         assert alert["annotations"]["account"] == "acct_A"
         assert "connected account acct_A" in alert["annotations"]["description"]
-        assert "account" not in alert["labels"]
+        assert alert["labels"]["account"] == "default"  # the configured account, never the connected one
         events = httpx.get(exporter.url + "/api/events", timeout=10).json()
         lines = events["events"] if isinstance(events, dict) else events
         assert sorted(line["account"] for line in lines) == ["acct_A", "acct_A", "acct_B"]

@@ -43,7 +43,7 @@ from tests.conftest import ROOT, SECRET, running_exporter
 SOURCE = ROOT / "dashboards" / "billingwatch.dashboard.py"
 RENDERED = ROOT / "dashboards" / "billingwatch.json"
 # What a user would pick in Grafana for the scenario below (test-mode events in USD).
-VARIABLES = {"livemode": "false", "currency": "usd", "__rate_interval": "1m"}
+VARIABLES = {"livemode": "false", "currency": "usd", "account": "default", "__rate_interval": "1m"}
 
 
 def render(monkeypatch: pytest.MonkeyPatch, config: Path | None = None) -> dict[str, Any]:
@@ -114,7 +114,7 @@ def test_every_panel_reads_the_datasource_variable_with_a_unit(monkeypatch: pyte
     dashboard = render(monkeypatch)
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
-    assert {"livemode", "currency"} <= set(variables)
+    assert {"livemode", "currency", "account"} <= set(variables)
     for panel in panels(dashboard):
         assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
         assert panel["fieldConfig"]["defaults"]["unit"], panel.get("title")
@@ -312,7 +312,8 @@ def test_every_panel_query_returns_data(monkeypatch: pytest.MonkeyPatch, stack: 
 
 # --- the Growth row, against 31 days of backfilled history ---
 
-GROWTH_VARIABLES = {"livemode": "false", "currency": "usd", "__rate_interval": "2h"}
+# "All" accounts: the history below is of a release before the account label.
+GROWTH_VARIABLES = {"livemode": "false", "currency": "usd", "account": ".*", "__rate_interval": "2h"}
 HOUR = 3600
 DAYS = 31
 

@@ -308,7 +308,7 @@ def test_anomalies_and_alerts_equal_promql(stack: Stack, sent: tuple[Message, st
     listed = section(text, "Alerts that fired")
     assert len(listed) == len(fired), (listed, fired)
     for name, detector, level in fired:
-        assert any(line.startswith(f"{name} {detector} ({level}) livemode=false: active since ")
+        assert any(line.startswith(f"{name} {detector} ({level}) account=default livemode=false: active since ")
                    for line in listed), (name, listed)
 
 

@@ -146,7 +146,7 @@ def test_a_duplicate_charge_pages_in_seconds_naming_who_and_how_much(
     pushed = next(a for a in body["alerts"] if a["annotations"].get("customer") == "cus_push_alice")
     assert pushed["labels"] == {"alertname": "BillingAnomaly", "detector": "duplicate_charge",
                                 "severity": "critical", "priority": "P1", "service": "billingwatch",
-                                "livemode": "false", "event_id": second["id"]}
+                                "livemode": "false", "account": "default", "event_id": second["id"]}
     assert pushed["annotations"]["amount"] == "49.99 USD"
     # The link is the finding's own page, by its stable id (detector, mode, event, summary).
     charge_id = second["data"]["object"]["id"]

@@ -29,6 +29,7 @@ from tests.metrics import Figures, scrape, store_figures, total
 
 Client = Callable[..., TestClient]
 URL = "/webhooks/stripe"
+DEFAULT = ("account", "default")  # the account label of an exporter without BILLINGWATCH_ACCOUNTS_FILE
 # 60 examples per property and store: the whole suite must stay within CI's 15 minutes on 2 cores
 # (100 took about 40 s more); BILLINGWATCH_FUZZ_EXAMPLES raises it for a longer local run.
 FUZZ = settings(max_examples=int(os.environ.get("BILLINGWATCH_FUZZ_EXAMPLES", "60")), deadline=None,
@@ -62,8 +63,9 @@ def assert_quarantined_cleanly(response: Any, before: dict[Any, float], client: 
     moved = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
     mode = ("livemode", livemode_label(evt["livemode"]))
     assert moved == {
-        ("billingwatch_events_quarantined_total", frozenset({("type", event_type_label(evt["type"], [])), mode})): 1,
-        ("billingwatch_events_quarantine_entries", frozenset({mode})): 1,
+        ("billingwatch_events_quarantined_total",
+         frozenset({("type", event_type_label(evt["type"], [])), mode, DEFAULT})): 1,
+        ("billingwatch_events_quarantine_entries", frozenset({mode, DEFAULT})): 1,
     }, moved  # a quarantined event moves no other figure
     return reason
 
@@ -362,7 +364,7 @@ def test_amounts_are_accepted_exactly_when_stripe_could_send_them(client: TestCl
     @given(kind=st.sampled_from(["charge", "refund", "dispute", "invoice"]), amount=AMOUNTS)
     def check(kind: str, amount: int) -> None:
         evt, family, labels = amount_event(kind, amount)
-        key = (family, frozenset(labels.items()))
+        key = (family, frozenset({*labels.items(), DEFAULT}))
         before = figures(client)
         payload = json.dumps(evt).encode()
         response = client.post(URL, content=payload, headers=se.signed_headers(payload, SECRET))
@@ -406,7 +408,7 @@ def test_any_bytes_in_stripe_signature_are_a_counted_400(client: TestClient) -> 
 def test_totals_near_the_64_bit_limit_are_refused_whole(client_and_store: tuple[TestClient, Store]) -> None:
     client, store = client_and_store
     field = "rfa|usd|false"
-    key = ("billingwatch_refund_amount_total", frozenset({("currency", "usd"), ("livemode", "false")}))
+    key = ("billingwatch_refund_amount_total", frozenset({("currency", "usd"), ("livemode", "false"), DEFAULT}))
 
     @FUZZ
     @given(headroom=st.integers(0, 2 * MAX_AMOUNT), amount=st.integers(0, MAX_AMOUNT))

@@ -172,7 +172,7 @@ def test_every_contract_series_exists_at_zero_on_a_fresh_exporter(make: Client) 
     for name, label_sets in expected_zeros().items():
         for labels in label_sets:
             for mode in MODES:
-                key = (name, frozenset({**labels, "livemode": mode}.items()))
+                key = (name, frozenset({**labels, "livemode": mode, "account": "default"}.items()))
                 assert samples.get(key) == 0.0, key
     # A fresh exporter shows no currency yet: nothing to pre-expose.
     assert not [k for k in samples if dict(k[1]).get("currency")]
@@ -208,7 +208,8 @@ def test_a_first_occurrence_increments_a_series_that_already_existed_at_zero(mak
     }
     for key in counters:
         assert before.get(key) == 0.0, f"{key} was born at its first value: increase() would miss it"
-    assert changed[("billingwatch_events_total", frozenset({"type": "other", "livemode": "false"}.items()))] == 1
+    assert changed[("billingwatch_events_total", frozenset({"type": "other", "livemode": "false",
+                                                                "account": "default"}.items()))] == 1
 
 
 def test_a_new_currency_brings_every_per_currency_series_at_zero(make: Client) -> None:
@@ -217,10 +218,11 @@ def test_a_new_currency_brings_every_per_currency_series_at_zero(make: Client) -
     samples = scrape(client)
     for name in ("billingwatch_refunds_total", "billingwatch_refund_amount_total", "billingwatch_dispute_amount_total",
                  "billingwatch_invoices_paid_total", "billingwatch_invoice_paid_amount_total"):
-        key = (name, frozenset({"currency": "gbp", "livemode": "false"}.items()))
+        key = (name, frozenset({"currency": "gbp", "livemode": "false", "account": "default"}.items()))
         assert samples.get(key) == 0.0, key
     assert samples[("billingwatch_charges_total",
-                    frozenset({"status": "failed", "currency": "gbp", "livemode": "false"}.items()))] == 0.0
+                    frozenset({"status": "failed", "currency": "gbp", "livemode": "false",
+                               "account": "default"}.items()))] == 0.0
 
 
 def test_every_type_a_detector_reads_is_a_known_event_type() -> None:

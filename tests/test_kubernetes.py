@@ -288,7 +288,7 @@ def test_exporter_serves_prometheus_and_probes_with_the_deployments_environment(
         assert get("/health", "10.42.0.7:9786").status_code == 200
         for host in ("10.42.0.7:9786", "billingwatch.payments.svc:9786", "billingwatch.payments.svc.cluster.local"):
             scrape = get("/metrics", host)
-            assert scrape.status_code == 200 and "billingwatch_store_up 1.0" in scrape.text, host
+            assert scrape.status_code == 200 and 'billingwatch_store_up{account="default"} 1.0' in scrape.text, host
         assert get("/metrics", "billingwatch.other.svc:9786").status_code == 400
         assert get("/metrics", "attacker.example:9786").status_code == 400
         # The API token came from its file: from outside loopback it is what opens /api/*.

@@ -15,11 +15,16 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from billingwatch.config import from_env
 from billingwatch.fixtures import stripe_events as se
+from billingwatch.http.app import create_app
 from billingwatch.store import MemoryStore, RedisStore, Store
 from tests.conftest import SECRET
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.txt"
+# The same scenario into the account eu of two (BILLINGWATCH_ACCOUNTS_FILE); default stays empty.
+GOLDEN_ACCOUNTS = Path(__file__).parent / "golden" / "metrics_accounts.txt"
+EU_SECRET = "whsec_GoldenEuSecret1"
 NOW = 1_767_225_600  # 2026-01-01T00:00:00Z: the app's clock for the whole scenario
 # Per-process families: they depend on the machine, not on the events.
 VOLATILE = ("process_", "python_", "billingwatch_build_info",
@@ -98,13 +103,13 @@ def scenario() -> list[tuple[dict[str, Any], bool]]:
     return [(e, False) for e in live] + [(e, True) for e in history]
 
 
-def exposition(client: TestClient) -> str:
+def exposition(client: TestClient, path: str = "/webhooks/stripe", secret: str = SECRET) -> str:
     for evt, replayed in scenario():
         payload = se.body(evt)
-        headers = se.signed_headers(payload, SECRET)
+        headers = se.signed_headers(payload, secret)
         if replayed:
             headers["BillingWatch-Replay"] = "1"
-        response = client.post("/webhooks/stripe", content=payload, headers=headers)
+        response = client.post(path, content=payload, headers=headers)
         assert response.status_code == 200, response.text
     text = client.get("/metrics").text
     return "".join(line + "\n" for line in text.splitlines() if not family_of(line).startswith(VOLATILE))
@@ -130,3 +135,22 @@ def test_the_scenario_gives_the_committed_exposition(golden_store: Store, make_c
         GOLDEN.parent.mkdir(exist_ok=True)
         GOLDEN.write_text(text)
     assert text == GOLDEN.read_text()
+
+
+def test_two_accounts_give_the_committed_exposition(golden_store: Store, tmp_path: Path) -> None:
+    """Every family once, each series in both accounts (default's at 0 or absent as a fresh
+    exporter's are), eu's figures exactly the single-account scenario's."""
+    (tmp_path / "default").write_text(SECRET)
+    (tmp_path / "eu").write_text(EU_SECRET)
+    (tmp_path / "accounts.yml").write_text(
+        f"accounts:\n  - name: default\n    webhook_secret_files: [{tmp_path}/default]\n"
+        f"  - name: eu\n    webhook_secret_files: [{tmp_path}/eu]\n")
+    settings = from_env({"BILLINGWATCH_ACCOUNTS_FILE": str(tmp_path / "accounts.yml")})
+    app = create_app(settings, clock=lambda: float(NOW), stores={"default": MemoryStore(), "eu": golden_store})
+    with TestClient(app, base_url="http://localhost", client=("127.0.0.1", 50000)) as client:
+        text = exposition(client, "/webhooks/stripe/eu", EU_SECRET)
+    if os.environ.get("BILLINGWATCH_REGENERATE_GOLDEN") == "1":
+        GOLDEN_ACCOUNTS.write_text(text)
+    assert text == GOLDEN_ACCOUNTS.read_text()
+    eu = [line.replace('account="eu"', 'account="default"') for line in text.splitlines() if 'account="eu"' in line]
+    assert eu and set(eu) <= set(GOLDEN.read_text().splitlines())

@@ -101,7 +101,8 @@ def test_labels_are_the_bounded_routing_set_plus_the_finding() -> None:
                            PUSH, NOW)["labels"]
             assert labels == {"alertname": "BillingAnomaly", "detector": detector.name,
                               "severity": alert_severity(detector.severity), "priority": priority(detector.severity),
-                              "service": "billingwatch", "livemode": str(livemode).lower(), "event_id": "evt_2"}
+                              "service": "billingwatch", "livemode": str(livemode).lower(), "account": "default",
+                              "event_id": "evt_2"}
     one, two = alert(record(), PUSH, NOW), alert(record(event_id="evt_3"), PUSH, NOW)
     assert one["labels"] != two["labels"]  # two findings, two alerts in Alertmanager
 

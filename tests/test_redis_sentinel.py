@@ -21,7 +21,7 @@ from billingwatch.store import RedisStore, StoreUnavailable
 from billingwatch.store.redis_connect import SentinelURL, parse_sentinel_url
 from testkit.processes import RedisSentinel, RedisServer, wait_until
 from tests.conftest import SECRET, running_exporter
-from tests.metrics import TIMING, Figures, scrape, total
+from tests.metrics import TIMING, Figures, of_account, scrape, total
 from tests.recording import record
 from tests.test_faults import Delivery, comparable, mixed_events, reference, requests_by_result
 
@@ -75,7 +75,7 @@ def test_master_sigkilled_mid_load_every_acknowledged_event_counted_once(
         killed_at = time.monotonic()
         delivery.join()
         results = requests_by_result(exporter.url)
-        state = store_figures(scrape(exporter.url))
+        state = store_figures(of_account(scrape(exporter.url)))  # labelled as the reference
 
     # Each Sentinel learns the new master from the one that led the failover, within seconds.
     ports = {str(r.port) for r in replicas}
@@ -130,7 +130,7 @@ def test_wait_without_a_replica_answers_503_and_the_retry_counts_once(tmp_path: 
             retried, refused_again = post_until_answered(exporter.url, second)  # 503 until it catches up
             assert retried.status_code == 200
             results = requests_by_result(exporter.url)
-            state = store_figures(scrape(exporter.url))
+            state = store_figures(of_account(scrape(exporter.url)))  # labelled as the reference
     finally:
         master.stop()
         replica.stop()

@@ -3,10 +3,12 @@
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from billingwatch.accounts import DEFAULT_ACCOUNT, Account, AccountsError
+from billingwatch.accounts import load as load_accounts
 from billingwatch.http.access import host_pattern
 from billingwatch.http.web_config import WebConfig, WebConfigError
 from billingwatch.http.web_config import load as load_web_config
@@ -171,6 +173,23 @@ def _web_config(environ: Mapping[str, str]) -> WebConfig | None:
         raise ConfigError(f"BILLINGWATCH_WEB_CONFIG_FILE: {exc}") from None
 
 
+def _accounts(environ: Mapping[str, str], secrets: tuple[str, ...]) -> tuple[Account, ...]:
+    path = environ.get("BILLINGWATCH_ACCOUNTS_FILE", "").strip()
+    if not path:
+        return ()
+    if secrets:
+        # Which account would it sign for? Each account names its own secret files.
+        raise ConfigError("STRIPE_WEBHOOK_SECRET is set beside BILLINGWATCH_ACCOUNTS_FILE: give each account's "
+                          "secrets in the file (webhook_secret_files) and unset STRIPE_WEBHOOK_SECRET")
+    if _flag(environ, "BILLINGWATCH_INSECURE_SKIP_SIGNATURE"):
+        raise ConfigError("BILLINGWATCH_INSECURE_SKIP_SIGNATURE cannot be used with BILLINGWATCH_ACCOUNTS_FILE: "
+                          "without signatures an event could not be told to belong to its account")
+    try:
+        return load_accounts(path)
+    except AccountsError as exc:
+        raise ConfigError(f"BILLINGWATCH_ACCOUNTS_FILE: {exc}") from None
+
+
 def _flag(environ: Mapping[str, str], name: str) -> bool:
     return environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -216,6 +235,10 @@ class Settings:
     alert_resolve_seconds: int = 3900
     # BILLINGWATCH_WEB_CONFIG_FILE (http/web_config.py): sign-in users and HTTPS; None: neither.
     web_config: WebConfig | None = None
+    # BILLINGWATCH_ACCOUNTS_FILE (accounts.py); empty: the one account `default` (see `accounts`).
+    accounts_file: tuple[Account, ...] = ()
+    # One account's settings (for_account): livemode events are refused, as with a placeholder secret.
+    test_only: bool = False
 
     def __repr__(self) -> str:  # never print secrets
         return f"Settings(host={self.host!r}, port={self.port}, store={'redis' if self.redis_url else 'memory'})"
@@ -225,9 +248,19 @@ class Settings:
         """The plan label's values: the configured names and other."""
         return tuple(sorted({*self.plans.values(), OTHER_PLAN}))
 
+    @property
+    def accounts(self) -> tuple[Account, ...]:
+        """The configured accounts; without an accounts file, `default` with STRIPE_WEBHOOK_SECRET."""
+        return self.accounts_file or (Account(DEFAULT_ACCOUNT, self.webhook_secrets),)
+
+    def for_account(self, account: Account) -> "Settings":
+        """These settings as one account's webhook and store see them: its secrets, its prefix."""
+        return replace(self, webhook_secrets=account.webhook_secrets, test_only=account.test_only,
+                       redis_prefix=account.prefix(self.redis_prefix))
+
     def check(self) -> None:
         # Detector thresholds are checked by whoever builds the detectors (billingwatch.startup).
-        if not self.webhook_secrets and not self.insecure_skip_signature:
+        if not self.webhook_secrets and not self.insecure_skip_signature and not self.accounts_file:
             raise ConfigError(
                 "STRIPE_WEBHOOK_SECRET is not set: give the endpoint's signing secret (whsec_...), "
                 "or BILLINGWATCH_INSECURE_SKIP_SIGNATURE=1 for local development only"
@@ -280,4 +313,5 @@ def from_env(environ: Mapping[str, str] = os.environ) -> Settings:
         if environ.get("BILLINGWATCH_RUNBOOK_URL", "").strip() else "",
         alert_resolve_seconds=env_int(environ, "BILLINGWATCH_ALERT_RESOLVE_SECONDS", 3900, 60, 30 * DAY),
         web_config=_web_config(environ),
+        accounts_file=_accounts(environ, secrets),
     )

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from billingwatch.config import ConfigError
+from billingwatch.metrics.accounts import ACCOUNT_LABEL
 
 # The anomaly log shows this many records per detector; the link has the rest.
 RECORDS_PER_DETECTOR = 10
@@ -77,9 +78,10 @@ def exact_increase(metric: str, labels: tuple[str, ...], by: tuple[str, ...], wi
     """PromQL: the counter's increase over the window, exactly (see the module docstring).
 
     `labels` are the metric's own labels: replicas expose the same store-backed values, so the
-    max across them (per job) is taken first, as the rules do."""
+    max across them (per job and account) is taken first, as the rules do; the accounts of
+    BILLINGWATCH_ACCOUNTS_FILE are then summed: the digest covers them all."""
     match = f'{{{window.selector},livemode="{window.livemode}"{"," + matchers if matchers else ""}}}'
-    keep = ", ".join((*labels, "job"))
+    keep = ", ".join((*labels, ACCOUNT_LABEL, "job"))
     now = f"max by ({keep}) ({metric}{match})"
     then = f"max by ({keep}) ({metric}{match} offset {window.seconds}s)"
     grouping = f" by ({', '.join(by)})" if by else ""

@@ -18,6 +18,7 @@ import aiohttp
 import stripe
 from tqdm import tqdm
 
+from billingwatch.commands.account_option import add_account_argument, chosen_account
 from billingwatch.config import ConfigError, from_env
 from billingwatch.http.webhook import REPLAY_HEADER
 from billingwatch.recording.recorder import Recorder
@@ -251,6 +252,7 @@ def add_sink_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--retries", type=int, default=5,
                         help="retries of one event on 5xx or an unreachable store/exporter (default 5)")
+    add_account_argument(parser)
     parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
                         help=f"events in flight at once over HTTP (default {DEFAULT_CONCURRENCY})")
     parser.add_argument("--progress", action="store_true",
@@ -259,17 +261,21 @@ def add_sink_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"events per round trip to Redis with --direct (default {DEFAULT_BATCH})")
 
 
-def webhook_url(url: str) -> str:
-    """Accept the exporter's base address as well as its webhook endpoint."""
+def webhook_url(url: str, account: str | None = None) -> str:
+    """Accept the exporter's base address as well as its webhook endpoint; with `account`
+    (BILLINGWATCH_ACCOUNTS_FILE), the base address means that account's endpoint."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"--url must be an http(s) address, got {url!r}")
-    return url.rstrip("/") + "/webhooks/stripe" if parts.path in ("", "/") else url
+    endpoint = "/webhooks/stripe" + (f"/{account}" if account else "")
+    return url.rstrip("/") + endpoint if parts.path in ("", "/") else url
 
 
-def open_recorder() -> Recorder:
-    """The direct path into the store REDIS_URL names, with the exporter's settings."""
+def open_recorder(account: str | None = None) -> Recorder:
+    """The direct path into the store REDIS_URL names, with the exporter's settings: the store of
+    the account `account` names (--account; default: the account named default)."""
     settings = from_env()
+    settings = settings.for_account(chosen_account(settings, account))
     if not settings.redis_url:
         raise ConfigError(
             "REDIS_URL is not set: the exporter's in-process store cannot be reached from another "
@@ -289,11 +295,13 @@ def open_sink(args: argparse.Namespace) -> Sink:
     if not 1 <= args.batch_size <= 10_000:
         raise ConfigError("--batch-size must be between 1 and 10000")
     if args.direct:
-        return StoreSink(open_recorder(), args.retries, args.batch_size)
+        return StoreSink(open_recorder(args.account), args.retries, args.batch_size)
     settings = from_env()
-    if not settings.webhook_secrets:
+    account = chosen_account(settings, args.account)
+    if not account.webhook_secrets:
         raise ConfigError("STRIPE_WEBHOOK_SECRET is not set: give the exporter's signing secret (whsec_...)")
-    return WebhookSink(webhook_url(args.url), settings.webhook_secrets[0], args.retries, replayed=True,
+    path_account = account.name if settings.accounts_file else None  # without the file: /webhooks/stripe
+    return WebhookSink(webhook_url(args.url, path_account), account.webhook_secrets[0], args.retries, replayed=True,
                        api_token=settings.api_token, concurrency=args.concurrency)
 
 

@@ -23,8 +23,10 @@ def migrate(args: argparse.Namespace) -> int:
     if not settings.redis_url:
         print(f"no REDIS_URL: the in-process store starts empty at layout {LAYOUT_VERSION}; nothing to migrate")
         return 0
-    for line in asyncio.run(_run(settings.redis_url, settings.redis_prefix, args.dry_run)):
-        print(line)
+    for account in settings.accounts:  # each account's store (BILLINGWATCH_ACCOUNTS_FILE) has its own layout
+        named = f"account {account.name}: " if settings.accounts_file else ""
+        for line in asyncio.run(_run(settings.redis_url, settings.for_account(account).redis_prefix, args.dry_run)):
+            print(named + line)
     return 0
 
 

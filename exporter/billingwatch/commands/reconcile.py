@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from billingwatch.commands.account_option import add_account_argument
 from billingwatch.commands.feed import StoreSink, Tally, open_recorder, progress, report
 from billingwatch.commands.stripe_api import (
     StripeApiError,
@@ -45,6 +46,7 @@ def add_reconcile(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") ->
     parser.add_argument("--replay", action="store_true", help="record the missed events into the store")
     parser.add_argument("--retries", type=int, default=5, help="retries of an unreachable store (default 5)")
     add_api_arguments(parser)
+    add_account_argument(parser)
     parser.set_defaults(run=reconcile)
 
 
@@ -92,7 +94,7 @@ def describe(document: dict[str, Any]) -> str:
 
 def reconcile(args: argparse.Namespace) -> int:
     client, types = client_from(args), event_types(args)
-    recorder = open_recorder()
+    recorder = open_recorder(args.account)
 
     async def run() -> int:
         try:

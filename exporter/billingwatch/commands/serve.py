@@ -69,7 +69,8 @@ def serve(args: argparse.Namespace) -> int:
 
         from billingwatch.store.layout_upkeep import at_start
 
-        asyncio.run(at_start(settings.redis_url, settings.redis_prefix))
+        for account in settings.accounts:  # each account's store (BILLINGWATCH_ACCOUNTS_FILE) has its layout
+            asyncio.run(at_start(settings.redis_url, settings.for_account(account).redis_prefix))
     if args.insecure_skip_signature:
         os.environ["BILLINGWATCH_INSECURE_SKIP_SIGNATURE"] = "1"  # for worker processes
     os.environ["BILLINGWATCH_HOST"] = settings.host  # the app's default Host allowlist follows the bind

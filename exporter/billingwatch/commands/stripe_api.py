@@ -12,7 +12,8 @@ from typing import Any
 import stripe
 from stripe.params import EventListParams, SubscriptionListParams
 
-from billingwatch.config import ConfigError, file_setting
+from billingwatch.commands.account_option import account_api_key
+from billingwatch.config import ConfigError, file_setting, from_env
 
 # Stripe keeps events for 30 days; nothing older can be listed.
 RETENTION_SECONDS = 30 * 86400
@@ -59,7 +60,9 @@ def add_api_arguments(parser: argparse.ArgumentParser) -> None:
 def client_from(args: argparse.Namespace) -> stripe.StripeClient:
     """A client on the key in STRIPE_API_KEY (or STRIPE_API_KEY_FILE): a restricted key with Events and
     Subscriptions read only (reconcile reads Events only; backfill seeds subscriptions too)."""
-    key = file_setting(os.environ, "STRIPE_API_KEY") or os.environ.get("STRIPE_API_KEY", "")
+    # --account NAME with an api_key_file (BILLINGWATCH_ACCOUNTS_FILE) reads that account's key.
+    key = account_api_key(from_env(), getattr(args, "account", None)) \
+        or file_setting(os.environ, "STRIPE_API_KEY") or os.environ.get("STRIPE_API_KEY", "")
     if not key:
         raise ConfigError(
             "STRIPE_API_KEY is not set: create a restricted key with read access to Events and Subscriptions only "

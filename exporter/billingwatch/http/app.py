@@ -4,23 +4,27 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from billingwatch.accounts import DEFAULT_ACCOUNT
 from billingwatch.config import Settings, is_placeholder
 from billingwatch.detectors import Detector, build_detectors
 from billingwatch.http.access import HostAllowlist, default_hosts
+from billingwatch.http.account_view import AccountSelection, AccountsView, per_account
 from billingwatch.http.anomaly_pages import AnomalyPages
 from billingwatch.http.api import Api
 from billingwatch.http.apidocs import ApiDocs
 from billingwatch.http.explorer import Explorer
 from billingwatch.http.home import Home
 from billingwatch.http.limits import RequestLimits
-from billingwatch.http.pages import Pages
+from billingwatch.http.pages import AccountMetrics, Pages
 from billingwatch.http.quarantine_api import QuarantineApi
 from billingwatch.http.sign_in import SignIn, Verifier
 from billingwatch.http.views import STYLESHEET, stylesheet
@@ -32,29 +36,56 @@ from billingwatch.store import Store, layout_upkeep, open_store
 log = logging.getLogger("billingwatch")
 
 
-def create_app(settings: Settings, store: Store | None = None, clock: Callable[[], float] = time.time) -> Starlette:
-    """Build the app. Tests pass their own store and clock; `serve` lets it open the configured store."""
-    store = store or open_store(settings.redis_url, settings.redis_prefix, settings.anomaly_log_size,
-                                settings.redis_wait_replicas, settings.redis_wait_timeout_ms,
-                                event_log_size=settings.event_log_size, quarantine_size=settings.quarantine_size,
-                                allow_eviction=settings.redis_allow_eviction)
+def open_account_store(settings: Settings) -> Store:
+    """One account's store (settings.for_account): its own prefix, the shared Redis."""
+    return open_store(settings.redis_url, settings.redis_prefix, settings.anomaly_log_size,
+                      settings.redis_wait_replicas, settings.redis_wait_timeout_ms,
+                      event_log_size=settings.event_log_size, quarantine_size=settings.quarantine_size,
+                      allow_eviction=settings.redis_allow_eviction)
+
+
+def create_app(settings: Settings, store: Store | None = None, clock: Callable[[], float] = time.time,
+               stores: Mapping[str, Store] | None = None) -> Starlette:
+    """Build the app. Tests pass their own store (one account) or stores (by account name) and
+    clock; `serve` lets it open each account's store (BILLINGWATCH_ACCOUNTS_FILE, accounts.py)."""
+    accounts = settings.accounts
+    if stores is None:
+        if store is not None and len(accounts) > 1:  # pragma: no cover - a programming error
+            raise ValueError("several accounts need `stores`, one per account")
+        stores = {a.name: store or open_account_store(settings.for_account(a)) for a in accounts}
     detectors: list[Detector] = build_detectors(settings.detector_env)
-    requests = new_requests_counter()
     sender = AlertSender(push_settings(settings))
-    detector_errors = new_detector_errors_counter(d.name for d in detectors)
-    webhook = WebhookEndpoint(settings, store, detectors, requests, clock, sender, detector_errors)
-    pages = Pages(settings, store, detectors, requests, clock, sender.counter, detector_errors)
-    api = Api(settings, store, detectors)
-    quarantine = QuarantineApi(settings, webhook.recorder)
-    explorer = Explorer(settings, store)
-    anomaly_pages = AnomalyPages(settings, store, detectors, clock)
-    home = Home(settings, store, detectors, sender, lambda: pages.last_scrape, clock)
+    webhooks: dict[str, WebhookEndpoint] = {}
+    measured: list[AccountMetrics] = []
+    for account in accounts:
+        requests = new_requests_counter()
+        detector_errors = new_detector_errors_counter(d.name for d in detectors)
+        others = [secret for other in accounts if other is not account for secret in other.webhook_secrets]
+        webhooks[account.name] = WebhookEndpoint(settings.for_account(account), stores[account.name], detectors,
+                                                 requests, clock, sender, detector_errors, others, account.name)
+        measured.append(AccountMetrics(account.name, stores[account.name], requests, detector_errors))
+    # The pages and /api/* read every account's store (http/account_view.py); with no ?account=,
+    # what only one account can answer (the quarantine) is the default account's, else the first's.
+    primary = DEFAULT_ACCOUNT if DEFAULT_ACCOUNT in webhooks else accounts[0].name
+    view = AccountsView(stores, primary, settings.anomaly_log_size, settings.event_log_size)
+    pages = Pages(settings, measured, detectors, clock, sender.counter)
+    api = Api(settings, view, detectors)
+    quarantines = {a.name: QuarantineApi(settings, webhooks[a.name].recorder) for a in accounts}
+    explorer = Explorer(settings, view)
+    anomaly_pages = AnomalyPages(settings, view, detectors, clock)
+    home = Home(settings, view, detectors, sender, lambda: pages.last_scrape, clock)
     docs = ApiDocs([d.name for d in detectors])
     allowed_hosts = settings.allowed_hosts or default_hosts(settings.host)
 
+    async def account_webhook(request: Request) -> Response:
+        webhook = webhooks.get(request.path_params["account"])
+        if webhook is None:
+            return JSONResponse({"error": "no such account in BILLINGWATCH_ACCOUNTS_FILE"}, status_code=404)
+        return await webhook.handle(request)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        if store.kind == "memory":
+        if view.kind == "memory":
             log.warning("no REDIS_URL: using the in-process store; its state is neither shared nor durable")
         if settings.insecure_skip_signature:
             log.warning("signature verification is OFF (development mode); livemode events are rejected")
@@ -70,27 +101,37 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
         if any(is_placeholder(secret) for secret in settings.webhook_secrets):
             log.warning("STRIPE_WEBHOOK_SECRET holds a placeholder, not a Stripe signing secret: test mode only, "
                         "livemode events are rejected")
+        if settings.accounts_file:
+            log.info("accounts (BILLINGWATCH_ACCOUNTS_FILE): %s, each on /webhooks/stripe/<name>%s",
+                     ", ".join(a.name + (" (test only)" if a.test_only else "") for a in accounts),
+                     "; /webhooks/stripe is the default account's" if DEFAULT_ACCOUNT in webhooks else "")
         if sender.enabled:
             log.info("pushing live anomalies to Alertmanager at %s",
                      ", ".join(redacted(url) for url in settings.alertmanager_urls))
         await sender.start()
-        upkeep = asyncio.create_task(layout_upkeep.in_background(store))  # store/layout_upkeep.py
+        # store/layout_upkeep.py, each account's store
+        upkeeps = [asyncio.create_task(layout_upkeep.in_background(s)) for s in stores.values()]
         yield {}
-        upkeep.cancel()
+        for upkeep in upkeeps:
+            upkeep.cancel()
         await sender.stop()
-        await store.close()
+        for opened in stores.values():
+            await opened.close()
 
     routes = [
         Route("/", home.page),
-        Route("/webhooks/stripe", webhook.handle, methods=["POST"]),
+        *([Route("/webhooks/stripe", webhooks[DEFAULT_ACCOUNT].handle, methods=["POST"])]
+          if DEFAULT_ACCOUNT in webhooks else []),
+        Route("/webhooks/stripe/{account}", account_webhook, methods=["POST"]),
         Route("/metrics", pages.metrics),
         Route("/health", pages.health),
         Route("/ready", pages.ready),
         Route("/api/detectors", api.detectors),
         Route("/api/anomalies", api.anomalies),
         Route("/api/events", api.events),
-        Route("/api/quarantine", quarantine.entries),
-        Route("/api/quarantine/requeue", quarantine.requeue, methods=["POST"]),
+        Route("/api/quarantine", per_account({n: q.entries for n, q in quarantines.items()}, primary)),
+        Route("/api/quarantine/requeue", per_account({n: q.requeue for n, q in quarantines.items()}, primary),
+              methods=["POST"]),
         Route("/events", explorer.page),
         Route("/anomalies", anomaly_pages.index),
         Route("/anomalies/{anomaly}", anomaly_pages.detail),
@@ -107,5 +148,7 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
     if settings.web_config and settings.web_config.users:
         middleware.append(Middleware(SignIn, verifier=Verifier(settings.web_config.users),
                                      api_token=settings.api_token))
+    # Innermost: only a signed-in request learns the account names from an unknown ?account=.
+    middleware.append(Middleware(AccountSelection, names=[a.name for a in accounts]))
     # Limits first: an oversize request is refused before anything else reads its headers.
     return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)

@@ -186,12 +186,18 @@ def row_html(line: Mapping[str, Any], anomalies: AnomalyIndex) -> str:
     tags = "".join(f'<span class="tag">{t}</span>' for t, on in (
         ("history", line.get("history")), ("live", line.get("livemode") is True)) if on)
     reason = f"<br>{esc(line.get('reason'))}" if line.get("reason") else ""
+    # Which configured account (several in BILLINGWATCH_ACCOUNTS_FILE) and which Connect account.
+    accounts = "".join(f"<br><small>{label} {filter_link(param, line.get(key))}</small>"
+                       for label, param, key in (("account", "account", "account_name"),
+                                                 ("connected account", "connected_account", "account"))
+                       if line.get(key))
     return (
         f'<tr class="event{" flagged" if found else ""}" data-event="{esc(line.get("id"))}" '
         f'data-customer="{esc(line.get("customer"))}" data-object="{esc(line.get("object"))}">'
         f'<td class="when">{esc(when(line.get("received")))}</td>'
         f'<td>{filter_link("type", line.get("type"))}</td>'
-        f'<td><code>{esc(line.get("id"))}</code><br><small>created {esc(when(line.get("created")))}</small></td>'
+        f'<td><code>{esc(line.get("id"))}</code><br><small>created {esc(when(line.get("created")))}</small>'
+        f'{accounts}</td>'
         f'<td>{filter_link("customer", line.get("customer"))}</td>'
         f'<td>{filter_link("object", line.get("object"))}</td>'
         f'<td class="num">{esc(amount_of(line))}</td>'

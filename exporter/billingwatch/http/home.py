@@ -38,6 +38,10 @@ class Line:
 def secret_line(settings: Settings) -> Line:
     if settings.insecure_skip_signature:
         return Line("Signing secret", "warn", "signature checks are OFF (development mode): test events only")
+    if settings.accounts_file:
+        names = ", ".join(a.name + (" (test only)" if a.test_only else "") for a in settings.accounts_file)
+        return Line("Signing secrets", "ok", f"{len(settings.accounts_file)} accounts (BILLINGWATCH_ACCOUNTS_FILE): "
+                    f"{names}, each on /webhooks/stripe/<name>")
     if any(is_placeholder(s) for s in settings.webhook_secrets):
         return Line("Signing secret", "warn", "a placeholder, not a Stripe signing secret: test mode only, "
                     "livemode events are refused")
@@ -83,7 +87,8 @@ class Home:
         except StoreUnavailable:
             events, anomalies = [], []
             steps.append("The store does not answer: check REDIS_URL and /ready.")
-        webhook = (settings.external_url or str(request.base_url)).rstrip("/") + "/webhooks/stripe"
+        webhook = (settings.external_url or str(request.base_url)).rstrip("/") + "/webhooks/stripe" + (
+            f"/{settings.accounts_file[0].name}" if settings.accounts_file else "")
         if events:
             last = events[0]
             received = last["received"] if isinstance(last.get("received"), int) else now

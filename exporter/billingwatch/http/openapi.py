@@ -231,6 +231,21 @@ EXAMPLE_EVENT: Json = {
 }
 
 
+def account_webhook() -> Json:
+    """One account's webhook target (BILLINGWATCH_ACCOUNTS_FILE): the same contract, its own secrets and store."""
+    entry = webhook()
+    entry["summary"] = "One account's webhook target (BILLINGWATCH_ACCOUNTS_FILE)"
+    entry["parameters"] = [{"name": "account", "in": "path", "required": True,
+                            "description": "Its name in BILLINGWATCH_ACCOUNTS_FILE (default without the file)",
+                            "schema": {"type": "string", "pattern": "^[a-z0-9_-]{1,32}$"}},
+                           *entry["parameters"]]
+    entry["responses"] = {**entry["responses"],
+                          "400": error(entry["responses"]["400"]["description"]
+                                       + "; or signed with another account's secret (wrong_account)"),
+                          "404": error("No account of that name")}
+    return entry
+
+
 def webhook() -> Json:
     return {
         "summary": "Stripe's webhook target",
@@ -314,6 +329,7 @@ def operations(detector_names: Sequence[str]) -> dict[tuple[str, str], Json]:
             "responses": {"200": html("The status page"), "401": html_unauthorised},
         },
         ("/webhooks/stripe", "post"): webhook(),
+        ("/webhooks/stripe/{account}", "post"): account_webhook(),
         ("/metrics", "get"): {
             "summary": "Prometheus exposition", "tags": ["monitoring"],
             "description": "Text format; OpenMetrics when the Accept header asks for it. No ids, aggregates only.",

@@ -12,6 +12,7 @@ from prometheus_client import Counter
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
+from billingwatch.accounts import ACCOUNT_FIELD, DEFAULT_ACCOUNT
 from billingwatch.config import Settings, is_placeholder
 from billingwatch.detectors import Detector
 from billingwatch.http.access import authorised
@@ -107,8 +108,14 @@ class WebhookEndpoint:
         clock: Callable[[], float] = time.time,
         sender: AlertSender | None = None,
         detector_errors: Counter | None = None,
+        other_secrets: Sequence[str] = (),
+        account: str = DEFAULT_ACCOUNT,
     ) -> None:
+        self._account = account  # the configured account this endpoint records for
         self._settings = settings
+        # The other accounts' secrets (BILLINGWATCH_ACCOUNTS_FILE): an event they sign is refused
+        # and counted apart, so a webhook endpoint pointed at the wrong URL is told from forgery.
+        self._other_secrets = tuple(other_secrets)
         self._sender = sender
         self._detector_errors = detector_errors
         self._recorder = Recorder(store, detectors, settings.dedup_ttl, settings.subscription_ttl, clock,
@@ -200,12 +207,16 @@ class WebhookEndpoint:
                 return self._reject("missing_signature", 400, "Stripe-Signature header is missing")
             secret = signing_secret(payload, header, settings.webhook_secrets, settings.signature_tolerance,
                                     time.time())
+            if secret is None and self._other_secrets and signing_secret(
+                    payload, header, self._other_secrets, settings.signature_tolerance, time.time()) is not None:
+                return self._reject("wrong_account", 400, "Stripe-Signature is another account's: "
+                                    "post each account's events to its own /webhooks/stripe/<name>")
             if secret is None:
                 return self._reject(
                     "invalid_signature", 400,
                     "Stripe-Signature is malformed, does not match any secret, or is too old or in the future",
                 )
-            live_allowed = not is_placeholder(secret)
+            live_allowed = not is_placeholder(secret) and not settings.test_only
         try:
             document = json.loads(payload)
         except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
@@ -224,7 +235,9 @@ class WebhookEndpoint:
             await self._log_rejected(document, str(exc), received_at, history)
             return self._reject("invalid_event", 400, str(exc))
         except LivemodeRejected:
-            reason = "livemode events need signature verification with a real secret, not a placeholder"
+            reason = ("livemode events are refused: this account is test_only in BILLINGWATCH_ACCOUNTS_FILE"
+                      if settings.test_only else
+                      "livemode events need signature verification with a real secret, not a placeholder")
             await self._log_rejected(document, reason, received_at, history)
             return self._reject("livemode_rejected", 400, reason)
         except StoreUnavailable as exc:
@@ -249,7 +262,7 @@ class WebhookEndpoint:
         if outcome.anomalies and self._sender is not None:
             # Only the replica whose store call found the anomaly gets it, once; history ones are
             # skipped there. A queue put: the answer to Stripe never waits for Alertmanager.
-            self._sender.submit(outcome.anomalies)
+            self._sender.submit([{**a, ACCOUNT_FIELD: self._account} for a in outcome.anomalies])
         return JSONResponse(
             {"received": True, "duplicate": outcome.duplicate, "anomalies": len(outcome.anomalies)}
         )

@@ -150,4 +150,5 @@ RESULTS = (
     "accepted", "duplicate", "missing_signature", "invalid_signature", "too_large", "invalid_json",
     "invalid_event", "livemode_rejected", "store_unavailable", "unrecordable", "replay_unauthorized",
     "body_timeout", "unsupported_media_type", "quarantined",
+    "wrong_account",  # signed with the secret of another account in BILLINGWATCH_ACCOUNTS_FILE
 )

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import httpx
 from prometheus_client import Counter
 
+from billingwatch.accounts import ACCOUNT_FIELD, DEFAULT_ACCOUNT
 from billingwatch.anomaly_ref import anomaly_path
 from billingwatch.config import Settings
 from billingwatch.levels import alert_labels, priority
@@ -120,6 +121,8 @@ def alert(record: dict[str, Any], settings: PushSettings, now: float) -> dict[st
             "detector": detector,
             **alert_labels(priority(str(record["severity"]))),
             "livemode": livemode,
+            # The configured Stripe account (BILLINGWATCH_ACCOUNTS_FILE), as the rules' alerts carry it.
+            "account": str(record.get(ACCOUNT_FIELD) or DEFAULT_ACCOUNT),
             "event_id": str(record.get("event_id", "")),
         },
         "annotations": annotations,

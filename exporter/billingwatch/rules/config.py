@@ -53,8 +53,9 @@ alert keeps its livemode label, so you can also route test-mode alerts away in A
             "comment": """\
 Labels kept when figures are aggregated across replicas. Every replica exposes the same
 store-backed (Redis) figures, so the rules take the max across replicas and keep only a
-metric's own labels. Add a label here when one Prometheus watches several BillingWatch
-deployments (several Stripe accounts) told apart by that label, e.g. [account]."""
+metric's own labels. The `account` label (BILLINGWATCH_ACCOUNTS_FILE) is always kept. Add a
+label here when one Prometheus watches several BillingWatch deployments told apart by a target
+label, e.g. [namespace]."""
         },
     )
     runbook_url: str = knob(

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from billingwatch.levels import SERVICE, alert_labels
+from billingwatch.metrics.accounts import ACCOUNT_LABEL
 from billingwatch.rules.values import seconds
 
 if TYPE_CHECKING:  # config.py imports the alert modules, which import this one
@@ -44,10 +45,12 @@ class Rules:
 
 
 def kept_labels(config: "RulesConfig") -> list[str]:
-    """Labels kept in every aggregation: the selector's equality-matched labels (constant within
-    one deployment, so keeping them only tells deployments apart) and `keep_labels`."""
+    """Labels kept in every aggregation: `account` (every family carries it: each Stripe account
+    of BILLINGWATCH_ACCOUNTS_FILE is aggregated and alerted on apart), the selector's
+    equality-matched labels (constant within one deployment, so keeping them only tells
+    deployments apart) and `keep_labels`."""
     pinned = re.findall(r'([a-zA-Z_]\w*)\s*=\s*"', config.selector)
-    return list(dict.fromkeys([*pinned, *config.keep_labels]))
+    return list(dict.fromkeys([ACCOUNT_LABEL, *pinned, *config.keep_labels]))
 
 
 # --- recording rules: each helper registers what it needs and returns the series name ---
