@@ -593,7 +593,10 @@ class RedisStore:
             async with self._redis.pipeline(transaction=True) as pipe:
                 for name, value in counters.items():
                     pipe.hincrby(self.counters_key, name, value)
-                await pipe.execute()
+                totals = await pipe.execute()
+            # The batch script trusts the flag instead of reading every total (docs/redis.md).
+            if any(abs(int(total)) >= OVERFLOW_FLAG_AT for total in totals):
+                await self._redis.set(self.overflow_key, "1")
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
 
