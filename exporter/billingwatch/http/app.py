@@ -19,13 +19,18 @@ from billingwatch.http.api import Api
 from billingwatch.http.apidocs import ApiDocs
 from billingwatch.http.explorer import Explorer
 from billingwatch.http.home import Home
+from billingwatch.http.import_api import ImportApi
 from billingwatch.http.limits import RequestLimits
 from billingwatch.http.pages import Pages
 from billingwatch.http.quarantine_api import QuarantineApi
 from billingwatch.http.sign_in import SignIn, Verifier
 from billingwatch.http.views import STYLESHEET, stylesheet
 from billingwatch.http.webhook import WebhookEndpoint
-from billingwatch.metrics.families import new_detector_errors_counter, new_requests_counter
+from billingwatch.metrics.families import (
+    new_detector_errors_counter,
+    new_import_requests_counter,
+    new_requests_counter,
+)
 from billingwatch.notify.alertmanager import AlertSender, push_settings, redacted
 from billingwatch.store import Store, layout_upkeep, open_store
 
@@ -43,9 +48,11 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
     sender = AlertSender(push_settings(settings))
     detector_errors = new_detector_errors_counter(d.name for d in detectors)
     webhook = WebhookEndpoint(settings, store, detectors, requests, clock, sender, detector_errors)
-    pages = Pages(settings, store, detectors, requests, clock, sender.counter, detector_errors)
+    imports = new_import_requests_counter()
+    pages = Pages(settings, store, detectors, requests, clock, sender.counter, detector_errors, imports)
     api = Api(settings, store, detectors)
     quarantine = QuarantineApi(settings, webhook.recorder)
+    importer = ImportApi(settings, webhook.recorder, imports)
     explorer = Explorer(settings, store)
     anomaly_pages = AnomalyPages(settings, store, detectors, clock)
     home = Home(settings, store, detectors, sender, lambda: pages.last_scrape, clock)
@@ -89,6 +96,7 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
         Route("/api/detectors", api.detectors),
         Route("/api/anomalies", api.anomalies),
         Route("/api/events", api.events),
+        Route("/api/import", importer.handle, methods=["POST"]),
         Route("/api/quarantine", quarantine.entries),
         Route("/api/quarantine/requeue", quarantine.requeue, methods=["POST"]),
         Route("/events", explorer.page),

@@ -35,8 +35,10 @@ class Pages:
         clock: Callable[[], float] = time.time,
         notifications: Counter | None = None,
         detector_errors: Counter | None = None,
+        imports: Counter | None = None,
     ) -> None:
         self._settings = settings
+        self._imports = imports
         self._notifications = notifications
         self._detector_errors = detector_errors
         self._store = store
@@ -57,7 +59,7 @@ class Pages:
             # Redis answers but refused a write: try one again (the gate opens once one goes through).
             await self._store.can_record()
         registry = CollectorRegistry(auto_describe=False)
-        pushed = tuple(c for c in (self._notifications, self._detector_errors) if c is not None)
+        pushed = tuple(c for c in (self._imports, self._notifications, self._detector_errors) if c is not None)
         for collector in (self._requests, *pushed, self._build_info,
                           SnapshotCollector(snapshot, self._detectors, settings.currencies, settings.plan_names,
                                             writable=self._store.gate.reason is None),
