@@ -105,6 +105,7 @@ def anyio_backend() -> str:
 # promtool, exporter processes or a browser, or build a wheel); docs/development.md.
 QUICK: dict[str, tuple[str, ...]] = {
     "test_access": (),
+    "test_import_api": (),
     "test_alertmanager": (),
     "test_anomaly_pages": (),
     "test_connect_accounts": ("test_a_pushed_alert_and_the_event_log_name_the_account_never_a_metric_label",),

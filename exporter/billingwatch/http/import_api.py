@@ -82,9 +82,11 @@ class ImportApi:
         numbers: list[int] = []  # the line number of each document
         documents: list[Any] = []
         invalid: list[tuple[int, str]] = []
+        lines = 0
         for number, line in enumerate(body.split(b"\n"), 1):
             if not line.strip():
                 continue
+            lines += 1
             try:
                 documents.append(_parse(line))
                 numbers.append(number)
@@ -118,7 +120,7 @@ class ImportApi:
         invalid.sort()
         self._requests.labels("imported").inc()
         return JSONResponse({
-            "lines": len(documents) + len(invalid), "recorded": recorded, "duplicate": duplicate,
+            "lines": lines, "recorded": recorded, "duplicate": duplicate,
             "invalid": len(invalid), "anomalies": anomalies,
             "errors": [{"line": number, "error": reason} for number, reason in invalid[:MAX_LISTED]],
         })
