@@ -16,8 +16,8 @@ Figures = dict[tuple[str, Labels], float]
 SERVER = ("billingwatch_store_used_memory_bytes", "billingwatch_store_max_memory_bytes",
           "billingwatch_store_evicted_keys")
 # Per-replica or timing-dependent families: they differ between two deliveries of the same events.
-TIMING = ("billingwatch_webhook_requests", "billingwatch_alert_notifications", "billingwatch_detector_errors",
-          "billingwatch_webhook_delivery_lag",
+TIMING = ("billingwatch_webhook_requests", "billingwatch_import_requests", "billingwatch_alert_notifications",
+          "billingwatch_detector_errors", "billingwatch_webhook_delivery_lag",
           "billingwatch_build_info", "billingwatch_last_event_received", "billingwatch_store_up", *SERVER)
 SUFFIXES = ("", "_total", "_count", "_sum", "_bucket", "_created", "_info")  # sample names of a family
 
@@ -116,7 +116,8 @@ def _matching(samples: Figures, name: str, labels: dict[str, str]) -> list[float
 def store_figures(samples: Figures) -> Figures:
     """What an event may change: every BillingWatch sample but the per-request counter (and the Redis
     server's own figures)."""
-    return {k: v for k, v in samples.items() if not k[0].startswith(("billingwatch_webhook_requests", *SERVER))}
+    return {k: v for k, v in samples.items()
+            if not k[0].startswith(("billingwatch_webhook_requests", "billingwatch_import_requests", *SERVER))}
 
 
 def recorded_figures(source: TestClient | str) -> Figures:
