@@ -377,8 +377,10 @@ def operations(detector_names: Sequence[str]) -> dict[tuple[str, str], Json]:
                            "nothing for that line. 200 only when every accepted line is recorded; 503: send the "
                            "whole chunk again (recorded lines come back duplicates). At most 4 MiB per request.",
             "tags": ["api"], "security": BEARER,
+            # No type: on the wire it is text whatever it holds, and every line is judged on its own.
             "requestBody": {"required": True, "content": {"application/x-ndjson": {"schema": {
-                "type": "string", "description": "Stripe event objects, one JSON object per line"}}}},
+                "description": "Stripe event objects, one JSON object per line; any other line is listed "
+                               "in `errors` with its reason"}}}},
             "responses": {"200": json_body("What became of the lines", ref("ImportResult")),
                           "400": error("The body could not be read (or a Host not allowed)"),
                           "401": UNAUTHORISED, "408": error("The body did not arrive within the read timeout"),
