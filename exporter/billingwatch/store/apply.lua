@@ -6,7 +6,9 @@
 -- KEYS[4] anomaly log list      KEYS[5] subscription hash (or an unused name)
 -- KEYS[6] lapse watch zset      KEYS[7] recent-events log list
 -- KEYS[8] the subscription's customer hash (or an unused name)   KEYS[9] the layout version
--- KEYS[9 + i] the key of check i
+-- KEYS[10] the overflow flag: set when an increment makes a total's absolute value reach 2^62
+-- (apply_batch.lua relies on it to bound totals without reading them)
+-- KEYS[10 + i] the key of check i
 -- ARGV[1] the plan as JSON (every number a string, so Lua never rounds it)
 -- ARGV[2] how many anomaly records the log keeps
 -- ARGV[3] the event's log line, a JSON object without its closing brace ('' for none): the
@@ -53,7 +55,7 @@ local MAX_AMOUNT, MAX_SUM = 1e12, 1e15 -- store/contract.py: a sum check's amoun
 -- store/contract.py MAX_SUBSCRIPTION_MRR, MAX_CUSTOMER_MRR: below 2^53, so exact in Lua's doubles
 local MAX_SUBSCRIPTION_MRR, MAX_CUSTOMER_MRR = 1e15, 9e15
 local plan = cjson.decode(ARGV[1])
-local CHECK_KEYS = 9 -- the checks' keys follow the fixed ones
+local CHECK_KEYS = 10 -- the checks' keys follow the fixed ones
 
 -- The movement rule (recording/plan.py movement()): kind and positive amount, or nil.
 local function movement(before, after, paid_before)
@@ -238,10 +240,16 @@ if reason then
 end
 
 -- ---------------------------------------------------------------- writes
+-- Every increment of a total: the overflow flag (KEYS[10]) is set once one reaches 2^62.
+local FLAG_AT = 2 ^ 62
+local function increment(key, name, value)
+  if math.abs(redis.call('HINCRBY', key, name, value)) >= FLAG_AT then redis.call('SET', KEYS[10], '1') end
+end
+
 redis.call('SET', KEYS[1], '1', 'EX', plan.ttl)
 
 for name, value in pairs(plan.counters) do
-  redis.call('HINCRBY', KEYS[2], name, value)
+  increment(KEYS[2], name, value)
 end
 for name, value in pairs(plan.maxima) do
   local current = tonumber(redis.call('HGET', KEYS[3], name))
@@ -319,7 +327,7 @@ for i, check in ipairs(plan.checks) do
   end
   if hit then
     for name, value in pairs(check.counters) do
-      redis.call('HINCRBY', KEYS[2], name, value)
+      increment(KEYS[2], name, value)
     end
     if check.anomaly then
       check.anomaly.related = related
@@ -337,7 +345,7 @@ for i, check in ipairs(plan.checks) do
       local record = cjson.encode(check.anomaly)
       redis.call('LPUSH', KEYS[4], record)
       redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[2]) - 1)
-      redis.call('HINCRBY', KEYS[2], check.anomaly_counter, 1)
+      increment(KEYS[2], check.anomaly_counter, 1)
       table.insert(result, record)
       table.insert(fired, check.anomaly.detector)
     end
@@ -361,10 +369,10 @@ end
 local sub = plan.subscription
 if sub and sub_change then -- nil: an older snapshot never overwrites a newer one
   for _, g in ipairs(sub_change.gauges) do
-    redis.call('HINCRBY', KEYS[3], g[1], string.format('%d', g[2])) -- %d: never '-0', which HINCRBY refuses
+    increment(KEYS[3], g[1], string.format('%d', g[2])) -- %d: never '-0', which HINCRBY refuses
   end
   for _, c in ipairs(sub_change.counters) do -- no end or movement counter for history
-    redis.call('HINCRBY', KEYS[2], c[1], string.format('%d', c[2]))
+    increment(KEYS[2], c[1], string.format('%d', c[2]))
   end
   for _, c in ipairs(sub_change.customer) do
     redis.call('HSET', KEYS[8], c[1], string.format('%d', c[2]))

@@ -2,8 +2,8 @@
 
 When nothing is in flight a plan is sent at once (no added wait at light load). While a batch
 is in flight, arriving plans queue and go together in the next pipeline (at most `max_batch`).
-Each plan is still its own atomic script call with its own reply (RedisStore.apply_many), and
-each caller gets its own outcome or error. A call that got no reply (a broken connection
+Each plan is still recorded atomically on its own, with its own reply (RedisStore.apply_many: one
+apply_batch.lua call), and each caller gets its own outcome or error. A call that got no reply (a broken connection
 mid-batch) is StoreUnavailable, so the webhook answers 503: Stripe's retry of an event that did
 run comes back a duplicate, so it is counted once either way.
 """
