@@ -3,7 +3,8 @@
 Property-based: Stripe's real event shapes (billingwatch/fixtures), with fields of the envelope
 and the object replaced by other JSON values or removed. For each document, live and history:
 the lean plan is either None (the caller falls back to plan_event) or equal to the reference's
-plan, field for field and in the same order (the store encodes the order); and through the
+plan, field for field and in the same order; the store's arguments it writes without a Plan are
+byte-identical to event_args() of the reference's plan (store/batch_args.py); and through the
 Recorder, the one entry, both give the same plan or refuse with the same InvalidEvent.
 """
 
@@ -25,6 +26,7 @@ from billingwatch.recording.lean_plan import LeanPlanner
 from billingwatch.recording.plan import Plan, plan_event
 from billingwatch.recording.recorder import LivemodeRejected, Recorder
 from billingwatch.store import MemoryStore
+from billingwatch.store.batch_args import event_args
 
 DEDUP_TTL, SUBSCRIPTION_TTL, SKEW = 35 * 86400, 400 * 86400, 300
 MISSING = object()  # a field removed
@@ -101,6 +103,19 @@ def assert_same_plan(lean: Plan, ref: Plan | InvalidEvent) -> None:
     assert lean.log == ref.log and (lean.log is None or list(lean.log.as_dict()) == list(ref.log.as_dict()))
 
 
+def assert_same_args(planner: LeanPlanner, doc: Any, received_at: float, history: bool,
+                     lean: Plan | None, ref: Plan | InvalidEvent) -> None:
+    """The store's arguments written without the Plan: byte-identical to event_args() of the reference."""
+    args = planner.event_args(doc, received_at, history, "bw:tag")
+    if lean is None:
+        assert args is None
+        return
+    assert args is not None and isinstance(ref, Plan)
+    expected = event_args(ref, "bw:tag")
+    assert (args.keys, args.args) == (expected.keys, expected.args)
+    assert args.plan() == ref  # what the batch's exact fallback applies instead
+
+
 DETECTOR_SETS = {
     "default": lambda: build_detectors({}),
     # Other thresholds, the other order: the checks follow the list.
@@ -119,9 +134,12 @@ def test_a_lean_plan_is_the_reference_plan_or_none(detector_set: str, base: int,
     doc = mutated(bases(now)[base], changes)
     detectors = DETECTOR_SETS[detector_set]()
     received_at = now + lag + 0.25
-    lean = LeanPlanner(detectors, Context(state_ttl=DEDUP_TTL), DEDUP_TTL, SKEW).plan(doc, received_at, history)
+    planner = LeanPlanner(detectors, Context(state_ttl=DEDUP_TTL), DEDUP_TTL, SKEW)
+    lean = planner.plan(doc, received_at, history)
+    ref = reference(doc, received_at, history, detectors)
     if lean is not None:
-        assert_same_plan(lean, reference(doc, received_at, history, detectors))
+        assert_same_plan(lean, ref)
+    assert_same_args(planner, doc, received_at, history, lean, ref)
 
 
 SINGLE_VALUES = (MISSING, None, True, 0, -1, 5, 2**64, 10**12 + 1, 1.5, "", "usd", "USD", "cus_other", "évt_ü",
@@ -144,9 +162,11 @@ def test_every_single_field_change_is_planned_as_the_reference_plans_it_or_left_
                 doc = mutated(base, [(where, key, value)])
                 for history in (False, True):
                     lean = planner.plan(doc, now + 2.5, history)
+                    ref = reference(doc, now + 2.5, history, detectors)
                     if lean is not None:
                         lean_planned += 1
-                        assert_same_plan(lean, reference(doc, now + 2.5, history, detectors))
+                        assert_same_plan(lean, ref)
+                    assert_same_args(planner, doc, now + 2.5, history, lean, ref)
     assert lean_planned > 500
 
 
@@ -159,7 +179,9 @@ def test_the_real_shapes_take_the_lean_path(history: bool) -> None:
     for doc in bases(now):
         lean = planner.plan(doc, now + 1.5, history)
         assert lean is not None, doc["type"]
-        assert_same_plan(lean, reference(doc, now + 1.5, history, detectors))
+        ref = reference(doc, now + 1.5, history, detectors)
+        assert_same_plan(lean, ref)
+        assert_same_args(planner, doc, now + 1.5, history, lean, ref)
     assert any(p.checks for p in (planner.plan(d, now + 1.5, history) for d in bases(now)))
 
 
