@@ -116,14 +116,18 @@ def state(client: "redis.Redis[bytes]", prefix: str) -> dict[bytes, Any]:
 
 
 def run_both(url: str, prefix: str, plans: list[Plan], groups: list[list[Plan]],
-             before: dict[str, int] | None = None) -> tuple[list[Result], list[Result]]:
+             before: dict[str, int] | None = None, strings: dict[str, str] | None = None,
+             ) -> tuple[list[Result], list[Result]]:
     """The plans applied event by event on db 1 and in `groups` on db 2, each from a store whose
-    counters hash holds `before`; then both states compared key for key."""
+    counters hash holds `before` (and `strings` keys hold a string); then both states compared
+    key for key."""
     urls = [url + "/1", url + "/2"]
     clients = [redis.Redis.from_url(u) for u in urls]
     for client in clients:
         if before:
             client.hset("{" + prefix + "}:counters", mapping=before)  # type: ignore[arg-type]
+        for key, value in (strings or {}).items():
+            client.set(key, value)
 
     async def run() -> tuple[list[Result], list[Result]]:
         one, many = RedisStore(urls[0], prefix), RedisStore(urls[1], prefix)
@@ -170,6 +174,21 @@ def busiest_counter(plans: list[Plan]) -> str:
     return max(counts, key=lambda name: counts[name])
 
 
+def test_quarantined_events_are_recorded_by_their_requeue_only(redis_url: str, redis_prefix: str) -> None:
+    """A quarantined id's dedup key holds 'q' (quarantine.lua): a redelivery stays a duplicate,
+    its requeue records it once; with and without a subscription snapshot."""
+    plans = scenario(10, 120)
+    marked = [plans[30], next(p for p in plans[40:] if p.subscription is not None)]
+    requeues = [replace(p, requeue=True) for p in marked]
+    tail = [plans[31], *requeues, *marked, *requeues]
+    todo = [p for p in plans if p not in marked] + tail
+    keys = {"{" + redis_prefix + "}" + f":e:{p.livemode}:{p.event_id}": "q" for p in marked}
+    expected, got = run_both(redis_url, redis_prefix, todo, [todo[:50], todo[50:]], strings=keys)
+    assert got == expected
+    assert [kind for kind, _ in got[-6:]] == ["recorded", "recorded", "duplicate", "duplicate", "duplicate",
+                                              "duplicate"]
+
+
 def test_totals_near_the_bound_fall_back_to_the_exact_script(redis_url: str, redis_prefix: str) -> None:
     """A total just below 2^62: the batch that takes it over sets the overflow flag (as apply.lua
     does), and every later batch is applied by apply.lua, refusing exactly as it does."""
@@ -202,6 +221,20 @@ def test_an_event_past_the_budget_and_the_rest_of_its_batch_go_to_apply_lua(redi
     expected, got = run_both(redis_url, redis_prefix, plans, [plans[:120], plans[120:]])
     assert got == expected
     assert got[50:53] == [("recorded", []), ("recorded", []), ("recorded", [])]
+
+
+def test_a_key_of_another_type_stops_the_batch_at_its_event_and_the_events_before_are_recorded(
+        redis_url: str, redis_prefix: str) -> None:
+    plans = scenario(9, 200)
+    at = next(i for i, p in enumerate(plans) if p.subscription is not None and i > 20)
+    sub = plans[at].subscription
+    assert sub is not None
+    broken = "{" + redis_prefix + "}" + f":s:{sub.livemode}:{sub.id}"
+    expected, got = run_both(redis_url, redis_prefix, plans[:at], [plans[:at + 10]],
+                             strings={broken: "not a hash"})
+    assert got[:at] == expected
+    assert {kind for kind, _ in got[at:]} == {"StoreUnavailable"}
+    assert "WRONGTYPE" in got[at][1]
 
 
 def test_event_args_are_the_plan_in_the_store_s_keys() -> None:
@@ -244,6 +277,31 @@ def test_the_layout_upkeep_sets_the_flag_for_a_total_an_earlier_release_took_pas
         assert not clean and flagged
         assert results[0][0] == "recorded"
         assert calls == 2  # the batch script, which left the event to apply.lua, and apply.lua
+    finally:
+        client.delete(*client.scan_iter(match="{" + redis_prefix + "}*"))
+        client.close()
+
+
+def test_an_event_utf8_cannot_carry_is_refused_alone_and_non_ascii_text_is_kept(redis_url: str,
+                                                                               redis_prefix: str) -> None:
+    plans = [p for p in scenario(8, 40) if p.log is not None][:3]
+    assert plans[1].log is not None and plans[2].log is not None
+    lone = replace(plans[1], event_id="evt_\ud800")  # a lone surrogate: no UTF-8 for it
+    accented = replace(plans[2], log=replace(plans[2].log, customer="cus_ünïcødé"))
+
+    async def run() -> tuple[list[Result], list[dict[str, Any]]]:
+        store = RedisStore(redis_url, redis_prefix)
+        try:
+            return [result(r) for r in await store.apply_many([plans[0], lone, accented])], await store.events(10)
+        finally:
+            await store.close()
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        results, lines = asyncio.run(run())
+        assert [kind for kind, _ in results] == ["recorded", "Unrecordable", "recorded"]
+        assert results[1][1] == "the event cannot be encoded for the store (UnicodeEncodeError)"
+        assert lines[0]["customer"] == "cus_ünïcødé" and lines[0]["result"] == "accepted"
     finally:
         client.delete(*client.scan_iter(match="{" + redis_prefix + "}*"))
         client.close()

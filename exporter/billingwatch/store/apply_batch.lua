@@ -15,7 +15,9 @@
 -- Returns {9, version} for a store whose layout is newer than this script's (nothing written);
 -- else {0, reply per event...}, each reply what apply.lua returns for the event ({0, anomaly
 -- record JSON...}, {1}, {2, reason}), or {8}: not recorded here (nothing of it written), run
--- the exact per-event script (apply.lua) for this event; every event after a {8} is {8} too.
+-- the exact per-event script (apply.lua) for this event; every event after a {8} is {8} too;
+-- or {7, error}: a command failed at this event (a key of another type), which stopped the batch
+-- there; the events before it are recorded.
 --
 -- Totals without per-field reads: this release's scripts keep every stored total's absolute
 -- value below 2^62, or else set the overflow flag (KEYS[6]) when an increment makes one reach
@@ -236,6 +238,11 @@ local function log_line(ev, result, detectors)
   table.insert(log_lines, ev.line .. ',"result":"' .. result .. '","anomalies":' .. names .. '}')
 end
 
+-- Keep the newest `cap` members: what apply.lua's ZCARD and ZREMRANGEBYRANK do, in one call.
+local function trim(key, cap)
+  redis.call('ZREMRANGEBYRANK', key, 0, string.format('%d', -tonumber(cap) - 1))
+end
+
 -- The sum op (apply.lua sum_check).
 local function sum_check(c)
   local key = c.key
@@ -259,10 +266,7 @@ local function sum_check(c)
     if total > best then best, best_members = total, ids end
   end
   redis.call('ZADD', key, c.at, member)
-  local size = redis.call('ZCARD', key)
-  if size > tonumber(c.cap) then
-    redis.call('ZREMRANGEBYRANK', key, 0, size - tonumber(c.cap) - 1)
-  end
+  trim(key, c.cap)
   redis.call('EXPIRE', key, c.ttl)
   local threshold = tonumber(c.threshold)
   return best < threshold and threshold <= best + tonumber(c.amount), #best_members > 0 and best_members or nil
@@ -281,8 +285,8 @@ local function keep(k, ttl)
 end
 
 -- One event's writes, after its checks passed (apply.lua from its dedup SET on).
-local function record(ev, change)
-  redis.call('SET', ev.dedup, '1', 'EX', ev.ttl)
+local function record(ev, change, dedup_set)
+  if not dedup_set then redis.call('SET', ev.dedup, '1', 'EX', ev.ttl) end
   for _, p in ipairs(ev.counters) do add_total(1, p[1], tonumber(p[2])) end
   for _, p in ipairs(ev.maxima) do
     local value = tonumber(p[2])
@@ -320,9 +324,10 @@ local function record(ev, change)
         end
         hit = #related > 0
         redis.call('ZADD', k, c.at, c.member)
-        local size = redis.call('ZCARD', k)
-        if size > tonumber(c.cap) then
-          redis.call('ZREMRANGEBYRANK', k, 0, size - tonumber(c.cap) - 1)
+        if c.op == 'window' then
+          trim(k, c.cap)
+        elseif #related + 1 > tonumber(c.cap) then -- distinct: related was the whole set
+          redis.call('ZREMRANGEBYRANK', k, 0, #related - tonumber(c.cap))
         end
         redis.call('EXPIRE', k, c.ttl)
       elseif c.op == 'distinct' and tonumber(c.at) < tonumber(score) then
@@ -401,16 +406,52 @@ local function record(ev, change)
 end
 
 -- ---------------------------------------------------------------- each event, in order
+-- The batch's own writes come last: their keys must take them (apply.lua reads the totals first,
+-- so a key of another type fails it before any write too).
+local SHARED_TYPES = { 'hash', 'hash', 'list', 'list' }
+for h = 1, 4 do
+  local kind = redis.call('TYPE', KEYS[h]).ok
+  if kind ~= 'none' and kind ~= SHARED_TYPES[h] then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[h] .. ' holds a ' .. kind .. ' (nothing written)')
+  end
+end
 local out = { 0 }
 local spent = 0
 local exact_from = redis.call('EXISTS', KEYS[6]) == 1 and 1 or nil -- flag set: apply.lua for all
-for e = 1, n_events do
-  if exact_from then break end
-  local ev = events[e]
+local failed = nil -- the error that stopped the batch at an event (a key of another type)
+local function duplicate(ev)
+  log_line(ev, 'duplicate', {})
+  table.insert(out, { 1 })
+end
+-- An event without a subscription snapshot: its refusals need no read, so its dedup key is
+-- read and set in one SET NX once they passed (apply.lua's order of answers kept).
+local function apply_plain_event(ev, e)
+  local reason = refusal(ev, nil)
+  if reason then
+    local seen = redis.call('GET', ev.dedup)
+    if seen and not (seen == 'q' and ev.rq) then duplicate(ev) else table.insert(out, { 2, reason }) end
+    return
+  end
+  local moves = cost(ev, nil)
+  if not moves or spent + moves > BUDGET then
+    exact_from = e
+    return
+  end
+  if not redis.call('SET', ev.dedup, '1', 'NX', 'EX', ev.ttl) then
+    if not (ev.rq and redis.call('GET', ev.dedup) == 'q') then
+      duplicate(ev)
+      return
+    end
+    redis.call('SET', ev.dedup, '1', 'EX', ev.ttl) -- a requeued quarantined event: recorded now
+  end
+  spent = spent + moves
+  table.insert(out, record(ev, nil, true))
+end
+local function apply_event(ev, e)
+  if not ev.sub then return apply_plain_event(ev, e) end
   local seen = redis.call('GET', ev.dedup)
   if seen and not (seen == 'q' and ev.rq) then
-    log_line(ev, 'duplicate', {})
-    table.insert(out, { 1 })
+    duplicate(ev)
   else
     local reason, change = nil, nil
     if ev.sub then
@@ -434,6 +475,18 @@ for e = 1, n_events do
         table.insert(out, record(ev, change))
       end
     end
+  end
+end
+-- An event's command that fails (only a key of another type can) stops the batch there, as it
+-- would stop apply.lua for that event; the events before it are complete: their sums and log
+-- lines are still written below. It and the rest get {7, error}: not recorded here.
+for e = 1, n_events do
+  if exact_from then break end
+  local ok, err = pcall(apply_event, events[e], e)
+  if not ok then
+    failed = type(err) == 'table' and err.err or tostring(err)
+    for _ = #out, n_events do table.insert(out, { 7, failed }) end
+    break
   end
 end
 if exact_from then

@@ -107,6 +107,8 @@ def _why_not(exc: BaseException) -> str:
 _NEWER_LAYOUT = 9
 # apply_batch.lua's reply for an event it leaves to apply.lua (its overflow pre-check).
 _EXACT = 8
+# apply_batch.lua's reply for an event a failing command stopped (a key of another type).
+_FAILED = 7
 
 
 def _check_layout(raw: bytes | str | None) -> None:
@@ -268,10 +270,11 @@ class RedisStore:
                 else:
                     results[i] = result
             if exact:
-                plans = [args.plan() for i, args in batch if i in set(exact)]
+                left = set(exact)
+                plans = [args.plan() for i, args in batch if i in left]
                 for i, result in zip(exact, await self._apply_each(plans), strict=True):
                     results[i] = result
-            if any(isinstance(r, StoreUnavailable) for r in replies):
+            if any(isinstance(results[i], StoreUnavailable) for i, _ in batch):
                 break  # the store failed: the rest stay unapplied ("no reply"), in order
         return results
 
@@ -305,8 +308,18 @@ class RedisStore:
         except (TypeError, ValueError, IndexError, AttributeError) as exc:
             log.error("unreadable reply of the batch script (%s): its events are answered 503", type(exc).__name__)
             return [StoreUnavailable(f"unreadable reply ({type(exc).__name__})")] * len(batch)
-        return [None if isinstance(r, list) and r and int(r[0]) == _EXACT else self._result(r, confirmed)
-                for r in per_event]
+        return [self._batch_result(r, confirmed) for r in per_event]
+
+    def _batch_result(self, reply: Any, confirmed: int) -> Outcome | Unrecordable | StoreUnavailable | None:
+        """One event's entry of an apply_batch.lua reply: as apply.lua's (_result), or None for
+        an event left to apply.lua, or StoreUnavailable for one a failed command stopped."""
+        if isinstance(reply, list) and reply and reply[0] == _EXACT:
+            return None
+        if isinstance(reply, list) and len(reply) == 2 and reply[0] == _FAILED:
+            reason = f"ResponseError: {reply[1].decode(errors='replace').splitlines()[0][:200]}"
+            self.gate.refuse(WRITE, reason)
+            return StoreUnavailable(reason)
+        return self._result(reply, confirmed)
 
     async def _call(self, command: tuple[Any, ...]) -> tuple[Any, int]:
         """`command` (its reply, or its error as a value) and, with WAIT set, how many replicas
