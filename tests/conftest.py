@@ -106,6 +106,7 @@ def anyio_backend() -> str:
 QUICK: dict[str, tuple[str, ...]] = {
     "test_access": (),
     "test_import_api": (),
+    "test_jsonload": (),
     "test_lean_plan": (),
     "test_alertmanager": (),
     "test_batch_apply": (),
