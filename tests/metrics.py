@@ -10,14 +10,16 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
+from billingwatch.levels import PRIORITY_OF_LEVEL, SEVERITY_OF_PRIORITY
+
 Labels = frozenset[tuple[str, str]]
 Figures = dict[tuple[str, Labels], float]
 # The Redis server's own figures: they move with whatever else the server holds.
 SERVER = ("billingwatch_store_used_memory_bytes", "billingwatch_store_max_memory_bytes",
           "billingwatch_store_evicted_keys")
 # Per-replica or timing-dependent families: they differ between two deliveries of the same events.
-TIMING = ("billingwatch_webhook_requests", "billingwatch_alert_notifications", "billingwatch_detector_errors",
-          "billingwatch_webhook_delivery_lag",
+TIMING = ("billingwatch_webhook_requests", "billingwatch_import_requests", "billingwatch_alert_notifications",
+          "billingwatch_detector_errors", "billingwatch_webhook_delivery_lag",
           "billingwatch_build_info", "billingwatch_last_event_received", "billingwatch_store_up", *SERVER)
 SUFFIXES = ("", "_total", "_count", "_sum", "_bucket", "_created", "_info")  # sample names of a family
 
@@ -134,10 +136,24 @@ def of_account(samples: Figures, account: str = "default") -> Figures:
     return found
 
 
+def in_levels_of_today(samples: Figures) -> Figures:
+    """An older release's samples with its anomaly levels (severity critical/high/medium/low) as
+    today's exporter shows them: severity critical/warning/info and priority P1..P4."""
+    found: Figures = {}
+    for (name, labels), sample in samples.items():
+        named = dict(labels)
+        if "severity" in named and "priority" not in named and named["severity"] in PRIORITY_OF_LEVEL:
+            prio = PRIORITY_OF_LEVEL[named["severity"]]
+            named.update(severity=SEVERITY_OF_PRIORITY[prio], priority=prio)
+        found[(name, frozenset(named.items()))] = sample
+    return found
+
+
 def store_figures(samples: Figures) -> Figures:
     """What an event may change: every BillingWatch sample but the per-request counter (and the Redis
     server's own figures)."""
-    return {k: v for k, v in samples.items() if not k[0].startswith(("billingwatch_webhook_requests", *SERVER))}
+    return {k: v for k, v in samples.items()
+            if not k[0].startswith(("billingwatch_webhook_requests", "billingwatch_import_requests", *SERVER))}
 
 
 def recorded_figures(source: TestClient | str) -> Figures:

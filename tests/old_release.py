@@ -2,35 +2,17 @@
 own, run as a real exporter process beside the current one (rolling updates, in-place migration)."""
 
 import subprocess
-import sys
-import sysconfig
 from pathlib import Path
 
 import httpx
 
 from testkit.processes import Exporter, wait_until
-from tests.conftest import ROOT
+from testkit.release import install
+
+__all__ = ["MOVEMENTS", "PREVIOUS", "ReleaseExporter", "install"]
 
 PREVIOUS = "886d805"  # the release before store layouts were versioned (layout 1)
 MOVEMENTS = "2820652"  # the first release with revenue movements: subscription hashes of another shape
-
-
-def install(commit: str, directory: Path) -> Path:
-    """The release at `commit` in a venv under `directory`; returns its python. Its dependencies
-    are this venv's (a .pth file), its billingwatch its own: installed into its site-packages,
-    which come before the .pth's path."""
-    src, venv = directory / "src", directory / "venv"
-    src.mkdir()
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit], check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          check=True, capture_output=True, text=True).stdout.strip()
-    Path(site, "current-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
-                    "--no-build-isolation", str(src)], check=True, capture_output=True)
-    return python
 
 
 class ReleaseExporter(Exporter):

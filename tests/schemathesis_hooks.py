@@ -1,6 +1,7 @@
 """schemathesis hooks (SCHEMATHESIS_HOOKS=tests.schemathesis_hooks): with BILLINGWATCH_FUZZ_SECRET
 set, each generated webhook body is sent signed with it, so the fuzzer's events get past the
-signature check to parsing, planning and the store instead of stopping at 400."""
+signature check to parsing, planning and the store instead of stopping at 400. POST /api/import's
+NDJSON bodies go as the generated text."""
 
 import json
 import os
@@ -29,3 +30,11 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
     # The signature is not what makes a case valid or not: keep schemathesis' judgement of the
     # generated case (it would otherwise re-judge the headers, the token among them).
     case._record_starting_state()
+
+
+@schemathesis.serializer("application/x-ndjson")
+def ndjson(context: Any, value: Any) -> bytes | None:
+    """POST /api/import's body: the generated string as it is (each of its lines is one event)."""
+    if isinstance(value, bytes):
+        return value
+    return value.encode("utf-8", "surrogatepass") if isinstance(value, str) else json.dumps(value).encode()

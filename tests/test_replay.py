@@ -126,7 +126,7 @@ def test_bad_lines_are_rejected_with_their_reason_and_stdin_works() -> None:
         assert result.returncode == 1
         assert "1 accepted, 0 duplicate, 2 rejected, 0 failed" in result.stdout
         assert "stdin:2: rejected: not JSON" in result.stderr
-        assert 'stdin:3: rejected: HTTP 400: not a Stripe event (object must be "event")' in result.stderr
+        assert 'stdin:3: rejected: not a Stripe event (object must be "event")' in result.stderr
         assert "Traceback" not in result.stderr
         assert total(scrape(exporter.url), "billingwatch_history_events_total") == 1
 
@@ -147,7 +147,7 @@ def test_503_while_the_store_is_down_is_retried_until_it_is_back(tmp_path: Path)
     with running_exporter(REDIS_URL=redis.url) as exporter:
         assert httpx.get(exporter.url + "/ready").status_code == 503
         def start_after_a_503() -> None:  # not after a fixed delay: the command may start slowly
-            wait_until(lambda: total(scrape(exporter.url), "billingwatch_webhook_requests_total",
+            wait_until(lambda: total(scrape(exporter.url), "billingwatch_import_requests_total",
                                      result="store_unavailable") >= 1, what="a 503")
             redis.start()
 
@@ -160,7 +160,7 @@ def test_503_while_the_store_is_down_is_retried_until_it_is_back(tmp_path: Path)
             assert "3 accepted, 0 duplicate, 0 rejected, 0 failed" in result.stdout
             figures = scrape(exporter.url)
             assert total(figures, "billingwatch_history_events_total") == 3
-            assert total(figures, "billingwatch_webhook_requests_total", result="store_unavailable") >= 1
+            assert total(figures, "billingwatch_import_requests_total", result="store_unavailable") >= 1
         finally:
             timer.join()
             redis.stop()
@@ -281,7 +281,7 @@ def test_progress_bar_on_stderr_only_on_a_terminal_or_with_progress(tmp_path: Pa
         shown = billingwatch("replay", str(path), "--url", exporter.url, "--progress")
     assert quiet.returncode == shown.returncode == 0, (quiet.stderr, shown.stderr)
     assert quiet.stderr == ""  # stderr is a pipe here, not a terminal
-    assert "replay: 100%" in shown.stderr and "3/3" in shown.stderr
+    assert "replay: 3event" in shown.stderr  # counted as they go: the file is read once, no total first
     assert "0 accepted, 3 duplicate" in shown.stdout
 
 

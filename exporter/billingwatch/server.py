@@ -1,5 +1,6 @@
 """The uvicorn entry point: `billingwatch.server:app` (a factory reading the environment)."""
 
+import gc
 import sys
 from types import FrameType
 
@@ -51,4 +52,8 @@ def app() -> Starlette:
         # One line, no traceback; uvicorn's supervisor stops every worker on this exit code.
         print(f"billingwatch: {exc}", file=sys.stderr)
         sys.exit(STARTUP_FAILURE)
-    return create_app(settings)
+    application = create_app(settings)
+    # Start-up's objects (modules, templates, the app) live as long as the process: the collector
+    # need not walk them again on each full collection while requests are served.
+    gc.freeze()
+    return application

@@ -1,4 +1,5 @@
-"""Delivering Stripe events, as signed webhooks to a running exporter or straight into the store.
+"""Delivering Stripe events: to a running exporter's POST /api/import in NDJSON chunks (replay,
+backfill), as signed webhooks (simulate), or straight into the store (--direct).
 
 replay, backfill and reconcile --replay all feed through here, so they agree on what accepted,
 duplicate and rejected mean, retry the same way, and print the same summary.
@@ -14,20 +15,22 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
 
-import aiohttp
+import httpx
+import orjson
 import stripe
 from tqdm import tqdm
 
 from billingwatch.commands.account_option import add_account_argument, chosen_account
 from billingwatch.config import ConfigError, from_env
-from billingwatch.http.webhook import REPLAY_HEADER
+from billingwatch.http.import_api import MAX_IMPORT_BYTES, NDJSON
+from billingwatch.jsonload import loads
 from billingwatch.recording.recorder import Recorder
 from billingwatch.store import StoreUnavailable, open_store
 
-DEFAULT_URL = "http://127.0.0.1:9786/webhooks/stripe"
-# Requests in flight over HTTP: the exporter's group commit lets them share round trips to Redis;
-# on one shared 2-core box 4 and 16 measured about 1.5 x one at a time (docs/benchmarks.md).
-DEFAULT_CONCURRENCY = 4
+DEFAULT_URL = "http://127.0.0.1:9786"
+DEFAULT_CONCURRENCY = 2  # chunks in flight to /api/import: the next is read and sent while one is recorded
+DEFAULT_CHUNK = 500  # events per POST /api/import
+CHUNK_BYTES = MAX_IMPORT_BYTES // 2  # a chunk's body stays well inside the exporter's bound
 DEFAULT_BATCH = 500  # events per pipelined round trip into Redis with --direct
 # quarantined: signed, kept by the exporter unrecorded for `billingwatch requeue` (recording/quarantine.py)
 Result = Literal["accepted", "duplicate", "rejected", "failed", "quarantined"]
@@ -78,34 +81,23 @@ async def finish(running: set["asyncio.Task[None]"]) -> None:
 
 class WebhookSink:
     """POSTs each event to the exporter signed as Stripe signs it; retries 5xx and connection errors.
+    `billingwatch simulate` sends live-looking traffic this way; replay and backfill use ImportSink.
 
     Up to `concurrency` events are in flight at once, so they may be recorded out of order: the
     detectors reason in event time, and each event is recorded once however it is interleaved.
     """
 
-    def __init__(self, url: str, secret: str, retries: int, replayed: bool = False, api_token: str = "",
-                 concurrency: int = 1) -> None:
+    def __init__(self, url: str, secret: str, retries: int, concurrency: int = 1) -> None:
         self.url = url
         self._secret = secret
         self._retries = retries
         self._concurrency = concurrency
-        # Replayed history must not count as webhook delivery (lag, last received): say so.
-        self._headers = {"Content-Type": "application/json"}
-        if replayed:
-            self._headers[REPLAY_HEADER] = "1"
-        if api_token:  # the exporter honours the replay header only with it (or from loopback)
-            self._headers["Authorization"] = f"Bearer {api_token}"
-        self._session: aiohttp.ClientSession | None = None  # made in the running loop, on first use
+        self._client: httpx.AsyncClient | None = None  # made in the running loop, on first use
 
-    def _client(self) -> aiohttp.ClientSession:
-        # aiohttp, not httpx: httpx spent about 2 ms of CPU per request in its layers
-        # (docs/benchmarks.md). Keep-alive connections, one per request in flight.
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._concurrency),
-                timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT),
-            )
-        return self._session
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = new_client(self._concurrency)
+        return self._client
 
     async def deliver_all(self, items: AsyncIterable[tuple[str, Any]], done: Done) -> None:
         slots = asyncio.Semaphore(self._concurrency)
@@ -135,24 +127,18 @@ class WebhookSink:
             # Signed again on each attempt, with a fresh timestamp, as Stripe does on its retries.
             header = stripe.WebhookSignature.generate_signature_header(payload, self._secret)
             try:
-                async with self._client().post(
-                    self.url, data=payload.encode(), headers={"Stripe-Signature": header, **self._headers}
-                ) as response:
-                    status, body = response.status, await response.read()
-            except (aiohttp.ClientError, TimeoutError) as exc:
+                response = await self._http().post(self.url, content=payload.encode(), headers={
+                    "Stripe-Signature": header, "Content-Type": "application/json"})
+            except httpx.HTTPError as exc:
                 reason = f"{type(exc).__name__} posting to {self.url}"
                 continue
+            status = response.status_code
             if status >= 500 or status == 429:
                 reason = f"HTTP {status}"
                 continue
-            try:
-                answer = json.loads(body)
-            except ValueError:
-                answer = None
-            if not isinstance(answer, dict):
-                answer = {}
+            answer = json_object(response.content)
             if status != 200:
-                error = answer.get("error", body[:200].decode(errors="replace"))
+                error = answer.get("error", response.content[:200].decode(errors="replace"))
                 return Delivery("rejected", f"HTTP {status}: {error}")
             if answer.get("quarantined") is True:
                 return Delivery("quarantined", str(answer.get("reason", ""))[:300])
@@ -161,8 +147,129 @@ class WebhookSink:
         return Delivery("failed", reason)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        if self._client is not None:
+            await self._client.aclose()
+
+
+def new_client(connections: int) -> httpx.AsyncClient:
+    """Keep-alive connections, one per request in flight."""
+    return httpx.AsyncClient(limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+                             timeout=REQUEST_TIMEOUT)
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    """An answer's JSON object, or {} when it is none."""
+    try:
+        answer = loads(body)
+    except (ValueError, RecursionError):
+        return {}
+    return answer if isinstance(answer, dict) else {}
+
+
+class ImportSink:
+    """Sends events to the exporter's POST /api/import as NDJSON chunks over keep-alive connections,
+    `concurrency` chunks in flight; a chunk answered 5xx/429 or lost to a connection error is sent
+    again whole (what it recorded comes back duplicate). History: state, no live counter."""
+
+    def __init__(self, url: str, retries: int, api_token: str = "", concurrency: int = 1,
+                 chunk: int = DEFAULT_CHUNK) -> None:
+        self.url = url
+        self._retries = retries
+        self._concurrency = concurrency
+        self._chunk = chunk
+        self._headers = {"Content-Type": NDJSON}
+        if api_token:  # without one the exporter serves /api/* to direct loopback requests only
+            self._headers["Authorization"] = f"Bearer {api_token}"
+        self._client: httpx.AsyncClient | None = None
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = new_client(self._concurrency)
+        return self._client
+
+    async def deliver_all(self, items: AsyncIterable[tuple[str, Any]], done: Done) -> None:
+        slots = asyncio.Semaphore(self._concurrency)
+        running: set[asyncio.Task[None]] = set()
+
+        async def send(chunk: list[tuple[str, bytes]]) -> None:
+            try:
+                for (label, _), delivery in zip(chunk, await self.deliver_lines([line for _, line in chunk]),
+                                                strict=True):
+                    done(label, delivery)
+            finally:
+                slots.release()
+
+        async def start(chunk: list[tuple[str, bytes]]) -> None:
+            await slots.acquire()
+            task = asyncio.create_task(send(chunk))
+            running.add(task)
+            task.add_done_callback(running.discard)
+
+        try:
+            chunk: list[tuple[str, bytes]] = []
+            size = 0
+            async for label, document in items:
+                line = orjson.dumps(document)
+                if len(line) + 1 > CHUNK_BYTES:
+                    done(label, Delivery("rejected", f"event larger than {CHUNK_BYTES} bytes"))
+                    continue
+                if chunk and (len(chunk) >= self._chunk or size + len(line) + 1 > CHUNK_BYTES):
+                    await start(chunk)
+                    chunk, size = [], 0
+                chunk.append((label, line))
+                size += len(line) + 1
+            if chunk:
+                await start(chunk)
+        finally:
+            await finish(running)
+
+    async def deliver_lines(self, lines: list[bytes]) -> list[Delivery]:
+        """One delivery per line, in order: the answer's counts, each refused line with its reason."""
+        body = b"\n".join(lines) + b"\n"
+        reason = ""
+        for attempt in range(self._retries + 1):
+            if attempt:
+                await asyncio.sleep(backoff(attempt))
+            try:
+                response = await self._http().post(self.url, content=body, headers=self._headers)
+            except httpx.HTTPError as exc:
+                reason = f"{type(exc).__name__} posting to {self.url}"
+                continue
+            status = response.status_code
+            answer = json_object(response.content)
+            if status >= 500 or status == 429:
+                reason = f"HTTP {status}: {answer.get('error', '')}".rstrip(": ")
+                continue
+            if status != 200:
+                error = answer.get("error", response.content[:200].decode(errors="replace"))
+                return [Delivery("rejected", f"HTTP {status}: {error}")] * len(lines)
+            return imported(answer, len(lines))
+        return [Delivery("failed", reason)] * len(lines)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+
+def imported(answer: dict[str, Any], count: int) -> list[Delivery]:
+    """The deliveries of a chunk of `count` lines from /api/import's answer: refused lines by their
+    numbers; the others accepted or duplicate as counted (which is which is not said per line), the
+    chunk's anomalies on the first."""
+    refused = {int(e["line"]): str(e["error"]) for e in answer.get("errors", [])
+               if isinstance(e, dict) and isinstance(e.get("line"), int)}
+    duplicates = int(answer.get("duplicate", 0))
+    anomalies = int(answer.get("anomalies", 0))
+    deliveries = []
+    for number in range(1, count + 1):
+        if number in refused:
+            deliveries.append(Delivery("rejected", refused[number]))
+        elif duplicates:
+            duplicates -= 1
+            deliveries.append(Delivery("duplicate"))
+        else:
+            deliveries.append(Delivery("accepted", anomalies=anomalies))
+            anomalies = 0
+    return deliveries
 
 
 class StoreSink:
@@ -243,22 +350,23 @@ def add_sink_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
         "--url", default=DEFAULT_URL,
-        help=f"the exporter's webhook endpoint (default {DEFAULT_URL}); events are signed with "
-        "STRIPE_WEBHOOK_SECRET",
+        help=f"the exporter's address (default {DEFAULT_URL}): events go to its POST /api/import in chunks, "
+        "with BILLINGWATCH_API_TOKEN as the bearer token when it is set",
     )
     group.add_argument(
         "--direct", action="store_true",
         help="record straight into the store named by REDIS_URL instead of over HTTP",
     )
     parser.add_argument("--retries", type=int, default=5,
-                        help="retries of one event on 5xx or an unreachable store/exporter (default 5)")
+                        help="retries of one batch on 5xx or an unreachable store/exporter (default 5)")
     add_account_argument(parser)
     parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
-                        help=f"events in flight at once over HTTP (default {DEFAULT_CONCURRENCY})")
+                        help=f"batches in flight at once over HTTP (default {DEFAULT_CONCURRENCY})")
     parser.add_argument("--progress", action="store_true",
                         help="show the progress bar on stderr even when it is not a terminal (e.g. in a log)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH,
-                        help=f"events per round trip to Redis with --direct (default {DEFAULT_BATCH})")
+                        help=f"events per round trip to Redis with --direct, or per POST over HTTP "
+                        f"(default {DEFAULT_BATCH})")
 
 
 def webhook_url(url: str, account: str | None = None) -> str:
@@ -269,6 +377,14 @@ def webhook_url(url: str, account: str | None = None) -> str:
         raise ConfigError(f"--url must be an http(s) address, got {url!r}")
     endpoint = "/webhooks/stripe" + (f"/{account}" if account else "")
     return url.rstrip("/") + endpoint if parts.path in ("", "/") else url
+
+
+def import_url(url: str, account: str | None = None) -> str:
+    """POST /api/import of the exporter at `url`: its base address, or (as before /api/import) its
+    webhook endpoint; with `account` (BILLINGWATCH_ACCOUNTS_FILE), that account's import."""
+    base = webhook_url(url)
+    endpoint = base.removesuffix("/webhooks/stripe") + "/api/import" if base.endswith("/webhooks/stripe") else base
+    return endpoint + (f"?account={account}" if account else "")
 
 
 def open_recorder(account: str | None = None) -> Recorder:
@@ -298,11 +414,9 @@ def open_sink(args: argparse.Namespace) -> Sink:
         return StoreSink(open_recorder(args.account), args.retries, args.batch_size)
     settings = from_env()
     account = chosen_account(settings, args.account)
-    if not account.webhook_secrets:
-        raise ConfigError("STRIPE_WEBHOOK_SECRET is not set: give the exporter's signing secret (whsec_...)")
-    path_account = account.name if settings.accounts_file else None  # without the file: /webhooks/stripe
-    return WebhookSink(webhook_url(args.url, path_account), account.webhook_secrets[0], args.retries, replayed=True,
-                       api_token=settings.api_token, concurrency=args.concurrency)
+    path_account = account.name if settings.accounts_file else None  # without the file: the one account
+    return ImportSink(import_url(args.url, path_account), args.retries, settings.api_token, args.concurrency,
+                      args.batch_size)
 
 
 @dataclass

@@ -6,7 +6,6 @@ same file can be replayed any number of times.
 
 import argparse
 import asyncio
-import json
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -14,13 +13,14 @@ from typing import IO, Any
 
 from billingwatch.commands.feed import Unreadable, add_sink_arguments, feed, open_sink
 from billingwatch.config import ConfigError
+from billingwatch.jsonload import loads
 
 
 def add_replay(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     parser = sub.add_parser(
         "replay", help="feed recorded Stripe events (JSON Lines) to a running exporter or into the store",
         description="Feed Stripe events, one JSON object per line (as `stripe events list` items or "
-        "webhook bodies), to a running exporter as signed webhooks, or with --direct straight into "
+        "webhook bodies), to a running exporter's POST /api/import, or with --direct straight into "
         "the Redis store. Replaying the same events again changes no count.",
     )
     parser.add_argument("files", nargs="+", metavar="FILE", help="JSON Lines file of Stripe events; - for stdin")
@@ -52,7 +52,7 @@ async def documents(names: list[str]) -> AsyncIterator[tuple[str, Any]]:
     for name in names:
         for label, line in lines(name):
             try:
-                document = json.loads(line)
+                document = loads(line)
             except ValueError:
                 document = Unreadable("not JSON")
             except RecursionError:  # nesting deeper than the parser's stack: reported, never a traceback
@@ -60,20 +60,24 @@ async def documents(names: list[str]) -> AsyncIterator[tuple[str, Any]]:
             yield label, document
 
 
-def count_lines(names: list[str]) -> int | None:
-    """The progress bar's total; unknown for stdin."""
-    if "-" in names:
-        return None
-    return sum(1 for name in names for _ in lines(name))
+def readable(names: list[str]) -> None:
+    """Refuse a file that cannot be opened before anything is sent (reading it is one pass, later)."""
+    for name in names:
+        if name != "-":
+            try:
+                Path(name).open("rb").close()
+            except OSError as exc:
+                raise ConfigError(f"cannot read {name}: {exc.strerror}") from None
 
 
 def replay(args: argparse.Namespace) -> int:
-    total = count_lines(args.files)
+    readable(args.files)
     sink = open_sink(args)
 
     async def run() -> int:
         try:
-            tally = await feed(documents(args.files), sink, "replay", total, args.progress)
+            # One pass over the files: the progress bar counts events without a total.
+            tally = await feed(documents(args.files), sink, "replay", None, args.progress)
         finally:
             await sink.close()
         print(tally.summary("replay"))

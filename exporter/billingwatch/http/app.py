@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
+from prometheus_client import Counter
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -23,13 +24,18 @@ from billingwatch.http.api import Api
 from billingwatch.http.apidocs import ApiDocs
 from billingwatch.http.explorer import Explorer
 from billingwatch.http.home import Home
+from billingwatch.http.import_api import ImportApi
 from billingwatch.http.limits import RequestLimits
 from billingwatch.http.pages import AccountMetrics, Pages
 from billingwatch.http.quarantine_api import QuarantineApi
 from billingwatch.http.sign_in import SignIn, Verifier
 from billingwatch.http.views import STYLESHEET, stylesheet
 from billingwatch.http.webhook import WebhookEndpoint
-from billingwatch.metrics.families import new_detector_errors_counter, new_requests_counter
+from billingwatch.metrics.families import (
+    new_detector_errors_counter,
+    new_import_requests_counter,
+    new_requests_counter,
+)
 from billingwatch.notify.alertmanager import AlertSender, push_settings, redacted
 from billingwatch.store import Store, layout_upkeep, open_store
 
@@ -56,6 +62,7 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
     detectors: list[Detector] = build_detectors(settings.detector_env)
     sender = AlertSender(push_settings(settings))
     webhooks: dict[str, WebhookEndpoint] = {}
+    imports: dict[str, Counter] = {}
     measured: list[AccountMetrics] = []
     for account in accounts:
         requests = new_requests_counter()
@@ -63,7 +70,9 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
         others = [secret for other in accounts if other is not account for secret in other.webhook_secrets]
         webhooks[account.name] = WebhookEndpoint(settings.for_account(account), stores[account.name], detectors,
                                                  requests, clock, sender, detector_errors, others, account.name)
-        measured.append(AccountMetrics(account.name, stores[account.name], requests, detector_errors))
+        imports[account.name] = new_import_requests_counter()
+        measured.append(AccountMetrics(account.name, stores[account.name], requests, detector_errors,
+                                       imports[account.name]))
     # The pages and /api/* read every account's store (http/account_view.py); with no ?account=,
     # what only one account can answer (the quarantine) is the default account's, else the first's.
     primary = DEFAULT_ACCOUNT if DEFAULT_ACCOUNT in webhooks else accounts[0].name
@@ -71,6 +80,8 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
     pages = Pages(settings, measured, detectors, clock, sender.counter)
     api = Api(settings, view, detectors)
     quarantines = {a.name: QuarantineApi(settings, webhooks[a.name].recorder) for a in accounts}
+    importers = {a.name: ImportApi(settings.for_account(a), webhooks[a.name].recorder, imports[a.name])
+                 for a in accounts}
     explorer = Explorer(settings, view)
     anomaly_pages = AnomalyPages(settings, view, detectors, clock)
     home = Home(settings, view, detectors, sender, lambda: pages.last_scrape, clock)
@@ -129,6 +140,7 @@ def create_app(settings: Settings, store: Store | None = None, clock: Callable[[
         Route("/api/detectors", api.detectors),
         Route("/api/anomalies", api.anomalies),
         Route("/api/events", api.events),
+        Route("/api/import", per_account({n: i.handle for n, i in importers.items()}, primary), methods=["POST"]),
         Route("/api/quarantine", per_account({n: q.entries for n, q in quarantines.items()}, primary)),
         Route("/api/quarantine/requeue", per_account({n: q.requeue for n, q in quarantines.items()}, primary),
               methods=["POST"]),

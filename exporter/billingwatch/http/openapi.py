@@ -137,6 +137,19 @@ SCHEMAS: dict[str, Json] = {
                 "properties": {"id": {"type": "string"}, "type": {"type": "string"}, "reason": {"type": "string"}}}},
         },
     },
+    "ImportResult": {
+        "type": "object", "required": ["lines", "recorded", "duplicate", "invalid", "anomalies", "errors"],
+        "properties": {
+            "lines": {"type": "integer", "minimum": 0, "description": "non-blank lines read"},
+            "recorded": {"type": "integer", "minimum": 0, "description": "recorded now, as history"},
+            "duplicate": {"type": "integer", "minimum": 0, "description": "recorded before: nothing changed"},
+            "invalid": {"type": "integer", "minimum": 0, "description": "refused lines: each changed nothing"},
+            "anomalies": {"type": "integer", "minimum": 0, "description": "history anomalies the recorded lines hit"},
+            "errors": {"type": "array", "maxItems": 1000, "description": "the refused lines (the first 1,000)",
+                       "items": {"type": "object", "required": ["line", "error"], "properties": {
+                           "line": {"type": "integer", "minimum": 1}, "error": {"type": "string"}}}},
+        },
+    },
     "Health": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
     "Ready": {
         "type": "object", "required": ["status", "store"],
@@ -383,6 +396,23 @@ def operations(detector_names: Sequence[str]) -> dict[tuple[str, str], Json]:
                 "type": "object", "required": ["quarantine"],
                 "properties": {"quarantine": {"type": "array", "items": ref("QuarantineEntry")}}}),
                 "400": error("A bad parameter (or a Host not allowed)"), "401": UNAUTHORISED, "503": STORE_DOWN},
+        },
+        ("/api/import", "post"): {
+            "summary": "Record Stripe events as history: NDJSON, one event per line (what `billingwatch replay` sends)",
+            "description": "Each line is recorded as `replay --direct` records it (state and the history "
+                           "families, no live counter), or refused with its line number and reason, changing "
+                           "nothing for that line. 200 only when every accepted line is recorded; 503: send the "
+                           "whole chunk again (recorded lines come back duplicates). At most 4 MiB per request.",
+            "tags": ["api"], "security": BEARER,
+            # No type: on the wire it is text whatever it holds, and every line is judged on its own.
+            "requestBody": {"required": True, "content": {"application/x-ndjson": {"schema": {
+                "description": "Stripe event objects, one JSON object per line; any other line is listed "
+                               "in `errors` with its reason"}}}},
+            "responses": {"200": json_body("What became of the lines", ref("ImportResult")),
+                          "400": error("The body could not be read (or a Host not allowed)"),
+                          "401": UNAUTHORISED, "408": error("The body did not arrive within the read timeout"),
+                          "413": error("The body is larger than 4 MiB: send fewer lines per request"),
+                          "415": error("Content-Type is not application/x-ndjson"), "503": STORE_DOWN},
         },
         ("/api/quarantine/requeue", "post"): {
             "summary": "Re-record quarantined events (oldest first) through the normal path, each once",

@@ -36,6 +36,7 @@ class AccountMetrics:
     store: Store
     requests: Counter
     detector_errors: Counter | None = None
+    imports: Counter | None = None  # POST /api/import
 
 
 class Pages:
@@ -64,7 +65,7 @@ class Pages:
         if snapshot is not None and store.gate.reason is not None:
             # Redis answers but refused a write: try one again (the gate opens once one goes through).
             await store.can_record()
-        counters = tuple(c for c in (account.requests, account.detector_errors) if c is not None)
+        counters = tuple(c for c in (account.requests, account.detector_errors, account.imports) if c is not None)
         return [*counters, SnapshotCollector(snapshot, self._detectors, settings.currencies, settings.plan_names,
                                              writable=store.gate.reason is None)]
 

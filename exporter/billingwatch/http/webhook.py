@@ -1,7 +1,6 @@
 """POST /webhooks/stripe: verify, record atomically (recording/recorder.py), and only then answer 2xx."""
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -16,6 +15,7 @@ from billingwatch.accounts import ACCOUNT_FIELD, DEFAULT_ACCOUNT
 from billingwatch.config import Settings, is_placeholder
 from billingwatch.detectors import Detector
 from billingwatch.http.access import authorised
+from billingwatch.jsonload import loads
 from billingwatch.logsafe import safe
 from billingwatch.notify.alertmanager import AlertSender
 from billingwatch.recording.events import InvalidEvent
@@ -218,7 +218,7 @@ class WebhookEndpoint:
                 )
             live_allowed = not is_placeholder(secret) and not settings.test_only
         try:
-            document = json.loads(payload)
+            document = loads(payload)
         except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
             return self._reject("invalid_json", 400, "body is not JSON")
         event_id = document.get("id") if isinstance(document, dict) else None  # for the log only

@@ -11,7 +11,7 @@ from enum import Enum
 
 from prometheus_client import Counter
 
-from billingwatch.metrics.labels import NOTIFICATION_RESULTS, RESULTS
+from billingwatch.metrics.labels import IMPORT_RESULTS, NOTIFICATION_RESULTS, RESULTS
 
 
 class Kind(Enum):
@@ -327,6 +327,12 @@ BUILD_INFO = _gauge(
 WEBHOOK_REQUESTS = _counter(
     "", "billingwatch_webhook_requests", "Webhook requests handled by this replica, by result.", "result",
 )
+# Counted by each replica's POST /api/import: what it answered, by result (the lines it recorded
+# count in the history families; invalid lines are listed in its reply).
+IMPORT_REQUESTS = _counter(
+    "", "billingwatch_import_requests",
+    "POST /api/import requests handled by this replica, by result (imported: answered 200).", "result",
+)
 # Counted by each replica's alert sender: live anomalies pushed to Alertmanager, per Alertmanager.
 ALERT_NOTIFICATIONS = _counter(
     "", "billingwatch_alert_notifications",
@@ -345,7 +351,7 @@ DETECTOR_ERRORS = _counter(
 
 CATALOGUE = (
     STORE_UP, STORE_USED_MEMORY, STORE_MAX_MEMORY, STORE_EVICTED_KEYS, WEBHOOK_REQUESTS, ALERT_NOTIFICATIONS,
-    DETECTOR_ERRORS, BUILD_INFO, *REDIS_FAMILIES, LAG,
+    IMPORT_REQUESTS, DETECTOR_ERRORS, BUILD_INFO, *REDIS_FAMILIES, LAG,
     SUBSCRIPTIONS_LAPSED,
 )
 
@@ -354,6 +360,14 @@ def new_requests_counter() -> Counter:
     """The webhook request counter, every result at 0 from the start."""
     counter = Counter(WEBHOOK_REQUESTS.name, WEBHOOK_REQUESTS.help, list(WEBHOOK_REQUESTS.labels), registry=None)
     for result in RESULTS:
+        counter.labels(result)
+    return counter
+
+
+def new_import_requests_counter() -> Counter:
+    """The /api/import request counter, every result at 0 from the start."""
+    counter = Counter(IMPORT_REQUESTS.name, IMPORT_REQUESTS.help, list(IMPORT_REQUESTS.labels), registry=None)
+    for result in IMPORT_RESULTS:
         counter.labels(result)
     return counter
 

@@ -142,6 +142,11 @@ def event_type_label(event_type: str, detector_event_types: Iterable[frozenset[s
 
 
 # billingwatch_webhook_requests_total{result}: what the webhook answered.
+# billingwatch_import_requests_total{result}: what POST /api/import answered (http/import_api.py).
+IMPORT_RESULTS = (
+    "imported", "unauthorized", "unsupported_media_type", "too_large", "body_timeout", "disconnected",
+    "store_unavailable",
+)
 # What became of an alert pushed to Alertmanager (notify/alertmanager.py), once per Alertmanager.
 NOTIFICATION_RESULTS = ("sent", "failed", "dropped")
 # A person's verdict on an anomaly (the feedback buttons of /anomalies/<id>).

@@ -67,6 +67,8 @@ def checked(output: object, check_type: type["Check"], anomaly_type: type["Anoma
         if check.anomaly is not None:
             if not isinstance(check.anomaly, anomaly_type):
                 raise BadDetectorOutput(f"a check's anomaly must be an Anomaly, not {type(check.anomaly).__name__}")
-            check = replace(check, anomaly=_anomaly(check.anomaly))
+            anomaly = _anomaly(check.anomaly)
+            if anomaly is not check.anomaly:  # details made plain JSON; replace() is dear on the hot path
+                check = replace(check, anomaly=anomaly)
         result.append(check)
     return result

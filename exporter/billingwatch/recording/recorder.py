@@ -12,8 +12,10 @@ from typing import Any
 from billingwatch.config import Settings
 from billingwatch.detectors import Context, Detector, build_detectors
 from billingwatch.recording.events import Event, InvalidEvent, parse_event
+from billingwatch.recording.lean_plan import LeanPlanner
 from billingwatch.recording.plan import Plan, missed_event_plan, plan_event, rejected_entry
-from billingwatch.store import Outcome, Store, StoreUnavailable, Unrecordable
+from billingwatch.store import Outcome, RedisStore, Store, StoreUnavailable, Unrecordable
+from billingwatch.store.batch_args import EventArgs
 from billingwatch.store.group_commit import GroupCommit
 
 
@@ -33,9 +35,12 @@ class Recorder:
     # The webhook's Redis store: concurrent record() calls share one round trip (store/group_commit.py).
     group_commit: GroupCommit | None = None
     context: Context = field(init=False)
+    # The common types planned without the generic path (recording/lean_plan.py); plan_event for the rest.
+    lean: LeanPlanner = field(init=False)
 
     def __post_init__(self) -> None:
         self.context = Context(state_ttl=self.dedup_ttl)
+        self.lean = LeanPlanner(self.detectors, self.context, self.dedup_ttl, self.max_clock_skew)
 
     @classmethod
     def from_settings(cls, settings: Settings, store: Store, clock: Callable[[], float] = time.time) -> "Recorder":
@@ -73,19 +78,37 @@ class Recorder:
         entries may be recorded again (one that did run comes back a duplicate)."""
         received_at = self.clock()
         results: list[Outcome | InvalidEvent | LivemodeRejected | Unrecordable | StoreUnavailable] = []
-        planned: list[tuple[int, Plan]] = []
+        planned: list[tuple[int, Plan | EventArgs]] = []
+        # Redis: the common types go as the batch script's arguments, written without a Plan.
+        prefix = self.store.prefix if isinstance(self.store, RedisStore) else None
         for event in events:
             try:
-                planned.append((len(results), self._plan(event, received_at, history, live_allowed)))
+                args = None if prefix is None or isinstance(event, Event) else self.lean.event_args(
+                    event, received_at, history, prefix, live_allowed)
+                planned.append((len(results), args or self._plan(event, received_at, history, live_allowed)))
                 results.append(StoreUnavailable("not applied"))  # replaced below
             except (InvalidEvent, LivemodeRejected) as exc:
                 results.append(exc)
-        applied = await self.store.apply_many([plan for _, plan in planned]) if planned else []
-        for (index, plan), result in zip(planned, applied, strict=True):
-            results[index] = _with_failures(result, plan) if isinstance(result, Outcome) else result
+        items = [item for _, item in planned]
+        if not items:
+            applied: list[Outcome | Unrecordable | StoreUnavailable] = []
+        elif isinstance(self.store, RedisStore):
+            applied = await self.store.apply_many(items)
+        else:  # no EventArgs without Redis
+            applied = await self.store.apply_many([item for item in items if isinstance(item, Plan)])
+        for (index, item), result in zip(planned, applied, strict=True):
+            results[index] = (_with_failures(result, item) if isinstance(result, Outcome) and isinstance(item, Plan)
+                              else result)
         return results
 
     def _plan(self, event: Event | Any, received_at: float, history: bool, live_allowed: bool) -> Plan:
+        # The lean plan is plan_event's for the documents it takes (tests/test_lean_plan.py); for the
+        # others it is None, and plan_event plans or refuses them.
+        lean = None if isinstance(event, Event) else self.lean.plan(event, received_at, history)
+        if lean is not None:
+            if lean.livemode == "true" and not live_allowed:
+                raise LivemodeRejected(lean.event_id)
+            return lean
         parsed = event if isinstance(event, Event) else parse_event(event)
         if parsed.livemode and not live_allowed:
             raise LivemodeRejected(parsed.id)

@@ -158,6 +158,11 @@ class RedisStore:
     def key(self, name: str) -> str:
         return f"{self._tag}:{name}"
 
+    @property
+    def prefix(self) -> str:
+        """The key prefix (inside the hash tag): what a planner writing EventArgs itself needs."""
+        return self._prefix
+
     def _event_key(self, event_id: str, livemode: str) -> str:
         return self.key(f"e:{livemode}:{event_id}")
 
