@@ -170,9 +170,13 @@ def test_replay_command_sends_the_api_token(tmp_path: Path) -> None:
     token_file.write_text(TOKEN + "\n")
     with running_exporter(BILLINGWATCH_API_TOKEN=TOKEN) as exporter:
         refused = billingwatch("replay", str(path), "--url", exporter.url)
-        assert refused.returncode != 0 and "2 rejected" in refused.stdout and "403" in refused.stderr
+        # Replay goes through POST /api/import: one chunk, refused whole, nothing recorded.
+        assert refused.returncode != 0 and "2 rejected" in refused.stdout and "401" in refused.stderr
         done = billingwatch("replay", str(path), "--url", exporter.url,
                             env={"BILLINGWATCH_API_TOKEN_FILE": str(token_file)})
         assert done.returncode == 0, done.stderr
         assert "2 accepted" in done.stdout
-        assert value(scrape(exporter.url), "billingwatch_webhook_requests_total", result="replay_unauthorized") == 2
+        samples = scrape(exporter.url)
+        assert value(samples, "billingwatch_import_requests_total", result="unauthorized") == 1
+        assert value(samples, "billingwatch_import_requests_total", result="imported") == 1
+        assert value(samples, "billingwatch_history_events_total", type="charge.succeeded", livemode="false") == 2

@@ -139,7 +139,7 @@ def test_anomalies_reach_email_webhook_and_slack_exactly_once(
 
     # The email: subject names severity and detector; the body carries every detail.
     at_email, email = stack.smtp.wait_for(email_firing("duplicate_charge"), timeout=WAIT)
-    assert str(email["Subject"]).startswith("[FIRING:1] CRITICAL BillingAnomalyDetected: duplicate_charge")
+    assert str(email["Subject"]).startswith("[FIRING:1] CRITICAL P1 BillingAnomalyDetected: duplicate_charge")
     text = text_part(email)
     details = f"{stack.exporter.url}/anomalies?detector=duplicate_charge"
     for expected in ("duplicate_charge: billing anomaly detected", "Detector: duplicate_charge",

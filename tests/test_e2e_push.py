@@ -153,7 +153,7 @@ def test_a_duplicate_charge_pages_in_seconds_naming_who_and_how_much(
     page = EXTERNAL_URL + anomaly_path({"detector": "duplicate_charge", "livemode": False, "event_id": second["id"],
                                         "summary": f"charge {charge_id} repeats an earlier charge of the same amount"})
     assert pushed["generatorURL"] == page
-    assert str(email["Subject"]).startswith("[FIRING:1] CRITICAL BillingAnomaly: duplicate_charge")
+    assert str(email["Subject"]).startswith("[FIRING:1] CRITICAL P1 BillingAnomaly: duplicate_charge")
     text = text_part(email)
     for fact in ("Customer: cus_push_alice", first["data"]["object"]["id"], second["data"]["object"]["id"],
                  "Amount: 49.99 USD", "Event time: ", f"Event: {second['id']} (charge.succeeded)",

@@ -209,7 +209,11 @@ class ImportSink:
             chunk: list[tuple[str, bytes]] = []
             size = 0
             async for label, document in items:
-                line = orjson.dumps(document)
+                try:
+                    line = orjson.dumps(document)
+                except (TypeError, orjson.JSONEncodeError):  # deeper than orjson writes (254 levels)
+                    done(label, Delivery("rejected", "JSON nested too deeply"))
+                    continue
                 if len(line) + 1 > CHUNK_BYTES:
                     done(label, Delivery("rejected", f"event larger than {CHUNK_BYTES} bytes"))
                     continue
