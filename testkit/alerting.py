@@ -37,14 +37,14 @@ RULES_OVERRIDE = {
 SIGNALS_WARM_UP = "35s"
 
 
-# SEVERITY.md: every BillingWatch alert carries service="billingwatch", a severity Alertmanager
+# billingwatch/levels.py: every BillingWatch alert carries service="billingwatch", a severity Alertmanager
 # routes on (critical, warning, info) and BillingWatch's finer priority (P1..P4).
 PRIORITY_OF_LEVEL = {"critical": "P1", "high": "P2", "medium": "P3", "low": "P4"}
 SEVERITY_OF_PRIORITY = {"P1": "critical", "P2": "warning", "P3": "warning", "P4": "info"}
 
 
 def convention(labels: dict[str, str]) -> dict[str, str]:
-    """`labels` as SEVERITY.md has every BillingWatch alert carry them: a level of the older
+    """`labels` as billingwatch/levels.py has every BillingWatch alert carry them: a level of the older
     scale (critical, high, medium, low, as in the rules config) or a priority given as the
     severity becomes that priority and its severity; labels already in the convention are kept."""
     level = labels.get("severity", "")

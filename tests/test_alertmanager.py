@@ -1,5 +1,5 @@
 """alertmanager/: the committed config passes amtool, routes each severity (critical, warning,
-info: SEVERITY.md) to the right receiver, inhibits the consequences of one root cause (on a real
+info: billingwatch/levels.py) to the right receiver, inhibits the consequences of one root cause (on a real
 Alertmanager), keeps secrets out, and render.sh puts the webhook URL in without mangling it.
 Which channels render.sh keeps: tests/test_alertmanager_receivers.py."""
 
@@ -92,7 +92,7 @@ def test_route(labels: dict[str, str], receiver: str) -> None:
 
 def test_every_shipped_alert_and_detector_reaches_its_receiver() -> None:
     """Each alert of the committed rules and each registered detector, by its severity (in the
-    convention of SEVERITY.md, translated from the older scale where the rules still use it)."""
+    convention of billingwatch/levels.py, translated from a detector's level)."""
     cases = [
         convention({"alertname": a["alert"], **a["labels"]})
         for a in committed_alerts() if "severity" in a.get("labels", {})
