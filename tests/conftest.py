@@ -140,6 +140,7 @@ QUICK: dict[str, tuple[str, ...]] = {
     "test_notify": (),
     "test_openapi": ("test_schemathesis_finds_nothing_against_a_live_exporter",),
     "test_plugins": (),
+    "test_redis_packing": ("test_the_store_client_round_trips_through_a_real_redis",),
     "test_revenue_movements": (),
     "test_rules": ("test_promtool_checks_every_rule_file", "test_promtool_unit_tests",
                    "test_a_changed_threshold_yields_rules_that_fire_at_the_new_value"),
