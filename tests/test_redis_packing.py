@@ -49,8 +49,9 @@ def test_what_redis_py_refuses_is_refused() -> None:
 
 
 def test_another_encoding_is_packed_the_python_way() -> None:
-    latin = packed(Connection)(encoding="latin-1")
-    assert joined(latin.pack_command("SET", "k", "é")) == joined(Connection(encoding="latin-1").pack_command("SET", "k", "é"))
+    fast, python = packed(Connection)(encoding="latin-1"), Connection(encoding="latin-1")
+    assert joined(fast.pack_command("SET", "k", "é")) == joined(python.pack_command("SET", "k", "é")) == (
+        b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n\xe9\r\n")
 
 
 def test_the_store_client_round_trips_through_a_real_redis(redis_url: str, redis_prefix: str) -> None:
