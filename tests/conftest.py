@@ -117,6 +117,7 @@ QUICK: dict[str, tuple[str, ...]] = {
     "test_batch_apply": (),
     "test_anomaly_pages": (),
     "test_connect_accounts": ("test_a_pushed_alert_and_the_event_log_name_the_account_never_a_metric_label",),
+    "test_collector": (),
     "test_csv_export": (),
     "test_data_hardening": (),
     "test_detector_errors": (),
