@@ -4,7 +4,6 @@ batch call of thousands of arguments. `packed(cls)` is `cls` with hiredis.pack_c
 to redis-py as its public `connection_class`; the bytes sent are the same (tests/test_redis_packing.py).
 """
 
-from functools import cache
 from typing import Any
 
 import hiredis
@@ -36,7 +35,11 @@ class _HiredisPacking(AbstractConnection):
             raise DataError(str(exc)) from exc
 
 
-@cache
+_PACKED: dict[type[AbstractConnection], type[AbstractConnection]] = {}
+
+
 def packed(connection_class: type[AbstractConnection]) -> type[AbstractConnection]:
     """`connection_class` packing its commands with hiredis (one class per base, reused)."""
-    return type(f"Hiredis{connection_class.__name__}", (_HiredisPacking, connection_class), {})
+    if connection_class not in _PACKED:
+        _PACKED[connection_class] = type(f"Hiredis{connection_class.__name__}", (_HiredisPacking, connection_class), {})
+    return _PACKED[connection_class]
