@@ -109,6 +109,7 @@ QUICK: dict[str, tuple[str, ...]] = {
                       "test_a_store_written_by_886d805_keeps_its_counts_as_the_default_account",
                       "test_two_accounts_on_a_redis_cluster"),
     "test_import_api": (),
+    "test_json_text": (),
     "test_jsonload": (),
     "test_lean_plan": (),
     "test_alertmanager": (),
