@@ -2,13 +2,14 @@
 
 import json
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from billingwatch.store.batch_args import json_text
 
 VALUES = st.one_of(st.text(), st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70))
-OBJECTS = st.dictionaries(st.text(), VALUES | st.floats(allow_nan=False) | st.lists(VALUES, max_size=3))
+OBJECTS = st.dictionaries(st.text(), VALUES | st.floats(allow_nan=False, allow_infinity=False) | st.lists(VALUES, max_size=3))
 
 
 def stdlib(value: object) -> str:
@@ -30,3 +31,9 @@ def test_every_code_point_and_the_edges() -> None:
     for value in ({"a": every, every[:300]: 1}, {"s": "\ud800x", "n": 2**64}, {"big": -(2**63) - 1, "f": 1e16},
                   {"t": True, "f": False, "z": None, "m": 2**64 - 1}):
         assert json_text(value) == stdlib(value)
+
+
+def test_what_json_cannot_hold_is_a_value_error() -> None:
+    for value in ({"inf": float("inf")}, {"nan": float("nan")}):
+        with pytest.raises(ValueError):
+            json_text(value)
