@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from billingwatch.store.batch_args import json_text
 
 VALUES = st.one_of(st.text(), st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70))
-OBJECTS = st.dictionaries(st.text(), VALUES | st.floats(allow_nan=False, allow_infinity=False) | st.lists(VALUES, max_size=3))
+FINITE = st.floats(allow_nan=False, allow_infinity=False)
+OBJECTS = st.dictionaries(st.text(), VALUES | FINITE | st.lists(VALUES, max_size=3))
 
 
 def stdlib(value: object) -> str:
