@@ -1,12 +1,13 @@
 """billingwatch.jsonload: orjson where it reads a text as the stdlib does, the stdlib elsewhere."""
 
 import json
+import re
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from billingwatch.jsonload import loads
+from billingwatch.jsonload import _long_digits, loads
 
 ODD = [
     "-10000000000000000000000000000000000000000", "18446744073709551616", "9223372036854775807",
@@ -44,3 +45,10 @@ def test_any_document_reads_back_as_the_stdlib_reads_it(value: object) -> None:
     text = json.dumps(value)
     assert json.dumps(loads(text)) == json.dumps(json.loads(text))
     assert json.dumps(loads(text.encode())) == json.dumps(json.loads(text.encode()))
+
+
+@given(st.text(alphabet="0123456789a٣ ", max_size=60))
+def test_a_run_of_19_ascii_digits_is_found_as_a_regex_finds_it(text: str) -> None:
+    expected = re.search(r"[0-9]{19}", text) is not None
+    assert _long_digits(text) is expected
+    assert _long_digits(text.encode()) is expected

@@ -9,18 +9,26 @@ parser. A ValueError (or RecursionError) means the text is not JSON, as with jso
 """
 
 import json
-import re
 from typing import Any
 
 import orjson
 
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")
-_LONG_DIGITS_TEXT = re.compile(r"[0-9]{19}")
+# 19 ASCII digits in a row, found as 19 zeros once every digit reads 0: translate and a substring
+# search run in C at about a tenth of a regex's [0-9]{19} (which retries at every digit).
+_LONG_DIGITS = b"0" * 19
+_ZEROED = bytes.maketrans(b"123456789", b"000000000")
+_LONG_DIGITS_TEXT = "0" * 19
+_ZEROED_TEXT = str.maketrans("123456789", "000000000")
+
+
+def _long_digits(text: bytes | str) -> bool:
+    if isinstance(text, bytes):
+        return _LONG_DIGITS in text.translate(_ZEROED)
+    return _LONG_DIGITS_TEXT in text.translate(_ZEROED_TEXT)
 
 
 def loads(text: bytes | str) -> Any:
-    long_digits = _LONG_DIGITS.search(text) if isinstance(text, bytes) else _LONG_DIGITS_TEXT.search(text)
-    if long_digits is None:
+    if not _long_digits(text):
         try:
             return orjson.loads(text)
         except orjson.JSONDecodeError:

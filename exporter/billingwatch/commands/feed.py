@@ -21,6 +21,7 @@ import stripe
 from tqdm import tqdm
 
 from billingwatch.commands.account_option import add_account_argument, chosen_account
+from billingwatch.commands.collector import collector_paused
 from billingwatch.config import ConfigError, from_env
 from billingwatch.http.import_api import MAX_IMPORT_BYTES, NDJSON
 from billingwatch.jsonload import loads
@@ -320,6 +321,7 @@ class StoreSink:
         async def flush(batch: list[tuple[str, Any]]) -> None:
             try:
                 await self._flush(batch, done)
+                collector.after_batch()
             finally:
                 slots.release()
 
@@ -329,22 +331,24 @@ class StoreSink:
             running.add(task)
             task.add_done_callback(running.discard)
 
-        try:
-            batch: list[tuple[str, Any]] = []
-            async for item in items:
-                batch.append(item)
-                if len(batch) >= self._batch:
+        with collector_paused() as collector:
+            try:
+                batch: list[tuple[str, Any]] = []
+                async for item in items:
+                    batch.append(item)
+                    if len(batch) >= self._batch:
+                        await start(batch)
+                        batch = []
+                if batch:
                     await start(batch)
-                    batch = []
-            if batch:
-                await start(batch)
-        finally:
-            await finish(running)
+            finally:
+                await finish(running)
 
     async def _flush(self, batch: list[tuple[str, Any]], done: Done) -> None:
         deliveries = await self.deliver_many([document for _, document in batch])
         for (label, _), delivery in zip(batch, deliveries, strict=True):
             done(label, delivery)
+        batch.clear()
 
     async def close(self) -> None:
         await self.recorder.store.close()

@@ -13,7 +13,10 @@ from urllib.parse import parse_qs, unquote
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.connection import Connection, ConnectionPool, parse_url
+from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection
+
+from billingwatch.store.redis_packing import packed
 
 SENTINEL_SCHEME = "redis+sentinel://"
 # REDIS_URL of a Redis Cluster: any node of it; the client learns the slot map from there.
@@ -96,8 +99,12 @@ def connect(url: str) -> tuple["aioredis.Redis | RedisCluster", Sentinel | None]
         return RedisCluster.from_url(f"{CLUSTER_SCHEMES[scheme.lower()]}://{rest}", socket_timeout=TIMEOUT,
                                      socket_connect_timeout=TIMEOUT), None
     if not url.startswith(SENTINEL_SCHEME):
-        return aioredis.Redis.from_url(url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT,
-                                       health_check_interval=HEALTH_CHECK_INTERVAL), None
+        # As Redis.from_url, with the URL's connection class (TCP, TLS, Unix socket) packing in C.
+        options = parse_url(url)
+        options["connection_class"] = packed(options.get("connection_class", Connection))
+        pool = ConnectionPool(socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT,
+                              health_check_interval=HEALTH_CHECK_INTERVAL, **options)
+        return aioredis.Redis.from_pool(pool), None
     parsed = parse_sentinel_url(url)
     sentinel_options: dict[str, object] = {"socket_timeout": TIMEOUT, "socket_connect_timeout": TIMEOUT}
     if parsed.sentinel_password is not None:
@@ -108,4 +115,5 @@ def connect(url: str) -> tuple["aioredis.Redis | RedisCluster", Sentinel | None]
         parsed.sentinels, sentinel_kwargs=sentinel_options, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT,
         health_check_interval=HEALTH_CHECK_INTERVAL, db=parsed.db, username=parsed.username, password=parsed.password,
     )
-    return sentinel.master_for(parsed.master, redis_class=aioredis.Redis), sentinel
+    return sentinel.master_for(parsed.master, redis_class=aioredis.Redis,
+                               connection_class=packed(SentinelManagedConnection)), sentinel
