@@ -159,7 +159,7 @@ def test_anomalies_reach_email_webhook_and_slack_exactly_once(
     # The negative invoice (P3, warning) goes the same way, to the `notify` receiver.
     stack.http.wait_for("/webhook", firing("negative_invoice"), timeout=WAIT)
     _, neg_email = stack.smtp.wait_for(email_firing("negative_invoice"), timeout=WAIT)
-    assert str(neg_email["Subject"]).startswith("[FIRING:1] WARNING BillingAnomalyDetected: negative_invoice")
+    assert str(neg_email["Subject"]).startswith("[FIRING:1] WARNING P3 BillingAnomalyDetected: negative_invoice")
     report(capsys, "duplicate charge", {"webhook": at_webhook - posted, "email": at_email - posted,
                                         "slack": at_slack - posted})
 
