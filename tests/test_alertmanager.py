@@ -328,3 +328,21 @@ def test_the_pushed_alert_mutes_the_rule_alert_of_its_detector_and_mode_only(tmp
                          ("BillingAnomalyDetected", "duplicate_charge", "false"): "suppressed",
                          ("BillingAnomalyDetected", "duplicate_charge", "true"): "active",
                          ("BillingAnomalyDetected", "negative_invoice", "false"): "active"}
+
+
+def test_each_stripe_account_gets_its_own_notification_group(tmp_path: Path) -> None:
+    """A real Alertmanager groups by alert, account and detector: one account's burst is one
+    notification; another account's finding of the same detector is another."""
+    config = local_config(tmp_path, "http://127.0.0.1:9/")
+    with alertmanager(tmp_path / "am", write(tmp_path, config)) as am:
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        alerts = [{"labels": {"alertname": "BillingAnomalyDetected", "detector": "duplicate_charge",
+                              "severity": "critical", "priority": "P1", "service": "billingwatch",
+                              "livemode": livemode, "account": account},
+                   "annotations": {"summary": "x"}, "startsAt": now}
+                  for account, livemode in (("eu", "true"), ("eu", "false"), ("us", "true"))]
+        httpx.post(am.url + "/api/v2/alerts", json=alerts, timeout=10).raise_for_status()
+        wait_until(lambda: len(am.alerts()) == 3, what="3 alerts in Alertmanager")
+        groups = httpx.get(am.url + "/api/v2/alerts/groups", timeout=10).json()
+        by_account = sorted((g["labels"].get("account"), len(g["alerts"])) for g in groups)
+        assert by_account == [("eu", 2), ("us", 1)]
