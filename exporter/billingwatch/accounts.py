@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from billingwatch.setting_files import read_setting_file
+
 DEFAULT_ACCOUNT = "default"
 # The configured account's name in a record (pages, /api/*, pushed alerts): `account` is the
 # Stripe Connect connected account's (recording/plan.py).
@@ -44,12 +46,7 @@ class Account:
 def _read(path: Any, what: str) -> str:
     if not isinstance(path, str) or not path.strip():
         raise AccountsError(f"{what} must be a file path")
-    try:
-        value = Path(path).read_text().strip()
-    except OSError as exc:
-        raise AccountsError(f"{what}: cannot read {path}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise AccountsError(f"{what}: {path} is not UTF-8 text") from None
+    value = read_setting_file(path, what, AccountsError)
     if not value:
         raise AccountsError(f"{what}: {path} is empty")
     return value

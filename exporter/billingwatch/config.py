@@ -4,7 +4,6 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from billingwatch.accounts import DEFAULT_ACCOUNT, Account, AccountsError
@@ -14,6 +13,7 @@ from billingwatch.http.web_config import WebConfig, WebConfigError
 from billingwatch.http.web_config import load as load_web_config
 from billingwatch.metrics.labels import OTHER_PLAN
 from billingwatch.money import is_currency
+from billingwatch.setting_files import read_setting_file
 from billingwatch.store.redis_connect import SENTINEL_SCHEME, check_prefix, parse_sentinel_url
 
 DEFAULT_PORT = 9786
@@ -31,12 +31,7 @@ def file_setting(environ: Mapping[str, str], name: str) -> str | None:
     path = environ.get(name + "_FILE", "")
     if not path:
         return None
-    try:
-        value = Path(path).read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{name}_FILE: {path} is not UTF-8 text") from None
+    value = read_setting_file(path, f"{name}_FILE", ConfigError)
     if not value:
         raise ConfigError(f"{name}_FILE: {path} is empty; write the setting into it, or unset {name}_FILE")
     return value
